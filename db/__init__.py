@@ -1,0 +1,1 @@
+"""The DuckDB project file."""

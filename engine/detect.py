@@ -1,0 +1,180 @@
+"""One-shot detection of a query detail over a whole collection (paper §5.2).
+
+The query box is resized so its longer side spans 8 feature cells; its (C, qh, qw)
+features are then slid over every level of every image as one convolution per level
+on a zero-padded batch of images. The score of a window is the mean cosine similarity
+of its cells to the query's. Local maxima become boxes in original pixels, boxes of
+one image are suppressed across levels (NMS), and the best ``top_k`` are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+
+from engine.backbone import Backbone
+from engine.features import FeaturePyramid, embed_cells, rgb_to_tensor
+from engine.types import Box, Detection
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    query_side: int = 8  # paper §5.2: the query's longer side in feature cells
+    top_k: int = 100  # detections returned (the paper scores the top 100)
+    peaks_per_level: int = 4  # local maxima kept per image and level before NMS
+    nms_iou: float = 0.3  # boxes of one image overlapping more than this are one hit
+    self_iou: float = 0.3  # a hit this close to the query's own box is the query itself
+    chunk_images: int = 256  # images per batched convolution (bounds memory)
+
+
+def query_shape(box: Box, query_side: int) -> tuple[int, int]:
+    """(qh, qw) cells for a box whose longer side gets ``query_side`` cells."""
+    scale = query_side / max(box.width, box.height)
+    return max(1, round(box.height * scale)), max(1, round(box.width * scale))
+
+
+def query_features(backbone: Backbone, rgb: np.ndarray, box: Box, query_side: int = 8) -> torch.Tensor:
+    """Features of the query region, resized to ``query_side`` cells on its longer side.
+
+    Args:
+        rgb: (H, W, 3) uint8 query image; ``box`` in its pixels.
+
+    Returns:
+        (C, qh, qw) L2-normalised features on the backbone's device.
+
+    Raises:
+        ValueError: the box is not inside the image.
+    """
+    height, width = rgb.shape[:2]
+    if not box.inside(width, height):
+        raise ValueError(f"box {[round(v) for v in box.as_list()]} is outside the {width}x{height} image")
+    x0, y0 = int(box.x0), int(box.y0)
+    x1, y1 = max(int(np.ceil(box.x1)), x0 + 1), max(int(np.ceil(box.y1)), y0 + 1)
+    crop = rgb_to_tensor(rgb[y0:y1, x0:x1])
+    return embed_cells(backbone, crop, query_shape(box, query_side))[0]
+
+
+@dataclass
+class FeatureBank:
+    """A collection's pyramids, zero-padded to square levels so one conv covers a chunk.
+
+    Attributes:
+        image_ids: N ids, in bank order.
+        levels: per level, (N, C, S_k, S_k) features (S_k the level's longer side).
+        valid: per level, (N, 2) true (h, w) of each image's map.
+        sizes: (N, 2) original (W, H) pixels.
+    """
+
+    image_ids: list[str]
+    levels: list[torch.Tensor]
+    valid: list[torch.Tensor]
+    sizes: torch.Tensor
+
+    @classmethod
+    def build(cls, image_ids: Sequence[str], pyramids: Sequence[FeaturePyramid], device="cpu", dtype=None) -> FeatureBank:
+        if not pyramids:
+            raise ValueError("the collection has no readable images")
+        n_levels = len(pyramids[0].levels)
+        dtype = dtype or pyramids[0].levels[0].dtype
+        channels = pyramids[0].levels[0].shape[0]
+        levels, valid = [], []
+        for k in range(n_levels):
+            shapes = torch.tensor([p.levels[k].shape[1:] for p in pyramids])
+            side = int(shapes.max())
+            bank = torch.zeros(len(pyramids), channels, side, side, dtype=dtype, device=device)
+            for i, p in enumerate(pyramids):
+                h, w = p.levels[k].shape[1:]
+                bank[i, :, :h, :w] = p.levels[k]
+            levels.append(bank)
+            valid.append(shapes.to(device))
+        sizes = torch.tensor([p.image_size for p in pyramids], dtype=torch.float32, device=device)
+        return cls(list(image_ids), levels, valid, sizes)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def window_scores(level: torch.Tensor, valid: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of the query at every window position.
+
+    Args:
+        level: (B, C, S, S) padded features; valid: (B, 2) true (h, w).
+        query: (C, qh, qw).
+
+    Returns:
+        (B, S - qh + 1, S - qw + 1) scores, -inf where the window leaves the image.
+    """
+    qh, qw = query.shape[1:]
+    compute = torch.float32 if level.device.type == "cpu" else level.dtype
+    scores = F.conv2d(level.to(compute), query[None].to(compute))[:, 0].float() / (qh * qw)
+    rows = torch.arange(scores.shape[1], device=scores.device)
+    cols = torch.arange(scores.shape[2], device=scores.device)
+    inside = (rows[None, :, None] <= (valid[:, 0] - qh)[:, None, None]) & (
+        cols[None, None, :] <= (valid[:, 1] - qw)[:, None, None]
+    )
+    return scores.masked_fill(~inside, float("-inf"))
+
+
+def level_peaks(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``k`` local maxima (3x3) per image of a (B, R, C) score map.
+
+    Returns:
+        (B, k) scores (-inf where fewer peaks exist), rows, cols.
+    """
+    pooled = F.max_pool2d(scores[:, None], 3, stride=1, padding=1)[:, 0]
+    peaks = scores.masked_fill(scores < pooled, float("-inf")).flatten(1)
+    k = min(k, peaks.shape[1])
+    top, index = peaks.topk(k, dim=1)
+    return top, index // scores.shape[2], index % scores.shape[2]
+
+
+@torch.no_grad()
+def detect(query: torch.Tensor, bank: FeatureBank, config: DetectConfig = DetectConfig(),
+           exclude: tuple[str, Box] | None = None) -> list[Detection]:
+    """Ranked detections of ``query`` (C, qh, qw) over every image and level of ``bank``.
+
+    Args:
+        exclude: (image_id, box) of the query itself; hits overlapping it by more than
+            ``config.self_iou`` are dropped.
+    """
+    qh, qw = query.shape[1:]
+    query = query.to(bank.levels[0].device)
+    boxes, scores, owners = [], [], []
+    for level, valid in zip(bank.levels, bank.valid):
+        if level.shape[2] < qh or level.shape[3] < qw:
+            continue
+        for start in range(0, len(bank), config.chunk_images):
+            stop = start + config.chunk_images
+            s, rows, cols = level_peaks(window_scores(level[start:stop], valid[start:stop], query), config.peaks_per_level)
+            cell_x = bank.sizes[start:stop, 0:1] / valid[start:stop, 1:2]
+            cell_y = bank.sizes[start:stop, 1:2] / valid[start:stop, 0:1]
+            box = torch.stack([cols * cell_x, rows * cell_y, (cols + qw) * cell_x, (rows + qh) * cell_y], dim=-1)
+            owner = torch.arange(start, start + s.shape[0], device=s.device)[:, None].expand_as(s)
+            keep = torch.isfinite(s)
+            boxes.append(box[keep])
+            scores.append(s[keep])
+            owners.append(owner[keep])
+    if not scores:
+        return []
+    boxes, scores, owners = torch.cat(boxes), torch.cat(scores), torch.cat(owners)
+    keep = batched_nms(boxes.float(), scores, owners, config.nms_iou)
+    return _rank(boxes[keep].cpu(), scores[keep].cpu(), owners[keep].cpu(), bank, config, exclude)
+
+
+def _rank(boxes, scores, owners, bank: FeatureBank, config: DetectConfig, exclude) -> list[Detection]:
+    out: list[Detection] = []
+    for b, s, o in zip(boxes.tolist(), scores.tolist(), owners.tolist()):  # already score-sorted by NMS
+        image_id = bank.image_ids[o]
+        width, height = bank.sizes[o].tolist()
+        box = Box(*b).clip(width, height)
+        if exclude is not None and image_id == exclude[0] and box.iou(exclude[1]) > config.self_iou:
+            continue
+        out.append(Detection(image_id, box, float(s)))
+        if len(out) >= config.top_k:
+            break
+    return out

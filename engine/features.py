@@ -1,0 +1,252 @@
+"""Dense multi-scale features: an image becomes a pyramid of L2-normalised feature maps.
+
+Paper §3.2: "We resized all images such that their maximum spatial dimension in the
+feature map was 40, leading to approximately 1k features per image at the maximum
+scale. For each image, we used 7 different scales, regularly sampled on two octaves
+with 3 scales per octave." Level 0 is that largest (reference) scale; level k has
+longer side ``40 * 2^(-k/3)`` cells, down to 10 at level 6.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine.backbone import STRIDE, Backbone
+from engine.images import ImageReadError, content_hash, image_size, load_rgb
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    max_side: int = 40  # longer feature-map side at the reference scale (paper: 40, ~1k cells)
+    n_scales: int = 7  # paper: 7 scales ...
+    scales_per_octave: int = 3  # ... over two octaves, 3 per octave
+    cache_dtype: str = "float16"  # half precision on disk: ~0.7 MB per image at defaults
+
+    def sides(self) -> tuple[int, ...]:
+        """Longer feature side per level, largest first: (40, 32, 25, 20, 16, 13, 10)."""
+        return tuple(
+            max(1, round(self.max_side * 2 ** (-k / self.scales_per_octave))) for k in range(self.n_scales)
+        )
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def level_shape(image_size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(h, w) in cells for an image of (W, H) pixels whose longer side gets ``side`` cells."""
+    width, height = image_size
+    scale = side / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@dataclass
+class FeaturePyramid:
+    """Per-level feature maps of one image.
+
+    Attributes:
+        levels: tuple of (C, h_k, w_k) tensors, L2-normalised along C, largest first.
+        image_size: (W, H) of the original (EXIF-upright) image in pixels.
+    """
+
+    levels: tuple[torch.Tensor, ...]
+    image_size: tuple[int, int]
+
+    @property
+    def reference(self) -> torch.Tensor:
+        return self.levels[0]
+
+    def cell_size(self, level: int) -> tuple[float, float]:
+        """Pixels per feature cell (x, y) at a level: cell (i, j) covers
+        ``[j*cx, (j+1)*cx) x [i*cy, (i+1)*cy)`` in the original image."""
+        _, h, w = self.levels[level].shape
+        return self.image_size[0] / w, self.image_size[1] / h
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FeaturePyramid:
+        return FeaturePyramid(tuple(t.to(device=device, dtype=dtype) for t in self.levels), self.image_size)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.levels)
+
+
+def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+@torch.no_grad()
+def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Resize ``image`` (B, 3, H, W) so the backbone yields exactly ``shape`` = (h, w) cells.
+
+    Returns:
+        (B, C, h, w) features, L2-normalised per location, float32.
+    """
+    h, w = shape
+    pixels = F.interpolate(image, size=(h * STRIDE, w * STRIDE), mode="bilinear", antialias=True, align_corners=False)
+    device = next(backbone.parameters()).device
+    pixels = pixels.to(device)
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        feats = backbone(pixels)
+    return F.normalize(feats.float(), dim=1)
+
+
+def extract_pyramid(backbone: Backbone, rgb: np.ndarray, config: FeatureConfig = FeatureConfig()) -> FeaturePyramid:
+    """Features of one image at every level of ``config``.
+
+    Args:
+        rgb: (H, W, 3) uint8 image (may already be downscaled; sizes are given by
+            ``image_size`` in that case through :func:`extract_pyramids`).
+    """
+    return next(extract_pyramids(backbone, [rgb], config, [(rgb.shape[1], rgb.shape[0])]))
+
+
+def extract_pyramids(
+    backbone: Backbone,
+    images: Sequence[np.ndarray],
+    config: FeatureConfig,
+    image_sizes: Sequence[tuple[int, int]],
+) -> Iterator[FeaturePyramid]:
+    """Pyramids for a batch of images; images of equal level shape run as one batch.
+
+    ``image_sizes`` are the original (W, H) sizes, which define the level shapes (the
+    arrays may have been decoded at reduced size to save time).
+    """
+    sides = config.sides()
+    tensors = [rgb_to_tensor(rgb) for rgb in images]
+    levels: list[list[torch.Tensor | None]] = [[None] * len(sides) for _ in images]
+    for k, side in enumerate(sides):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(image_sizes):
+            groups.setdefault(level_shape(size, side), []).append(i)
+        for shape, members in groups.items():
+            # Resize each image to the group's pixel size first, then run them together.
+            batch = torch.cat(
+                [F.interpolate(tensors[i], size=(shape[0] * STRIDE, shape[1] * STRIDE), mode="bilinear", antialias=True, align_corners=False) for i in members]
+            )
+            feats = embed_cells(backbone, batch, shape).cpu()
+            for j, i in enumerate(members):
+                levels[i][k] = feats[j]
+    for i, size in enumerate(image_sizes):
+        yield FeaturePyramid(tuple(levels[i]), (int(size[0]), int(size[1])))
+
+
+class FeatureCache:
+    """Pyramids on disk, keyed by image content hash + model id + feature config.
+
+    Layout: ``root/<model id>/<config key>/<hash[:2]>/<hash>.npz``. A fine-tuned model has
+    a new model id, so its features never mix with its parent's.
+    """
+
+    def __init__(self, root: str | Path, model_id: str, config: FeatureConfig):
+        safe_model = model_id.replace("/", "_").replace("@", "-")
+        self.dir = Path(root) / safe_model / config.key()
+        self.config = config
+
+    def path(self, image_hash: str) -> Path:
+        return self.dir / image_hash[:2] / f"{image_hash}.npz"
+
+    def get(self, image_hash: str) -> FeaturePyramid | None:
+        """The cached pyramid in the cache's dtype (float16 by default), or None."""
+        path = self.path(image_hash)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as blob:
+                n = int(blob["n_levels"])
+                levels = tuple(torch.from_numpy(blob[f"level{k}"]) for k in range(n))
+                size = tuple(int(v) for v in blob["image_size"])
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            return None  # a cache file cut short by a kill is recomputed, not trusted
+        return FeaturePyramid(levels, size)  # type: ignore[arg-type]
+
+    def put(self, image_hash: str, pyramid: FeaturePyramid) -> None:
+        path = self.path(image_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"level{k}": t.numpy().astype(self.config.cache_dtype) for k, t in enumerate(pyramid.levels)}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, n_levels=len(pyramid.levels), image_size=np.array(pyramid.image_size), **arrays)
+        tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class FeatureFailure:
+    path: str
+    reason: str
+
+
+@dataclass
+class CollectionFeatures:
+    """Pyramids of the readable images of a collection, in input order."""
+
+    image_ids: list[str]
+    pyramids: list[FeaturePyramid]
+    failures: list[FeatureFailure]
+
+
+def collection_features(
+    backbone: Backbone,
+    items: Iterable[tuple[str, str | Path]],
+    config: FeatureConfig = FeatureConfig(),
+    cache_root: str | Path | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    hashes: dict[str, str] | None = None,
+) -> CollectionFeatures:
+    """Load from cache or compute the pyramids of ``(image_id, path)`` items.
+
+    Unreadable files are reported in ``failures`` by path and skipped; the rest go on.
+    ``hashes`` may give known content hashes (from the project store) to skip rehashing.
+    """
+    items = list(items)
+    cache = FeatureCache(cache_root, backbone.model_id, config) if cache_root else None
+    result = CollectionFeatures([], [], [])
+    todo: list[tuple[int, str, str, str]] = []  # (position, image_id, path, hash)
+    found: dict[int, tuple[str, FeaturePyramid]] = {}
+    for pos, (image_id, path) in enumerate(items):
+        try:
+            digest = (hashes or {}).get(image_id) or content_hash(path)
+        except OSError as err:
+            result.failures.append(FeatureFailure(str(path), f"cannot read file ({err.strerror or err})"))
+            continue
+        cached = cache.get(digest) if cache else None
+        if cached is not None:
+            found[pos] = (image_id, cached)
+        else:
+            todo.append((pos, image_id, str(path), digest))
+    bar = tqdm(total=len(todo), desc="features", unit="img", disable=not progress or not todo)
+    max_pixels = config.max_side * STRIDE
+    for start in range(0, len(todo), batch_size):
+        chunk, arrays, sizes = [], [], []
+        for pos, image_id, path, digest in todo[start : start + batch_size]:
+            try:
+                size = image_size(path)
+                # Decoding at twice the largest level's pixel size keeps antialiasing
+                # honest while never decoding a 100-Mpx scan in full.
+                rgb = load_rgb(path, max_side=2 * max_pixels)
+            except ImageReadError as err:
+                result.failures.append(FeatureFailure(err.path, err.reason))
+                continue
+            sizes.append(size)
+            arrays.append(rgb)
+            chunk.append((pos, image_id, digest))
+        for (pos, image_id, digest), pyramid in zip(chunk, extract_pyramids(backbone, arrays, config, sizes)):
+            if cache:
+                cache.put(digest, pyramid)
+            found[pos] = (image_id, pyramid)
+        bar.update(len(todo[start : start + batch_size]))
+    bar.close()
+    for pos in sorted(found):
+        image_id, pyramid = found[pos]
+        result.image_ids.append(image_id)
+        result.pyramids.append(pyramid)
+    return result

@@ -1,0 +1,1 @@
+"""The human-in-the-loop cycle: ingest, discovery, review, training rounds, CLI."""
