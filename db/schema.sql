@@ -1,0 +1,186 @@
+-- ArtMiner HITL project file, schema version 3 (db/migrations.py: SCHEMA_VERSION).
+--
+-- Run on every first open of a file in a process: every statement is idempotent, so a
+-- file upgraded by db/migrations.py gets any table it lacked. Changes to existing tables
+-- go into a new migration, never here alone.
+--
+-- Conventions: timestamps are UTC (TIMESTAMP without zone, written by the store);
+-- boxes are DOUBLE[4] lists [x0, y0, x1, y1] in original image pixels after EXIF
+-- orientation; affines are DOUBLE[6] [a, b, c, d, e, f] mapping (x, y) of image A to
+-- (a x + b y + c, d x + e y + f) of image B; *_json columns hold JSON text.
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version  INTEGER NOT NULL,
+    applied  TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS settings (
+    key    VARCHAR PRIMARY KEY,
+    value  VARCHAR
+);
+
+-- image_id = first 16 hex digits of sha256(file bytes): same bytes, same image.
+CREATE TABLE IF NOT EXISTS images (
+    image_id       VARCHAR PRIMARY KEY,
+    sha256         VARCHAR NOT NULL,
+    path           VARCHAR NOT NULL,     -- absolute path, or cached copy of a IIIF image
+    width          INTEGER NOT NULL,
+    height         INTEGER NOT NULL,
+    title          VARCHAR,
+    artist         VARCHAR,
+    date           VARCHAR,              -- as written in the source ("c. 1605-1610")
+    year           INTEGER,              -- sortable, parsed from date (1605)
+    medium         VARCHAR,
+    collection     VARCHAR,
+    extra_json     VARCHAR,              -- metadata columns with no column of their own
+    source         VARCHAR NOT NULL,     -- folder | iiif | import
+    iiif_canvas    VARCHAR,
+    iiif_manifest  VARCHAR,
+    source_url     VARCHAR,              -- where the bytes were fetched from
+    canvas_width   INTEGER,              -- IIIF canvas size: export scales boxes to it
+    canvas_height  INTEGER,
+    added          TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS models (
+    model_id           VARCHAR PRIMARY KEY,  -- 'effnet-lite0' or 'effnet-lite0@3fa2c1d9'
+    backbone           VARCHAR NOT NULL,
+    parent             VARCHAR,
+    checkpoint         VARCHAR,
+    checkpoint_sha256  VARCHAR,
+    round              INTEGER,
+    config_json        VARCHAR,
+    created            TIMESTAMP NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS run_seq START 1;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       BIGINT PRIMARY KEY DEFAULT nextval('run_seq'),
+    model_id     VARCHAR NOT NULL,
+    kind         VARCHAR NOT NULL,       -- discovery | import
+    params_json  VARCHAR NOT NULL,
+    status       VARCHAR NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    started      TIMESTAMP NOT NULL,
+    finished     TIMESTAMP,
+    error        VARCHAR
+);
+
+-- Pairs already verified by a model (image_a < image_b): a resumed or incremental
+-- run skips them. Written in the same transaction as the pair's links.
+CREATE TABLE IF NOT EXISTS verified_pairs (
+    model_id  VARCHAR NOT NULL,
+    image_a   VARCHAR NOT NULL,
+    image_b   VARCHAR NOT NULL,
+    run_id    BIGINT NOT NULL,
+    PRIMARY KEY (model_id, image_a, image_b)
+);
+
+CREATE SEQUENCE IF NOT EXISTS link_seq START 1;
+CREATE TABLE IF NOT EXISTS links (
+    link_id    BIGINT PRIMARY KEY DEFAULT nextval('link_seq'),
+    run_id     BIGINT NOT NULL,
+    model_id   VARCHAR NOT NULL,
+    image_a    VARCHAR NOT NULL,
+    image_b    VARCHAR NOT NULL,
+    box_a      DOUBLE[] NOT NULL,
+    box_b      DOUBLE[] NOT NULL,
+    affine     DOUBLE[] NOT NULL,
+    score      DOUBLE NOT NULL,
+    n_inliers  INTEGER NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS cluster_seq START 1;
+CREATE TABLE IF NOT EXISTS clusters (
+    cluster_id  BIGINT PRIMARY KEY DEFAULT nextval('cluster_seq'),
+    run_id      BIGINT NOT NULL,
+    model_id    VARCHAR NOT NULL,
+    number      INTEGER NOT NULL         -- the engine's cluster number within the run
+);
+
+CREATE SEQUENCE IF NOT EXISTS region_seq START 1;
+CREATE TABLE IF NOT EXISTS regions (
+    region_id        BIGINT PRIMARY KEY DEFAULT nextval('region_seq'),
+    image_id         VARCHAR NOT NULL,
+    box              DOUBLE[] NOT NULL,
+    label            VARCHAR,
+    source           VARCHAR NOT NULL,   -- discovery | via | import
+    run_id           BIGINT,
+    cluster_id       BIGINT,
+    link_id          BIGINT,
+    attributes_json  VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS map_points (
+    model_id  VARCHAR NOT NULL,
+    kind      VARCHAR NOT NULL CHECK (kind IN ('image', 'region')),
+    item_id   VARCHAR NOT NULL,
+    x         DOUBLE NOT NULL,
+    y         DOUBLE NOT NULL,
+    grp       INTEGER NOT NULL,
+    PRIMARY KEY (model_id, kind, item_id)
+);
+
+CREATE SEQUENCE IF NOT EXISTS round_seq START 1;
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id      BIGINT PRIMARY KEY DEFAULT nextval('round_seq'),
+    parent_model  VARCHAR NOT NULL,
+    new_model     VARCHAR,
+    status        VARCHAR NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    params_json   VARCHAR NOT NULL,
+    metrics_json  VARCHAR,
+    log_path      VARCHAR,
+    started       TIMESTAMP NOT NULL,
+    finished      TIMESTAMP,
+    error         VARCHAR
+);
+
+-- Evaluation split of links: once a link is recorded here its side never changes.
+CREATE TABLE IF NOT EXISTS link_split (
+    link_id   BIGINT PRIMARY KEY,
+    split     VARCHAR NOT NULL CHECK (split IN ('train', 'holdout')),
+    recorded  TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS annotation_files (
+    path    VARCHAR PRIMARY KEY,
+    format  VARCHAR NOT NULL,
+    label   VARCHAR,
+    added   TIMESTAMP NOT NULL
+);
+
+-- The verdict log. Append-only: the store has no UPDATE or DELETE for it. Undo
+-- appends a 'revoke' row naming the verdict it withdraws.
+CREATE SEQUENCE IF NOT EXISTS verdict_seq START 1;
+CREATE TABLE IF NOT EXISTS verdicts (
+    verdict_id     BIGINT PRIMARY KEY DEFAULT nextval('verdict_seq'),
+    target_kind    VARCHAR NOT NULL CHECK (target_kind IN ('link', 'cluster')),
+    target_id      BIGINT NOT NULL,
+    verdict        VARCHAR NOT NULL CHECK (verdict IN ('confirm', 'reject', 'unsure', 'revoke')),
+    revokes        BIGINT,
+    annotator      VARCHAR NOT NULL,
+    created        TIMESTAMP NOT NULL,
+    note           VARCHAR,
+    geometry_json  VARCHAR,              -- boxes and affine as the expert saw them
+    CHECK ((verdict = 'revoke') = (revokes IS NOT NULL))
+);
+
+-- Verdicts still in force: not a revocation, not revoked.
+CREATE OR REPLACE VIEW live_verdicts AS
+SELECT v.*
+FROM verdicts v
+WHERE v.verdict <> 'revoke'
+  AND v.verdict_id NOT IN (SELECT revokes FROM verdicts WHERE verdict = 'revoke');
+
+-- The current verdict per target: the latest live one (ids grow with time).
+CREATE OR REPLACE VIEW current_verdicts AS
+SELECT *
+FROM live_verdicts
+QUALIFY row_number() OVER (PARTITION BY target_kind, target_id ORDER BY verdict_id DESC) = 1;
+
+-- Every link with its current status ('unreviewed' when no live verdict).
+CREATE OR REPLACE VIEW link_status AS
+SELECT l.*,
+       coalesce(c.verdict, 'unreviewed') AS status,
+       c.verdict_id, c.annotator, c.created AS verdict_at, c.note
+FROM links l
+LEFT JOIN current_verdicts c ON c.target_kind = 'link' AND c.target_id = l.link_id;
