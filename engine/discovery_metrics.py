@@ -1,0 +1,118 @@
+"""How good is a discovery run: pairs, shortlist and clusters against annotated motifs.
+
+Ground truth comes from the one-shot annotations (:mod:`engine.evaluate`): every
+instance of a motif class (the queries and their targets) is one occurrence of that
+motif. Two different images *share a motif* when both hold an instance of the same
+class. Images are named as in the annotation file; callers map their image ids to those
+names (``image_names``). Empty denominators give 0.0 (scikit-learn's ``zero_division=0``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import combinations
+
+import numpy as np
+
+from engine.evaluate import Instance, Query
+from engine.graph import iou_matrix, region_box_array
+from engine.types import Cluster, PairMatch, Region
+
+NONE = "none"  # label of a region that overlaps no annotated instance
+ImagePair = frozenset[str]
+
+
+def ground_truth_instances(queries: Sequence[Query]) -> list[tuple[str, Instance]]:
+    """Every annotated ``(motif, instance)`` once, queries and targets alike."""
+    seen: dict[tuple[str, Instance], None] = {}
+    for q in queries:
+        for inst in (q.query, *q.targets):
+            seen.setdefault((q.motif, inst), None)
+    return list(seen)
+
+
+def ground_truth_pairs(queries: Sequence[Query]) -> set[ImagePair]:
+    """Pairs of different images that share at least one motif class."""
+    images_of: dict[str, set[str]] = {}
+    for motif, inst in ground_truth_instances(queries):
+        images_of.setdefault(motif, set()).add(inst.image)
+    return {frozenset(p) for images in images_of.values() for p in combinations(sorted(images), 2)}
+
+
+def _name(image_id: str, image_names: Mapping[str, str] | None) -> str:
+    return image_names.get(image_id, image_id) if image_names else image_id
+
+
+def matched_pairs(matches: Iterable[PairMatch], image_names: Mapping[str, str] | None = None) -> set[ImagePair]:
+    """Image pairs linked by at least one match (self-matches left out), by annotation name."""
+    pairs = {frozenset((_name(m.image_a, image_names), _name(m.image_b, image_names))) for m in matches}
+    return {p for p in pairs if len(p) == 2}
+
+
+def _as_pairs(pairs: Iterable[Iterable[str]]) -> set[ImagePair]:
+    # Pairs of one image (a detail repeated within an image) are not image pairs.
+    return {p for p in map(frozenset, pairs) if len(p) == 2}
+
+
+def pair_precision_recall(predicted: Iterable[Iterable[str]], truth: set[ImagePair]) -> tuple[float, float]:
+    """Precision and recall of discovered image pairs against pairs sharing a motif.
+
+    Args:
+        predicted: image pairs (any two-element iterables, order ignored).
+        truth: from :func:`ground_truth_pairs`.
+    """
+    predicted = _as_pairs(predicted)
+    hits = len(predicted & truth)
+    precision = hits / len(predicted) if predicted else 0.0
+    recall = hits / len(truth) if truth else 0.0
+    return precision, recall
+
+
+def shortlist_recall(candidate_pairs: Iterable[Iterable[str]], truth: set[ImagePair]) -> float:
+    """Share of ground-truth pairs that the shortlist hands to verification."""
+    return pair_precision_recall(candidate_pairs, truth)[1]
+
+
+def region_labels(regions: Iterable[Region], queries: Sequence[Query], iou: float = 0.3,
+                  image_names: Mapping[str, str] | None = None) -> dict[Region, str]:
+    """Motif of the annotated instance each region overlaps best with IoU > ``iou``, else ``"none"``.
+
+    IoU 0.3 is the paper's detection criterion (§5.2).
+    """
+    truth_by_image: dict[str, list[tuple[str, Instance]]] = {}
+    for motif, inst in ground_truth_instances(queries):
+        truth_by_image.setdefault(inst.image, []).append((motif, inst))
+    regions_by_image: dict[str, list[Region]] = {}
+    for r in set(regions):
+        regions_by_image.setdefault(_name(r.image_id, image_names), []).append(r)
+    labels: dict[Region, str] = {}
+    for image, group in regions_by_image.items():  # one IoU matrix per image
+        truth = truth_by_image.get(image, [])
+        if not truth:
+            labels.update(dict.fromkeys(group, NONE))
+            continue
+        overlap = iou_matrix(region_box_array([r.box for r in group]),
+                             region_box_array([inst.box for _, inst in truth]))  # (regions, instances)
+        best = overlap.argmax(axis=1)
+        hit = overlap[np.arange(len(group)), best] > iou
+        labels.update({r: truth[b][0] if h else NONE for r, b, h in zip(group, best.tolist(), hit.tolist())})
+    return labels
+
+
+def cluster_purity(clusters: Sequence[Cluster], labels: Mapping[Region, str], count_none: bool = False) -> float:
+    """Share of clustered regions that carry their cluster's majority motif.
+
+    purity = sum over clusters of (count of the cluster's most frequent label) / (all
+    regions of all clusters). By default ``"none"`` never counts as a majority: a cluster
+    of unannotated regions (a repeated frame, background) is wholly impure. With
+    ``count_none`` it is a label like any other. Regions missing from ``labels`` are ``"none"``.
+    """
+    total = majority = 0
+    for cluster in clusters:
+        counts = Counter(labels.get(r, NONE) for r in cluster.regions)
+        total += len(cluster.regions)
+        if not count_none:
+            counts.pop(NONE, None)
+        majority += max(counts.values(), default=0)
+    return majority / total if total else 0.0

@@ -1,0 +1,88 @@
+import pytest
+
+from engine.discovery_metrics import (
+    cluster_purity,
+    ground_truth_pairs,
+    matched_pairs,
+    pair_precision_recall,
+    region_labels,
+    shortlist_recall,
+)
+from engine.evaluate import Instance, Query
+from engine.types import IDENTITY_AFFINE, Box, Cluster, PairMatch, Region
+
+DOG_BOX = Box(0, 0, 10, 10)
+MILL_BOX = Box(50, 50, 70, 70)
+
+
+def annotations() -> list[Query]:
+    """dog in p1, p2, p3 (two queries of the class); windmill in p3 and p4."""
+    dogs = [Instance(f"p{i}.jpg", DOG_BOX) for i in (1, 2, 3)]
+    mill = [Instance("p3.jpg", MILL_BOX), Instance("p4.jpg", MILL_BOX)]
+    return [
+        Query("dog", dogs[0], tuple(dogs[1:])),
+        Query("dog", dogs[1], (dogs[0], dogs[2])),
+        Query("windmill", mill[0], (mill[1],)),
+    ]
+
+
+def fs(a: str, b: str) -> frozenset[str]:
+    return frozenset((a, b))
+
+
+def test_ground_truth_pairs_known_answer():
+    assert ground_truth_pairs(annotations()) == {
+        fs("p1.jpg", "p2.jpg"), fs("p1.jpg", "p3.jpg"), fs("p2.jpg", "p3.jpg"), fs("p3.jpg", "p4.jpg"),
+    }
+    assert ground_truth_pairs([]) == set()
+
+
+def test_pair_precision_recall_known_answer():
+    truth = ground_truth_pairs(annotations())
+    predicted = [("p2.jpg", "p1.jpg"), ("p1.jpg", "p4.jpg"), ("p3.jpg", "p4.jpg"), ("p5.jpg", "p5.jpg")]
+    precision, recall = pair_precision_recall(predicted, truth)
+    assert precision == pytest.approx(2 / 3)  # the self-pair is not an image pair
+    assert recall == pytest.approx(2 / 4)
+    assert pair_precision_recall([], truth) == (0.0, 0.0)
+    assert pair_precision_recall(predicted, set()) == (0.0, 0.0)
+
+
+def test_shortlist_recall_and_matched_pairs():
+    truth = ground_truth_pairs(annotations())
+    assert shortlist_recall([("p1.jpg", "p2.jpg"), ("p2.jpg", "p1.jpg")], truth) == pytest.approx(1 / 4)
+    matches = [
+        PairMatch("id1", "id2", DOG_BOX, DOG_BOX, IDENTITY_AFFINE, 0.1, 10),
+        PairMatch("id2", "id1", MILL_BOX, MILL_BOX, IDENTITY_AFFINE, 0.1, 10),
+        PairMatch("id3", "id3", DOG_BOX, MILL_BOX, IDENTITY_AFFINE, 0.1, 10),
+    ]
+    names = {"id1": "p1.jpg", "id2": "p2.jpg", "id3": "p3.jpg"}
+    assert matched_pairs(matches, names) == {fs("p1.jpg", "p2.jpg")}
+
+
+def test_region_labels_use_best_overlap_above_threshold():
+    regions = [
+        Region("p1.jpg", Box(1, 1, 11, 11)),  # IoU ~0.68 with the dog
+        Region("p3.jpg", Box(52, 50, 72, 70)),  # windmill, not the dog in the same image
+        Region("p2.jpg", Box(5, 0, 15, 10)),  # IoU 1/3 > 0.3: still the dog
+        Region("p2.jpg", Box(6, 0, 16, 10)),  # IoU 0.25: none
+        Region("p9.jpg", DOG_BOX),  # image without annotations
+    ]
+    labels = region_labels(regions, annotations())
+    assert [labels[r] for r in regions] == ["dog", "windmill", "dog", "none", "none"]
+    renamed = region_labels([Region("id1", DOG_BOX)], annotations(), image_names={"id1": "p1.jpg"})
+    assert renamed == {Region("id1", DOG_BOX): "dog"}
+
+
+def test_cluster_purity_known_answer():
+    r = {name: Region(name, DOG_BOX) for name in "abcdefg"}
+    labels = {r["a"]: "dog", r["b"]: "dog", r["c"]: "mill", r["d"]: "mill", r["e"]: "mill",
+              r["f"]: "none", r["g"]: "none"}
+    clusters = [
+        Cluster(0, (r["a"], r["b"], r["c"])),  # majority dog: 2 of 3
+        Cluster(1, (r["d"], r["e"])),  # pure: 2 of 2
+        Cluster(2, (r["f"], r["g"])),  # unannotated: 0 of 2 by default
+    ]
+    assert cluster_purity(clusters, labels) == pytest.approx(4 / 7)
+    assert cluster_purity(clusters, labels, count_none=True) == pytest.approx(6 / 7)
+    assert cluster_purity([], labels) == 0.0
+    assert cluster_purity(clusters[:1], {}) == 0.0  # unlabelled regions count as none

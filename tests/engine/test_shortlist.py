@@ -1,0 +1,148 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.features import FeaturePyramid
+from engine.shortlist import (
+    ShortlistConfig,
+    all_pairs,
+    gem_regions,
+    global_descriptors,
+    knn_graph,
+    knn_pairs,
+)
+
+R2 = 1 / math.sqrt(2)
+
+
+def _hand_made() -> torch.Tensor:
+    """Four images, two regions each, over the basis e0..e3 of R^4.
+
+    A=[e0, e1], B=[e2, e3], C=[e1, (e2+e3)/√2], D=[(e0+e2)/√2, e3]: A and C share one
+    region exactly (1.0), so do B and D; every other pair peaks at 1/√2 or 1/2 or 0.
+    """
+    e = torch.eye(4)
+    return torch.stack([
+        torch.stack([e[0], e[1]]),
+        torch.stack([e[2], e[3]]),
+        torch.stack([e[1], (e[2] + e[3]) * R2]),
+        torch.stack([(e[0] + e[2]) * R2, e[3]]),
+    ])
+
+
+def test_knn_known_answer_uses_best_region_pair():
+    pairs = knn_pairs(_hand_made(), k=1, device="cpu")
+    assert [(i, j) for i, j, _ in pairs] == [(0, 2), (1, 3)]
+    assert [s for _, _, s in pairs] == pytest.approx([1.0, 1.0])
+
+
+def test_k_at_least_n_minus_1_gives_all_pairs_sorted():
+    pairs = knn_pairs(_hand_made(), k=10, device="cpu")
+    assert [(i, j) for i, j, _ in pairs] == [(0, 2), (1, 3), (0, 3), (1, 2), (2, 3), (0, 1)]
+    assert [s for _, _, s in pairs] == pytest.approx([1.0, 1.0, R2, R2, R2, 0.0], abs=1e-6)
+    assert {(i, j) for i, j, _ in pairs} == set(all_pairs(4))
+
+
+def test_blocked_equals_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    desc = torch.nn.functional.normalize(torch.randn(53, 3, 8, generator=gen), dim=2)
+    # Tiny blocks on both sides: 8 database blocks, one query image per block.
+    idx, sim = knn_graph(desc, k=5, device="cpu", block=7, max_block_elems=7 * 9)
+    flat = desc.reshape(-1, 8)
+    full = (flat @ flat.T).view(53, 3, 53, 3).amax(3).amax(1)
+    full.fill_diagonal_(-float("inf"))
+    want_sim, want_idx = full.topk(5, dim=1)
+    assert torch.equal(idx, want_idx)
+    assert torch.allclose(sim, want_sim, atol=1e-6)
+    pairs = knn_pairs(desc, k=5, device="cpu", block=7)
+    want = {(min(i, int(j)), max(i, int(j))) for i in range(53) for j in want_idx[i]}
+    assert {(i, j) for i, j, _ in pairs} == want
+    assert len(pairs) == len(want)
+    sims = [s for _, _, s in pairs]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_single_descriptor_per_image_accepted():
+    desc = torch.eye(3)
+    pairs = knn_pairs(desc, k=1, device="cpu")
+    assert len(pairs) in (2, 3) and all(i < j for i, j, _ in pairs)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_too_few_images_give_no_pairs(n):
+    assert knn_pairs(torch.zeros(n, 14, 8), k=20, device="cpu") == []
+    assert all_pairs(n) == []
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="k must be"):
+        knn_pairs(torch.zeros(3, 2, 4), k=0)
+    with pytest.raises(ValueError, match="shape"):
+        knn_pairs(torch.zeros(3, 2, 4, 1), k=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        all_pairs(-1)
+    with pytest.raises(ValueError, match="grids"):
+        ShortlistConfig(grids=(0,))
+
+
+def test_all_pairs():
+    assert all_pairs(3) == [(0, 1), (0, 2), (1, 2)]
+    assert len(all_pairs(10)) == 45
+
+
+def test_gem_regions_known_answers():
+    fmap = torch.zeros(2, 4, 4)
+    fmap[0] = 1.0
+    fmap[1, :2, :2] = -2.0  # only the top-left 2x2 cell carries channel 1, negative
+    desc = gem_regions(fmap, (1, 2), p=1.0)
+    assert desc.shape == (5, 2)
+    assert torch.allclose(desc.norm(dim=1), torch.ones(5))
+    # Top-left cell of the 2x2 grid: (1, -2) normalised; the other cells: (1, 0).
+    assert torch.allclose(desc[1], torch.tensor([1.0, -2.0]) / math.sqrt(5))
+    assert torch.allclose(desc[2:], torch.tensor([[1.0, 0.0]] * 3))
+    # Whole map with p=1 is the plain mean (1, -0.5), normalised; a large p nears the max.
+    assert torch.allclose(desc[0], torch.tensor([1.0, -0.5]) / math.sqrt(1.25))
+    big_p = gem_regions(fmap, (1,), p=50.0)[0]
+    assert big_p[1] / big_p[0] < -1.5
+
+
+def test_shared_detail_brings_images_together():
+    gen = torch.Generator().manual_seed(1)
+    maps = torch.nn.functional.normalize(torch.randn(3, 16, 12, 12, generator=gen), dim=1)
+    maps[1, :, 8:, 8:] = maps[0, :, :4, :4]  # one ninth of image 0 reappears in image 1
+    pyramids = [FeaturePyramid((m.half(), m[:, ::2, ::2].half()), (480, 480)) for m in maps]
+    desc = global_descriptors(pyramids, ShortlistConfig(level=0, grids=(1, 2, 3)))
+    assert desc.shape == (3, 14, 16) and desc.dtype == torch.float32
+    assert torch.allclose(desc.norm(dim=2), torch.ones(3, 14), atol=1e-5)
+    best = knn_pairs(desc, k=1, device="cpu")[0]
+    assert best[:2] == (0, 1) and best[2] == pytest.approx(1.0, abs=1e-3)
+    whole_only = knn_pairs(desc[:, :1], k=2, device="cpu")
+    assert max(s for *_, s in whole_only) < 0.9
+
+
+def test_global_descriptors_checks_levels_and_channels():
+    a = FeaturePyramid((torch.ones(4, 3, 3),), (48, 48))
+    b = FeaturePyramid((torch.ones(5, 3, 3),), (48, 48))
+    with pytest.raises(ValueError, match="image 1"):
+        global_descriptors([a, b])
+    with pytest.raises(ValueError, match="no pyramid level 2"):
+        global_descriptors([a], ShortlistConfig(level=2))
+    assert global_descriptors([]).shape[0] == 0
+
+
+def test_default_pools_the_coarsest_level():
+    fine = torch.zeros(2, 4, 4)
+    fine[0] = 1.0
+    coarse = torch.zeros(2, 2, 2)
+    coarse[1] = 1.0
+    desc = global_descriptors([FeaturePyramid((fine, coarse), (64, 64))])
+    assert desc.shape == (1, 65, 2)
+    assert torch.allclose(desc[0], torch.tensor([0.0, 1.0]).expand(65, 2))
+
+
+def test_global_descriptors_tiny_map():
+    # A 1x2 map still yields 65 regions (finer grids reuse cells).
+    pyr = FeaturePyramid((torch.tensor(np.ones((4, 1, 2), dtype=np.float16)),), (32, 16))
+    assert global_descriptors([pyr]).shape == (1, 65, 4)
