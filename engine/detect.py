@@ -98,6 +98,12 @@ class FeatureBank:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def pyramid(self, index: int) -> FeaturePyramid:
+        """The unpadded pyramid of image ``index`` (views into the bank, no copy)."""
+        levels = tuple(level[index, :, : int(v[index, 0]), : int(v[index, 1])] for level, v in zip(self.levels, self.valid))
+        width, height = self.sizes[index].tolist()
+        return FeaturePyramid(levels, (int(width), int(height)))
+
 
 def window_scores(level: torch.Tensor, valid: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity of the query at every window position.

@@ -14,6 +14,7 @@ import json
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -201,22 +202,30 @@ def collection_features(
     batch_size: int = 16,
     progress: bool = True,
     hashes: dict[str, str] | None = None,
+    keep: bool = True,
 ) -> CollectionFeatures:
     """Load from cache or compute the pyramids of ``(image_id, path)`` items.
 
     Unreadable files are reported in ``failures`` by path and skipped; the rest go on.
     ``hashes`` may give known content hashes (from the project store) to skip rehashing.
+    With ``keep=False`` (needs a cache) the pyramids are only made sure to be cached and
+    ``pyramids`` stays empty, so a 100k-image collection never sits in memory at once.
     """
+    if not keep and cache_root is None:
+        raise ValueError("keep=False needs a cache folder")
     items = list(items)
     cache = FeatureCache(cache_root, backbone.model_id, config) if cache_root else None
     result = CollectionFeatures([], [], [])
     todo: list[tuple[int, str, str, str]] = []  # (position, image_id, path, hash)
-    found: dict[int, tuple[str, FeaturePyramid]] = {}
+    found: dict[int, tuple[str, FeaturePyramid | None]] = {}
     for pos, (image_id, path) in enumerate(items):
         try:
             digest = (hashes or {}).get(image_id) or content_hash(path)
         except OSError as err:
             result.failures.append(FeatureFailure(str(path), f"cannot read file ({err.strerror or err})"))
+            continue
+        if cache and not keep and cache.path(digest).is_file():
+            found[pos] = (image_id, None)
             continue
         cached = cache.get(digest) if cache else None
         if cached is not None:
@@ -242,11 +251,30 @@ def collection_features(
         for (pos, image_id, digest), pyramid in zip(chunk, extract_pyramids(backbone, arrays, config, sizes)):
             if cache:
                 cache.put(digest, pyramid)
-            found[pos] = (image_id, pyramid)
+            found[pos] = (image_id, pyramid if keep else None)
         bar.update(len(todo[start : start + batch_size]))
     bar.close()
     for pos in sorted(found):
         image_id, pyramid = found[pos]
         result.image_ids.append(image_id)
-        result.pyramids.append(pyramid)
+        if keep:
+            result.pyramids.append(pyramid)
     return result
+
+
+class CachedPyramids:
+    """Read access to cached pyramids by image id, keeping the most recent few in memory."""
+
+    def __init__(self, cache: FeatureCache, hashes: dict[str, str], keep_in_memory: int = 256):
+        self.cache = cache
+        self.hashes = hashes
+        self._get = lru_cache(maxsize=keep_in_memory)(self._load)
+
+    def _load(self, image_id: str) -> FeaturePyramid:
+        pyramid = self.cache.get(self.hashes[image_id])
+        if pyramid is None:
+            raise KeyError(f"no cached features for image {image_id}")
+        return pyramid
+
+    def __call__(self, image_id: str) -> FeaturePyramid:
+        return self._get(image_id)

@@ -84,7 +84,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.rerank:
         from hitl.rerank import rerank_detections
 
-        dets = rerank_detections(backbone, collection, query, box, dets, top_n=args.rerank_top)
+        dets = rerank_detections(backbone, collection, query, box, dets, args.rerank_top, query_id)
     rows = [{"image": str(collection.paths[d.image_id]), "box": [round(v, 1) for v in d.box.as_list()],
              "score": round(d.score, 4)} for d in dets]
     text = "\n".join(f"{i + 1:>3}  {r['score']:.3f}  {r['image']}  {r['box']}" for i, r in enumerate(rows))
@@ -110,8 +110,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from engine.evaluate import format_table, load_annotations
     from hitl import oneshot
 
+    if args.project and not (args.annotations or args.images):
+        return _eval_project(args)
     if not args.annotations or not args.images:
-        raise UsageError("eval needs --annotations FILE and --images DIR")
+        raise UsageError("eval needs --annotations FILE and --images DIR, or --project FILE")
     queries = load_annotations(args.annotations)
     if not queries:
         raise UsageError(f"{args.annotations}: no query with at least one target")
@@ -135,15 +137,132 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_project(args: argparse.Namespace) -> int:
+    from engine.evaluate import format_table
+    from hitl.evaluation import evaluate_project
+    from hitl.project import load_model, open_project
+
+    store, paths = open_project(args.project)
+    models = args.model or [None]
+    payload, tables = [], []
+    for name in models:
+        backbone = load_model(store, name, args.device)
+        res = evaluate_project(store, paths, backbone, rerank=args.rerank or args.discovery,
+                               discovery=args.discovery, progress=not args.quiet)
+        payload.append(res.to_dict())
+        lines = [f"model {res.model_id}", format_table(res.oneshot)]
+        if res.discovery:
+            d = res.discovery
+            lines.append(f"discovery (run {int(d['run_id'])}, min score {d['min_score']:g}): "
+                         f"{int(d['links'])} links, pair precision {d['pair_precision']:.3f}, "
+                         f"pair recall {d['pair_recall']:.3f}, {int(d['clusters'])} clusters, "
+                         f"cluster purity {d['cluster_purity']:.3f}")
+        elif args.discovery:
+            lines.append("discovery: no finished discovery run for this model (run `artminer discover`)")
+        if res.shortlist_recall:
+            lines.append("shortlist recall of ground-truth pairs: " + ", ".join(
+                f"k={k}: {v:.3f}" for k, v in res.shortlist_recall.items()))
+        tables.append("\n".join(lines))
+    _print(payload if len(payload) > 1 else payload[0], args.json, "\n\n".join(tables))
+    return 0
+
+
 @verb("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the bundled demo collection with its ground truth."""
+    """Build the demo collection, its ground truth, and a ready project."""
+    from db.store import Store
     from hitl.demo import build_demo
+    from hitl.ingest import ingest_paths
+    from hitl.project import active_model_id
 
     out = Path(args.out)
-    demo = build_demo(out, seed=args.seed, progress=not args.quiet)
-    print(f"demo collection written to {out} ({len(list((out / 'images').iterdir()))} images)")
-    return 0 if demo else 1
+    demo = build_demo(out, seed=args.seed, n_images=args.images, progress=not args.quiet)
+    project = out / "artminer.duckdb"
+    with Store(project) as store:
+        report = ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=not args.quiet)
+        store.attach_annotations(demo.ground_truth, "artminer", label="demo ground truth")
+        active_model_id(store)
+    print(f"demo collection: {len(demo.files)} images, {len(demo.classes)} motifs in {out}\n"
+          f"ground truth: {demo.ground_truth} (VIA: {demo.ground_truth_via})\n"
+          f"project: {project} ({len(report.added)} images added)")
+    return 0
+
+
+@verb("ingest")
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Add images (folders, IIIF manifests, VIA files) and metadata to a project."""
+    from hitl.ingest import ingest_paths
+    from hitl.project import open_project
+
+    if not args.paths and not args.metadata and not args.annotations:
+        raise UsageError("ingest needs at least one PATH, --metadata CSV or --annotations FILE")
+    store, paths = open_project(args.project, create=True)
+    report = ingest_paths(store, args.paths, metadata_csv=args.metadata, cache_dir=paths.image_cache,
+                          progress=not args.quiet)
+    for ann in args.annotations or []:
+        from engine.evaluate import load_annotations
+
+        load_annotations(ann)  # refuse a malformed file now, not at evaluation time
+        store.attach_annotations(ann, "artminer" if not ann.endswith("via.json") else "via")
+    _print(report.to_dict(), args.json, report.summary())
+    return 0
+
+
+@verb("discover")
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Find repeated details: shortlist, verify pairs, build clusters and the map."""
+    from dataclasses import replace
+
+    from engine.graph import GraphConfig
+    from hitl.discover import DiscoverConfig, run_discovery
+    from hitl.project import open_project
+
+    store, paths = open_project(args.project)
+    if store.count_images() == 0:
+        raise UsageError(f"{args.project} has no images; run `artminer ingest` first")
+    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size)
+    if args.min_score is not None:
+        config = replace(config, min_score=args.min_score)
+    if args.graph != "paper":
+        config = replace(config, graph=GraphConfig(mode=args.graph))
+    report = run_discovery(store, paths, config, model=args.model, device=args.device, progress=not args.quiet)
+    for failure in report.failures:
+        print(f"warning: skipped {failure}", file=sys.stderr)
+    text = (f"run {report.run_id} with {report.model_id}: {report.n_images} images, {report.n_pairs} candidate "
+            f"pairs ({report.n_verified_now} verified now), {report.n_links} links above "
+            f"{config.min_score:g}, {report.n_clusters} clusters in {report.seconds:.1f} s")
+    _print(report.__dict__, args.json, text)
+    return 0
+
+
+@verb("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write confirmed links (or every verdict) in a format other tools read."""
+    from hitl.export import export_links
+    from hitl.project import open_project
+
+    store, _ = open_project(args.project)
+    n = export_links(store, args.format, args.out, all_verdicts=args.all_verdicts)
+    _print({"written": n, "out": args.out}, args.json, f"wrote {n} links to {args.out} ({args.format})")
+    return 0
+
+
+@verb("app")
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the review app on a project."""
+    import os
+    import subprocess
+
+    project = Path(args.project)
+    if not project.is_file():
+        raise UsageError(f"project file not found: {project}")
+    app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+    env = dict(os.environ, ARTMINER_PROJECT=str(project.resolve()))
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+               "--server.address", args.address, "--server.headless", "true",
+               "--browser.gatherUsageStats", "false"]
+    print(f"ArtMiner app on http://{args.address}:{args.port} (project {project})", flush=True)
+    return subprocess.call(command, env=env)
 
 
 # ------------------------------------------------------------------ parser
@@ -179,10 +298,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder holding the annotated images")
     p.add_argument("--model", action="append", help="backbone name or checkpoint; repeat to compare")
     p.add_argument("--rerank", action="store_true", help="also report mAP after discovery-score re-ranking")
+    p.add_argument("--project", help="evaluate a project against its attached annotation files")
+    p.add_argument("--discovery", action="store_true",
+                   help="with --project: also discovered-pair precision/recall, cluster purity, shortlist recall")
 
     p = add("demo", "build the demo collection, its ground truth and project")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=60, help="number of images")
+
+    p = add("ingest", "add images, IIIF manifests, VIA files and metadata to a project", project=True)
+    p.add_argument("paths", nargs="*", help="folders, image files, IIIF manifests (file or URL), VIA files")
+    p.add_argument("--metadata", help="CSV/TSV of metadata joined by file name")
+    p.add_argument("--annotations", action="append", help="attach a ground-truth file for evaluation")
+
+    p = add("discover", "discover repeated details across the project's images", model=True, project=True)
+    p.add_argument("--model", help="model id or checkpoint (default: the project's active model)")
+    p.add_argument("--pairs", default="knn", choices=["knn", "all"])
+    p.add_argument("--k", type=int, default=20, help="neighbours per image in the shortlist")
+    p.add_argument("--min-score", type=float, help="discovery score threshold for links")
+    p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs verified together")
+
+    p = add("export", "export confirmed links (or all verdicts)", project=True)
+    p.add_argument("--format", required=True, choices=["csv", "json", "w3c", "iiif", "training"])
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--all-verdicts", action="store_true", help="every verdict, not only confirmed links")
+
+    p = add("app", "serve the review app", project=True)
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1")
     return parser
 
 

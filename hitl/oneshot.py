@@ -86,3 +86,14 @@ def evaluate_collection(backbone: Backbone, collection: LoadedCollection, querie
     result = evaluate(queries, run)
     bar.close()
     return result
+
+
+def load_project_collection(store, paths, backbone: Backbone, progress: bool = True) -> LoadedCollection:
+    """The project's images (ids are the store's image ids), features cached per model
+    under ``artminer-data/features``."""
+    images = [img for img in store.list_images() if Path(img.path).is_file()]
+    items = [(img.image_id, Path(img.path)) for img in images]
+    if not items:
+        raise FileNotFoundError(f"project {store.path} has no image files on disk")
+    hashes = {img.image_id: img.sha256 for img in images}
+    return load_collection(backbone, items, paths.features, progress=progress, hashes=hashes)

@@ -1,0 +1,169 @@
+"""A discovery run: features -> shortlist -> pair verification -> graph -> clusters -> map.
+
+Chains the engine's steps over a project and writes everything to the store as one run
+with its parameters and model. Each batch of verified pairs commits with its links, so
+a run killed midway resumes without re-verifying a pair, and a run after an ingest
+verifies only the pairs that involve new images (the store remembers every pair a model
+has verified, with or without links).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from db.store import Store
+from engine.backbone import Backbone
+from engine.embed import density_groups, image_descriptor_matrix, map_2d
+from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
+from engine.graph import GraphConfig, build_clusters
+from engine.shortlist import ShortlistConfig, all_pairs, global_descriptors, knn_pairs
+from engine.types import PairMatch, Region
+from engine.verify import VerifyConfig, verify_pairs
+from hitl.project import ProjectPaths, load_model
+
+# Links at or above this discovery score (paper eq. 2) count as found: they build the
+# clusters and are the default threshold of precision/recall and the review queue.
+DEFAULT_MIN_SCORE = 0.02
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    pairs: str = "knn"  # "knn": each image with its k most similar; "all": every pair
+    k: int = 20  # neighbours per image in the shortlist
+    min_score: float = DEFAULT_MIN_SCORE  # links below are stored but not clustered
+    batch_size: int = 32  # pairs verified together on the device
+    commit_every: int = 256  # pairs per store transaction (the resume granularity)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    shortlist: ShortlistConfig = field(default_factory=ShortlistConfig)
+
+    def params(self) -> dict:
+        """What makes two runs the same run (stored with it; resume keys on it)."""
+        return asdict(self)
+
+
+@dataclass
+class DiscoverReport:
+    run_id: int
+    model_id: str
+    n_images: int
+    n_pairs: int
+    n_verified_now: int
+    n_links: int
+    n_clusters: int
+    failures: list[str]
+    seconds: float
+
+
+def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = DiscoverConfig(),
+                  model: str | None = None, device: str = "auto", progress: bool = True,
+                  backbone: Backbone | None = None) -> DiscoverReport:
+    """Discover repeated details in the project's images with ``model`` (default: active)."""
+    start = time.perf_counter()
+    backbone = backbone or load_model(store, model, device)
+    model_id = backbone.model_id
+    params = config.params()
+    resumed = store.resumable_run(model_id, params)
+    run_id = resumed.run_id if resumed else store.start_run(model_id, params)
+    try:
+        images = [img for img in store.list_images() if Path(img.path).is_file()]
+        hashes = {img.image_id: img.sha256 for img in images}
+        feats = collection_features(backbone, [(i.image_id, i.path) for i in images], config.features,
+                                    paths.features, progress=progress, hashes=hashes, keep=False)
+        ids = feats.image_ids
+        pyramids = CachedPyramids(FeatureCache(paths.features, model_id, config.features), hashes)
+        desc = image_descriptors(ids, pyramids, config.shortlist)
+        pairs = _shortlist(ids, desc, config)
+        done = store.verified_pairs(model_id)
+        todo = [p for p in pairs if tuple(sorted(p)) not in done]
+        n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress)
+        links = [lk for lk in store.list_links(model_id=model_id) if lk.score >= config.min_score]
+        n_clusters = _store_clusters(store, run_id, links, config.graph)
+        _store_maps(store, model_id, ids, desc, links, pyramids)
+        store.finish_run(run_id, "done")
+    except BaseException as err:
+        store.finish_run(run_id, "failed", error=f"{type(err).__name__}: {err}")
+        raise
+    return DiscoverReport(run_id, model_id, len(ids), len(pairs), n_new, len(links), n_clusters,
+                          [f"{f.path}: {f.reason}" for f in feats.failures], time.perf_counter() - start)
+
+
+def image_descriptors(ids: list[str], pyramids: CachedPyramids, config: ShortlistConfig, chunk: int = 256) -> torch.Tensor:
+    """(N, R, C) regional descriptors, computed a chunk of images at a time."""
+    parts = [global_descriptors([pyramids(i) for i in ids[s : s + chunk]], config) for s in range(0, len(ids), chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig) -> list[tuple[str, str]]:
+    if len(ids) < 2:
+        return []
+    if config.pairs == "all":
+        index_pairs = all_pairs(len(ids))
+    elif config.pairs == "knn":
+        index_pairs = [(i, j) for i, j, _ in knn_pairs(desc, config.k)]
+    else:
+        raise ValueError(f"--pairs must be 'all' or 'knn', not {config.pairs!r}")
+    return [(ids[i], ids[j]) for i, j in index_pairs]
+
+
+def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], pyramids: CachedPyramids,
+                      config: DiscoverConfig, backbone: Backbone, progress: bool) -> int:
+    """Verify pairs in batches; each batch's links and pairs commit together."""
+    device = next(backbone.parameters()).device
+    bar = tqdm(total=len(todo), desc="verify pairs", unit="pair", disable=not progress or not todo)
+    # Pairs sharing image A run back to back, so its pyramid stays in the reader's memory.
+    todo = sorted(todo)
+    for start in range(0, len(todo), config.commit_every):
+        chunk = todo[start : start + config.commit_every]
+        found: list[PairMatch] = []
+        for _, matches in verify_pairs(chunk, pyramids, config.verify, device, config.batch_size):
+            found.extend(m for m in matches if m.score >= config.min_score / 2)
+            bar.update(1)
+        store.add_links(run_id, found, verified_pairs=chunk)
+    bar.close()
+    return len(todo)
+
+
+def _store_clusters(store: Store, run_id: int, links, graph: GraphConfig) -> int:
+    result = build_clusters([lk.match for lk in links], graph)
+    region_links: dict[Region, int] = {}
+    for link, cluster_index in zip(links, result.match_cluster):
+        if cluster_index >= 0:
+            region_links.setdefault(Region(link.image_a, link.box_a), link.link_id)
+            region_links.setdefault(Region(link.image_b, link.box_b), link.link_id)
+    store.add_clusters(run_id, result.clusters, region_links)
+    return len(result.clusters)
+
+
+def _store_maps(store: Store, model_id: str, ids: list[str], desc: torch.Tensor, links, pyramids: CachedPyramids) -> None:
+    """UMAP + HDBSCAN of the images, and of the detail regions of found links."""
+    if not ids:
+        return
+    xy = map_2d(image_descriptor_matrix(desc))
+    store.save_map(model_id, "image", ids, xy, density_groups(xy))
+    regions = {Region(lk.image_a, lk.box_a): f"{lk.link_id}:a" for lk in links}
+    regions.update({Region(lk.image_b, lk.box_b): f"{lk.link_id}:b" for lk in links})
+    if len(regions) >= 2:
+        vectors = np.stack([region_descriptor(pyramids(r.image_id), r) for r in regions])
+        rxy = map_2d(vectors)
+        store.save_map(model_id, "region", list(regions.values()), rxy, density_groups(rxy))
+
+
+def region_descriptor(pyramid, region: Region) -> np.ndarray:
+    """Mean of the reference-level features whose cells lie in the region, L2-normalised."""
+    level = pyramid.reference.float()
+    _, h, w = level.shape
+    cx, cy = pyramid.cell_size(0)
+    box = region.box
+    c0, c1 = int(box.x0 // cx), max(int(np.ceil(box.x1 / cx)), int(box.x0 // cx) + 1)
+    r0, r1 = int(box.y0 // cy), max(int(np.ceil(box.y1 / cy)), int(box.y0 // cy) + 1)
+    cells = level[:, min(r0, h - 1) : min(r1, h), min(c0, w - 1) : min(c1, w)]
+    return F.normalize(cells.mean(dim=(1, 2)), dim=0).numpy()
