@@ -235,6 +235,53 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    """One training round: fine-tune, save a new model, re-discover, measure before/after."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from engine.train import TrainConfig
+    from hitl.jobs import acquire_training_lock, release_training_lock
+    from hitl.project import open_project
+    from hitl.rounds import RoundConfig, RoundRefused, run_round
+
+    store, paths = open_project(args.project)
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    train_config = TrainConfig(iterations=args.iterations, seed=args.seed)
+    if args.refresh_every:
+        train_config = replace(train_config, refresh_every=args.refresh_every,
+                               checkpoint_every=max(args.refresh_every, train_config.checkpoint_every // args.refresh_every * args.refresh_every))
+    config = RoundConfig(iterations=args.iterations, sources=sources, seed=args.seed,
+                         rediscover=not args.no_discover, train=train_config)
+    acquire_training_lock(paths, args=sys.argv[1:])
+    try:
+        bar = tqdm(total=args.iterations, desc="training", unit="it", disable=args.quiet)
+
+        def on_iteration(log, total) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{log.loss:.3f}", mined=log.n_mined, expert=log.n_used_expert)
+            if args.quiet:  # a log file (the app's background round) gets one line per iteration
+                print(f"iteration {log.iteration + 1}/{total} loss {log.loss:.4f} mined {log.n_mined} "
+                      f"expert {log.n_used_expert}", flush=True)
+
+        try:
+            report = run_round(store, paths, config, from_model=args.from_model, device=args.device,
+                               progress=on_iteration, show_progress=not args.quiet)
+        except RoundRefused as err:
+            raise UsageError(str(err)) from err
+        bar.close()
+    finally:
+        release_training_lock(paths)
+    lines = [f"round {report.round_id}: {report.parent} -> {report.new_model} in {report.seconds:.0f} s"]
+    for key in sorted(set(report.before) | set(report.after)):
+        if key != "model":
+            lines.append(f"  {key:<26} before {report.before.get(key, float('nan')):.3f}   after {report.after.get(key, float('nan')):.3f}")
+    _print(report.__dict__, args.json, "\n".join(lines))
+    return 0
+
+
 @verb("export")
 def cmd_export(args: argparse.Namespace) -> int:
     """Write confirmed links (or every verdict) in a format other tools read."""
@@ -319,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, help="discovery score threshold for links")
     p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
     p.add_argument("--batch-size", type=int, default=32, help="pairs verified together")
+
+    p = add("train", "a training round: fine-tune on mined pairs and expert verdicts", model=True, project=True)
+    p.add_argument("--iterations", type=int, default=200, help="mining + gradient-step iterations (paper: 200)")
+    p.add_argument("--sources", default="mined,expert", help="mined, expert, or both (comma-separated)")
+    p.add_argument("--from", dest="from_model", help="model to start from (default: the active model)")
+    p.add_argument("--refresh-every", type=int, help="re-extract collection features every N iterations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-discover", action="store_true", help="skip re-discovery with the new model")
 
     p = add("export", "export confirmed links (or all verdicts)", project=True)
     p.add_argument("--format", required=True, choices=["csv", "json", "w3c", "iiif", "training"])

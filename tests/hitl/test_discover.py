@@ -1,0 +1,75 @@
+from dataclasses import replace
+
+import pytest
+
+import hitl.discover as discover
+from engine.features import FeatureConfig
+from hitl.discover import DiscoverConfig, run_discovery
+from hitl.project import open_project
+
+SMALL_FEATURES = FeatureConfig(max_side=16, n_scales=3)
+
+CONFIG = DiscoverConfig(pairs="all", features=SMALL_FEATURES, commit_every=4, min_score=0.0)
+
+
+def test_discovery_writes_run_links_clusters_and_map(tiny_project):
+    store, paths = open_project(tiny_project)
+    report = run_discovery(store, paths, CONFIG, progress=False)
+    assert report.n_images == 8 and report.n_pairs == 28 and report.n_verified_now == 28
+    run = store.get_run(report.run_id)
+    assert run.status == "done" and run.params["pairs"] == "all"
+    assert store.count_links(run_id=report.run_id) == report.n_links > 0
+    assert len(store.load_map(report.model_id, "image")) == 8
+    assert len(store.list_clusters(run_id=report.run_id)) == report.n_clusters
+    # a second run with the same model verifies nothing again
+    again = run_discovery(store, paths, CONFIG, progress=False)
+    assert again.n_verified_now == 0 and again.n_links == report.n_links
+
+
+def test_killed_run_resumes_without_reverifying(tiny_project, monkeypatch):
+    store, paths = open_project(tiny_project)
+    seen: list[tuple[str, str]] = []
+    real = discover.verify_pairs
+
+    def dying(pairs, *args, **kwargs):
+        for pair, found in real(pairs, *args, **kwargs):
+            if len(seen) == 10:
+                raise KeyboardInterrupt  # the user's Ctrl-C, or a kill between batches
+            seen.append(pair)
+            yield pair, found
+
+    monkeypatch.setattr(discover, "verify_pairs", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_discovery(store, paths, CONFIG, progress=False)
+    (failed,) = store.list_runs()
+    assert failed.status == "failed"
+    committed = store.verified_pairs(failed.model_id)
+    assert len(committed) == 8  # two batches of 4 committed; the third was cut
+
+    monkeypatch.setattr(discover, "verify_pairs", real)
+    resumed = run_discovery(store, paths, CONFIG, progress=False)
+    assert resumed.run_id == failed.run_id  # the same run continues
+    assert resumed.n_verified_now == 28 - 8
+    assert store.get_run(failed.run_id).status == "done"
+
+
+def test_new_images_only_add_their_pairs(tiny_project, tiny_demo):
+    from PIL import Image
+
+    from hitl.ingest import ingest_paths
+
+    store, paths = open_project(tiny_project)
+    run_discovery(store, paths, CONFIG, progress=False)
+    new = paths.project.parent / "more"
+    new.mkdir()
+    Image.open(tiny_demo / "images" / sorted((tiny_demo / "images").iterdir())[0].name).transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT).save(new / "flipped.png")
+    ingest_paths(store, [new], progress=False)
+    report = run_discovery(store, paths, CONFIG, progress=False)
+    assert report.n_verified_now == 8  # the new image against the 8 old ones
+
+
+def test_unknown_pair_mode_is_refused(tiny_project):
+    store, paths = open_project(tiny_project)
+    with pytest.raises(ValueError, match="--pairs"):
+        run_discovery(store, paths, replace(CONFIG, pairs="some"), progress=False)
