@@ -14,7 +14,8 @@ from typing import Any
 
 from engine.types import Box, ModelRef, PairMatch, Region
 
-VERDICTS = ("confirm", "reject", "unsure")
+CONFIRM, REJECT, UNSURE = "confirm", "reject", "unsure"
+VERDICTS = (CONFIRM, REJECT, UNSURE)
 """Judgements an expert can give a link or a cluster."""
 
 REVOKE = "revoke"

@@ -1,0 +1,417 @@
+"""Self-supervised mining of hard-positive feature pairs (paper §3.1).
+
+One mining round over a collection's feature bank:
+
+1. **Proposals**: random 2x2 cell squares at the reference level, placed so the
+   verification region and the positive square around them stay inside the image.
+2. **Candidates**: every proposal is slid over every level of every *other* image as one
+   convolution whose output channels are the proposals (the batched matching of
+   one-shot detection, many queries at once); each proposal keeps its best window per
+   image and then its top K = 10 images.
+3. **Verification**: each feature of the 10x10 square around the proposal is matched
+   (nearest neighbour) in the candidate's map; it votes when it lands within one cell of
+   where the candidate's displacement puts it. The top 10% of all candidates by votes are
+   verified.
+4. **Pairs**: the 4 corners of the 12x12 square around a verified proposal (P12) and the
+   cells the same displacement gives in the candidate's map are positive pairs; the
+   hard negatives of a pair are the top 20 matches of P1 in P2's map away from P2.
+
+A correspondence is a translation in cells between the proposal's map (level
+``proposal_level`` of image A) and the candidate's map (the level of B where it matched
+best): the choice of level absorbs the scale, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from engine.detect import FeatureBank
+from engine.features import FeaturePyramid
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    n_proposals: int = 1000  # proposals per round (reference code: 2000 per epoch); the speed knob of mining
+    proposal_size: int = 2  # paper: 2x2 proposal regions
+    proposal_level: int = 0  # proposals are cut from the reference (largest) level
+    top_k: int = 10  # paper: K = 10 candidate images per proposal
+    verification_size: int = 10  # paper: the 10x10 square centred on the proposal votes
+    # The reference code votes with the 36 cells on the ring of that square only: they are
+    # the furthest from the proposal, so the most independent of it (paper §3.1).
+    verify_ring_only: bool = True
+    vote_tolerance: int = 1  # a vote lands within this many cells (both axes) of the prediction
+    verified_fraction: float = 0.1  # paper: top 10% of candidates by votes are verified
+    min_votes: int = 1  # not in the paper: a candidate nobody votes for is never verified
+    positive_square: int = 12  # paper: P12, 4 positive pairs at the corners of a 12x12 square
+    n_negatives: int = 20  # paper: N_neg = 20 hard negatives per positive pair
+    negative_exclusion: int = 1  # cells this close (both axes) to P2 are not negatives
+    chunk_images: int = 64  # images per batched convolution (bounds memory)
+    chunk_candidates: int = 512  # candidates per verification matmul (bounds memory)
+
+    def __post_init__(self) -> None:
+        for name in ("n_proposals", "proposal_size", "top_k", "verification_size", "positive_square",
+                     "n_negatives", "chunk_images", "chunk_candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MiningConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("verification_size", "positive_square"):
+            size = getattr(self, name)
+            if size < self.proposal_size or (size - self.proposal_size) % 2:
+                raise ValueError(
+                    f"MiningConfig.{name}={size} cannot be centred on a {self.proposal_size}x"
+                    f"{self.proposal_size} proposal (needs >= it and the same parity)"
+                )
+        if not 0.0 < self.verified_fraction <= 1.0:
+            raise ValueError(f"MiningConfig.verified_fraction must be in (0, 1], got {self.verified_fraction}")
+
+    @property
+    def span(self) -> int:
+        """Side of the cell square around a proposal that must lie inside its image."""
+        return max(self.verification_size, self.positive_square, self.proposal_size)
+
+
+@dataclass(frozen=True, eq=False)
+class PairBatch:
+    """Training pairs as cell references ``[image, level, row, col]`` into a collection.
+
+    ``image`` indexes the collection's image list (bank order); ``level`` its pyramid.
+
+    Attributes:
+        anchor: (P, 4) long, P1 of each pair.
+        positive: (P, 4) long, P2; rows are -1 where ``positive_mask`` is False.
+        negatives: (P, N, 4) long, hard negatives of P1.
+        positive_mask: (P,) bool, False for pairs that only push apart (expert-rejected).
+        source: (P,) long, ``MINED`` or ``EXPERT``.
+    """
+
+    anchor: torch.Tensor
+    positive: torch.Tensor
+    negatives: torch.Tensor
+    positive_mask: torch.Tensor
+    source: torch.Tensor
+
+    MINED: ClassVar[int] = 0
+    EXPERT: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        p = self.anchor.shape[0]
+        ok = (
+            self.anchor.shape == (p, 4) and self.positive.shape == (p, 4)
+            and self.negatives.dim() == 3 and self.negatives.shape[0] == p and self.negatives.shape[2] == 4
+            and self.positive_mask.shape == (p,) and self.source.shape == (p,)
+        )
+        if not ok:
+            raise ValueError(
+                f"inconsistent PairBatch shapes: anchor {tuple(self.anchor.shape)}, positive "
+                f"{tuple(self.positive.shape)}, negatives {tuple(self.negatives.shape)}, mask "
+                f"{tuple(self.positive_mask.shape)}, source {tuple(self.source.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.anchor.shape[0]
+
+    @property
+    def n_negatives(self) -> int:
+        return self.negatives.shape[1]
+
+    @classmethod
+    def empty(cls, n_negatives: int) -> PairBatch:
+        long = torch.zeros(0, 4, dtype=torch.long)
+        return cls(long, long.clone(), torch.zeros(0, n_negatives, 4, dtype=torch.long),
+                   torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+
+    def select(self, index: torch.Tensor) -> PairBatch:
+        """The pairs at ``index`` (a long index or a bool mask over P)."""
+        return PairBatch(self.anchor[index], self.positive[index], self.negatives[index],
+                         self.positive_mask[index], self.source[index])
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    @classmethod
+    def cat(cls, batches: Sequence[PairBatch]) -> PairBatch:
+        if not batches:
+            raise ValueError("PairBatch.cat needs at least one batch")
+        sizes = {b.n_negatives for b in batches}
+        if len(sizes) > 1:
+            raise ValueError(f"cannot join pair batches with different negative counts {sorted(sizes)}")
+        return cls(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(cls)))
+
+
+@dataclass(frozen=True, eq=False)
+class Candidates:
+    """Flat candidate correspondences: proposal cell (row_a, col_a) of image_a at the
+    proposal level <-> window (row_b, col_b) of image_b at level_b; all (Q,) tensors."""
+
+    image_a: torch.Tensor
+    row_a: torch.Tensor
+    col_a: torch.Tensor
+    image_b: torch.Tensor
+    level_b: torch.Tensor
+    row_b: torch.Tensor
+    col_b: torch.Tensor
+    score: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.image_a.shape[0]
+
+    def select(self, index: torch.Tensor) -> Candidates:
+        return Candidates(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+# ---------------------------------------------------------------- geometry of a proposal
+
+
+def square_offsets(size: int, proposal_size: int) -> tuple[int, int]:
+    """(first, last) cell offset of a ``size`` square centred on a proposal at offset 0."""
+    first = -((size - proposal_size) // 2)
+    return first, first + size - 1
+
+
+def verification_offsets(config: MiningConfig) -> torch.Tensor:
+    """(V, 2) (drow, dcol) of the voting cells relative to the proposal's top-left cell."""
+    first, last = square_offsets(config.verification_size, config.proposal_size)
+    r = torch.arange(first, last + 1)
+    grid = torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)
+    if config.verify_ring_only and config.verification_size > 2:
+        on_ring = (grid == first).any(1) | (grid == last).any(1)
+        grid = grid[on_ring]
+    return grid
+
+
+def corner_offsets(config: MiningConfig) -> torch.Tensor:
+    """(4, 2) offsets of the positive square's corners (P12: -5 and +6 for a 2x2 proposal)."""
+    first, last = square_offsets(config.positive_square, config.proposal_size)
+    return torch.tensor([[first, first], [first, last], [last, first], [last, last]])
+
+
+def cells_inside(valid: torch.Tensor, side: int) -> torch.Tensor:
+    """(n, side, side) bool: the cells of a zero-padded map that belong to the image.
+
+    Args:
+        valid: (n, 2) true (h, w) of each map.
+    """
+    grid = torch.arange(side, device=valid.device)
+    return (grid[None, :, None] < valid[:, 0, None, None]) & (grid[None, None, :] < valid[:, 1, None, None])
+
+
+def near_cells(rows: torch.Tensor, cols: torch.Tensor, side: int, radius: int) -> torch.Tensor:
+    """(n, side, side) bool: cells within ``radius`` (both axes) of (rows, cols), each (n,)."""
+    grid = torch.arange(side, device=rows.device)
+    return ((grid[None, :, None] - rows[:, None, None]).abs() <= radius) & (
+        (grid[None, None, :] - cols[:, None, None]).abs() <= radius
+    )
+
+
+def gather_cells(level: torch.Tensor, image: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """Features of cells of a padded level (N, C, S, S); index tensors of one shape (*) -> (*, C)."""
+    return level[image, :, row, col]
+
+
+# ---------------------------------------------------------------- the four steps
+
+
+def sample_proposals(valid: torch.Tensor, config: MiningConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random proposal positions at the proposal level.
+
+    Args:
+        valid: (N, 2) true (h, w) of each image's map at the proposal level.
+
+    Returns:
+        (P, 3) long [image, row, col] of each proposal's top-left cell (P = 0 when no map
+        is large enough for ``config.span``).
+    """
+    valid = valid.cpu()
+    span = config.span
+    margin = -square_offsets(span, config.proposal_size)[0]
+    eligible = ((valid[:, 0] >= span) & (valid[:, 1] >= span)).nonzero()[:, 0]
+    if len(eligible) == 0:
+        return torch.zeros(0, 3, dtype=torch.long)
+    n = config.n_proposals
+    image = eligible[torch.randint(len(eligible), (n,), generator=generator)]
+    room = valid[image] - span + 1  # (P, 2) possible top-left positions of the span square
+    offset = (torch.rand(n, 2, generator=generator) * room).long()
+    return torch.cat([image[:, None], offset + margin], dim=1)
+
+
+def window_scores_many(level: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of many queries at every window position, one convolution.
+
+    Args:
+        level: (B, C, S, S) padded features; valid: (B, 2) true (h, w).
+        queries: (P, C, q, q).
+
+    Returns:
+        (B, P, S - q + 1, S - q + 1) scores in the bank's compute dtype, -inf where the
+        window leaves the image.
+    """
+    q = queries.shape[-1]
+    compute = torch.float32 if level.device.type == "cpu" else level.dtype
+    scores = F.conv2d(level.to(compute), queries.to(device=level.device, dtype=compute)) / (q * q)
+    inside = cells_inside(valid - q + 1, scores.shape[-1])  # top-left cells whose window fits
+    return scores.masked_fill(~inside[:, None], float("-inf"))
+
+
+def match_candidates(bank: FeatureBank, proposals: torch.Tensor, config: MiningConfig) -> Candidates:
+    """Top-K candidate windows of every proposal over every level of every other image.
+
+    Each proposal keeps its best window per image (over positions and levels), then the
+    K best images, as the reference implementation does: candidates in K distinct images.
+    """
+    level0 = bank.levels[config.proposal_level]
+    device, p = level0.device, config.proposal_size
+    props = proposals.to(device)
+    r = torch.arange(p, device=device)
+    queries = level0[props[:, 0, None, None], :, (props[:, 1, None] + r)[:, :, None], (props[:, 2, None] + r)[:, None, :]]
+    queries = queries.permute(0, 3, 1, 2)  # (P, C, p, p)
+    n_props, n_images = len(props), len(bank)
+    best = torch.full((n_props, n_images), float("-inf"), device=device)
+    where = torch.zeros(3, n_props, n_images, dtype=torch.long, device=device)  # level, row, col
+    for k, (level, valid) in enumerate(zip(bank.levels, bank.valid)):
+        if level.shape[-1] < p:
+            continue
+        for start in range(0, n_images, config.chunk_images):
+            stop = min(start + config.chunk_images, n_images)
+            scores = window_scores_many(level[start:stop], valid[start:stop], queries)
+            value, index = scores.flatten(2).max(dim=2)  # (B, P)
+            value, index = value.float().T, index.T
+            better = value > best[:, start:stop]
+            best[:, start:stop] = torch.where(better, value, best[:, start:stop])
+            width = scores.shape[-1]
+            for slot, new in enumerate((torch.full_like(index, k), index // width, index % width)):
+                where[slot, :, start:stop] = torch.where(better, new, where[slot, :, start:stop])
+    best[torch.arange(n_props, device=device), props[:, 0]] = float("-inf")  # never the image itself
+    score, image_b = best.topk(min(config.top_k, n_images), dim=1)  # (P, K)
+    lvl, row, col = (torch.gather(w, 1, image_b) for w in where)
+    keep = torch.isfinite(score).flatten()
+    own = props[:, None].expand(-1, score.shape[1], -1).reshape(-1, 3)
+    flat = Candidates(own[:, 0], own[:, 1], own[:, 2], image_b.flatten(), lvl.flatten(),
+                      row.flatten(), col.flatten(), score.flatten())
+    return flat.select(keep)
+
+
+def count_votes(bank: FeatureBank, cand: Candidates, config: MiningConfig) -> torch.Tensor:
+    """Votes of the verification cells for each candidate (paper §3.1).
+
+    A cell at offset d from the proposal votes when its nearest neighbour in the
+    candidate's map lies within ``vote_tolerance`` cells of the candidate's cell + d.
+
+    Returns:
+        (Q,) long vote counts.
+    """
+    level_a = bank.levels[config.proposal_level]
+    offsets = verification_offsets(config).to(level_a.device)  # (V, 2)
+    votes = torch.zeros(len(cand), dtype=torch.long, device=level_a.device)
+    for k, (level, valid) in enumerate(zip(bank.levels, bank.valid)):
+        side = level.shape[-1]
+        for chunk in (cand.level_b == k).nonzero()[:, 0].split(config.chunk_candidates):
+            c = cand.select(chunk)
+            voters = gather_cells(level_a, c.image_a[:, None], c.row_a[:, None] + offsets[:, 0], c.col_a[:, None] + offsets[:, 1])
+            maps = level[c.image_b].flatten(2)  # (n, C, S*S)
+            sim = torch.bmm(voters.to(maps.dtype), maps).float()  # (n, V, S*S)
+            inside = cells_inside(valid[c.image_b], side).flatten(1)
+            nearest = sim.masked_fill(~inside[:, None], float("-inf")).argmax(dim=2)  # (n, V)
+            drow = nearest // side - (c.row_b[:, None] + offsets[:, 0])
+            dcol = nearest % side - (c.col_b[:, None] + offsets[:, 1])
+            agree = (drow.abs() <= config.vote_tolerance) & (dcol.abs() <= config.vote_tolerance)
+            votes[chunk] = agree.sum(dim=1)
+    return votes
+
+
+def select_verified(votes: torch.Tensor, score: torch.Tensor, config: MiningConfig) -> torch.Tensor:
+    """Indices of the top ``verified_fraction`` of candidates by votes (ties: by score)."""
+    if len(votes) == 0:
+        return torch.zeros(0, dtype=torch.long, device=votes.device)
+    order = score.argsort(descending=True, stable=True)
+    order = order[votes[order].argsort(descending=True, stable=True)]
+    n_keep = math.ceil(config.verified_fraction * len(votes))
+    top = order[:n_keep]
+    return top[votes[top] >= config.min_votes]
+
+
+def top_matches(anchors: torch.Tensor, maps: torch.Tensor, allowed: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``n`` cells of each map most similar to its anchor, among allowed cells.
+
+    Where fewer than ``n`` cells are allowed, the best one fills the remaining slots, so
+    every pair has exactly ``n`` negatives (a repeated negative only weighs more).
+
+    Args:
+        anchors: (M, C) features; maps: (M, C, S, S) padded maps; allowed: (M, S, S) bool.
+
+    Returns:
+        rows (M, n), cols (M, n) long, and ok (M,) bool: False where no cell was allowed.
+    """
+    side = maps.shape[-1]
+    sim = torch.einsum("mc,mcs->ms", anchors.to(maps.dtype), maps.flatten(2)).float()
+    sim = sim.masked_fill(~allowed.flatten(1), float("-inf"))
+    value, index = sim.topk(min(n, sim.shape[1]), dim=1)
+    index = torch.where(torch.isfinite(value), index, index[:, :1])
+    if index.shape[1] < n:
+        index = torch.cat([index, index[:, :1].expand(-1, n - index.shape[1])], dim=1)
+    return index // side, index % side, torch.isfinite(value[:, 0])
+
+
+def positive_pairs(bank: FeatureBank, cand: Candidates, config: MiningConfig) -> PairBatch:
+    """P12 positives of verified candidates and their hard negatives (paper §3.1-3.2)."""
+    corners = corner_offsets(config).to(cand.row_a.device)  # (4, 2)
+    img_a, img_b, lvl_b = (_per_corner(t) for t in (cand.image_a, cand.image_b, cand.level_b))
+    row_a = (cand.row_a[:, None] + corners[:, 0]).reshape(-1)
+    col_a = (cand.col_a[:, None] + corners[:, 1]).reshape(-1)
+    row_b = (cand.row_b[:, None] + corners[:, 0]).reshape(-1)
+    col_b = (cand.col_b[:, None] + corners[:, 1]).reshape(-1)
+    size_b = torch.stack(bank.valid)[lvl_b, img_b]  # (M, 2) true (h, w) of B's map
+    inside = (row_b >= 0) & (col_b >= 0) & (row_b < size_b[:, 0]) & (col_b < size_b[:, 1])
+    level_a = bank.levels[config.proposal_level]
+    neg_rows = torch.zeros(len(img_a), config.n_negatives, dtype=torch.long, device=img_a.device)
+    neg_cols = torch.zeros_like(neg_rows)
+    for k, level in enumerate(bank.levels):
+        for chunk in ((lvl_b == k) & inside).nonzero()[:, 0].split(config.chunk_candidates):
+            anchors = gather_cells(level_a, img_a[chunk], row_a[chunk], col_a[chunk])
+            allowed = cells_inside(size_b[chunk], level.shape[-1]) & ~near_cells(
+                row_b[chunk], col_b[chunk], level.shape[-1], config.negative_exclusion)
+            rows, cols, ok = top_matches(anchors, level[img_b[chunk]], allowed, config.n_negatives)
+            neg_rows[chunk], neg_cols[chunk] = rows, cols
+            inside[chunk] &= ok
+    pl = torch.full_like(img_a, config.proposal_level)
+    negatives = torch.stack([img_b[:, None].expand_as(neg_rows), lvl_b[:, None].expand_as(neg_rows), neg_rows, neg_cols], dim=-1)
+    batch = PairBatch(torch.stack([img_a, pl, row_a, col_a], 1), torch.stack([img_b, lvl_b, row_b, col_b], 1),
+                      negatives, torch.ones_like(img_a, dtype=torch.bool), torch.full_like(img_a, PairBatch.MINED))
+    return batch.select(inside.nonzero()[:, 0])
+
+
+def _per_corner(t: torch.Tensor) -> torch.Tensor:
+    """(Q,) -> (4Q,): each candidate's value repeated for its 4 corners."""
+    return t[:, None].expand(-1, 4).reshape(-1)
+
+
+@torch.no_grad()
+def mine_pairs(bank: FeatureBank | Sequence[FeaturePyramid], generator: torch.Generator | int,
+               config: MiningConfig = MiningConfig()) -> PairBatch:
+    """One round of self-supervised mining over a collection (paper §3.1).
+
+    Args:
+        bank: the collection's current features (a bank, or pyramids in image order),
+            every level L2-normalised.
+        generator: a CPU ``torch.Generator`` (or a seed) drawing the proposals.
+
+    Returns:
+        Mined positive pairs with hard negatives, on the CPU; empty when the collection
+        has fewer than two images or no map holds a ``config.span`` square.
+    """
+    if not isinstance(bank, FeatureBank):
+        bank = FeatureBank.build([str(i) for i in range(len(bank))], list(bank))
+    if not 0 <= config.proposal_level < len(bank.levels):
+        raise ValueError(f"proposal_level {config.proposal_level} outside the bank's {len(bank.levels)} levels")
+    if isinstance(generator, int):
+        generator = torch.Generator().manual_seed(generator)
+    proposals = sample_proposals(bank.valid[config.proposal_level], config, generator)
+    if len(bank) < 2 or len(proposals) == 0:
+        return PairBatch.empty(config.n_negatives)
+    cand = match_candidates(bank, proposals, config)
+    verified = cand.select(select_verified(count_votes(bank, cand, config), cand.score, config))
+    return positive_pairs(bank, verified, config).to("cpu")

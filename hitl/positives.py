@@ -1,0 +1,247 @@
+"""Expert verdicts become training pairs for the next fine-tuning round.
+
+A **confirmed** link (two boxes and the affine that maps A's pixels onto B's) yields
+feature pairs: cells sampled inside box A, and the cells of B their centres map to
+through the affine, at the level of B whose cell size best matches A's cell times the
+affine's scale (scale-aware). Their hard negatives are, as for mined pairs, the top
+matches of the anchor in the positive's map away from the positive.
+
+A **rejected** link yields pairs that only push apart: anchors in box A, negatives the
+anchor's best matches inside box B (``positive_mask`` False).
+
+A confirmed **cluster** yields a link between every two of its members in different
+images, the affine estimated from the two boxes (scale + translation, box onto box).
+
+Only final statuses are used. Pass the links' *current* status, as the store's status
+view gives it (a revoked verdict is gone from it: the link is back to ``unreviewed``, or
+to the verdict it had before). :func:`split_links` takes ``confirm`` and ``reject``,
+skips ``unsure`` and ``unreviewed``, and refuses anything else, e.g. a raw ``revoke``
+row of the verdict log, which is not a status.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Protocol
+
+import torch
+
+from db.records import REVOKE, UNREVIEWED
+from engine.detect import FeatureBank
+from engine.mining import PairBatch, cells_inside, near_cells, top_matches
+from engine.types import PairMatch, Region
+
+CONFIRM, REJECT, UNSURE = "confirm", "reject", "unsure"
+
+
+@dataclass(frozen=True)
+class ExpertPairConfig:
+    cells_per_link: int = 16  # anchor cells sampled inside box A per link
+    anchor_levels: tuple[int, ...] | None = None  # levels of A anchors may come from; None = all
+    n_negatives: int = 20  # paper: N_neg = 20; must equal the training's
+    negative_exclusion: int = 1  # cells this close (both axes) to the positive are no negatives
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cells_per_link < 1 or self.n_negatives < 1:
+            raise ValueError("ExpertPairConfig.cells_per_link and n_negatives must be >= 1")
+
+
+class _StatusedLink(Protocol):
+    match: PairMatch
+    status: str
+
+
+def split_links(links: Iterable[_StatusedLink]) -> tuple[list[PairMatch], list[PairMatch]]:
+    """(confirmed, rejected) matches of links carrying their current status.
+
+    Raises:
+        ValueError: a status that is not a final link status (e.g. ``revoke``).
+    """
+    confirmed, rejected = [], []
+    for link in links:
+        if link.status == CONFIRM:
+            confirmed.append(link.match)
+        elif link.status == REJECT:
+            rejected.append(link.match)
+        elif link.status not in (UNSURE, UNREVIEWED):
+            hint = " (a revoke row is not a status: read links from the store's status view)" if link.status == REVOKE else ""
+            raise ValueError(f"link {link.match.image_a} -> {link.match.image_b}: unknown status {link.status!r}{hint}")
+    return confirmed, rejected
+
+
+def region_link(a: Region, b: Region) -> PairMatch:
+    """A link between two regions, its affine mapping box a onto box b (scale + translation)."""
+    sx, sy = b.box.width / a.box.width, b.box.height / a.box.height
+    affine = ((sx, 0.0, b.box.x0 - sx * a.box.x0), (0.0, sy, b.box.y0 - sy * a.box.y0))
+    return PairMatch(a.image_id, b.image_id, a.box, b.box, affine, score=1.0, n_inliers=0)
+
+
+def cluster_links(regions: Sequence[Region]) -> list[tuple[Region, Region]]:
+    """Every pair of a cluster's regions that lie in different images.
+
+    Two regions of one image in one cluster are mostly the same detail seen twice
+    (overlapping boxes join the correspondence graph), so they are not paired.
+    """
+    return [(a, b) for a, b in combinations(regions, 2) if a.image_id != b.image_id]
+
+
+def cluster_matches(regions: Sequence[Region]) -> list[PairMatch]:
+    """The links a confirmed cluster stands for, ready for :func:`expert_pairs`."""
+    return [region_link(a, b) for a, b in cluster_links(regions)]
+
+
+def expert_pairs(confirmed: Sequence[PairMatch], rejected: Sequence[PairMatch], bank: FeatureBank,
+                 config: ExpertPairConfig = ExpertPairConfig(),
+                 image_index: Mapping[str, int] | None = None) -> PairBatch:
+    """Training pairs from confirmed and rejected links.
+
+    Args:
+        confirmed, rejected: links with final statuses (see :func:`split_links`).
+        bank: the collection's current features; its order is the training image order.
+        image_index: image id -> position in the training images (default: bank order).
+
+    Returns:
+        A CPU ``PairBatch`` tagged ``EXPERT``; empty when no link has a usable cell.
+
+    Raises:
+        ValueError: a link names an image that is not in the collection, or has a
+            degenerate affine.
+    """
+    index = dict(image_index) if image_index is not None else {k: i for i, k in enumerate(bank.image_ids)}
+    generator = torch.Generator().manual_seed(config.seed)
+    parts = [_link_cells(link, index, bank, config, generator, keep)
+             for links, keep in ((confirmed, True), (rejected, False)) for link in links]
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return PairBatch.empty(config.n_negatives)
+    cells = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    return _with_negatives(cells, bank, config)
+
+
+def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, config: ExpertPairConfig,
+                generator: torch.Generator, confirmed: bool) -> dict[str, torch.Tensor] | None:
+    """Anchor cells of one link, their positives (or -1) and B's allowed rectangle."""
+    for image in (link.image_a, link.image_b):
+        if image not in index:
+            raise ValueError(f"link {link.image_a} -> {link.image_b}: image {image!r} is not in the collection")
+    ia, ib = index[link.image_a], index[link.image_b]
+    m = torch.tensor(link.affine, dtype=torch.float64)  # (2, 3)
+    det = float(torch.det(m[:, :2]))
+    if not math.isfinite(det) or abs(det) < 1e-12:
+        raise ValueError(f"link {link.image_a} -> {link.image_b}: degenerate affine {link.affine}")
+    la, lb = choose_levels(_cell_sizes(bank, ia), _cell_sizes(bank, ib), math.sqrt(abs(det)),
+                           config.anchor_levels, generator)
+    rows, cols = _cells_in_box(bank, ia, la, link.box_a)
+    pick = torch.randperm(len(rows), generator=generator)[: config.cells_per_link]
+    rows, cols = rows[pick], cols[pick]
+    cx, cy = _cell_size(bank, ia, la)
+    centres = torch.stack([(cols + 0.5) * cx, (rows + 0.5) * cy, torch.ones(len(rows), dtype=torch.float64)])
+    xb, yb = m @ centres  # (n,) each: the anchors' centres in B's pixels
+    bx, by = _cell_size(bank, ib, lb)
+    h, w = (int(v) for v in bank.valid[lb][ib])
+    prow, pcol = torch.floor(yb / by).long(), torch.floor(xb / bx).long()
+    if confirmed:
+        keep = (prow >= 0) & (pcol >= 0) & (prow < h) & (pcol < w)
+        rect = torch.tensor([[0, h - 1, 0, w - 1]])
+    else:
+        keep = torch.ones(len(rows), dtype=torch.bool)
+        brows, bcols = _cells_in_box(bank, ib, lb, link.box_b)
+        rect = torch.tensor([[int(brows.min()), int(brows.max()), int(bcols.min()), int(bcols.max())]])
+        prow, pcol = torch.full_like(prow, -1), torch.full_like(pcol, -1)
+    n = int(keep.sum())
+    if n == 0:
+        return None
+    ones = torch.ones(n, dtype=torch.long)
+    return {
+        "anchor": torch.stack([ones * ia, ones * la, rows[keep], cols[keep]], 1),
+        "positive": torch.stack([ones * ib, ones * lb, prow[keep], pcol[keep]], 1),
+        "mask": torch.full((n,), confirmed),
+        "rect": rect.expand(n, 4),
+    }
+
+
+def choose_levels(cell_a: torch.Tensor, cell_b: torch.Tensor, scale: float, allowed: Sequence[int] | None,
+                  generator: torch.Generator) -> tuple[int, int]:
+    """Levels (la, lb) such that a cell of A at la, scaled by ``scale``, is a cell of B at lb.
+
+    Among the allowed levels of A whose best B level matches within half a scale step,
+    one is drawn at random (expert pairs then cover several scales); otherwise the best.
+
+    Args:
+        cell_a, cell_b: (L,) cell sizes in pixels (geometric mean of x and y) per level.
+    """
+    levels_a = torch.tensor(list(allowed) if allowed is not None else range(len(cell_a)))
+    if len(levels_a) == 0 or (levels_a < 0).any() or (levels_a >= len(cell_a)).any():
+        raise ValueError(f"anchor levels {list(levels_a.tolist())} outside the bank's {len(cell_a)} levels")
+    log_b = cell_b.log()
+    target = cell_a[levels_a].log() + math.log(scale)  # (La,) wanted log cell size in B
+    error, best_b = (log_b[None, :] - target[:, None]).abs().min(dim=1)
+    half_step = 0.5 * float(log_b.diff().abs().mean()) if len(log_b) > 1 else 0.0
+    good = (error <= half_step + 1e-9).nonzero()[:, 0]
+    if len(good) == 0:
+        good = error.argmin()[None]
+    pick = good[torch.randint(len(good), (1,), generator=generator)].item()
+    return int(levels_a[pick]), int(best_b[pick])
+
+
+def _cell_size(bank: FeatureBank, image: int, level: int) -> tuple[float, float]:
+    """Pixels per cell (x, y) of an image's map at a level."""
+    h, w = (float(v) for v in bank.valid[level][image])
+    width, height = (float(v) for v in bank.sizes[image])
+    return width / w, height / h
+
+
+def _cell_sizes(bank: FeatureBank, image: int) -> torch.Tensor:
+    """(L,) geometric-mean cell size in pixels per level."""
+    return torch.tensor([math.sqrt(cx * cy) for cx, cy in (_cell_size(bank, image, k) for k in range(len(bank.levels)))],
+                        dtype=torch.float64)
+
+
+def _cells_in_box(bank: FeatureBank, image: int, level: int, box) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and cols of the cells whose centres lie in ``box`` (or the cell holding its centre)."""
+    h, w = (int(v) for v in bank.valid[level][image])
+    cx, cy = _cell_size(bank, image, level)
+    ys, xs = (torch.arange(h, dtype=torch.float64) + 0.5) * cy, (torch.arange(w, dtype=torch.float64) + 0.5) * cx
+    inside = ((ys >= box.y0) & (ys < box.y1))[:, None] & ((xs >= box.x0) & (xs < box.x1))[None, :]
+    rows, cols = inside.nonzero(as_tuple=True)
+    if len(rows) == 0:  # a box smaller than a cell: the cell under its centre
+        x, y = box.center
+        rows = torch.tensor([min(max(int(y // cy), 0), h - 1)])
+        cols = torch.tensor([min(max(int(x // cx), 0), w - 1)])
+    return rows, cols
+
+
+def _with_negatives(cells: dict[str, torch.Tensor], bank: FeatureBank, config: ExpertPairConfig) -> PairBatch:
+    """Hard negatives of every anchor in its B map, batched per level."""
+    anchor, positive, mask, rect = (cells[k] for k in ("anchor", "positive", "mask", "rect"))
+    device = bank.levels[0].device
+    image_b, level_b = positive[:, 0], positive[:, 1]
+    n = len(anchor)
+    feats = torch.zeros(n, bank.levels[0].shape[1], dtype=bank.levels[0].dtype, device=device)
+    for k, level in enumerate(bank.levels):  # anchors may sit at any level of A
+        sel = (anchor[:, 1] == k).nonzero()[:, 0]
+        feats[sel.to(device)] = level[anchor[sel, 0].to(device), :, anchor[sel, 2].to(device), anchor[sel, 3].to(device)]
+    neg = torch.zeros(n, config.n_negatives, 2, dtype=torch.long)
+    ok = torch.zeros(n, dtype=torch.bool)
+    for k, level in enumerate(bank.levels):
+        sel = (level_b == k).nonzero()[:, 0]
+        if len(sel) == 0:
+            continue
+        side = level.shape[-1]
+        grid = torch.arange(side)
+        r = rect[sel]
+        in_rect = ((grid[None, :, None] >= r[:, 0, None, None]) & (grid[None, :, None] <= r[:, 1, None, None])
+                   & (grid[None, None, :] >= r[:, 2, None, None]) & (grid[None, None, :] <= r[:, 3, None, None]))
+        near = near_cells(positive[sel, 2], positive[sel, 3], side, config.negative_exclusion) & mask[sel, None, None]
+        allowed = cells_inside(bank.valid[k][image_b[sel]].cpu(), side) & in_rect & ~near
+        rows, cols, found = top_matches(feats[sel.to(device)], level[image_b[sel].to(device)], allowed.to(device), config.n_negatives)
+        neg[sel] = torch.stack([rows, cols], dim=-1).cpu()
+        ok[sel] = found.cpu()
+    negatives = torch.cat([positive[:, None, :2].expand(-1, config.n_negatives, 2), neg], dim=-1)
+    positive = torch.where(mask[:, None], positive, -1)  # B's image and level only served the negatives
+    batch = PairBatch(anchor, positive, negatives, mask, torch.full((n,), PairBatch.EXPERT, dtype=torch.long))
+    return batch.select(ok.nonzero()[:, 0])

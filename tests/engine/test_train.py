@@ -1,0 +1,184 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.backbone import load_checkpoint
+from engine.features import FeatureConfig, extract_pyramids
+from engine.mining import MiningConfig, PairBatch
+from engine.train import (
+    STATE_FILE,
+    TrainConfig,
+    embed_collection,
+    iteration_generator,
+    mix_pairs,
+    train,
+    train_step,
+    triplet_loss,
+)
+
+FEATURES = FeatureConfig(max_side=6, n_scales=1)  # 6x6 cells, 96 px: fast on a CPU
+MINING = MiningConfig(n_proposals=16, top_k=1, verification_size=4, positive_square=4, n_negatives=4)
+
+
+def _images(n: int = 2) -> list[torch.Tensor]:
+    """(3, 64, 64) uint8 textures; image 1 repeats image 0 shifted by 16 px."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(n + 1, 3, 11, 13, generator=g)
+    big = (F.interpolate(small, size=(64, 80), mode="bicubic", align_corners=False).clamp(0, 1) * 255).byte()
+    images = [big[0, :, :, :64].contiguous(), big[0, :, :, 16:].contiguous()]
+    return images + [big[i, :, :, :64].contiguous() for i in range(2, n)]
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(iterations=2, batch_pairs=32, refresh_every=1, checkpoint_every=1, lr=1e-3,
+                mining=MINING, features=FEATURES)
+    return TrainConfig(**(base | kw))
+
+
+def _weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _batch(anchor, positive, negatives, mask) -> PairBatch:
+    anchor = torch.tensor(anchor)
+    return PairBatch(anchor, torch.tensor(positive), torch.tensor(negatives), torch.tensor(mask),
+                     torch.zeros(len(anchor), dtype=torch.long))
+
+
+def test_triplet_loss_known_answer():
+    s_pos = torch.tensor([0.9, 0.5])
+    s_neg = torch.tensor([[0.1, 0.3], [0.5, 0.0]])
+    # pair 1: -min(.8, .9) + (max(.1, .2) + max(.3, .2)) / 2 = -0.8 + 0.25
+    # pair 2: -min(.8, .5) + (max(.5, .2) + max(.0, .2)) / 2 = -0.5 + 0.35
+    loss = triplet_loss(s_pos, s_neg, torch.tensor([True, True]), lambda_=0.8)
+    assert loss.item() == pytest.approx((-0.55 - 0.15) / 2)
+    only_neg = triplet_loss(s_pos, s_neg, torch.tensor([True, False]), lambda_=0.8)
+    assert only_neg.item() == pytest.approx((-0.55 + 0.35) / 2)
+
+
+def test_triplet_loss_gradients_stop_at_the_margins():
+    s_pos = torch.tensor([0.9, 0.5], requires_grad=True)
+    s_neg = torch.tensor([[0.1, 0.3]], requires_grad=True).expand(2, 2)
+    triplet_loss(s_pos, s_neg, torch.tensor([True, True])).backward()
+    assert s_pos.grad.tolist() == pytest.approx([0.0, -0.5])  # above λ: already good enough
+
+
+def test_config_round_trips_and_rejects_unaligned_checkpoints():
+    config = _config(iterations=7)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="multiple of refresh_every"):
+        TrainConfig(refresh_every=5, checkpoint_every=7)
+    with pytest.raises(ValueError, match="expert_ratio"):
+        TrainConfig(expert_ratio=1.5)
+
+
+def test_embed_collection_equals_feature_pyramids(random_effnet):
+    images = _images(2)
+    bank = embed_collection(random_effnet, images, FEATURES)
+    rgb = [img.permute(1, 2, 0).numpy() for img in images]
+    pyramids = list(extract_pyramids(random_effnet, rgb, FEATURES, [(64, 64)] * len(rgb)))
+    for i, pyramid in enumerate(pyramids):
+        assert torch.allclose(bank.levels[0][i], pyramid.levels[0], atol=1e-4)
+
+
+def test_mix_pairs_keeps_the_expert_ratio():
+    def batch(n, source):
+        b = PairBatch.empty(2)
+        z = torch.zeros(n, 4, dtype=torch.long)
+        return PairBatch(z, z, torch.zeros(n, 2, 4, dtype=torch.long), torch.ones(n, dtype=torch.bool),
+                         torch.full((n,), source) if n else b.source)
+    config = _config(batch_pairs=10, expert_ratio=0.3)
+    mixed = mix_pairs(batch(50, 0), batch(50, 1), config, iteration_generator(0, 0))
+    assert len(mixed) == 10 and int(mixed.source.sum()) == 3
+    few_mined = mix_pairs(batch(2, 0), batch(50, 1), config, iteration_generator(0, 0))
+    assert len(few_mined) == 10 and int(few_mined.source.sum()) == 8
+
+
+def test_mix_pairs_draws_whole_groups_to_touch_few_maps():
+    image = torch.arange(16) // 4  # 4 groups of 4 pairs, each in its own pair of maps
+    anchor = torch.stack([image, torch.zeros(16, dtype=torch.long), torch.arange(16), torch.zeros(16, dtype=torch.long)], 1)
+    negatives = (anchor + torch.tensor([10, 0, 0, 0]))[:, None].expand(-1, 2, -1)
+    mined = PairBatch(anchor, negatives[:, 0], negatives, torch.ones(16, dtype=torch.bool), torch.zeros(16, dtype=torch.long))
+    mixed = mix_pairs(mined, None, _config(batch_pairs=8), iteration_generator(0, 1))
+    assert len(mixed) == 8 and len(mixed.anchor[:, 0].unique()) == 2
+
+
+def test_two_pass_step_equals_one_pass(random_effnet):
+    images = _images(2)
+    batch = _batch(
+        anchor=[[0, 0, 2, 2], [1, 0, 5, 5], [1, 0, 3, 4]],
+        positive=[[1, 0, 2, 1], [0, 0, 5, 4], [-1, -1, -1, -1]],
+        negatives=[[[1, 0, 5, 5], [1, 0, 0, 0]], [[0, 0, 1, 1], [0, 0, 5, 2]], [[0, 0, 3, 3], [0, 0, 4, 4]]],
+        mask=[True, True, False],
+    )
+    grads, losses = [], []
+    for chunk_maps in (8, 1):  # one chunk of both maps, then 2 chunks: the gradient-caching path
+        model = copy.deepcopy(random_effnet)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        losses.append(train_step(model, optimizer, images, batch, FEATURES, chunk_maps=chunk_maps))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-5 * float(grads[0].abs().max()) + 1e-8)
+
+
+def test_train_step_rejects_cells_outside_the_maps(random_effnet):
+    bad = _batch([[0, 0, 6, 0]], [[1, 0, 0, 0]], [[[1, 0, 1, 1]]], [True])  # row 6 of a 6x6 map
+    optimizer = torch.optim.SGD(random_effnet.parameters(), lr=0.0)
+    with pytest.raises(ValueError, match="outside image 0"):
+        train_step(random_effnet, optimizer, _images(2), bad, FEATURES)
+    with pytest.raises(ValueError, match="outside the 2 images"):
+        train_step(random_effnet, optimizer, _images(2), _batch([[5, 0, 0, 0]], [[1, 0, 0, 0]], [[[1, 0, 1, 1]]], [True]), FEATURES)
+
+
+def test_training_is_deterministic_and_a_killed_run_resumes(random_effnet, tmp_path):
+    images = _images()
+    initial = _weights(random_effnet)
+    # A straight 4-iteration run; its weights after iteration 2 are kept on the way.
+    straight = copy.deepcopy(random_effnet)
+    after_two = {}
+    def keep(log, total):
+        if log.iteration == 1:
+            after_two["w"] = _weights(straight).clone()
+    full = train(straight, images, _config(iterations=4), out_dir=tmp_path / "straight", progress=keep)
+    assert sum(h.n_used_mined for h in full.history) > 0, "mining found pairs to learn from"
+    assert all(math.isfinite(h.loss) for h in full.history)
+    # A run "killed" after 2 iterations: same seed, same weights as the straight run then.
+    killed = copy.deepcopy(random_effnet)
+    train(killed, images, _config(iterations=2), out_dir=tmp_path / "killed")
+    assert torch.equal(_weights(killed), after_two["w"])
+    assert not torch.equal(_weights(killed), initial)
+    assert (tmp_path / "killed" / STATE_FILE).is_file()
+    # Started again for 4 iterations from a fresh copy of the base model: continues from 2.
+    resumed_model = copy.deepcopy(random_effnet)
+    resumed = train(resumed_model, images, _config(iterations=4), out_dir=tmp_path / "killed")
+    assert resumed.resumed_from == 2 and [h.iteration for h in resumed.history] == [0, 1, 2, 3]
+    assert torch.equal(_weights(resumed_model), _weights(straight))
+    # The final model is a checkpoint with lineage that rebuilds the same weights.
+    assert resumed.model.parent == random_effnet.model_id
+    assert torch.equal(_weights(load_checkpoint(resumed.model.checkpoint)), _weights(straight))
+
+
+def test_resume_refuses_a_different_config(random_effnet, tmp_path):
+    model = copy.deepcopy(random_effnet)
+    train(model, _images(), _config(iterations=1), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="different config"):
+        train(model, _images(), _config(iterations=2, lr=1e-4), out_dir=tmp_path)
+
+
+def test_train_refuses_a_single_image(random_effnet, tmp_path):
+    with pytest.raises(ValueError, match="at least 2 images"):
+        train(random_effnet, _images()[:1], _config(), out_dir=tmp_path)
+
+
+def test_images_may_be_float(random_effnet):
+    images = _images(2)
+    as_float = [img.float() / 255 for img in images]
+    a = embed_collection(random_effnet, images, FEATURES).levels[0]
+    b = embed_collection(random_effnet, as_float, FEATURES).levels[0]
+    assert torch.allclose(a, b, atol=1e-5)
+    assert np.isfinite(a.numpy()).all()

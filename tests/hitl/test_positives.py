@@ -1,0 +1,170 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from db.records import Link
+from engine.detect import FeatureBank
+from engine.features import FeatureConfig, FeaturePyramid, level_shape
+from engine.mining import PairBatch
+from engine.types import Box, PairMatch, Region
+from hitl.positives import (
+    ExpertPairConfig,
+    choose_levels,
+    cluster_links,
+    cluster_matches,
+    expert_pairs,
+    region_link,
+    split_links,
+)
+
+CONFIG = FeatureConfig(max_side=12, n_scales=4)  # sides 12, 10, 8, 6
+SIZES = {"a": (120, 120), "b": (240, 240), "c": (180, 120)}
+# A's pixels land in B at twice the size, shifted: x' = 2x + 20, y' = 2y.
+AFFINE = ((2.0, 0.0, 20.0), (0.0, 2.0, 0.0))
+LINK = PairMatch("a", "b", Box(10, 10, 50, 50), Box(40, 20, 120, 100), AFFINE, 0.9, 30)
+
+
+def _bank() -> FeatureBank:
+    g = torch.Generator().manual_seed(0)
+    pyramids = []
+    for size in SIZES.values():
+        levels = tuple(F.normalize(torch.randn(16, *level_shape(size, side), generator=g), dim=0) for side in CONFIG.sides())
+        pyramids.append(FeaturePyramid(levels, size))
+    return FeatureBank.build(list(SIZES), pyramids)
+
+
+def _cell_box(bank: FeatureBank, ref: list[int]) -> tuple[float, float, float, float]:
+    """Pixel extent (x0, y0, x1, y1) of cell [image, level, row, col]."""
+    image, level, row, col = ref
+    h, w = bank.valid[level][image].tolist()
+    width, height = bank.sizes[image].tolist()
+    cx, cy = width / w, height / h
+    return col * cx, row * cy, (col + 1) * cx, (row + 1) * cy
+
+
+def test_confirmed_link_pairs_land_where_the_affine_says():
+    bank = _bank()
+    batch = expert_pairs([LINK], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5))
+    assert len(batch) == 8
+    assert batch.positive_mask.all() and (batch.source == PairBatch.EXPERT).all()
+    assert (batch.anchor[:, 0] == 0).all() and (batch.positive[:, 0] == 1).all()
+    for anchor, positive in zip(batch.anchor.tolist(), batch.positive.tolist()):
+        x0, y0, x1, y1 = _cell_box(bank, anchor)
+        assert LINK.box_a.x0 <= (x0 + x1) / 2 < LINK.box_a.x1 and LINK.box_a.y0 <= (y0 + y1) / 2 < LINK.box_a.y1
+        xb, yb = 2 * (x0 + x1) / 2 + 20, 2 * (y0 + y1) / 2  # the anchor's centre through the affine
+        bx0, by0, bx1, by1 = _cell_box(bank, positive)
+        assert bx0 <= xb < bx1 and by0 <= yb < by1
+        # Scale-aware: B's cell is (within half a level step) twice A's cell.
+        ratio = (bx1 - bx0) / (x1 - x0)
+        assert abs(math.log2(ratio / 2.0)) <= 1 / 6 + 1e-6
+    gap = (batch.negatives[..., 2:] - batch.positive[:, None, 2:]).abs().amax(dim=-1)
+    assert (gap > 1).all() and (batch.negatives[..., :2] == batch.positive[:, None, :2]).all()
+
+
+def test_negatives_are_the_anchors_best_matches():
+    bank = _bank()
+    config = ExpertPairConfig(cells_per_link=1, n_negatives=3, anchor_levels=(0,))
+    batch = expert_pairs([LINK], [], bank, config)
+    image, level, row, col = batch.anchor[0].tolist()
+    b_img, b_lvl, b_row, b_col = batch.positive[0].tolist()
+    # Plant a copy of the anchor far from the positive: it must be the first negative.
+    far = (0 if b_row > 5 else 9, 0 if b_col > 5 else 9)
+    bank.levels[b_lvl][b_img, :, far[0], far[1]] = bank.levels[level][image, :, row, col]
+    batch = expert_pairs([LINK], [], bank, config)
+    assert tuple(batch.negatives[0, 0, 2:].tolist()) == far
+
+
+def test_rejected_link_gives_negatives_inside_box_b_only():
+    bank = _bank()
+    batch = expert_pairs([], [LINK], bank, ExpertPairConfig(cells_per_link=6, n_negatives=4))
+    assert len(batch) == 6 and not batch.positive_mask.any()
+    assert (batch.positive == -1).all()
+    for negs in batch.negatives.tolist():
+        for ref in negs:
+            assert ref[0] == 1
+            x0, y0, x1, y1 = _cell_box(bank, ref)
+            assert LINK.box_b.x0 <= (x0 + x1) / 2 < LINK.box_b.x1 and LINK.box_b.y0 <= (y0 + y1) / 2 < LINK.box_b.y1
+
+
+def test_choose_levels_matches_cell_sizes():
+    cells = torch.tensor([10.0, 12.6, 15.9, 20.0], dtype=torch.float64)  # one octave over 3 steps
+    g = torch.Generator().manual_seed(0)
+    assert choose_levels(cells, cells, 2.0, [0], g) == (0, 3)  # 10 px * 2 = B's 20 px cells
+    assert choose_levels(cells, cells * 2, 1.0, [2], g) == (2, 0)  # 15.9 px ~ B's 20 px cells
+    with pytest.raises(ValueError, match="outside"):
+        choose_levels(cells, cells, 1.0, [7], g)
+
+
+def test_region_link_maps_box_onto_box():
+    a, b = Region("a", Box(10, 20, 50, 40)), Region("b", Box(100, 0, 180, 60))
+    link = region_link(a, b)
+    (sx, _, tx), (_, sy, ty) = link.affine
+    assert (sx * 10 + tx, sy * 20 + ty) == pytest.approx((100, 0))
+    assert (sx * 50 + tx, sy * 40 + ty) == pytest.approx((180, 60))
+
+
+def test_cluster_links_pair_members_in_different_images():
+    regions = [Region("a", Box(0, 0, 10, 10)), Region("b", Box(0, 0, 20, 20)),
+               Region("c", Box(5, 5, 15, 15)), Region("a", Box(40, 40, 60, 60))]
+    pairs = cluster_links(regions)
+    assert len(pairs) == 5  # 6 pairs minus the two regions of image a
+    assert all(x.image_id != y.image_id for x, y in pairs)
+    assert len(cluster_matches(regions)) == 5
+
+
+def test_cluster_links_feed_expert_pairs():
+    regions = [Region("a", Box(10, 10, 60, 60)), Region("c", Box(60, 20, 160, 100))]
+    batch = expert_pairs(cluster_matches(regions), [], _bank(), ExpertPairConfig(cells_per_link=4, n_negatives=3))
+    assert len(batch) == 4 and (batch.positive[:, 0] == 2).all()
+
+
+def _link(status: str) -> Link:
+    return Link(link_id=1, run_id=1, model_id="m", match=LINK, status=status)
+
+
+def test_only_final_statuses_are_used():
+    confirmed, rejected = split_links([_link("confirm"), _link("reject"), _link("unsure"), _link("unreviewed")])
+    assert confirmed == [LINK] and rejected == [LINK]
+    # A confirmed link whose verdict was revoked is back to unreviewed in the status view.
+    assert split_links([_link("unreviewed")]) == ([], [])
+    with pytest.raises(ValueError, match="revoke row is not a status"):
+        split_links([_link("revoke")])
+
+
+def test_bad_links_are_refused_by_name():
+    bank = _bank()
+    stranger = PairMatch("a", "zz", LINK.box_a, LINK.box_b, AFFINE, 0.5, 4)
+    with pytest.raises(ValueError, match="'zz' is not in the collection"):
+        expert_pairs([stranger], [], bank)
+    flat = PairMatch("a", "b", LINK.box_a, LINK.box_b, ((1.0, 2.0, 0.0), (2.0, 4.0, 0.0)), 0.5, 4)
+    with pytest.raises(ValueError, match="degenerate affine"):
+        expert_pairs([], [flat], bank)
+
+
+def test_no_links_give_an_empty_batch():
+    batch = expert_pairs([], [], _bank(), ExpertPairConfig(n_negatives=7))
+    assert len(batch) == 0 and batch.n_negatives == 7
+
+
+def test_expert_pairs_train_with_mined_ones(random_effnet, tmp_path):
+    """Expert pairs from a bank of real (random-weight) features go through a training round."""
+    import copy
+
+    from engine.mining import MiningConfig
+    from engine.train import TrainConfig, embed_collection, train
+
+    g = torch.Generator().manual_seed(1)
+    images = [(torch.rand(3, 64, 64, generator=g) * 255).byte() for _ in range(2)]
+    features = FeatureConfig(max_side=6, n_scales=2)
+    bank = embed_collection(random_effnet, images, features)
+    bank.image_ids[:] = ["a", "b"]
+    link = PairMatch("a", "b", Box(8, 8, 40, 40), Box(20, 20, 52, 52), ((1.0, 0.0, 12.0), (0.0, 1.0, 12.0)), 0.9, 9)
+    pairs = expert_pairs([link], [link], bank, ExpertPairConfig(cells_per_link=4, n_negatives=4))
+    assert len(pairs) == 8 and int(pairs.positive_mask.sum()) == 4
+    config = TrainConfig(iterations=1, batch_pairs=16, expert_ratio=0.5, refresh_every=1, checkpoint_every=1,
+                         mining=MiningConfig(n_proposals=8, top_k=1, verification_size=4, positive_square=4, n_negatives=4),
+                         features=features)
+    result = train(copy.deepcopy(random_effnet), images, config, expert_pairs=pairs, out_dir=tmp_path)
+    assert result.history[0].n_used_expert == 8 and math.isfinite(result.history[0].loss)
