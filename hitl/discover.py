@@ -116,20 +116,39 @@ def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig) -> li
 
 def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], pyramids: CachedPyramids,
                       config: DiscoverConfig, backbone: Backbone, progress: bool) -> int:
-    """Verify pairs in batches; each batch's links and pairs commit together."""
+    """Verify pairs in both directions, in batches; a batch's links and pairs commit together.
+
+    Verification searches A's reference level across B's scales, so it finds a copy only
+    where it is at least as large in B as in A: each pair is verified both ways and a
+    region found both ways is kept once.
+    """
     device = next(backbone.parameters()).device
     bar = tqdm(total=len(todo), desc="verify pairs", unit="pair", disable=not progress or not todo)
     # Pairs sharing image A run back to back, so its pyramid stays in the reader's memory.
     todo = sorted(todo)
     for start in range(0, len(todo), config.commit_every):
         chunk = todo[start : start + config.commit_every]
-        found: list[PairMatch] = []
-        for _, matches in verify_pairs(chunk, pyramids, config.verify, device, config.batch_size):
-            found.extend(m for m in matches if m.score >= config.min_score / 2)
-            bar.update(1)
-        store.add_links(run_id, found, verified_pairs=chunk)
+        ordered = chunk + [(b, a) for a, b in chunk]
+        found: dict[tuple[str, str], list[PairMatch]] = {}
+        for pair, matches in verify_pairs(ordered, pyramids, config.verify, device, config.batch_size):
+            found[pair] = [m for m in matches if m.score >= config.min_score / 2]
+            bar.update(0.5)
+        links = [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]
+        store.add_links(run_id, links, verified_pairs=chunk)
     bar.close()
     return len(todo)
+
+
+def merge_directions(forward: list[PairMatch], backward: list[PairMatch], iou: float = 0.5) -> list[PairMatch]:
+    """Matches of A->B plus those of B->A that are not the same region pair seen backwards."""
+    kept = list(forward)
+    for m in backward:
+        twin = next((f for f in forward if f.box_a.iou(m.box_b) > iou and f.box_b.iou(m.box_a) > iou), None)
+        if twin is None:
+            kept.append(m)
+        elif m.score > twin.score:
+            kept[kept.index(twin)] = m
+    return kept
 
 
 def _store_clusters(store: Store, run_id: int, links, graph: GraphConfig) -> int:

@@ -65,6 +65,7 @@ def project_queries(store: Store) -> list[Query]:
 
 def evaluate_oneshot(backbone: Backbone, collection: LoadedCollection, queries: list[Query], rerank: bool,
                      progress: bool = True) -> dict[str, EvalResult]:
+    """One-shot results with cosine similarity, and re-ranked by the discovery score."""
     results = {"cosine": evaluate_collection(backbone, collection, queries, progress=progress)}
     if rerank:
         results["discovery score"] = evaluate_collection(backbone, collection, queries, progress=progress,

@@ -88,7 +88,8 @@ def evaluate_collection(backbone: Backbone, collection: LoadedCollection, querie
     return result
 
 
-def load_project_collection(store, paths, backbone: Backbone, progress: bool = True) -> LoadedCollection:
+def load_project_collection(store, paths, backbone: Backbone, progress: bool = True,
+                            feature_config: FeatureConfig = FeatureConfig()) -> LoadedCollection:
     """The project's images (ids are the store's image ids), features cached per model
     under ``artminer-data/features``."""
     images = [img for img in store.list_images() if Path(img.path).is_file()]
@@ -96,4 +97,4 @@ def load_project_collection(store, paths, backbone: Backbone, progress: bool = T
     if not items:
         raise FileNotFoundError(f"project {store.path} has no image files on disk")
     hashes = {img.image_id: img.sha256 for img in images}
-    return load_collection(backbone, items, paths.features, progress=progress, hashes=hashes)
+    return load_collection(backbone, items, paths.features, feature_config, progress=progress, hashes=hashes)

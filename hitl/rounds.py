@@ -55,7 +55,7 @@ class RoundConfig:
     holdout_fraction: float = 0.2  # reviewed links kept out of training, fixed once drawn
     seed: int = 0
     rediscover: bool = True  # run discovery with the new model (the map and links follow it)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # its `features` serve the whole round
 
     def params(self) -> dict:
         return asdict(self)
@@ -91,11 +91,11 @@ def reviewed_links(store: Store, config: RoundConfig) -> tuple[list, list]:
 
 
 def measure(store: Store, paths: ProjectPaths, backbone: Backbone, heldout: list, min_score: float,
-            progress: bool = False) -> dict:
+            progress: bool = False, features: FeatureConfig = FeatureConfig()) -> dict:
     """The held-out evaluation of one model (see the module doc)."""
     out: dict = {"model": backbone.model_id}
     queries = project_queries(store)
-    collection = load_project_collection(store, paths, backbone, progress=progress)
+    collection = load_project_collection(store, paths, backbone, progress, features)
     if queries:
         res = evaluate_oneshot(backbone, collection, queries, rerank=False, progress=progress)["cosine"]
         out["oneshot_map"] = res.mean_ap
@@ -129,22 +129,23 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
     parent = load_model(store, from_model, device)
     round_id = _resume_or_start(store, parent.model_id, config)
     try:
-        before = measure(store, paths, parent, heldout, DEFAULT_MIN_SCORE, show_progress)
+        features = config.train.features
+        before = measure(store, paths, parent, heldout, DEFAULT_MIN_SCORE, show_progress, features)
         store.update_round(round_id, metrics={"before": before})
-        images, sizes, bank, ids = _training_images(store, paths, parent, show_progress)
+        images, sizes, bank, ids = _training_images(store, paths, parent, show_progress, features)
         expert = _expert_batch(config, train_links, confirmed_clusters, bank, ids) if "expert" in config.sources else None
         train_config = config.train if "mined" in config.sources else replace(config.train, expert_ratio=1.0)
         if "mined" not in config.sources:
             train_config = replace(train_config, mining=replace(train_config.mining, n_proposals=0))
         result = train(parent, images, train_config, expert, paths.checkpoints / f"round-{round_id}",
                        progress=progress, image_sizes=sizes)
-        new = load_checkpoint(result.ref.checkpoint).to(next(parent.parameters()).device)
-        store.add_model(new.ref, checkpoint_sha256=content_hash(result.ref.checkpoint), round=round_id,
+        new = load_checkpoint(result.model.checkpoint).to(next(parent.parameters()).device)
+        store.add_model(new.ref, checkpoint_sha256=content_hash(result.model.checkpoint), round=round_id,
                         config={"round": config.params()})
         store.set_active_model(new.model_id)
         if config.rediscover:
-            run_discovery(store, paths, DiscoverConfig(), backbone=new, progress=show_progress)
-        after = measure(store, paths, new, heldout, DEFAULT_MIN_SCORE, show_progress)
+            run_discovery(store, paths, DiscoverConfig(features=features), backbone=new, progress=show_progress)
+        after = measure(store, paths, new, heldout, DEFAULT_MIN_SCORE, show_progress, features)
         store.update_round(round_id, status="done", new_model=new.model_id, metrics={"after": after})
     except BaseException as err:
         store.update_round(round_id, status="failed", error=f"{type(err).__name__}: {err}")
@@ -176,11 +177,12 @@ def _resume_or_start(store: Store, parent: str, config: RoundConfig) -> int:
     return store.add_round(parent, config.params())
 
 
-def _training_images(store: Store, paths: ProjectPaths, parent: Backbone, show_progress: bool):
+def _training_images(store: Store, paths: ProjectPaths, parent: Backbone, show_progress: bool,
+                     features: FeatureConfig):
     """Images at the largest level's resolution, their sizes, and the parent's bank."""
-    collection = load_project_collection(store, paths, parent, progress=show_progress)
+    collection = load_project_collection(store, paths, parent, show_progress, features)
     ids = collection.bank.image_ids
-    max_pixels = 16 * FeatureConfig().max_side
+    max_pixels = 16 * features.max_side
     images = [torch.from_numpy(load_rgb(collection.paths[i], max_side=max_pixels).copy()).permute(2, 0, 1) for i in ids]
     sizes = [tuple(int(v) for v in s) for s in collection.bank.sizes.tolist()]
     return images, sizes, collection.bank, ids

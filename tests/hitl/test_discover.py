@@ -73,3 +73,15 @@ def test_unknown_pair_mode_is_refused(tiny_project):
     store, paths = open_project(tiny_project)
     with pytest.raises(ValueError, match="--pairs"):
         run_discovery(store, paths, replace(CONFIG, pairs="some"), progress=False)
+
+
+def test_a_region_found_both_ways_is_kept_once():
+    from engine.types import Box, PairMatch
+    from hitl.discover import merge_directions
+
+    eye = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+    ab = PairMatch("a", "b", Box(0, 0, 10, 10), Box(20, 20, 30, 30), eye, 0.03, 9)
+    ba_same = PairMatch("b", "a", Box(21, 20, 30, 30), Box(0, 0, 10, 10), eye, 0.05, 9)
+    ba_other = PairMatch("b", "a", Box(50, 50, 60, 60), Box(70, 70, 80, 80), eye, 0.02, 9)
+    assert merge_directions([ab], [ba_same, ba_other]) == [ba_same, ba_other]
+    assert merge_directions([ab], []) == [ab]

@@ -1,0 +1,772 @@
+"""Pair verification: the repeated regions shared by two images (paper §4.1-4.2).
+
+For a pair (A, B), every step batched over many pairs at once on the device:
+
+1. dense matches: A's features at its reference level against every level of B, mutual
+   nearest neighbours per level of B (cosine similarity, one matmul per level);
+2. Hough voting: each match votes for a change of scale (the level of B it was found at)
+   and a translation (in B cells of that level); votes are spread by a Gaussian and the
+   top ``n_candidates`` peaks are the candidate transforms;
+3. groups: per candidate, the matches that agree with it within a permissive tolerance;
+4. RANSAC: ``ransac_iterations`` 3-point affine hypotheses per group (closed-form
+   solves), the hypotheses of all groups of all pairs scored as batched tensor
+   operations on the group's matches (eq. 2's Gaussian, lowered to reach 0 at the
+   inlier threshold);
+5. refit: least squares on the inliers among all the pair's matches;
+6. backward verification: an inlier's B position must map back onto its A cell through
+   the inverse affine, and matches must be one-to-one in both directions;
+7. only large 4-connected groups of inlier cells on A's grid survive; score (paper eq. 2)
+   S = 1/N sum_i exp(-e_i^2 / 2 sigma^2) s_i over the inliers, N = features of A.
+
+Coordinates are original pixels as ``(x, y)``; the affine maps A pixels to B pixels. A
+is matched at its finest level only, so a copy is found when it is at least as large
+(relative to its image's cell size) in B as in A: verify both orders for symmetry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch.nn.utils.rnn import pad_sequence
+
+from engine.features import FeaturePyramid
+from engine.types import Box, PairMatch
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    n_candidates: int = 10  # paper §4.1: "the top 10 translation candidates" of the Hough vote
+    hough_tolerance: float = 2.0  # vote kernel exp(-d^2/tol^2), d in B cells (authors' code: 2)
+    hough_min_votes: float = 3.0  # smoothed votes a peak needs to become a candidate
+    group_tolerance: float = 3.0  # "permissive threshold": B cells (candidate's level) from its transform
+    max_group: int = 128  # matches per group scored by RANSAC (most similar first; refit uses all)
+    ransac_iterations: int = 1000  # 3-point affine hypotheses per group (authors' code: 1000)
+    inlier_threshold: float = 2.0  # residual limit: B cells at the match's level, A cells backwards
+    score_sigma: float = 1.4  # sigma of eq. 2, same units (authors' code exp(-e^2/tol^2): tol/sqrt 2)
+    max_anisotropy: float = 3.0  # affines stretching one axis over 3x the other are degenerate fits
+    refit_iterations: int = 2  # least-squares refits on the inliers of all the pair's matches
+    min_inliers: int = 6  # regions with fewer final inliers are dropped
+    min_component: int = 3  # smaller 4-connected groups of inlier A cells go (authors' code: 3)
+    max_regions_per_pair: int = 5  # distinct regions kept per pair, best score first
+    dedupe_iou: float = 0.5  # regions whose A boxes overlap more are one region (best kept)
+    seed: int = 0  # RANSAC samples; the same for every pair, so batching never changes results
+
+    def __post_init__(self) -> None:
+        for name in ("n_candidates", "max_group", "ransac_iterations", "max_regions_per_pair",
+                     "min_inliers", "min_component"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"VerifyConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("hough_tolerance", "group_tolerance", "inlier_threshold", "score_sigma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"VerifyConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_anisotropy < 1:
+            raise ValueError(f"VerifyConfig.max_anisotropy must be >= 1, got {self.max_anisotropy}")
+
+
+# Largest (rows x cols) tensor one batched step materialises at once: small on CPU, where
+# it must stay in cache, large on a GPU, where it must fill the device.
+_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 28}
+
+
+def _chunk_elements(device: torch.device) -> int:
+    return _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cpu"])
+
+
+# Hough bins are ranked by one int64 key: quantised votes above _TIE_BITS bits of a rank
+# by (level, dy, dx) with 12 bits per offset, hence at most 2^6 levels.
+_TIE_BITS = 30
+_MAX_LEVELS = 1 << (_TIE_BITS - 24)
+
+
+# ---------------------------------------------------------------- batching pyramids
+
+
+@dataclass
+class PairBatch:
+    """Features of P pairs, zero-padded to common sizes.
+
+    Attributes:
+        feats_a: (P, NA, C) A's reference level, one row per cell (row-major), zero rows
+            for padding and for cells outside ``region_a``.
+        a_valid: (P, NA) bool, the rows that take part.
+        a_grid: (P, 2) long (h, w) of A's reference level.
+        a_cell: (P, 2) float pixels per A cell (x, y).
+        n_source: (P,) float, N of eq. 2: the A cells that take part.
+        feats_b: per level k of B, (P, n_k, C) features, zero rows for padding.
+        b_grid: (P, L, 2) long (h, w) per level, 0 where B lacks the level.
+        b_cell: (P, L, 2) float pixels per B cell (x, y), 1 where B lacks the level.
+        b_size: (P, 2) float (W, H) of B.
+    """
+
+    feats_a: torch.Tensor
+    a_valid: torch.Tensor
+    a_grid: torch.Tensor
+    a_cell: torch.Tensor
+    n_source: torch.Tensor
+    feats_b: list[torch.Tensor]
+    b_grid: torch.Tensor
+    b_cell: torch.Tensor
+    b_size: torch.Tensor
+
+
+def _check_pyramid(pyramid: FeaturePyramid, name: str) -> None:
+    if not pyramid.levels or any(t.ndim != 3 or t.numel() == 0 for t in pyramid.levels):
+        raise ValueError(f"image {name!r}: feature pyramid has no levels or an empty (C, h, w) level")
+    if len(pyramid.levels) > _MAX_LEVELS:
+        raise ValueError(f"image {name!r}: {len(pyramid.levels)} pyramid levels, at most {_MAX_LEVELS} supported")
+    if min(pyramid.image_size) <= 0:
+        raise ValueError(f"image {name!r}: image size {pyramid.image_size} is empty")
+
+
+def _rows(level: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(C, h, w) -> (h * w, C) on the device, row-major cells."""
+    return level.flatten(1).T.to(device=device, dtype=dtype)
+
+
+def _region_cells(h: int, w: int, cell: tuple[float, float], region: Box | None) -> torch.Tensor:
+    """(h * w,) bool: cells whose centre lies inside ``region`` (all cells when None)."""
+    if region is None:
+        return torch.ones(h * w, dtype=torch.bool)
+    xs = (torch.arange(w) + 0.5) * cell[0]
+    ys = (torch.arange(h) + 0.5) * cell[1]
+    inside_x = (xs >= region.x0) & (xs < region.x1)
+    inside_y = (ys >= region.y0) & (ys < region.y1)
+    return (inside_y[:, None] & inside_x[None, :]).flatten()
+
+
+def stack_pairs(
+    pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
+    names: Sequence[tuple[str, str]],
+    device: torch.device,
+) -> PairBatch:
+    """Pad the pyramids of P pairs (A, B, region of A or None) into one :class:`PairBatch`."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32  # no fast half reductions on CPUs
+    n_levels = max(len(b.levels) for _, b, _ in pairs)
+    channels = pairs[0][0].levels[0].shape[0]
+    for (a, b, _), (name_a, name_b) in zip(pairs, names):
+        _check_pyramid(a, name_a)
+        _check_pyramid(b, name_b)
+        if a.levels[0].shape[0] != channels or any(t.shape[0] != channels for t in b.levels):
+            raise ValueError(f"pair ({name_a!r}, {name_b!r}): feature channels differ from {channels}")
+    inside = [_region_cells(a.levels[0].shape[1], a.levels[0].shape[2], a.cell_size(0), region)
+              for a, _, region in pairs]
+    feats_a = pad_sequence([_rows(a.levels[0], device, dtype) * m[:, None].to(device)
+                            for (a, _, _), m in zip(pairs, inside)], batch_first=True)
+    a_valid = pad_sequence(inside, batch_first=True)
+    empty = torch.zeros(0, channels, dtype=dtype, device=device)
+    feats_b = [pad_sequence([_rows(b.levels[k], device, dtype) if k < len(b.levels) else empty for _, b, _ in pairs],
+                            batch_first=True) for k in range(n_levels)]
+    b_grid = [[tuple(b.levels[k].shape[1:]) if k < len(b.levels) else (0, 0) for k in range(n_levels)]
+              for _, b, _ in pairs]
+    b_cell = [[b.cell_size(k) if k < len(b.levels) else (1.0, 1.0) for k in range(n_levels)] for _, b, _ in pairs]
+    a_grid = [tuple(a.levels[0].shape[1:]) for a, _, _ in pairs]
+    return PairBatch(
+        feats_a=feats_a,
+        a_valid=a_valid.to(device),
+        a_grid=torch.tensor(a_grid, dtype=torch.long, device=device),
+        a_cell=torch.tensor([a.cell_size(0) for a, _, _ in pairs], dtype=torch.float32, device=device),
+        n_source=a_valid.sum(1).float().to(device),
+        feats_b=feats_b,
+        b_grid=torch.tensor(b_grid, dtype=torch.long, device=device),
+        b_cell=torch.tensor(b_cell, dtype=torch.float32, device=device),
+        b_size=torch.tensor([b.image_size for _, b, _ in pairs], dtype=torch.float32, device=device),
+    )
+
+
+# ---------------------------------------------------------------- dense matches
+
+
+def mutual_nearest(feats_a: torch.Tensor, feats_b: torch.Tensor, chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours by cosine similarity (features are L2-normalised).
+
+    Args:
+        feats_a: (P, NA, C); feats_b: (P, NB, C); zero rows never win against a positive
+            similarity, and the caller drops matches of non-positive similarity.
+
+    Returns:
+        index (P, NA) long: each A row's nearest B row; sim (P, NA) float32 its similarity;
+        mutual (P, NA) bool: that B row's nearest A row is this one.
+    """
+    P, n_a, _ = feats_a.shape
+    n_b = feats_b.shape[1]
+    index = torch.zeros(P, n_a, dtype=torch.long, device=feats_a.device)
+    sim = torch.zeros(P, n_a, device=feats_a.device)
+    mutual = torch.zeros(P, n_a, dtype=torch.bool, device=feats_a.device)
+    if n_b == 0:
+        return index, sim, mutual
+    step = max(1, chunk_elements // max(1, n_a * n_b))
+    for s in range(0, P, step):  # chunks of pairs bound the (pairs, NA, NB) similarity tensor
+        scores = torch.bmm(feats_a[s : s + step], feats_b[s : s + step].transpose(1, 2))  # (p, NA, NB)
+        best_sim, best = scores.max(dim=2)  # (p, NA)
+        # Mutual when this A row is (one of) the column's best: a column max is several
+        # times cheaper than a column argmax on CPUs, and exact ties are immaterial.
+        column_best = scores.amax(dim=1)  # (p, NB)
+        index[s : s + step] = best
+        sim[s : s + step] = best_sim.float()
+        mutual[s : s + step] = best_sim >= column_best.gather(1, best)
+    return index, sim, mutual
+
+
+@dataclass
+class Matches:
+    """The mutual matches of P pairs, compacted and padded to M per pair.
+
+    Attributes:
+        valid: (P, M) bool. a_index: (P, M) long flat cell of A's grid. level: (P, M) long
+        level of B. shift: (P, M, 2) long translation (dx, dy) in cells of that level.
+        pa, pb: (P, M, 2) cell centres in pixels. unit: (P, M, 2) B's cell size at the
+        match's level (pixels). sim: (P, M) cosine similarity, 0 where invalid.
+    """
+
+    valid: torch.Tensor
+    a_index: torch.Tensor
+    level: torch.Tensor
+    shift: torch.Tensor
+    pa: torch.Tensor
+    pb: torch.Tensor
+    unit: torch.Tensor
+    sim: torch.Tensor
+
+
+def _cell_centres(flat: torch.Tensor, width: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat cell indices -> (…, 2) long (col, row) and (…, 2) float pixel centres."""
+    colrow = torch.stack([flat % width, torch.div(flat, width, rounding_mode="floor")], dim=-1)
+    return colrow, (colrow.float() + 0.5) * cell
+
+
+def dense_matches(batch: PairBatch, chunk_elements: int) -> Matches:
+    """Mutual nearest neighbours of A's reference cells with each level of B, compacted."""
+    P, n_a, _ = batch.feats_a.shape
+    n_levels = len(batch.feats_b)
+    b_index = torch.zeros(P, n_levels, n_a, dtype=torch.long, device=batch.feats_a.device)
+    sim = torch.zeros(P, n_levels, n_a, device=batch.feats_a.device)
+    ok = torch.zeros(P, n_levels, n_a, dtype=torch.bool, device=batch.feats_a.device)
+    n_b = batch.b_grid.prod(-1)  # (P, L) true cells per level
+    for k, feats_b in enumerate(batch.feats_b):  # one matmul per level of B
+        index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
+        b_index[:, k], sim[:, k] = index, s
+        ok[:, k] = mutual & batch.a_valid & (index < n_b[:, k : k + 1]) & (s > 0)
+    # Compact the (level, A cell) slots of each pair; a stable sort keeps them in that
+    # order whatever the padding, so a pair gives the same matches alone or in a batch.
+    ok = ok.flatten(1)
+    m = int(ok.sum(1).max()) if ok.numel() else 0
+    slots = torch.sort(ok.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :m]
+    valid = ok.gather(1, slots)
+    level = torch.div(slots, n_a, rounding_mode="floor")
+    a_index = slots % n_a
+    b_flat = b_index.flatten(1).gather(1, slots)
+    cell_b = batch.b_cell.gather(1, level[..., None].expand(-1, -1, 2))  # (P, M, 2)
+    width_b = batch.b_grid[..., 1].gather(1, level).clamp_min(1)
+    colrow_a, pa = _cell_centres(a_index, batch.a_grid[:, 1:2], batch.a_cell[:, None])
+    colrow_b, pb = _cell_centres(b_flat, width_b, cell_b)
+    return Matches(valid, a_index, level, colrow_b - colrow_a, pa, pb, cell_b,
+                   sim.flatten(1).gather(1, slots) * valid)
+
+
+# ---------------------------------------------------------------- Hough voting
+
+
+@dataclass
+class Candidates:
+    """Top Hough peaks per pair: (P, G) valid, and per candidate (P, G, 2) scale,
+    offset (pixels) and unit (B's cell size at its level): p_B ~ scale * p_A + offset."""
+
+    valid: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    unit: torch.Tensor
+
+
+def _vote_kernel(tolerance: float, device: torch.device) -> torch.Tensor:
+    radius = math.ceil(tolerance)
+    ax = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    return torch.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / tolerance**2)[None, None]  # (1, 1, k, k)
+
+
+def _tie_break(n_levels: int, ty: int, tx: int, ha: int, wa: int, device: torch.device) -> torch.Tensor:
+    """(L * ty * tx,) long rank of each bin by (level, dy, dx) in absolute terms: equal
+    votes resolve the same way whatever the batch's padding."""
+    level = torch.arange(n_levels, device=device)[:, None, None]
+    dy = (torch.arange(ty, device=device)[None, :, None] - (ha - 1) + 2048).clamp(0, 4095)
+    dx = (torch.arange(tx, device=device)[None, None, :] - (wa - 1) + 2048).clamp(0, 4095)
+    return ((level * 4096 + dy) * 4096 + dx).flatten()
+
+
+def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig) -> Candidates:
+    """Vote in (level of B, dy, dx); smooth the votes; the top peaks per pair."""
+    P, n_levels = batch.b_grid.shape[:2]
+    ha, wa = (int(v) for v in batch.a_grid.amax(0))
+    hb, wb = (int(v) for v in batch.b_grid.amax((0, 1)))
+    ty, tx = ha + hb - 1, wa + wb - 1  # every (cell of B) - (cell of A) offset
+    pair = torch.arange(P, device=m.valid.device)[:, None]
+    flat = ((pair * n_levels + m.level) * ty + m.shift[..., 1] + ha - 1) * tx + m.shift[..., 0] + wa - 1
+    flat = torch.where(m.valid, flat, 0)
+    votes = torch.bincount(flat.flatten(), m.valid.flatten().float(), minlength=P * n_levels * ty * tx)
+    kernel = _vote_kernel(config.hough_tolerance, votes.device)
+    radius = kernel.shape[-1] // 2
+    smooth = F.conv2d(votes.view(P * n_levels, 1, ty, tx), kernel, padding=radius)
+    # Local maxima over the kernel's window; a separable max pool is cheaper on CPUs.
+    window = F.max_pool2d(smooth, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+    window = F.max_pool2d(window, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    peaks = (smooth >= window) & (smooth >= config.hough_min_votes)
+    # Quantised votes first, then the tie-break rank: an exact, layout-free ordering.
+    tie = _tie_break(n_levels, ty, tx, ha, wa, votes.device)
+    key = (smooth.view(P, -1) * 1024).round().long() * (1 << _TIE_BITS) + ((1 << _TIE_BITS) - 1 - tie)
+    key = torch.where(peaks.view(P, -1), key, -1)
+    top, index = key.topk(min(config.n_candidates, key.shape[1]), dim=1)  # (P, G)
+    level = torch.div(index, ty * tx, rounding_mode="floor")
+    dy = torch.div(index, tx, rounding_mode="floor") % ty - (ha - 1)
+    dx = index % tx - (wa - 1)
+    unit = batch.b_cell.gather(1, level[..., None].expand(-1, -1, 2))  # (P, G, 2)
+    scale = unit / batch.a_cell[:, None]
+    return Candidates(top >= 0, scale, torch.stack([dx, dy], -1).float() * unit, unit)
+
+
+def candidate_groups(m: Matches, cand: Candidates, config: VerifyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matches agreeing with each candidate within ``group_tolerance`` B cells.
+
+    Returns:
+        index (P, G, Mg) long into the pair's matches (most similar first), and
+        valid (P, G, Mg) bool; Mg <= ``max_group``.
+    """
+    pred = cand.scale[:, :, None] * m.pa[:, None] + cand.offset[:, :, None]  # (P, G, M, 2)
+    off = ((m.pb[:, None] - pred) / cand.unit[:, :, None]).abs().amax(-1)  # (P, G, M)
+    member = (off <= config.group_tolerance) & m.valid[:, None] & cand.valid[:, :, None]
+    size = min(config.max_group, int(member.sum(-1).max()) if member.numel() else 0)
+    key = torch.where(member, m.sim[:, None] + 2.0, 0.0)  # similarity is in [-1, 1]
+    top, index = key.topk(size, dim=-1)
+    return index, top > 0
+
+
+# ---------------------------------------------------------------- RANSAC
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (P, M, *rest) at index (P, *shape) -> (P, *shape, *rest)."""
+    rest = values.shape[2:]
+    flat = index.reshape(index.shape[0], -1, *([1] * len(rest))).expand(-1, -1, *rest)
+    return values.gather(1, flat).view(*index.shape, *rest)
+
+
+def affine_from_triplets(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact affines through point triplets, in closed form (no batched LAPACK call).
+
+    Args:
+        src, dst: (..., 3, 2) points (x, y).
+
+    Returns:
+        (..., 2, 3) affines mapping src onto dst, and (...,) bool: the triplet is not
+        (nearly) collinear. Degenerate entries hold finite garbage.
+    """
+    u2, u3 = src[..., 1, :] - src[..., 0, :], src[..., 2, :] - src[..., 0, :]
+    v2, v3 = dst[..., 1, :] - dst[..., 0, :], dst[..., 2, :] - dst[..., 0, :]
+    det = u2[..., 0] * u3[..., 1] - u3[..., 0] * u2[..., 1]
+    # |det| = |u2||u3| sin(angle): require an angle above ~6 degrees.
+    ok = det.abs() > 0.1 * u2.norm(dim=-1) * u3.norm(dim=-1)
+    det = torch.where(ok, det, torch.ones_like(det))
+    # L = V U^-1 with U = [u2 u3] (columns), V = [v2 v3].
+    inv = torch.stack([u3[..., 1], -u3[..., 0], -u2[..., 1], u2[..., 0]], -1).unflatten(-1, (2, 2)) / det[..., None, None]
+    lin = torch.stack([v2, v3], -1) @ inv  # (..., 2, 2)
+    shift = dst[..., 0, :] - (lin @ src[..., 0, :, None])[..., 0]
+    return torch.cat([lin, shift[..., None]], -1), ok
+
+
+def plausible(affine: torch.Tensor, max_anisotropy: float) -> torch.Tensor:
+    """(..., 2, 3) -> (...,) bool: orientation-preserving and not too stretched.
+
+    With singular values s1 >= s2: s1/s2 <= r  <=>  s1^2 + s2^2 <= (r + 1/r) s1 s2.
+    """
+    lin = affine[..., :2]
+    det = lin[..., 0, 0] * lin[..., 1, 1] - lin[..., 0, 1] * lin[..., 1, 0]
+    frob = lin.square().sum((-2, -1))
+    return (det > 0) & (frob <= (max_anisotropy + 1.0 / max_anisotropy) * det)
+
+
+def score_hypotheses(hyp: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor, unit: torch.Tensor,
+                     sim: torch.Tensor, config: VerifyConfig) -> torch.Tensor:
+    """Score of every hypothesis on its group's matches: eq. 2's Gaussian, lowered so that
+    it reaches zero at the inlier threshold (continuous, as in MSAC).
+
+    Args:
+        hyp: (R, H, 2, 3) affines; pa, pb, unit: (R, Mg, 2); sim: (R, Mg), 0 for padding.
+
+    Returns:
+        (R, H): sum_i max(0, exp(-e_i^2 / 2 sigma^2) - exp(-t^2 / 2 sigma^2)) * sim_i, with
+        e_i in B cells of match i's level and t the inlier threshold.
+    """
+    # Residuals as two baddbmm, pre-scaled so their squares are already e^2 / 2 sigma^2:
+    # r_x = [a b tx] @ [x, y, 1] * k/u - x_B * k/u, with k = 1 / (sqrt 2 sigma).
+    k = (1.0 / unit) / (math.sqrt(2.0) * config.score_sigma)  # (R, Mg, 2)
+    ax = torch.stack([pa[..., 0] * k[..., 0], pa[..., 1] * k[..., 0], k[..., 0]], 1)  # (R, 3, Mg)
+    ay = torch.stack([pa[..., 0] * k[..., 1], pa[..., 1] * k[..., 1], k[..., 1]], 1)
+    bx, by = -(pb[..., 0] * k[..., 0])[:, None], -(pb[..., 1] * k[..., 1])[:, None]  # (R, 1, Mg)
+    hx, hy = hyp[..., 0, :].contiguous(), hyp[..., 1, :].contiguous()  # (R, H, 3)
+    limit = 0.5 * (config.inlier_threshold / config.score_sigma) ** 2
+    floor = math.exp(-limit)
+    rows, n_hyp, size = hyp.shape[0], hyp.shape[1], pa.shape[1]
+    score = torch.empty(rows, n_hyp, device=hyp.device)
+    step = max(1, _chunk_elements(hyp.device) // max(1, n_hyp * size))
+    for s in range(0, rows, step):  # chunks of groups bound the (groups, H, Mg) residuals
+        part = slice(s, s + step)
+        e2 = torch.baddbmm(bx[part], hx[part], ax[part]).square_()
+        ry = torch.baddbmm(by[part], hy[part], ay[part])
+        # Clamping before exp also keeps it off the slow path of denormal results.
+        weight = e2.addcmul_(ry, ry).clamp_max_(limit).neg_().exp_().sub_(floor).clamp_min_(0.0)
+        score[part] = torch.bmm(weight, sim[part, :, None])[..., 0]  # (r, H)
+    return score
+
+
+def ransac(m: Matches, group: torch.Tensor, in_group: torch.Tensor, config: VerifyConfig,
+           uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best 3-point affine per group.
+
+    Args:
+        group, in_group: (P, G, Mg) from :func:`candidate_groups`.
+        uniform: (G', H, 3) numbers in [0, 1), G' >= G: the sample draws, shared by pairs.
+
+    Returns:
+        affine (P, G, 2, 3) and score (P, G), -1 where no valid hypothesis exists.
+    """
+    P, G, size = group.shape
+    count = in_group.sum(-1)  # (P, G)
+    draw = (uniform[None, :G] * count[..., None, None]).long()
+    draw = torch.minimum(draw, (count - 1).clamp_min(0)[..., None, None])  # (P, G, H, 3)
+    pick = group.gather(2, draw.flatten(2)).view(*draw.shape)  # match indices
+    hyp, ok = affine_from_triplets(_take(m.pa, pick), _take(m.pb, pick))  # (P, G, H, 2, 3)
+    ok &= plausible(hyp, config.max_anisotropy) & (count >= 3)[..., None]
+    sim = m.sim.gather(1, group.flatten(1)).view(P, G, size) * in_group
+    score = score_hypotheses(
+        hyp.flatten(0, 1), _take(m.pa, group).flatten(0, 1), _take(m.pb, group).flatten(0, 1),
+        _take(m.unit, group).flatten(0, 1), sim.flatten(0, 1), config,
+    ).view(P, G, -1)
+    score = torch.where(ok, score, -1.0)
+    best_score, best = score.max(-1)  # (P, G)
+    affine = hyp.gather(2, best[..., None, None, None].expand(-1, -1, 1, 2, 3))[:, :, 0]
+    return affine, best_score
+
+
+# ---------------------------------------------------------------- refit and backward check
+
+
+def forward_error(affine: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Squared residuals in B cells of each match's level.
+
+    Args:
+        affine: (P, G, 2, 3); pa, pb, unit: (P, M, 2).
+
+    Returns:
+        (P, G, M).
+    """
+    pred = torch.einsum("pgij,pmj->pgmi", affine[..., :2], pa) + affine[:, :, None, :, 2]
+    return ((pred - pb[:, None]) / unit[:, None]).square().sum(-1)
+
+
+def fit_affine(pa: torch.Tensor, pb: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted least-squares affines, centred for float32 accuracy.
+
+    Args:
+        pa, pb: (P, M, 2); weight: (P, G, M) >= 0, one fit per (pair, group).
+
+    Returns:
+        (P, G, 2, 3) affines and (P, G) bool: at least 3 points, not collinear.
+    """
+    total = weight.sum(-1).clamp_min(1e-12)[..., None]  # (P, G, 1)
+    mean_a = torch.einsum("pgm,pmi->pgi", weight, pa) / total
+    mean_b = torch.einsum("pgm,pmi->pgi", weight, pb) / total
+    da = pa[:, None] - mean_a[:, :, None]  # (P, G, M, 2)
+    db = pb[:, None] - mean_b[:, :, None]
+    s_aa = torch.einsum("pgm,pgmi,pgmj->pgij", weight, da, da)
+    s_ba = torch.einsum("pgm,pgmi,pgmj->pgij", weight, db, da)
+    det = s_aa[..., 0, 0] * s_aa[..., 1, 1] - s_aa[..., 0, 1] * s_aa[..., 1, 0]
+    trace = s_aa[..., 0, 0] + s_aa[..., 1, 1]
+    ok = ((weight > 0).sum(-1) >= 3) & (det > 1e-3 * trace.square())
+    det = torch.where(ok, det, torch.ones_like(det))
+    inv = torch.stack([s_aa[..., 1, 1], -s_aa[..., 0, 1], -s_aa[..., 1, 0], s_aa[..., 0, 0]], -1)
+    lin = s_ba @ (inv.unflatten(-1, (2, 2)) / det[..., None, None])
+    shift = mean_b - (lin @ mean_a[..., None])[..., 0]
+    return torch.cat([lin, shift[..., None]], -1), ok
+
+
+def refine(affine: torch.Tensor, m: Matches, config: VerifyConfig) -> torch.Tensor:
+    """Least-squares refits on the inliers among all the pair's matches (P, G, 2, 3)."""
+    limit = config.inlier_threshold**2
+    for _ in range(config.refit_iterations):
+        inlier = (forward_error(affine, m.pa, m.pb, m.unit) < limit) & m.valid[:, None]
+        # Coarse levels localise worse: weight by inverse cell area of the match's level.
+        weight = inlier / m.unit.prod(-1)[:, None]
+        fitted, ok = fit_affine(m.pa, m.pb, weight)
+        ok &= plausible(fitted, config.max_anisotropy)
+        affine = torch.where(ok[..., None, None], fitted, affine)
+    return affine
+
+
+def _invert(affine: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 3) -> the inverse affine; callers keep only orientation-preserving ones."""
+    lin = affine[..., :2]
+    det = lin[..., 0, 0] * lin[..., 1, 1] - lin[..., 0, 1] * lin[..., 1, 0]
+    det = torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
+    inv = torch.stack([lin[..., 1, 1], -lin[..., 0, 1], -lin[..., 1, 0], lin[..., 0, 0]], -1)
+    inv = inv.unflatten(-1, (2, 2)) / det[..., None, None]
+    return torch.cat([inv, -(inv @ affine[..., 2:])], -1)
+
+
+def keep_best(key: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """Among masked entries of each row sharing a key, keep the heaviest (first on ties).
+
+    Args:
+        key: (R, M) long in [0, n_keys); weight: (R, M); mask: (R, M) bool.
+
+    Returns:
+        (R, M) bool, a subset of ``mask``.
+    """
+    rows, size = key.shape
+    slot = torch.arange(rows, device=key.device)[:, None] * (n_keys + 1)
+    flat = (slot + torch.where(mask, key, n_keys)).flatten()  # slot n_keys: a dump
+    best = torch.full((rows * (n_keys + 1),), -torch.inf, device=key.device)
+    best.scatter_reduce_(0, flat, torch.where(mask, weight, -torch.inf).flatten(), "amax")
+    win = mask & (weight >= best[flat].view(rows, size))
+    pos = torch.arange(size, device=key.device).expand(rows, size)
+    first = torch.full((rows * (n_keys + 1),), size, device=key.device, dtype=torch.long)
+    flat = (slot + torch.where(win, key, n_keys)).flatten()
+    first.scatter_reduce_(0, flat, pos.flatten(), "amin")
+    return win & (pos == first[flat].view(rows, size))
+
+
+def consistent_inliers(affine: torch.Tensor, m: Matches, batch: PairBatch,
+                       config: VerifyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inliers of each (pair, group) that pass the backward check, one-to-one.
+
+    Forward: residual under ``affine`` below the threshold in B cells of the match's level.
+    Backward: B's position mapped back by the inverse affine lands within the threshold
+    (in A cells) of its A cell, and no two inliers share an A cell or land in the same A
+    cell from B (the heaviest is kept), as in the authors' bijectivity check.
+
+    Returns:
+        keep (P, G, M) bool and weight (P, G, M): exp(-e^2/2 sigma^2) * similarity.
+    """
+    P, G = affine.shape[:2]
+    limit = config.inlier_threshold**2
+    e2 = forward_error(affine, m.pa, m.pb, m.unit)
+    weight = torch.exp(-0.5 * e2 / config.score_sigma**2) * m.sim[:, None]
+    inverse = _invert(affine)
+    back = torch.einsum("pgij,pmj->pgmi", inverse[..., :2], m.pb) + inverse[:, :, None, :, 2]  # (P, G, M, 2)
+    a_cell = batch.a_cell[:, None, None]
+    back_e2 = ((back - m.pa[:, None]) / a_cell).square().sum(-1)
+    keep = (e2 < limit) & (back_e2 < limit) & m.valid[:, None] & plausible(affine, config.max_anisotropy)[..., None]
+    ha, wa = (int(v) for v in batch.a_grid.amax(0))
+    keep = keep_best(m.a_index[:, None].expand(-1, G, -1).flatten(0, 1), weight.flatten(0, 1),
+                     keep.flatten(0, 1), ha * wa).view(P, G, -1)
+    # The A cell each B position lands in; the backward check bounds it near A's grid.
+    pad = math.ceil(config.inlier_threshold) + 1
+    col = torch.floor(back[..., 0] / a_cell[..., 0]).long().clamp(-pad, wa + pad - 1) + pad
+    row = torch.floor(back[..., 1] / a_cell[..., 1]).long().clamp(-pad, ha + pad - 1) + pad
+    key = row * (wa + 2 * pad) + col
+    keep = keep_best(key.flatten(0, 1), weight.flatten(0, 1), keep.flatten(0, 1),
+                     (ha + 2 * pad) * (wa + 2 * pad)).view(P, G, -1)
+    return keep, weight
+
+
+# ---------------------------------------------------------------- regions
+
+
+def large_components(cells: np.ndarray, min_size: int) -> np.ndarray:
+    """Keep the 4-connected components of at least ``min_size`` cells of each grid.
+
+    Args:
+        cells: (R, h, w) bool, one grid per region (components never cross grids).
+
+    Returns:
+        (R, h, w) bool.
+    """
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected, within a grid only
+    labels, _ = ndimage.label(cells, structure=structure)
+    sizes = np.bincount(labels.ravel(), minlength=1)
+    large = sizes >= min_size
+    large[0] = False
+    return large[labels]
+
+
+@dataclass
+class Regions:
+    """Surviving (pair, group) regions, R rows: pair (R,) index into the batch; affine
+    (R, 2, 3); score (R,) eq. 2; n_inliers (R,); cells (R, 4) bounding box of the inlier
+    A cells (col0, row0, col1, row1), ends exclusive."""
+
+    pair: np.ndarray
+    affine: np.ndarray
+    score: np.ndarray
+    n_inliers: np.ndarray
+    cells: np.ndarray
+
+
+def _cell_boxes(grids: np.ndarray) -> np.ndarray:
+    """(R, h, w) bool, each with a cell set -> (R, 4) long (col0, row0, col1, row1)."""
+    boxes = np.zeros((len(grids), 4), dtype=np.int64)
+    rows, cols = grids.any(2), grids.any(1)  # (R, h), (R, w)
+    boxes[:, 0] = cols.argmax(1)
+    boxes[:, 1] = rows.argmax(1)
+    boxes[:, 2] = cols.shape[1] - cols[:, ::-1].argmax(1)
+    boxes[:, 3] = rows.shape[1] - rows[:, ::-1].argmax(1)
+    return boxes
+
+
+def build_regions(keep: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, m: Matches,
+                  batch: PairBatch, config: VerifyConfig) -> Regions:
+    """Connected-component filter, eq. 2 score and final refit per (pair, group).
+
+    Args:
+        keep, weight: (P, G, M) from :func:`consistent_inliers`; affine: (P, G, 2, 3).
+    """
+    P, G, _ = keep.shape
+    chosen = (keep.sum(-1) >= config.min_inliers).flatten().nonzero()[:, 0]  # (R,)
+    pair = torch.div(chosen, G, rounding_mode="floor")
+    keep, weight = keep.flatten(0, 1)[chosen], weight.flatten(0, 1)[chosen]  # (R, M)
+    ha, wa = (int(v) for v in batch.a_grid.amax(0))
+    width = batch.a_grid[pair, 1:2]
+    r_idx, m_idx = keep.nonzero(as_tuple=True)
+    flat, cols = m.a_index[pair][r_idx, m_idx], width[r_idx, 0]
+    at = (r_idx.cpu().numpy(), torch.div(flat, cols, rounding_mode="floor").cpu().numpy(), (flat % cols).cpu().numpy())
+    grids = np.zeros((len(chosen), ha, wa), dtype=bool)
+    grids[at] = True
+    grids = large_components(grids, config.min_component)
+    survive = torch.zeros_like(keep)
+    survive[r_idx, m_idx] = torch.from_numpy(grids[at]).to(keep.device)
+    n_inliers = survive.sum(-1)
+    score = (weight * survive).sum(-1) / batch.n_source[pair].clamp_min(1)
+    # The reported affine is a refit on the surviving inliers (the previous one if that fails).
+    fitted, ok = fit_affine(m.pa[pair], m.pb[pair], (survive / m.unit[pair].prod(-1))[:, None])
+    ok = ok[:, 0] & plausible(fitted[:, 0], config.max_anisotropy)
+    final = torch.where(ok[:, None, None], fitted[:, 0], affine.flatten(0, 1)[chosen])
+    good = (n_inliers >= config.min_inliers).cpu().numpy()
+    return Regions(pair.cpu().numpy()[good], final.cpu().numpy()[good], score.cpu().numpy()[good],
+                   n_inliers.cpu().numpy()[good], _cell_boxes(grids[good]))
+
+
+def _map_box(affine: np.ndarray, box: Box) -> Box | None:
+    """Bounding box of ``box``'s corners under a (2, 3) affine, or None if degenerate."""
+    corners = np.array([[box.x0, box.y0, 1], [box.x1, box.y0, 1], [box.x0, box.y1, 1], [box.x1, box.y1, 1]])
+    mapped = corners @ affine.T.astype(np.float64)
+    x0, y0 = mapped.min(0)
+    x1, y1 = mapped.max(0)
+    return Box(float(x0), float(y0), float(x1), float(y1)) if x1 > x0 and y1 > y0 else None
+
+
+def to_pair_matches(regions: Regions, batch: PairBatch, names: Sequence[tuple[str, str]],
+                    config: VerifyConfig) -> list[list[PairMatch]]:
+    """Boxes in pixels, best score first, overlapping regions of a pair merged (NMS on A boxes)."""
+    a_cell, b_size = batch.a_cell.cpu().numpy(), batch.b_size.cpu().numpy()
+    out: list[list[PairMatch]] = [[] for _ in names]
+    for r in np.argsort(-regions.score, kind="stable"):  # post-processing: one row per region
+        p = int(regions.pair[r])
+        if len(out[p]) >= config.max_regions_per_pair:
+            continue
+        c0, r0, c1, r1 = regions.cells[r]
+        (cx, cy), (width, height) = a_cell[p], b_size[p]
+        box_a = Box(float(c0 * cx), float(r0 * cy), float(c1 * cx), float(r1 * cy))
+        mapped = _map_box(regions.affine[r], box_a)
+        if mapped is None or mapped.x1 <= 0 or mapped.y1 <= 0 or mapped.x0 >= width or mapped.y0 >= height:
+            continue
+        if any(box_a.iou(kept.box_a) > config.dedupe_iou for kept in out[p]):
+            continue
+        affine = tuple(tuple(float(v) for v in row) for row in regions.affine[r])
+        out[p].append(PairMatch(names[p][0], names[p][1], box_a, mapped.clip(float(width), float(height)),
+                                affine, float(regions.score[r]), int(regions.n_inliers[r])))
+    return out
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _uniform(config: VerifyConfig, device: torch.device) -> torch.Tensor:
+    """(n_candidates, ransac_iterations, 3) sample draws from ``seed``, drawn on the CPU so
+    that every device samples the same triplets."""
+    generator = torch.Generator().manual_seed(config.seed)
+    return torch.rand(config.n_candidates, config.ransac_iterations, 3, generator=generator).to(device)
+
+
+@torch.no_grad()
+def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
+                  names: Sequence[tuple[str, str]], config: VerifyConfig,
+                  device: torch.device) -> list[list[PairMatch]]:
+    batch = stack_pairs(pairs, names, device)
+    m = dense_matches(batch, _chunk_elements(device))
+    if m.valid.shape[1] < 3:
+        return [[] for _ in pairs]
+    cand = hough_candidates(m, batch, config)
+    group, in_group = candidate_groups(m, cand, config)
+    if group.shape[-1] < 3:
+        return [[] for _ in pairs]
+    affine, best = ransac(m, group, in_group, config, _uniform(config, device))
+    affine = refine(affine, m, config)
+    keep, weight = consistent_inliers(affine, m, batch, config)
+    keep &= (best > 0)[..., None]
+    return to_pair_matches(build_regions(keep, weight, affine, m, batch, config), batch, names, config)
+
+
+def _resolve(device: torch.device | str | None, pyramid: FeaturePyramid) -> torch.device:
+    return torch.device(device) if device is not None else pyramid.levels[0].device
+
+
+def verify_pair(
+    pyr_a: FeaturePyramid,
+    pyr_b: FeaturePyramid,
+    image_a: str,
+    image_b: str,
+    config: VerifyConfig = VerifyConfig(),
+    region_a: Box | None = None,
+    device: torch.device | str | None = None,
+) -> list[PairMatch]:
+    """The regions of A repeated in B, best score first; [] when nothing verifies.
+
+    Args:
+        pyr_a: A's pyramid; only its reference level (0) is used.
+        pyr_b: B's pyramid; every level is searched.
+        region_a: restrict A to the cells whose centre lies in this box (pixels of A);
+            N of the score is then the number of those cells.
+        device: where to compute (default: where the pyramids are).
+    """
+    return _verify_batch([(pyr_a, pyr_b, region_a)], [(image_a, image_b)], config, _resolve(device, pyr_a))[0]
+
+
+def verify_pairs(
+    pairs: Sequence[tuple[str, str]],
+    get_pyramid: Callable[[str], FeaturePyramid],
+    config: VerifyConfig = VerifyConfig(),
+    device: torch.device | str | None = None,
+    batch_size: int = 32,
+) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
+    """Verify many (A, B) pairs, ``batch_size`` per batch on the device, in input order.
+
+    A pair gives the same result alone (:func:`verify_pair`) or in any batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pairs = [(str(a), str(b)) for a, b in pairs]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        pyramids = {name: get_pyramid(name) for name in dict.fromkeys(n for pair in chunk for n in pair)}
+        target = _resolve(device, next(iter(pyramids.values())))
+        found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target)
+        yield from zip(chunk, found)
+
+
+def discovery_score(
+    pyr_query_image: FeaturePyramid,
+    pyr_b: FeaturePyramid,
+    query_box: Box,
+    config: VerifyConfig = VerifyConfig(),
+    device: torch.device | str | None = None,
+    image_a: str = "query",
+    image_b: str = "candidate",
+) -> tuple[float, PairMatch | None]:
+    """Paper §5.2's re-ranking score of a one-shot detection: eq. 2 for the query box's
+    cells of the query image against image B, and the best region (or 0.0, None)."""
+    found = verify_pair(pyr_query_image, pyr_b, image_a, image_b, config, query_box, device)
+    return (found[0].score, found[0]) if found else (0.0, None)

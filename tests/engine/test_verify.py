@@ -1,0 +1,251 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.features import FeatureConfig, FeaturePyramid, level_shape
+from engine.types import Box
+from engine.verify import (
+    VerifyConfig,
+    affine_from_triplets,
+    discovery_score,
+    keep_best,
+    large_components,
+    mutual_nearest,
+    plausible,
+    verify_pair,
+    verify_pairs,
+)
+
+C = 32
+SIZE_A = (640, 480)  # 40 x 30 cells of 16 px at the reference level
+
+
+def _unit(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(C, *shape, generator=gen), dim=0)
+
+
+def _random_pyramid(seed: int, size: tuple[int, int]) -> FeaturePyramid:
+    gen = torch.Generator().manual_seed(seed)
+    return FeaturePyramid(tuple(_unit(gen, *level_shape(size, s)) for s in FeatureConfig().sides()), size)
+
+
+def _affine(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:
+    c, s = scale * math.cos(math.radians(degrees)), scale * math.sin(math.radians(degrees))
+    return np.array([[c, -s, tx], [s, c, ty]])
+
+
+def _with_copies(a: FeaturePyramid, size_b, copies, seed: int, noise: float = 0.3, sub: int = 4) -> FeaturePyramid:
+    """B's pyramid: random features, plus each (affine, box of A) copy of A's reference cells.
+
+    Each B cell averages the A features its footprint covers (sub x sub samples mapped back
+    through the affine), so a level whose cells match the copy's scale holds near-exact
+    copies and other levels hold blends, as a real pyramid would."""
+    gen = torch.Generator().manual_seed(seed)
+    ref = a.levels[0]
+    _, ha, wa = ref.shape
+    cax, cay = a.cell_size(0)
+    levels = []
+    for side in FeatureConfig().sides():
+        h, w = level_shape(size_b, side)
+        offsets = (np.arange(sub) + 0.5) / sub
+        xs, ys = np.meshgrid(((np.arange(w)[:, None] + offsets) * size_b[0] / w).ravel(),
+                             ((np.arange(h)[:, None] + offsets) * size_b[1] / h).ravel())
+        total, covered = torch.zeros(C, h * sub, w * sub), np.zeros(xs.shape, dtype=bool)
+        for affine, box in copies:
+            inv = np.linalg.inv(np.vstack([affine, [0, 0, 1]]))
+            ax, ay = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2], inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+            inside = (ax >= box[0]) & (ax < box[2]) & (ay >= box[1]) & (ay < box[3]) & ~covered
+            rows = torch.from_numpy(np.clip(ay / cay, 0, ha - 1).astype(int))
+            cols = torch.from_numpy(np.clip(ax / cax, 0, wa - 1).astype(int))
+            total += ref[:, rows, cols] * torch.from_numpy(inside).float()
+            covered |= inside
+        fraction = F.avg_pool2d(torch.from_numpy(covered).float()[None, None], sub)[0, 0]
+        feats = F.avg_pool2d(total[None], sub)[0] + (1 - fraction) * _unit(gen, h, w)
+        feats = feats + noise * torch.randn(C, h, w, generator=gen) / math.sqrt(C)
+        levels.append(F.normalize(feats, dim=0))
+    return FeaturePyramid(tuple(levels), size_b)
+
+
+def _corners(box) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return np.array([[x0, y0, 1.0], [x1, y0, 1.0], [x0, y1, 1.0], [x1, y1, 1.0]])
+
+
+def _mapped_box(affine: np.ndarray, box) -> Box:
+    pts = _corners(box) @ np.asarray(affine).T
+    return Box(*pts.min(0), *pts.max(0))
+
+
+@pytest.fixture(scope="module")
+def pyr_a() -> FeaturePyramid:
+    return _random_pyramid(1, SIZE_A)
+
+
+# ---------------------------------------------------------------- small pieces
+
+
+def test_affine_from_triplets_known_answer():
+    truth = torch.tensor([[0.8, -0.1, 5.0], [0.2, 1.1, -3.0]])
+    src = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]])
+    dst = src @ truth[:, :2].T + truth[:, 2]
+    affine, ok = affine_from_triplets(src, dst)
+    assert ok.tolist() == [True, False]  # the second triplet is collinear
+    assert torch.allclose(affine[0], truth, atol=1e-5)
+
+
+def test_mutual_nearest_known_answer():
+    a = F.normalize(torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]]), dim=2)  # (1, 3, 2)
+    b = F.normalize(torch.tensor([[[0.1, 1.0], [1.0, 0.05], [0.0, 0.0]]]), dim=2)  # last row: padding
+    index, sim, mutual = mutual_nearest(a, b, chunk_elements=1 << 10)
+    assert index[0, :2].tolist() == [1, 0] and mutual[0].tolist() == [True, True, False]
+    assert sim[0, 0].item() == pytest.approx(1.0 / math.hypot(1.0, 0.05))
+
+
+def test_plausible_rejects_mirrors_and_stretches():
+    affines = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]], [[-1.0, 0, 0], [0, 1.0, 0]], [[5.0, 0, 0], [0, 1.0, 0]]])
+    assert plausible(affines, 3.0).tolist() == [True, False, False]
+
+
+def test_keep_best_one_winner_per_key():
+    key = torch.tensor([[0, 1, 0, 2, 1]])
+    weight = torch.tensor([[0.5, 0.9, 0.7, 0.1, 0.9]])
+    mask = torch.tensor([[True, True, True, False, True]])
+    assert keep_best(key, weight, mask, 3).tolist() == [[False, True, True, False, False]]
+
+
+def test_large_components_are_4_connected_per_grid():
+    grids = np.zeros((2, 5, 5), dtype=bool)
+    grids[0, 0, 0:3] = True  # 3 cells in a row
+    grids[0, 2, 2] = grids[0, 3, 3] = True  # diagonal neighbours: not 4-connected
+    grids[1, 0, 0] = True  # touches grid 0's component across grids only
+    kept = large_components(grids, 3)
+    assert kept.sum() == 3 and kept[0, 0, 0:3].all()
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="ransac_iterations"):
+        VerifyConfig(ransac_iterations=0)
+    with pytest.raises(ValueError, match="inlier_threshold"):
+        VerifyConfig(inlier_threshold=0)
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def test_recovers_known_affine(pyr_a):
+    truth = _affine(0.8, 5.0, 60.0, 40.0)
+    copy_box = (160, 96, 480, 352)  # A cells 10..30 x 6..22
+    pyr_b = _with_copies(pyr_a, (540, 405), [(truth, copy_box)], seed=2)
+    found = verify_pair(pyr_a, pyr_b, "a", "b")
+    assert found, "a copied region must verify"
+    best = found[0]
+    assert (best.image_a, best.image_b) == ("a", "b")
+    error = np.abs(_corners(copy_box) @ np.array(best.affine).T - _corners(copy_box) @ truth.T).max()
+    assert error < 6.0  # pixels; B's cells are 13.5 px
+    assert best.box_a.iou(Box(*copy_box)) > 0.8
+    assert best.box_b.iou(_mapped_box(truth, copy_box)) > 0.7
+    assert best.n_inliers > 150 and 0.1 < best.score <= 1.0
+
+
+def test_unrelated_pyramids_do_not_verify(pyr_a):
+    copy = _with_copies(pyr_a, (540, 405), [(_affine(0.8, 5.0, 60.0, 40.0), (160, 96, 480, 352))], seed=2)
+    reference = verify_pair(pyr_a, copy, "a", "b")[0].score
+    found = verify_pair(pyr_a, _random_pyramid(3, (540, 405)), "a", "c")
+    assert max((m.score for m in found), default=0.0) < 0.05 * reference
+
+
+def test_two_copies_give_two_regions(pyr_a):
+    box_1, box_2 = (32, 32, 256, 224), (384, 256, 608, 448)
+    shift_1, shift_2 = _affine(1.0, 0.0, 300.0, 200.0), _affine(1.0, 0.0, -340.0, -210.0)
+    pyr_b = _with_copies(pyr_a, SIZE_A, [(shift_1, box_1), (shift_2, box_2)], seed=4)
+    found = verify_pair(pyr_a, pyr_b, "a", "b")
+    assert len(found) == 2
+    for truth, box in ((shift_1, box_1), (shift_2, box_2)):
+        match = max(found, key=lambda m: m.box_a.iou(Box(*box)))
+        assert match.box_a.iou(Box(*box)) > 0.7
+        assert np.abs(np.array(match.affine)[:, :2] - truth[:, :2]).max() < 0.05
+        error = np.abs(_corners(box) @ np.array(match.affine).T - _corners(box) @ truth.T).max()
+        assert error < 8.0  # pixels, half a cell
+
+
+def test_degenerate_inputs_give_nothing(pyr_a):
+    gen = torch.Generator().manual_seed(5)
+    tiny = FeaturePyramid(tuple(_unit(gen, 1, 1) for _ in range(7)), (16, 16))
+    assert verify_pair(tiny, tiny, "t", "t") == []
+    assert verify_pair(tiny, pyr_a, "t", "a") == []
+    assert verify_pair(pyr_a, tiny, "a", "t") == []
+    one_level = FeaturePyramid((_unit(gen, 2, 3),), (48, 32))  # 6 cells: below min_inliers' reach
+    assert verify_pair(one_level, FeaturePyramid((_unit(gen, 2, 3),), (48, 32)), "o", "p") == []
+    assert verify_pair(one_level, one_level, "o", "o", VerifyConfig(min_inliers=7)) == []
+
+
+def test_bad_inputs_name_the_image(pyr_a):
+    other = FeaturePyramid((torch.zeros(C + 1, 4, 4),), (64, 64))
+    with pytest.raises(ValueError, match="'b'"):
+        verify_pair(pyr_a, other, "a", "b")
+    with pytest.raises(ValueError, match="'e'"):
+        verify_pair(pyr_a, FeaturePyramid((), (64, 64)), "a", "e")
+    with pytest.raises(ValueError, match="batch_size"):
+        list(verify_pairs([("a", "a")], lambda name: pyr_a, batch_size=0))
+
+
+def test_batched_equals_one_by_one(pyr_a):
+    pyramids = {
+        "a": pyr_a,
+        "copy": _with_copies(pyr_a, (540, 405), [(_affine(0.8, 5.0, 60.0, 40.0), (160, 96, 480, 352))], seed=2),
+        "wide": _with_copies(pyr_a, (800, 400), [(_affine(1.25, -3.0, 100.0, 10.0), (64, 48, 320, 256))], seed=6),
+        "noise": _random_pyramid(7, (400, 600)),
+    }
+    pairs = [("a", "copy"), ("a", "noise"), ("copy", "a"), ("a", "wide"), ("noise", "copy"), ("wide", "a")]
+    config = VerifyConfig(ransac_iterations=300)
+    batched = list(verify_pairs(pairs, pyramids.__getitem__, config, batch_size=4))
+    assert [pair for pair, _ in batched] == pairs
+    assert sum(len(found) for _, found in batched) >= 3
+    for (a, b), found in batched:
+        alone = verify_pair(pyramids[a], pyramids[b], a, b, config)
+        assert len(found) == len(alone)
+        for x, y in zip(found, alone):
+            assert x.n_inliers == y.n_inliers and x.score == pytest.approx(y.score, abs=1e-5)
+            assert np.allclose(x.box_a.as_list(), y.box_a.as_list()) and np.allclose(x.affine, y.affine, atol=1e-3)
+
+
+def test_discovery_score_of_a_region(pyr_a):
+    copy_box = (160, 96, 480, 352)
+    pyr_b = _with_copies(pyr_a, (540, 405), [(_affine(0.8, 5.0, 60.0, 40.0), copy_box)], seed=2)
+    whole = verify_pair(pyr_a, pyr_b, "a", "b")[0].score
+    inside, match = discovery_score(pyr_a, pyr_b, Box(208, 144, 432, 304))
+    assert match is not None and inside > 2 * whole  # N counts only the query's cells
+    assert match.box_a.x0 >= 208 - 16 and match.box_a.x1 <= 432 + 16
+    outside, _ = discovery_score(pyr_a, pyr_b, Box(0, 368, 160, 480))
+    assert outside < 0.2 * inside
+    assert discovery_score(pyr_a, pyr_b, Box(1, 1, 6, 6)) == (0.0, None)  # no cell centre inside
+
+
+# ---------------------------------------------------------------- real features
+
+
+def test_real_image_copy_with_effnet(effnet):
+    """The cat's head of skimage's chelsea, pasted 1.2x larger into a 480x360 noise image."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from engine.features import extract_pyramid
+
+    source = skimage_data.chelsea()  # 451 x 300
+    crop = (120, 20, 330, 230)  # the cat's head, in source pixels
+    scale, x, y = 1.2, 170, 80
+    patch = torch.from_numpy(source[crop[1] : crop[3], crop[0] : crop[2]]).permute(2, 0, 1)[None].float()
+    size = (round((crop[2] - crop[0]) * scale), round((crop[3] - crop[1]) * scale))
+    patch = F.interpolate(patch, size=(size[1], size[0]), mode="bilinear", antialias=True)[0].permute(1, 2, 0)
+    target = np.random.default_rng(0).integers(0, 256, (360, 480, 3)).astype(np.uint8)
+    target[y : y + size[1], x : x + size[0]] = patch.round().clamp(0, 255).byte().numpy()
+    pyr_a = extract_pyramid(effnet, source, FeatureConfig(n_scales=1))  # A is matched at level 0 only
+    pyr_b = extract_pyramid(effnet, target)
+    found = verify_pair(pyr_a, pyr_b, "chelsea", "pasted")
+    assert found
+    truth = Box(x, y, x + size[0], y + size[1])
+    assert found[0].box_b.iou(truth) > 0.5
+    assert found[0].box_a.iou(Box(*crop)) > 0.4
+    affine = np.array(found[0].affine)
+    assert np.allclose(affine[:, :2], scale * np.eye(2), atol=0.15)  # the paste's scale, no rotation

@@ -1,0 +1,83 @@
+from dataclasses import replace
+
+import pytest
+
+from db.records import CONFIRM, REJECT
+from engine.features import FeatureConfig
+from engine.train import TrainConfig
+from engine.types import Box, PairMatch
+from hitl.project import open_project
+from hitl.rounds import RoundConfig, RoundRefused, holdout_side, reviewed_links, run_round
+
+AFFINE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+
+
+def test_holdout_side_is_stable_and_near_the_fraction():
+    sides = [holdout_side(i, 0.2, seed=0) for i in range(2000)]
+    assert sides == [holdout_side(i, 0.2, seed=0) for i in range(2000)]
+    assert 0.17 < sides.count("holdout") / 2000 < 0.23
+
+
+def _links(store, n: int) -> list[int]:
+    from hitl.project import active_model_id
+
+    images = [img.image_id for img in store.list_images()]
+    run = store.start_run(active_model_id(store), {"test": True})
+    box = Box(10, 10, 60, 60)
+    matches = [PairMatch(images[i % len(images)], images[(i + 1) % len(images)], box, box, AFFINE, 0.1, 10) for i in range(n)]
+    return store.add_links(run, matches)
+
+
+def test_split_is_recorded_once_and_never_moves(tiny_project):
+    store, _ = open_project(tiny_project)
+    ids = _links(store, 30)
+    for i, link_id in enumerate(ids):
+        store.add_verdict(link_id, CONFIRM if i % 2 else REJECT, annotator="t")
+    train, held = reviewed_links(store, RoundConfig(holdout_fraction=0.5))
+    assert len(train) + len(held) == 30 and held
+    # a later round with another fraction keeps every recorded side
+    train2, held2 = reviewed_links(store, RoundConfig(holdout_fraction=0.0))
+    assert {lk.link_id for lk in held2} == {lk.link_id for lk in held}
+
+
+def test_expert_only_round_without_verdicts_is_refused(tiny_project):
+    store, paths = open_project(tiny_project)
+    with pytest.raises(RoundRefused, match="nothing to learn from"):
+        run_round(store, paths, RoundConfig(sources=("expert",)))
+
+
+def test_round_without_annotations_or_heldout_is_refused(tiny_project, tmp_path):
+    from db.store import Store
+    from hitl.ingest import ingest_paths
+
+    project = tmp_path / "bare.duckdb"
+    store = Store(project)
+    ingest_paths(store, [tiny_project.parent / "images"], progress=False)
+    _, paths = open_project(project)
+    with pytest.raises(RoundRefused, match="too little held out"):
+        run_round(store, paths, RoundConfig(sources=("mined",)))
+
+
+def test_unknown_source_is_refused(tiny_project):
+    store, paths = open_project(tiny_project)
+    with pytest.raises(RoundRefused, match="--sources"):
+        run_round(store, paths, RoundConfig(sources=("magic",)))
+
+
+def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project):
+    store, paths = open_project(tiny_project)
+    ids = _links(store, 6)
+    for i, link_id in enumerate(ids):
+        store.add_verdict(link_id, CONFIRM if i % 2 else REJECT, annotator="t")
+    # Small pyramids (16 cells, 3 levels) and few proposals: the same round, fast on 2 cores.
+    train = replace(TrainConfig(iterations=2, refresh_every=1, checkpoint_every=1, batch_pairs=64,
+                                features=FeatureConfig(max_side=16, n_scales=3)),
+                    mining=replace(TrainConfig().mining, n_proposals=64, verification_size=6, positive_square=6))
+    report = run_round(store, paths, RoundConfig(iterations=2, train=train, rediscover=False), show_progress=False)
+    new = store.get_model(report.new_model)
+    assert new.ref.parent == "effnet-lite0" and new.round == report.round_id
+    assert store.active_model().model_id == report.new_model
+    (recorded,) = store.list_rounds()
+    assert recorded.status == "done" and set(recorded.metrics) == {"before", "after"}
+    assert 0.0 <= recorded.metrics["before"]["oneshot_map"] <= 1.0
+    assert recorded.metrics["after"]["model"] == report.new_model
