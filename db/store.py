@@ -383,8 +383,11 @@ class Store:
     # ------------------------------------------------------------------ links
 
     def add_links(self, run_id: int, matches: Sequence[PairMatch],
-                  verified_pairs: Iterable[tuple[str, str]] = ()) -> list[int]:
+                  verified_pairs: Iterable[tuple[str, str]] = (), mark_verified: bool = True) -> list[int]:
         """Store matches found by run ``run_id``, and mark their pairs verified.
+
+        ``mark_verified=False`` is for links that did not come from pair verification
+        (a confirmed one-shot query hit): discovery must still verify their pairs.
 
         Links and ``verified_pairs`` (all pairs of this batch, with or without links)
         commit together, so a run killed between batches resumes without losing or
@@ -408,7 +411,8 @@ class Store:
                 "score": ("DOUBLE", [float(m.score) for m in matches]),
                 "n_inliers": ("INTEGER", [int(m.n_inliers) for m in matches]),
             })
-            _mark_pairs(cur, run_id, model_id, pairs + [(m.image_a, m.image_b) for m in matches])
+            found = [(m.image_a, m.image_b) for m in matches] if mark_verified else []
+            _mark_pairs(cur, run_id, model_id, pairs + found)
             return ids
 
         return self._write(work)

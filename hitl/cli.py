@@ -309,7 +309,8 @@ def cmd_app(args: argparse.Namespace) -> int:
                "--server.address", args.address, "--server.headless", "true",
                "--browser.gatherUsageStats", "false"]
     print(f"ArtMiner app on http://{args.address}:{args.port} (project {project})", flush=True)
-    return subprocess.call(command, env=env)
+    # Streamlit reads .streamlit/config.toml from the working directory.
+    return subprocess.call(command, env=env, cwd=app.parent)
 
 
 # ------------------------------------------------------------------ parser

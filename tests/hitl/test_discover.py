@@ -33,7 +33,7 @@ def test_killed_run_resumes_without_reverifying(tiny_project, monkeypatch):
 
     def dying(pairs, *args, **kwargs):
         for pair, found in real(pairs, *args, **kwargs):
-            if len(seen) == 10:
+            if len(seen) == 20:  # each batch: 4 pairs, verified both ways
                 raise KeyboardInterrupt  # the user's Ctrl-C, or a kill between batches
             seen.append(pair)
             yield pair, found

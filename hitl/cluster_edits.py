@@ -1,0 +1,121 @@
+"""Expert judgements on whole clusters: confirm, reject, judge members, split.
+
+A cluster's verdict is a row of the verdict log with ``target_kind='cluster'``. A
+verdict on one *member* is a verdict on the link that member region came from, so it
+counts exactly like a verdict given on the review page.
+
+A **split** makes the parts real clusters: they are stored with `Store.add_clusters`
+under a run of kind ``split`` (params ``{"split_of": id, "groups": [[region ids]]}``),
+each part keeping its regions' links, and the original gets a ``reject`` verdict whose
+geometry is ``{"split_into": [new cluster ids], "groups": [[region ids], ...]}``: the
+grouping was wrong, not its members. The parts can then be confirmed one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from db.records import StoredCluster
+from db.store import Store
+from engine.types import Cluster
+
+SPLIT_RUN_KIND = "split"
+
+
+def current_clusters(store: Store, model_id: str) -> list[StoredCluster]:
+    """Clusters of ``model_id``'s latest discovery run and of the splits made since, largest first."""
+    runs = store.list_runs(model_id=model_id, kind="discovery")
+    if not runs:
+        return []
+    latest = runs[-1].run_id
+    split_runs = [r.run_id for r in store.list_runs(model_id=model_id, kind=SPLIT_RUN_KIND)
+                  if r.run_id > latest]
+    found: list[StoredCluster] = []
+    for run_id in (latest, *split_runs):
+        found.extend(store.list_clusters(run_id=run_id))
+    return sorted(found, key=lambda c: (-len(c.regions), c.cluster_id))
+
+
+def filter_clusters(clusters: Sequence[StoredCluster], statuses: Sequence[str] | None = None,
+                    min_size: int = 1, max_size: int | None = None) -> list[StoredCluster]:
+    """Clusters whose status is in ``statuses`` (None: any) and whose image count is in range."""
+    return [c for c in clusters
+            if (statuses is None or c.status in statuses)
+            and len(c.images) >= min_size and (max_size is None or len(c.images) <= max_size)]
+
+
+def judge_cluster(store: Store, cluster_id: int, verdict: str, annotator: str,
+                  note: str | None = None) -> int:
+    """A verdict on the cluster as a whole; returns its verdict id."""
+    return store.add_verdict(cluster_id, verdict, annotator, note=note, target_kind="cluster")
+
+
+def judge_members(store: Store, cluster: StoredCluster, region_ids: Sequence[int], verdict: str,
+                  annotator: str, note: str | None = None) -> list[int]:
+    """Verdicts on the links of the chosen member regions (each link once); returns their ids.
+
+    Raises:
+        ValueError: a region that is not a member of ``cluster``.
+    """
+    members = {r.region_id: r for r in cluster.regions}
+    unknown = sorted(set(region_ids) - set(members))
+    if unknown:
+        raise ValueError(f"regions {unknown} are not members of cluster {cluster.cluster_id}")
+    link_ids = sorted({members[r].link_id for r in region_ids if members[r].link_id is not None})
+    return [store.add_verdict(link_id, verdict, annotator, note=note) for link_id in link_ids]
+
+
+def split_cluster(store: Store, cluster: StoredCluster, groups: Sequence[Sequence[int]],
+                  annotator: str, note: str | None = None) -> list[int]:
+    """Split ``cluster`` into parts; members left out of ``groups`` form one more part.
+
+    Args:
+        groups: region ids per part (disjoint).
+
+    Returns:
+        The new clusters' ids, in the order of ``groups`` (the rest last).
+
+    Raises:
+        ValueError: unknown or repeated regions, or fewer than two non-empty parts.
+    """
+    parts = _split_parts(cluster, groups)
+    members = {r.region_id: r for r in cluster.regions}
+    run_id = store.start_run(cluster.model_id, {"split_of": cluster.cluster_id, "groups": parts},
+                             kind=SPLIT_RUN_KIND)
+    engine_clusters = [Cluster(i, tuple(members[r].region for r in part))
+                       for i, part in enumerate(parts)]
+    region_links = {members[r].region: members[r].link_id for part in parts for r in part
+                    if members[r].link_id is not None}
+    new_ids = store.add_clusters(run_id, engine_clusters, region_links)
+    store.finish_run(run_id)
+    text = f"split into clusters {', '.join(f'#{i}' for i in new_ids)}"
+    store.add_verdict(cluster.cluster_id, "reject", annotator, target_kind="cluster",
+                      note=f"{text}: {note}" if note else text,
+                      geometry={"split_into": new_ids, "groups": parts})
+    return new_ids
+
+
+def split_of(store: Store, cluster_id: int) -> list[int] | None:
+    """The clusters a split cluster became (from its live verdict), or None."""
+    for verdict in reversed(store.history("cluster", cluster_id)):
+        if verdict.verdict != "revoke" and verdict.revoked_by is None:
+            geometry = verdict.geometry or {}
+            return list(geometry["split_into"]) if "split_into" in geometry else None
+    return None
+
+
+def _split_parts(cluster: StoredCluster, groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    members = [r.region_id for r in cluster.regions]
+    chosen = [int(r) for group in groups for r in group]
+    unknown = sorted(set(chosen) - set(members))
+    if unknown:
+        raise ValueError(f"regions {unknown} are not members of cluster {cluster.cluster_id}")
+    if len(chosen) != len(set(chosen)):
+        raise ValueError("a region can go into one part of a split only")
+    parts = [sorted(int(r) for r in group) for group in groups if group]
+    rest = [r for r in members if r not in set(chosen)]
+    if rest:
+        parts.append(rest)
+    if len(parts) < 2:
+        raise ValueError(f"splitting cluster {cluster.cluster_id} needs at least two non-empty parts")
+    return parts

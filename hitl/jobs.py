@@ -1,0 +1,237 @@
+"""Training rounds as background processes, one at a time per project.
+
+The app must stay usable while a round runs for minutes, so a round is a separate
+``artminer train`` process with its output in ``artminer-data/logs/train-<utc>.log``.
+One round at a time is enforced by a lock file, ``artminer-data/train.lock``, holding
+the owner's pid (JSON). Both ways of starting a round take it: `start_training` (the
+app) and the ``artminer train`` verb (which calls `acquire_training_lock` /
+`release_training_lock` itself). A lock whose pid is dead, or now belongs to another
+program (its start time differs), is stale and is cleaned up by whoever looks next.
+
+The app reserves the lock under its own pid before it spawns the child and hands it to
+the child's pid right after; a child that asks for the lock meanwhile takes it over
+because its parent holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hitl.project import ProjectPaths
+
+LOCK_NAME = "train.lock"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_CHILDREN: dict[int, subprocess.Popen] = {}  # spawned by this process: polled so none stays a zombie
+
+
+class TrainingBusyError(RuntimeError):
+    """A training round is already running for this project."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training round process: who runs it, since when, where its output goes."""
+
+    pid: int
+    started: datetime
+    log_path: Path | None = None
+    args: tuple[str, ...] = ()
+    proc_start: str | None = field(default=None, repr=False)  # /proc start time: pid reuse guard
+
+
+def lock_path(paths: ProjectPaths) -> Path:
+    return paths.data_dir / LOCK_NAME
+
+
+def acquire_training_lock(paths: ProjectPaths, pid: int | None = None,
+                          log_path: Path | None = None, args: Sequence[str] = ()) -> Job:
+    """Take the project's training lock for ``pid`` (default: this process).
+
+    Re-entrant for the holder, and a child takes over a lock its parent holds.
+
+    Raises:
+        TrainingBusyError: another live process holds it.
+    """
+    pid = os.getpid() if pid is None else pid
+    job = Job(pid, _now(), log_path, tuple(args), _process_start(pid))
+    path = lock_path(paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # a stale lock removed under us by another cleaner: try again
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            held = running_job(paths)
+            if held is None:
+                continue  # was stale and is gone now
+            if held.pid not in (pid, os.getppid() if pid == os.getpid() else -1):
+                raise TrainingBusyError(
+                    f"a training round is already running (pid {held.pid}, started "
+                    f"{held.started:%Y-%m-%d %H:%M} UTC, lock {path})") from None
+            _write_lock(path, job)  # re-entrant, or a child taking over from its parent
+            return job
+        with os.fdopen(fd, "w") as f:
+            f.write(_encode(job))
+        return job
+    raise TrainingBusyError(f"could not take the training lock {path}")
+
+
+def release_training_lock(paths: ProjectPaths, pid: int | None = None) -> bool:
+    """Remove the lock if ``pid`` (default: this process) holds it; True if removed."""
+    pid = os.getpid() if pid is None else pid
+    held = read_lock(paths)
+    if held is None or held.pid != pid:
+        return False
+    lock_path(paths).unlink(missing_ok=True)
+    return True
+
+
+def read_lock(paths: ProjectPaths) -> Job | None:
+    """The lock's content as written, alive or not (None if absent or unreadable)."""
+    try:
+        data = json.loads(lock_path(paths).read_text())
+        return Job(int(data["pid"]), datetime.fromisoformat(data["started"]),
+                   Path(data["log"]) if data.get("log") else None, tuple(data.get("args", ())),
+                   data.get("proc_start"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def running_job(paths: ProjectPaths) -> Job | None:
+    """The round running now, or None; a stale lock is removed on the way."""
+    path = lock_path(paths)
+    if not path.exists():
+        return None
+    job = read_lock(paths)
+    if job is not None and _alive(job):
+        return job
+    if job is None and _younger_than(path, 2.0):
+        return None  # being written right now; not stale, just not readable yet
+    path.unlink(missing_ok=True)
+    return None
+
+
+def train_command(project: Path, args: Sequence[str] = ()) -> list[str]:
+    """The ``artminer train`` command line for ``project``."""
+    return [sys.executable, "-m", "hitl.cli", "train", "--project", str(project), *args]
+
+
+def start_training(project: str | os.PathLike, args: Sequence[str] = (),
+                   command: Sequence[str] | None = None) -> Job:
+    """Start a training round in the background; returns at once.
+
+    Args:
+        project: the project file.
+        args: extra ``artminer train`` arguments (``--iterations 50``, ...).
+        command: the full command to run instead of ``artminer train`` (tests).
+
+    Raises:
+        TrainingBusyError: a round is already running for this project.
+    """
+    paths = ProjectPaths(Path(project).resolve())
+    cmd = list(command) if command is not None else train_command(paths.project, args)
+    acquire_training_lock(paths, args=cmd)  # reserve under our pid before spawning
+    try:
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        log_path = paths.logs / f"train-{_now():%Y%m%dT%H%M%S%fZ}.log"
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=_REPO_ROOT,
+                                     start_new_session=True)  # outlives an app restart
+    except BaseException:
+        release_training_lock(paths)
+        raise
+    _CHILDREN[child.pid] = child
+    job = Job(child.pid, _now(), log_path, tuple(cmd), _process_start(child.pid))
+    held = read_lock(paths)
+    if held is not None and held.pid in (os.getpid(), child.pid):  # the child may have it already
+        _write_lock(lock_path(paths), job)
+    return job
+
+
+def stop_training(job: Job) -> None:
+    """Ask a running round to stop (SIGTERM to its process group)."""
+    if _alive(job):
+        os.killpg(job.pid, signal.SIGTERM)
+
+
+def tail_log(job: Job | Path | None, n: int = 40) -> str:
+    """The last ``n`` lines of a job's log ('' if there is none yet)."""
+    path = job.log_path if isinstance(job, Job) else job
+    if path is None or not Path(path).is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        start = max(0, f.tell() - 200 * max(n, 1))  # enough bytes for n typical lines
+        f.seek(start)
+        lines = f.read().decode("utf-8", errors="replace").rstrip("\n").split("\n")
+    if start > 0:
+        lines = lines[1:]  # the first one is cut
+    # a progress bar rewrites its line with '\r': show only its latest state
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines[-n:])
+
+
+def latest_log(paths: ProjectPaths) -> Path | None:
+    """The newest training log of the project, finished or not."""
+    logs = sorted(paths.logs.glob("train-*.log")) if paths.logs.is_dir() else []
+    return logs[-1] if logs else None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _alive(job: Job) -> bool:
+    child = _CHILDREN.get(job.pid)
+    if child is not None and child.poll() is not None:  # reaps our own finished child
+        del _CHILDREN[job.pid]
+        return False
+    try:
+        os.kill(job.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by another user
+    start = _process_start(job.pid)
+    if start == "zombie":
+        return False
+    return job.proc_start is None or start is None or start == job.proc_start
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks (Linux), "zombie", or None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name may hold spaces
+    return "zombie" if fields[0] == "Z" else fields[19]
+
+
+def _younger_than(path: Path, seconds: float) -> bool:
+    try:
+        return datetime.now().timestamp() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+def _write_lock(path: Path, job: Job) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(_encode(job))
+    os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+def _encode(job: Job) -> str:
+    return json.dumps({"pid": job.pid, "started": job.started.isoformat(),
+                       "log": str(job.log_path) if job.log_path else None,
+                       "args": list(job.args), "proc_start": job.proc_start})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,53 @@
+"""One-shot query results an expert confirms become links, like discovered ones.
+
+A confirmed hit is stored as a `PairMatch` from the query box to the hit's box, in a
+run of kind ``query`` (params: the query image and box), followed by the expert's
+``confirm`` verdict. Its affine is the scale-and-translation that maps one box onto the
+other, the only geometry a detection gives. From then on it is an ordinary confirmed
+link: the training round learns from it and exports include it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from db.store import Store
+from engine.types import Affine, Box, Detection, PairMatch
+
+QUERY_RUN_KIND = "query"
+
+
+@dataclass(frozen=True)
+class ConfirmedHit:
+    run_id: int
+    link_id: int
+    verdict_id: int
+
+
+def box_affine(src: Box, dst: Box) -> Affine:
+    """The axis-aligned affine mapping ``src`` onto ``dst`` (scale per axis + translation)."""
+    sx, sy = dst.width / src.width, dst.height / src.height
+    return ((sx, 0.0, dst.x0 - sx * src.x0), (0.0, sy, dst.y0 - sy * src.y0))
+
+
+def detection_match(query_image: str, query_box: Box, hit: Detection) -> PairMatch:
+    """The link a confirmed hit stands for: query box in A, hit box in B."""
+    if hit.image_id == query_image and hit.box == query_box:
+        raise ValueError("a query cannot be linked to itself")
+    return PairMatch(query_image, hit.image_id, query_box, hit.box,
+                     box_affine(query_box, hit.box), float(hit.score), 0)
+
+
+def start_query_run(store: Store, model_id: str, query_image: str, query_box: Box) -> int:
+    """A run to hold the links confirmed from one query."""
+    return store.start_run(model_id, {"query_image": query_image, "box": query_box.as_list()},
+                           kind=QUERY_RUN_KIND)
+
+
+def confirm_hit(store: Store, run_id: int, query_image: str, query_box: Box, hit: Detection,
+                annotator: str, note: str | None = None) -> ConfirmedHit:
+    """Store the hit as a link of query run ``run_id`` and confirm it."""
+    link_id = store.add_links(run_id, [detection_match(query_image, query_box, hit)], mark_verified=False)[0]
+    verdict_id = store.add_verdict(link_id, "confirm", annotator, note=note)
+    store.finish_run(run_id)  # a query run is complete after each write; more may follow
+    return ConfirmedHit(run_id, link_id, verdict_id)

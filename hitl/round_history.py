@@ -1,0 +1,49 @@
+"""Training rounds as rows for tables and charts: what each round changed, and what is new since.
+
+A round's metrics are stored as ``{"before": {name: value}, "after": {name: value}, ...}``
+(both models measured on the same held-out data); nested groups are flattened to
+dotted names (``holdout.ap``). Non-numeric values are left out of charts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from db.records import REVOKE, VERDICTS, TrainingRound, Verdict
+
+
+def metric_rows(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
+    """One row per (round, metric): ``{"round", "metric", "before", "after"}`` (None if unmeasured)."""
+    rows = []
+    for rnd in rounds:
+        before = _flat(rnd.metrics.get("before", {}))
+        after = _flat(rnd.metrics.get("after", {}))
+        for name in sorted(set(before) | set(after)):
+            rows.append({"round": rnd.round_id, "metric": name,
+                         "before": before.get(name), "after": after.get(name)})
+    return rows
+
+
+def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
+    """How many confirm / reject / unsure / undo rows a stretch of the log holds."""
+    counts = Counter(v.verdict for v in verdicts)
+    return {**{k: counts.get(k, 0) for k in VERDICTS}, "undo": counts.get(REVOKE, 0)}
+
+
+def last_round_start(rounds: Sequence[TrainingRound]) -> datetime | None:
+    """When the latest round started: verdicts after it are new to training."""
+    return max((r.started for r in rounds), default=None)
+
+
+def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out

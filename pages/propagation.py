@@ -1,0 +1,116 @@
+"""Propagation: how a detail spread, artworks on a timeline joined by confirmed links.
+
+Pick a confirmed cluster, or a confirmed link to follow everything linked to it. The
+view's links export as CSV or W3C Web Annotations, the chart as a standalone HTML file
+(and PNG where the optional ``kaleido`` package is installed; the chart's own camera
+button always saves a PNG in the browser).
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from db.records import Link
+from hitl.cluster_edits import current_clusters
+from hitl.timeline import ROW_BY, TimelineLayout, linked_component, links_within, timeline_layout
+from hitl.view_export import export_view
+from pages import session
+
+
+def choose_view(store, model: str) -> tuple[set[str], str]:
+    """(images of the view, its name) from a confirmed cluster or a confirmed link."""
+    source = st.radio("Follow", ("a confirmed cluster", "a confirmed link"), horizontal=True,
+                      key="prop_source")
+    confirmed = store.list_links(status="confirm", order="link_id")
+    if source == "a confirmed cluster":
+        clusters = [c for c in current_clusters(store, model) if c.status == "confirm"]
+        if not clusters:
+            st.info("No confirmed cluster yet: confirm one on the Clusters page.")
+            st.stop()
+        cluster = st.selectbox("Cluster", clusters, key="prop_cluster",
+                               format_func=lambda c: f"#{c.cluster_id} ({len(c.images)} images)")
+        return set(cluster.images), f"cluster-{cluster.cluster_id}"
+    if not confirmed:
+        st.info("No confirmed link yet: confirm some on the Review page.")
+        st.stop()
+    by_id = {lk.link_id: lk for lk in confirmed}
+    link_id = st.selectbox("Link", list(by_id), key="prop_link",
+                           format_func=lambda k: link_label(store, by_id[k]))
+    link = by_id[link_id]
+    return linked_component(confirmed, [link.image_a, link.image_b]), f"link-{link_id}"
+
+
+def link_label(store, link: Link) -> str:
+    a, b = store.get_image(link.image_a), store.get_image(link.image_b)
+    return f"#{link.link_id}: {session.label(a)} / {session.label(b)}"
+
+
+def timeline_figure(layout: TimelineLayout, images: dict) -> go.Figure:
+    hover = ["<br>".join(html.escape(str(v)) for v in (im.title or im.path, im.artist, im.date,
+                                                         im.collection) if v)
+             for im in (images[i] for i in layout.image_ids)]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=layout.edge_x, y=layout.edge_y, mode="lines", hoverinfo="skip",
+                             line=dict(color="#888", width=1.5), name="confirmed links"))
+    fig.add_trace(go.Scatter(x=layout.x, y=layout.y, mode="markers", text=hover,
+                             customdata=list(layout.image_ids), name="artworks",
+                             hovertemplate="%{text}<extra></extra>",
+                             marker=dict(size=14, color="#1d78e6", line=dict(color="white", width=1))))
+    fig.update_layout(height=max(320, 80 + 60 * len(layout.rows)), showlegend=False,
+                      margin=dict(l=10, r=10, t=30, b=10), xaxis_title="year",
+                      yaxis=dict(tickmode="array", tickvals=list(range(len(layout.rows))),
+                                 ticktext=[html.escape(r) for r in layout.rows], autorange="reversed"))
+    return fig
+
+
+def exports_ui(store, links: list[Link], fig: go.Figure, name: str) -> None:
+    ids = [lk.link_id for lk in links]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.download_button("Links (CSV)", lambda: export_view(store, "csv", ids), f"{name}-links.csv",
+                       "text/csv", key="prop_csv", disabled=not ids)
+    c2.download_button("Links (W3C)", lambda: export_view(store, "w3c", ids),
+                       f"{name}-links.jsonld", "application/ld+json", key="prop_w3c", disabled=not ids)
+    c3.download_button("Chart (HTML)", lambda: fig.to_html(include_plotlyjs=True),
+                       f"{name}-timeline.html", "text/html", key="prop_html")
+    if importlib.util.find_spec("kaleido") is not None:
+        c4.download_button("Chart (PNG)", lambda: fig.to_image(format="png", scale=2),
+                           f"{name}-timeline.png", "image/png", key="prop_png")
+    else:
+        c4.text("PNG: install kaleido,\nor use the chart's camera button")
+
+
+def selected_ui(store, event) -> None:
+    points = event.selection.points if event and event.selection else []
+    chosen = [p.get("customdata") for p in points if isinstance(p.get("customdata"), str)]
+    if not chosen:
+        st.text("Click an artwork to see it here.")
+        return
+    columns = st.columns(4)
+    for i, image_id in enumerate(chosen[:8]):
+        with columns[i % 4]:
+            image = store.get_image(image_id)
+            session.show_image(image, side=280)
+            session.show_metadata(image)
+
+
+store = session.store()
+model = session.model_id(store)
+st.title("Propagation")
+view_images, name = choose_view(store, model)
+row_by = st.radio("Rows", ROW_BY, horizontal=True, key="prop_rows")
+records = {im.image_id: im for im in store.list_images(image_ids=sorted(view_images))}
+links = links_within(store.list_links(status="confirm", order="link_id"), set(records))
+layout = timeline_layout(list(records.values()), links, row_by)
+st.text(f"{len(records)} artworks, {len(links)} confirmed links between them")
+if layout.undated:
+    st.text("Not on the timeline (no date): "
+            + "; ".join(session.label(records[i]) for i in layout.undated))
+fig = timeline_figure(layout, records)
+event = st.plotly_chart(fig, key="prop_chart", on_select="rerun", selection_mode="points",
+                        config={"displaylogo": False})
+exports_ui(store, links, fig, name)
+selected_ui(store, event)

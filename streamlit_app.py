@@ -1,0 +1,66 @@
+"""ArtMiner HITL app entry: project, annotator, navigation.
+
+Run with ``artminer app --project FILE`` (or ``ARTMINER_PROJECT=FILE streamlit run
+streamlit_app.py``). Pages live in ``pages/``; this script only chooses the project,
+asks who is reviewing, shows the active model and discovery run, and routes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from pages import session
+
+st.set_page_config(page_title="ArtMiner", page_icon=":material/image_search:", layout="wide")
+
+PAGES = [
+    st.Page("pages/review.py", title="Review", icon=":material/rule:", default=True),
+    st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
+    st.Page("pages/clusters.py", title="Clusters", icon=":material/grid_view:"),
+    st.Page("pages/query.py", title="Query", icon=":material/crop_free:"),
+    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+    st.Page("pages/propagation.py", title="Propagation", icon=":material/timeline:"),
+]
+
+
+def project_sidebar() -> None:
+    with st.sidebar.expander("Project", expanded=not session.project_path()):
+        st.text(session.project_path() or "(none)")
+        typed = st.text_input("Open another project file", key="project_input",
+                              placeholder="/path/to/artminer.duckdb")
+        if st.button("Open", key="open_project") and typed.strip():
+            if Path(typed).expanduser().is_file():
+                st.session_state.project_path = typed.strip()
+                st.query_params["project"] = typed.strip()
+                st.rerun()
+            st.error("No such file.")
+
+
+def status_sidebar() -> None:
+    store = session.store()
+    model = session.model_id(store)
+    run = session.latest_run(store, model)
+    st.sidebar.text(f"Active model: {model}")
+    st.sidebar.text(f"Discovery run: #{run.run_id} ({run.status}, {run.started:%Y-%m-%d %H:%M})"
+                    if run else "Discovery run: none yet (run `artminer discover`)")
+    counts = store.status_counts(model)
+    st.sidebar.text(f"Links: {counts['unreviewed']} to review, {counts['confirm']} confirmed, "
+                    f"{counts['reject']} rejected, {counts['unsure']} unsure")
+
+
+def annotator_sidebar(name: str) -> None:
+    st.sidebar.text(f"Annotator: {name}")
+    if st.sidebar.button("Change annotator", key="change_annotator"):
+        session.set_annotator("")
+        st.rerun()
+
+
+navigation = st.navigation(PAGES)
+project_sidebar()
+if session.project_path():
+    session.store()  # stops with the reason if the file cannot be opened
+    annotator_sidebar(session.require_annotator())
+    status_sidebar()
+navigation.run()
