@@ -9,22 +9,37 @@ scales), stores them in a feature cache and loads them back as float16 (a warm c
 no feature is computed while timing). Then it verifies ``--pairs`` ordered pairs with
 the default :class:`~engine.verify.VerifyConfig` (1,000 RANSAC hypotheses per group),
 one by one and in batches, and prints the median milliseconds per pair.
+
+    python -m benchmarks.discovery --synthetic-images 10000 --k 20 [--device ...] [--workdir DIR]
+
+runs the whole discovery instead (features, shortlist, verification, graph, map: the
+real ``hitl.discover.run_discovery`` on a fresh project of that many generated JPEGs)
+and prints wall time per stage and in total, the process's peak resident memory (and
+peak CUDA memory), the feature cache's bytes per image on disk, and how many of the
+motif-sharing pairs the shortlist and the links found. Generating the images is not
+timed; ``--workdir`` keeps them for the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import json
 import os
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from engine.backbone import create_backbone, resolve_device
 from engine.features import FeatureCache, FeatureConfig, FeaturePyramid, extract_pyramids
@@ -70,11 +85,16 @@ def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
 def synthetic_collection(n_images: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[SyntheticImage]:
     """``n_images`` noisy crops of backgrounds, each with 1-2 motifs pasted at scale
     0.7-1.4 in non-overlapping places (so no copy hides another)."""
+    return list(iter_synthetic(n_images, seed, size))
+
+
+def iter_synthetic(n_images: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> Iterator[SyntheticImage]:
+    """The images of :func:`synthetic_collection` one at a time (for collections that do
+    not fit in memory: 10k images of 640 x 480 are 9 GB of pixels)."""
     rng = np.random.default_rng(seed)
     width, height = size
     backgrounds = [_skimage(name) for name in _BACKGROUNDS]
     motifs = [_skimage(name)[y0:y1, x0:x1] for name, x0, y0, x1, y1 in _MOTIFS]
-    images = []
     for i in range(n_images):
         background = int(rng.integers(len(backgrounds)))
         source = backgrounds[background]
@@ -94,8 +114,7 @@ def synthetic_collection(n_images: int, seed: int = 0, size: tuple[int, int] = (
                     canvas[y : y + h, x : x + w] = _resize(motifs[m], w, h)
                     placed[int(m)] = (x, y, x + w, y + h)
                     break
-        images.append(SyntheticImage(f"syn{i:05d}", canvas.clip(0, 255).astype(np.uint8), background, placed))
-    return images
+        yield SyntheticImage(f"syn{i:05d}", canvas.clip(0, 255).astype(np.uint8), background, placed)
 
 
 def cached_pyramids(images: list[SyntheticImage], model: str, device: torch.device,
@@ -192,6 +211,250 @@ def run_pair_timing(args: argparse.Namespace, device: torch.device) -> None:
           f"only a background texture {len(hits & texture)} / {len(texture)}, unrelated {len(hits & unrelated)} / {len(unrelated)}")
 
 
+# ---------------------------------------------------------------- whole discovery at scale
+
+
+def write_synthetic_folder(folder: Path, n_images: int, seed: int) -> dict[str, frozenset[int]]:
+    """Write :func:`iter_synthetic` as JPEGs ``syn00000.jpg``... into ``folder``, one image
+    in memory at a time, and return each file stem's motifs. A folder written before
+    with the same size and seed is reused (its sidecar ``<folder>.json`` says so)."""
+    sidecar = folder.with_suffix(".json")
+    wanted = {"n_images": n_images, "seed": seed}
+    if sidecar.is_file():
+        saved = json.loads(sidecar.read_text())
+        if {k: saved.get(k) for k in wanted} == wanted:
+            return {stem: frozenset(m) for stem, m in saved["motifs"].items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    motifs = {}
+    for image in iter_synthetic(n_images, seed):
+        Image.fromarray(image.rgb).save(folder / f"{image.image_id}.jpg", quality=90)
+        motifs[image.image_id] = sorted(image.motifs)
+    sidecar.write_text(json.dumps({**wanted, "motifs": motifs}))
+    return {stem: frozenset(m) for stem, m in motifs.items()}
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's resident-memory high-water mark (None off Unix). After a
+    :class:`PeakRss` reset it may no longer cover the time before the reset."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB, macOS bytes
+
+
+def current_rss_bytes() -> int | None:
+    """Resident memory now, from /proc (None where there is no /proc)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Resident-memory peaks per stage and overall.
+
+    Linux lets a process reset its own high-water mark (``VmHWM``, by writing 5 to
+    /proc/self/clear_refs), so each stage gets its own peak: that is what shows how a
+    stage's memory grows with N, even when an earlier stage set the process's peak.
+    Elsewhere a stage's figure is the process's high-water mark so far.
+    """
+
+    def __init__(self):
+        self.overall = peak_rss_bytes() or 0
+        self.per_stage = self._reset()
+
+    @staticmethod
+    def _hwm() -> int | None:
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            return peak_rss_bytes()
+        kib = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")]
+        return kib[0] * 1024 if kib else peak_rss_bytes()
+
+    def _reset(self) -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    def start(self) -> None:
+        """Fold the peak since the last reading into ``overall``; start a stage's peak."""
+        self.stop()
+        self._reset()
+
+    def stop(self) -> int | None:
+        """The peak since :meth:`start` (or since the process began, see the class doc)."""
+        peak = self._hwm()
+        self.overall = max(self.overall, peak or 0)
+        return peak
+
+
+@dataclass
+class StageFigure:
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time, all threads: the cost without the waiting
+    peak_rss: int | None = None  # resident-memory peak during the stage (see PeakRss), bytes
+    cuda_peak: int = 0  # most CUDA memory allocated during the stage, bytes
+
+
+# hitl.discover's steps in run order. They are timed by wrapping them in place for one
+# run: the run is the real one, only a clock is added around each step.
+DISCOVER_STAGES = (
+    ("collection_features", "features"),
+    ("image_descriptors", "shortlist: descriptors"),
+    ("_shortlist", "shortlist: k-NN"),
+    ("_verify_and_store", "verification"),
+    ("_store_clusters", "graph + clusters"),
+    ("_store_maps", "map (UMAP + HDBSCAN)"),
+)
+
+
+def _clocked(step: Callable, figure: StageFigure, memory: PeakRss, device: torch.device) -> Callable:
+    @functools.wraps(step)
+    def timed(*args, **kwargs):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        memory.start()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            _sync(device)
+            figure.seconds += time.perf_counter() - start
+            figure.cpu_seconds += time.process_time() - start_cpu
+            figure.peak_rss = max(figure.peak_rss or 0, memory.stop() or 0) or None
+            if device.type == "cuda":
+                figure.cuda_peak = max(figure.cuda_peak, torch.cuda.max_memory_allocated())
+
+    return timed
+
+
+@contextmanager
+def timed_stages(module, stages, device: torch.device,
+                 memory: PeakRss | None = None) -> Iterator[dict[str, StageFigure]]:
+    """Time the named functions of ``module`` while the block runs; restore them after."""
+    missing = [name for name, _ in stages if not callable(getattr(module, name, None))]
+    if missing:
+        raise RuntimeError(f"{module.__name__} has no {', '.join(missing)}: update DISCOVER_STAGES")
+    memory = memory or PeakRss()
+    figures = {label: StageFigure() for _, label in stages}
+    originals = {name: getattr(module, name) for name, _ in stages}
+    for name, label in stages:
+        setattr(module, name, _clocked(originals[name], figures[label], memory, device))
+    try:
+        yield figures
+    finally:
+        for name, step in originals.items():
+            setattr(module, name, step)
+        memory.stop()
+
+
+def cache_footprint(features_dir: Path) -> tuple[int, int]:
+    """(files, bytes) of the cached pyramids under a project's feature folder."""
+    sizes = [p.stat().st_size for p in features_dir.rglob("*.npz")]
+    return len(sizes), sum(sizes)
+
+
+def _pairs_sharing(motifs: dict[str, frozenset[int]]) -> int:
+    """Unordered image pairs sharing a motif, counted per group of equal motif sets."""
+    groups: dict[frozenset[int], int] = {}
+    for m in motifs.values():
+        groups[m] = groups.get(m, 0) + 1
+    keys = list(groups)
+    return sum(groups[a] * (groups[a] - 1) // 2 if i == j else groups[a] * groups[b]
+               for i, a in enumerate(keys) for j, b in enumerate(keys) if i <= j and a & b)
+
+
+def ground_truth_lines(store, model_id: str, motifs: dict[str, frozenset[int]], min_score: float) -> list[str]:
+    """Shortlist recall and link precision against the pasted motifs."""
+    stem = {img.image_id: Path(img.path).stem for img in store.list_images()}
+    shares = lambda a, b: bool(motifs[stem[a]] & motifs[stem[b]])  # noqa: E731
+    verified = store.verified_pairs(model_id)
+    linked = {tuple(sorted((lk.image_a, lk.image_b))) for lk in store.list_links(model_id=model_id, min_score=min_score)}
+    n_true = _pairs_sharing(motifs)
+    listed_true = sum(shares(a, b) for a, b in verified)
+    linked_true = sum(shares(a, b) for a, b in linked)
+    return [
+        f"shortlist              {listed_true} / {n_true} motif-sharing pairs ({listed_true / max(n_true, 1):.1%}); "
+        f"{len(verified) - listed_true} of its {len(verified)} pairs share none",
+        f"linked (S >= {min_score})      {len(linked)} pairs: {linked_true} share a motif "
+        f"(precision {linked_true / max(len(linked), 1):.1%}, {linked_true / max(listed_true, 1):.1%} of those shortlisted)",
+    ]
+
+
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.0f} MB"
+
+
+def print_scale_figures(args, device, report, stages, memory, ingest_s, rss_before, cache, truth_lines) -> None:
+    threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device                 {device} ({threads}; load average {os.getloadavg()[0]:.1f})")
+    print(f"collection             {report.n_images} synthetic images (640 x 480 JPEG); "
+          f"ingest {ingest_s:.1f} s (not in the total)")
+    print(f"memory before run      RSS {_mb(rss_before[0])} now, high-water {_mb(rss_before[1])} "
+          "(interpreter, torch, generator)")
+    rss_title = "peak RSS" if memory.per_stage else "RSS high-water so far"
+    print(f"{'stage':<24}{'wall s':>9}{'share':>7}{'CPU s':>9}{rss_title:>22}"
+          + ("   CUDA peak" if device.type == "cuda" else ""))
+    for label, fig in stages.items():
+        cuda = f"   {_mb(fig.cuda_peak)}" if device.type == "cuda" else ""
+        print(f"  {label:<22}{fig.seconds:9.1f}{fig.seconds / report.seconds:7.1%}{fig.cpu_seconds:9.1f}"
+              f"{_mb(fig.peak_rss):>22}{cuda}")
+    other = report.seconds - sum(f.seconds for f in stages.values())
+    print(f"  {'other (model, store)':<22}{other:9.1f}{other / report.seconds:7.1%}")
+    print(f"total                  {report.seconds:.1f} s = {report.seconds / 60:.1f} min "
+          f"({report.seconds / max(report.n_images, 1) * 1e3:.0f} ms per image)")
+    verify_s = stages["verification"].seconds
+    print(f"pairs (knn, k={args.k})      {report.n_pairs} shortlisted, {report.n_verified_now} verified: "
+          f"{verify_s / max(report.n_verified_now, 1) * 1e3:.1f} ms per pair (store writes included)")
+    print(f"found                  {report.n_links} links with S >= {args.min_score}, {report.n_clusters} clusters"
+          + (f", {len(report.failures)} unreadable images" if report.failures else ""))
+    files, size = cache
+    print(f"feature cache          {size / max(files, 1) / 1e6:.3f} MB per image on disk ({files} files, "
+          f"{size / 1e9:.2f} GB)")
+    print(f"peak RSS               {_mb(memory.overall)} (whole process, ingest included)" + (
+        f", CUDA peak {_mb(max(f.cuda_peak for f in stages.values()))}" if device.type == "cuda" else ""))
+    for line in truth_lines:
+        print(line)
+
+
+def run_scale(args: argparse.Namespace, device: torch.device) -> None:
+    """The whole discovery (``hitl.discover.run_discovery``) on a fresh project of
+    ``--synthetic-images`` generated JPEGs; generating them is not timed."""
+    import hitl.discover as discover
+    from hitl.ingest import ingest_paths
+    from hitl.project import open_project
+
+    if args.synthetic_images < 2:
+        raise SystemExit(f"--synthetic-images must be at least 2, got {args.synthetic_images}")
+    work = Path(args.workdir) if args.workdir else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        folder = (work or Path(tmp)) / f"synthetic-{args.synthetic_images}-{args.seed}"
+        start = time.perf_counter()
+        motifs = write_synthetic_folder(folder, args.synthetic_images, args.seed)
+        print(f"generated              {folder} in {time.perf_counter() - start:.0f} s (not timed below)", flush=True)
+        store, paths = open_project(Path(tmp) / "artminer.duckdb", create=True)
+        rss_before = (current_rss_bytes(), peak_rss_bytes())
+        start = time.perf_counter()
+        ingest_paths(store, [folder], progress=False)
+        ingest_s = time.perf_counter() - start
+        config = discover.DiscoverConfig(k=args.k, min_score=args.min_score)
+        memory = PeakRss()
+        with timed_stages(discover, DISCOVER_STAGES, device, memory) as stages:
+            report = discover.run_discovery(store, paths, config, device=str(device), progress=not args.quiet)
+        truth = ground_truth_lines(store, report.model_id, motifs, args.min_score)
+        print_scale_figures(args, device, report, stages, memory, ingest_s, rss_before,
+                            cache_footprint(paths.features), truth)
+        store.close()
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -206,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", help="feature cache folder to keep between runs (default: temporary)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    scale = parser.add_argument_group("whole discovery at scale")
+    scale.add_argument("--synthetic-images", type=int, metavar="N",
+                       help="run the whole discovery on N generated images instead of timing pairs")
+    scale.add_argument("--k", type=int, default=20, help="shortlist neighbours per image")
+    scale.add_argument("--workdir", help="folder for the images (kept and reused) and the run's project "
+                       "(removed after); default: temporary")
+    scale.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -214,9 +484,10 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    # A full-pipeline mode (features, shortlist, verification, graph, map over a large
-    # synthetic collection) dispatches here on its own flag; the default is per-pair timing.
-    run_pair_timing(args, device)
+    if args.synthetic_images is not None:
+        run_scale(args, device)
+    else:
+        run_pair_timing(args, device)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,8 @@ def prepare(cur: duckdb.DuckDBPyConnection, where: str) -> int:
         return version
     if version > 0:  # a new file gets the current schema directly
         for step in range(version + 1, SCHEMA_VERSION + 1):
-            _in_transaction(cur, partial(_migrate, step))
-    _in_transaction(cur, _create_current)
+            in_transaction(cur, partial(_migrate, step))
+    in_transaction(cur, _create_current)
     return version
 
 
@@ -123,11 +123,13 @@ def _record(cur: duckdb.DuckDBPyConnection, version: int) -> None:
         cur.execute("INSERT INTO schema_version VALUES (?, ?)", [version, now])
 
 
-def _in_transaction(cur: duckdb.DuckDBPyConnection, work: Callable) -> None:
+def in_transaction(cur: duckdb.DuckDBPyConnection, work: Callable):
+    """Run ``work(cur)`` in one transaction, rolled back on any error; returns its result."""
     cur.execute("BEGIN TRANSACTION")
     try:
-        work(cur)
+        result = work(cur)
         cur.execute("COMMIT")
+        return result
     except BaseException:
         try:
             cur.execute("ROLLBACK")

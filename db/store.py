@@ -910,17 +910,7 @@ def _prepare(where: str) -> Callable[[duckdb.DuckDBPyConnection], None]:
 
 def _in_transaction(cur: duckdb.DuckDBPyConnection,
                     work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-    cur.execute("BEGIN TRANSACTION")
-    try:
-        result = work(cur)
-        cur.execute("COMMIT")
-        return result
-    except BaseException:
-        try:
-            cur.execute("ROLLBACK")
-        except duckdb.Error:
-            pass  # a failed COMMIT has already rolled back
-        raise
+    return migrations.in_transaction(cur, work)
 
 
 def _insert(cur: duckdb.DuckDBPyConnection, table: str,

@@ -10,8 +10,6 @@ code path falls back to random weights on its own. A path to a checkpoint writte
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.images import content_hash
 from engine.types import ModelRef
 
 STRIDE = 16
@@ -148,7 +147,7 @@ def _build_resnet18(weights: str | None, pretrained: bool = True):
 
 def _resnet18_state_dict(weights: str | None) -> dict:
     if weights is not None:
-        digest = _sha256(weights)
+        digest = content_hash(weights)
         if not digest.startswith(_RESNET_URL_HASH):
             raise BackboneError(
                 f"{weights}: sha256 {digest[:8]}… does not match torchvision's ResNet-18 "
@@ -208,7 +207,7 @@ def save_checkpoint(model: Backbone, path: str | Path, parent: str | None, confi
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"state_dict": model.trunk.state_dict(), "meta": asdict(meta)}, tmp)
     tmp.replace(path)  # atomic: a killed writer never leaves half a checkpoint
-    digest = _sha256(path)
+    digest = content_hash(path)
     return ModelRef(f"{meta.backbone}@{digest[:8]}", meta.backbone, str(path), parent)
 
 
@@ -226,14 +225,10 @@ def load_checkpoint(path: str | Path) -> Backbone:
         raise BackboneError(f"{path}: unknown backbone {meta.backbone!r}")
     trunk, spec = _REGISTRY[meta.backbone](None, pretrained=False)
     trunk.load_state_dict(state, strict=True)
-    digest = _sha256(path)
+    digest = content_hash(path)
     ref = ModelRef(f"{meta.backbone}@{digest[:8]}", meta.backbone, str(path), meta.parent)
     return Backbone(trunk, spec, ref).eval()
 
-
-def checkpoint_config(path: str | Path) -> dict:
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
-    return json.loads(json.dumps(blob["meta"]["config"]))
 
 
 def _load_state_dict(path: str) -> dict:
@@ -243,14 +238,6 @@ def _load_state_dict(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise BackboneError(f"{path}: cannot read weights ({err})") from err
-
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from db import ImageRecord, Store, parse_year
 from db.records import IMAGE_SUFFIXES
+from engine.images import content_hash
 from engine.types import Box, Region
 
 FETCH_TIMEOUT_S = 30.0
@@ -235,20 +236,12 @@ def probe_image(path: str | os.PathLike) -> ImageRecord:
         size = path.stat().st_size
         if size == 0:
             raise BadImage("empty file (0 bytes)")
-        digest = _sha256(path)
+        digest = content_hash(path)
     except OSError as err:
         raise BadImage(f"cannot read: {err.strerror or err}") from err
     width, height = _header_size(path, size)
     return ImageRecord(image_id=digest[:16], sha256=digest, path=str(path), width=width,
                        height=height)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _header_size(path: Path, size: int) -> tuple[int, int]:
