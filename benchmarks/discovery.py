@@ -391,12 +391,26 @@ def _mb(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.0f} MB"
 
 
-def print_scale_figures(args, device, report, stages, memory, ingest_s, rss_before, cache, truth_lines) -> None:
+@dataclass
+class ScaleRun:
+    """What one whole-discovery run measured (see :func:`run_scale`)."""
+
+    report: object  # hitl.discover.DiscoverReport
+    stages: dict[str, StageFigure]
+    memory: PeakRss
+    ingest_s: float
+    rss_before: tuple[int | None, int | None]  # (now, high-water) before ingest, bytes
+    cache: tuple[int, int]  # (files, bytes) of the feature cache
+    truth_lines: list[str]
+
+
+def print_scale_figures(args: argparse.Namespace, device: torch.device, run: ScaleRun) -> None:
+    report, stages, memory = run.report, run.stages, run.memory
     threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device                 {device} ({threads}; load average {os.getloadavg()[0]:.1f})")
     print(f"collection             {report.n_images} synthetic images (640 x 480 JPEG); "
-          f"ingest {ingest_s:.1f} s (not in the total)")
-    print(f"memory before run      RSS {_mb(rss_before[0])} now, high-water {_mb(rss_before[1])} "
+          f"ingest {run.ingest_s:.1f} s (not in the total)")
+    print(f"memory before run      RSS {_mb(run.rss_before[0])} now, high-water {_mb(run.rss_before[1])} "
           "(interpreter, torch, generator)")
     rss_title = "peak RSS" if memory.per_stage else "RSS high-water so far"
     print(f"{'stage':<24}{'wall s':>9}{'share':>7}{'CPU s':>9}{rss_title:>22}"
@@ -411,15 +425,17 @@ def print_scale_figures(args, device, report, stages, memory, ingest_s, rss_befo
           f"({report.seconds / max(report.n_images, 1) * 1e3:.0f} ms per image)")
     verify_s = stages["verification"].seconds
     print(f"pairs (knn, k={args.k})      {report.n_pairs} shortlisted, {report.n_verified_now} verified: "
-          f"{verify_s / max(report.n_verified_now, 1) * 1e3:.1f} ms per pair (store writes included)")
+          f"{verify_s / max(report.n_verified_now, 1) * 1e3:.1f} ms wall, "
+          f"{stages['verification'].cpu_seconds / max(report.n_verified_now, 1) * 1e3:.1f} ms CPU per pair "
+          "(as run_discovery verifies it, store writes included)")
     print(f"found                  {report.n_links} links with S >= {args.min_score}, {report.n_clusters} clusters"
           + (f", {len(report.failures)} unreadable images" if report.failures else ""))
-    files, size = cache
+    files, size = run.cache
     print(f"feature cache          {size / max(files, 1) / 1e6:.3f} MB per image on disk ({files} files, "
           f"{size / 1e9:.2f} GB)")
     print(f"peak RSS               {_mb(memory.overall)} (whole process, ingest included)" + (
         f", CUDA peak {_mb(max(f.cuda_peak for f in stages.values()))}" if device.type == "cuda" else ""))
-    for line in truth_lines:
+    for line in run.truth_lines:
         print(line)
 
 
@@ -448,11 +464,12 @@ def run_scale(args: argparse.Namespace, device: torch.device) -> None:
         config = discover.DiscoverConfig(k=args.k, min_score=args.min_score)
         memory = PeakRss()
         with timed_stages(discover, DISCOVER_STAGES, device, memory) as stages:
-            report = discover.run_discovery(store, paths, config, device=str(device), progress=not args.quiet)
-        truth = ground_truth_lines(store, report.model_id, motifs, args.min_score)
-        print_scale_figures(args, device, report, stages, memory, ingest_s, rss_before,
-                            cache_footprint(paths.features), truth)
+            report = discover.run_discovery(store, paths, config, model=args.model, device=str(device),
+                                            progress=not args.quiet)
+        run = ScaleRun(report, stages, memory, ingest_s, rss_before, cache_footprint(paths.features),
+                       ground_truth_lines(store, report.model_id, motifs, args.min_score))
         store.close()
+    print_scale_figures(args, device, run)
 
 
 # ---------------------------------------------------------------- entry point

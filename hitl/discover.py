@@ -123,7 +123,7 @@ def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], py
     region found both ways is kept once.
     """
     device = next(backbone.parameters()).device
-    bar = tqdm(total=len(todo), desc="verify pairs", unit="pair", disable=not progress or not todo)
+    bar = tqdm(total=2 * len(todo), desc="verify pairs both ways", unit="pair", disable=not progress or not todo)
     # Pairs sharing image A run back to back, so its pyramid stays in the reader's memory.
     todo = sorted(todo)
     for start in range(0, len(todo), config.commit_every):
@@ -132,7 +132,7 @@ def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], py
         found: dict[tuple[str, str], list[PairMatch]] = {}
         for pair, matches in verify_pairs(ordered, pyramids, config.verify, device, config.batch_size):
             found[pair] = [m for m in matches if m.score >= config.min_score / 2]
-            bar.update(0.5)
+            bar.update(1)
         links = [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]
         store.add_links(run_id, links, verified_pairs=chunk)
     bar.close()
