@@ -399,6 +399,7 @@ class ScaleRun:
     stages: dict[str, StageFigure]
     memory: PeakRss
     ingest_s: float
+    cpu_s: float  # process CPU time of the whole run_discovery call, all threads
     rss_before: tuple[int | None, int | None]  # (now, high-water) before ingest, bytes
     cache: tuple[int, int]  # (files, bytes) of the feature cache
     truth_lines: list[str]
@@ -422,7 +423,7 @@ def print_scale_figures(args: argparse.Namespace, device: torch.device, run: Sca
     other = report.seconds - sum(f.seconds for f in stages.values())
     print(f"  {'other (model, store)':<22}{other:9.1f}{other / report.seconds:7.1%}")
     print(f"total                  {report.seconds:.1f} s = {report.seconds / 60:.1f} min "
-          f"({report.seconds / max(report.n_images, 1) * 1e3:.0f} ms per image)")
+          f"({report.seconds / max(report.n_images, 1) * 1e3:.0f} ms per image); CPU {run.cpu_s:.1f} s")
     verify_s = stages["verification"].seconds
     print(f"pairs (knn, k={args.k})      {report.n_pairs} shortlisted, {report.n_verified_now} verified: "
           f"{verify_s / max(report.n_verified_now, 1) * 1e3:.1f} ms wall, "
@@ -462,11 +463,12 @@ def run_scale(args: argparse.Namespace, device: torch.device) -> None:
         ingest_paths(store, [folder], progress=False)
         ingest_s = time.perf_counter() - start
         config = discover.DiscoverConfig(k=args.k, min_score=args.min_score)
-        memory = PeakRss()
+        memory, start_cpu = PeakRss(), time.process_time()
         with timed_stages(discover, DISCOVER_STAGES, device, memory) as stages:
             report = discover.run_discovery(store, paths, config, model=args.model, device=str(device),
                                             progress=not args.quiet)
-        run = ScaleRun(report, stages, memory, ingest_s, rss_before, cache_footprint(paths.features),
+        cpu_s = time.process_time() - start_cpu
+        run = ScaleRun(report, stages, memory, ingest_s, cpu_s, rss_before, cache_footprint(paths.features),
                        ground_truth_lines(store, report.model_id, motifs, args.min_score))
         store.close()
     print_scale_figures(args, device, run)

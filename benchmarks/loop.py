@@ -1,0 +1,330 @@
+"""The review/retrain loop on the demo collection, scripted: does expert review make the model better?
+
+    python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
+                              [--iterations N] [--lr X] [--batch-pairs N] [--images N]
+                              [--strategy score|uncertainty|coverage] [--[no-]rediscover]
+                              [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
+
+Builds the demo collection (:mod:`hitl.demo`) with its ground truth attached, discovers
+repeated details with the ImageNet default model, then runs three arms from fresh copies
+of that project, with the same seed:
+
+* ``mined+expert``: training rounds learn from self-mined pairs and expert verdicts;
+* ``mined``: self-supervised mining alone (the paper's fine-tuning);
+* ``expert``: expert verdicts alone.
+
+In every arm a simulated expert answers the review queue from the ground truth before
+each round (``--verdicts-per-round`` links, confirm true ones, reject false ones), so the
+held-out verdicts that measure link AP exist in every arm; only what training learns
+from differs. A link is true when each of its boxes overlaps a ground-truth copy of the
+same motif (IoU above 0.3, or the box's centre inside the copy). Each round is one
+:func:`hitl.rounds.run_round`: measure, train, re-discover with the new model (unless
+``--no-rediscover``: the expert then keeps reviewing the first discovery's queue), measure.
+
+Prints, per arm and round: verdicts given so far, one-shot mAP on the ground truth, and
+on the held-out verdicts the AP of the discovery score and the recall of confirmed links
+at the default threshold (round 0 is the ImageNet model). The held-out set grows with
+the verdicts, so compare link AP within a round (the progress lines print before -> after).
+
+``--small`` (see :func:`small_config`) shrinks the collection, the features and the
+training so that the whole benchmark runs in about 25 minutes on two shared CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from db.records import CONFIRM, REJECT, Link
+from db.store import Store
+from engine.features import FeatureConfig
+from engine.mining import MiningConfig
+from engine.train import IterationLog, TrainConfig
+from engine.types import Box
+from hitl.demo import DemoConfig, build_demo
+from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
+from hitl.evaluation import project_queries
+from hitl.ingest import ingest_paths
+from hitl.project import ProjectPaths, load_model
+from hitl.queue import STRATEGIES, next_links
+from hitl.rounds import RoundConfig, RoundReport, run_round
+
+PROJECT = "artminer.duckdb"
+ANNOTATOR = "simulated-expert"
+ARMS = {"mined+expert": ("mined", "expert"), "mined": ("mined",), "expert": ("expert",)}
+TRUE_IOU = 0.3  # the paper's one-shot protocol threshold, reused for the simulated expert
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    rounds: int = 3
+    verdicts_per_round: int = 50  # links the simulated expert answers before each round
+    strategy: str = "score"  # review queue order (hitl.queue.STRATEGIES); the app's default
+    images: int = 60  # demo collection size (the CLI's `artminer demo` default)
+    motifs: int = 8  # repeated motif classes in the demo
+    demo: DemoConfig = field(default_factory=DemoConfig)  # the demo's difficulty knobs
+    seed: int = 0  # demo, held-out split and training: the same in every arm
+    rediscover: bool = True  # discover again with each new model (the expert then reviews its links)
+    # torch CPU threads (0: torch's default). Two threads on two cores shared with other
+    # work ran 3-20x slower than one here, waiting at OpenMP barriers.
+    threads: int = 1
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def small_config() -> LoopConfig:
+    """Settings that fit two busy CPU cores (see the module doc for what each costs).
+
+    30 demo images; features with a 24-cell reference side over 5 scales (the one-shot
+    query keeps its 8 cells, so a much smaller side loses the demo's smaller copies);
+    20 iterations a round of 200 proposals and 128 pairs per step (a step recomputes
+    every feature map its pairs touch, its main cost on a CPU), features refreshed every
+    10; lr 1e-4, ten times the paper's, since 20 steps replace its ~200. Re-discovery is
+    skipped: the held-out metrics recompute what they need with each new model.
+    """
+    features = FeatureConfig(max_side=24, n_scales=5)
+    train = TrainConfig(iterations=20, lr=1e-4, batch_pairs=128, refresh_every=10, checkpoint_every=20,
+                        chunk_maps=64, mining=MiningConfig(n_proposals=200), features=features)
+    return LoopConfig(images=30, rediscover=False, features=features, train=train)
+
+
+def _checkpoint_every(iterations: int, refresh_every: int) -> int:
+    """A multiple of ``refresh_every`` (as TrainConfig requires) near the end of the round."""
+    return refresh_every * max(1, iterations // refresh_every)
+
+
+# ---------------------------------------------------------------- the simulated expert
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A ground-truth copy of a motif in a project image."""
+
+    image_id: str
+    motif: str
+    box: Box
+
+
+def ground_truth_copies(store: Store) -> dict[str, list[Copy]]:
+    """Image id -> the ground-truth copies it holds, from the attached annotation files."""
+    copies: dict[str, set[Copy]] = {}
+    for q in project_queries(store):
+        for inst in (q.query, *q.targets):
+            copies.setdefault(inst.image, set()).add(Copy(inst.image, q.motif, inst.box))
+    return {image: sorted(found, key=lambda c: (c.motif, c.box.as_list())) for image, found in copies.items()}
+
+
+def motifs_at(box: Box, copies: Sequence[Copy]) -> set[str]:
+    """Motifs of the copies ``box`` covers: IoU above 0.3, or its centre inside the copy."""
+    cx, cy = box.center
+    return {c.motif for c in copies
+            if box.iou(c.box) > TRUE_IOU or (c.box.x0 <= cx < c.box.x1 and c.box.y0 <= cy < c.box.y1)}
+
+
+def is_true_link(link: Link, truth: dict[str, list[Copy]]) -> bool:
+    """True when both boxes lie on copies of one same motif."""
+    return bool(motifs_at(link.box_a, truth.get(link.image_a, [])) & motifs_at(link.box_b, truth.get(link.image_b, [])))
+
+
+def review(store: Store, truth: dict[str, list[Copy]], n: int, strategy: str) -> tuple[int, int]:
+    """The simulated expert answers the first ``n`` links of the latest discovery's queue;
+    returns (confirmed, rejected)."""
+    model_id = store.list_runs(kind="discovery", status="done")[-1].model_id  # the latest discovery's links
+    queue = next_links(store, strategy, threshold=DEFAULT_MIN_SCORE, limit=n, model_id=model_id)
+    verdicts = [CONFIRM if is_true_link(lk, truth) else REJECT for lk in queue]
+    for link, verdict in zip(queue, verdicts):
+        store.add_verdict(link.link_id, verdict, ANNOTATOR, note="benchmarks.loop: from the ground truth")
+    return verdicts.count(CONFIRM), verdicts.count(REJECT)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class Row:
+    arm: str
+    round: int
+    verdicts: int  # given so far in this arm
+    confirmed: int
+    metrics: dict  # hitl.rounds.measure's figures of the round's model
+    seconds: float
+
+
+def prepare_base(folder: Path, config: LoopConfig, device: str) -> Path:
+    """The demo project, discovered with the ImageNet default; reused when already there."""
+    project = folder / PROJECT
+    folder.mkdir(parents=True, exist_ok=True)
+    with Store(project) as store:
+        if any(r.status == "done" for r in store.list_runs(kind="discovery")):
+            return project
+        if store.count_images() == 0:
+            demo = build_demo(folder, config.seed, config.images, config.motifs, config.demo, progress=False)
+            ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=False)
+            store.attach_annotations(demo.ground_truth, "artminer", label="demo ground truth")
+        paths = ProjectPaths(project.resolve())
+        pin_threads(config.threads)
+        backbone = load_model(store, None, device)
+        run_discovery(store, paths, DiscoverConfig(features=config.features), backbone=backbone, progress=False)
+    return project
+
+
+def pin_threads(threads: int) -> None:
+    """Set torch's CPU threads again: drawing the map (UMAP through numba) resets the OpenMP
+    library that torch shares to all cores, so a setting made once at start does not hold."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str) -> list[Row]:
+    """One arm from a fresh copy of the discovered base project (its feature cache included)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(base.parent, folder)
+    round_config = RoundConfig(iterations=config.train.iterations, sources=ARMS[arm], seed=config.seed,
+                               rediscover=config.rediscover, train=config.train)
+    rows: list[Row] = []
+    given = confirmed = 0
+    with Store(folder / PROJECT) as store:
+        paths = ProjectPaths((folder / PROJECT).resolve())
+        truth = ground_truth_copies(store)
+        for r in range(1, config.rounds + 1):
+            start = time.perf_counter()
+            pin_threads(config.threads)
+            yes, no = review(store, truth, config.verdicts_per_round, config.strategy)
+            given, confirmed = given + yes + no, confirmed + yes
+            logs: list[IterationLog] = []
+            report = run_round(store, paths, round_config, device=device, show_progress=False,
+                               progress=lambda log, _total, logs=logs: logs.append(log))
+            if r == 1:
+                rows.append(Row(arm, 0, given, confirmed, report.before, 0.0))
+            rows.append(Row(arm, r, given, confirmed, report.after, time.perf_counter() - start))
+            print(_progress_line(rows[-1], report, logs), flush=True)
+    return rows
+
+
+def _progress_line(row: Row, report: RoundReport, logs: Sequence[IterationLog]) -> str:
+    before, after = report.before, report.after
+    nan = float("nan")
+    refresh, mine, step = (sum(getattr(log, k) for log in logs) for k in ("refresh_s", "mine_s", "step_s"))
+    pairs = sum(log.n_used_mined + log.n_used_expert for log in logs) / max(1, len(logs))
+    expert = sum(log.n_used_expert for log in logs) / max(1, len(logs))
+    loss = [log.loss for log in logs] or [nan]
+    return (f"[{row.arm} round {row.round}] {row.verdicts} verdicts ({row.confirmed} confirmed); "
+            f"training {refresh + mine + step:.0f} s (refresh {refresh:.0f}, mining {mine:.0f}, steps {step:.0f}; "
+            f"{len(logs)} it, {pairs:.0f} pairs/it of which {expert:.0f} expert, "
+            f"loss {loss[0]:.3f} -> {loss[-1]:.3f}); "
+            f"mAP {before.get('oneshot_map', nan):.3f} -> {after.get('oneshot_map', nan):.3f}, "
+            f"held-out link AP {before.get('heldout_link_ap', nan):.3f} -> {after.get('heldout_link_ap', nan):.3f}; "
+            f"round {row.seconds:.0f} s")
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """One line per arm and round: verdicts so far, mAP, held-out link AP, recall."""
+    header = f"{'arm':<13} {'round':>5} {'verdicts':>8} {'confirmed':>9} {'one-shot mAP':>12} " \
+             f"{'held-out AP':>11} {'recall':>6} {'held-out':>8} {'seconds':>7}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        m = row.metrics
+        lines.append(f"{row.arm:<13} {row.round:>5} {row.verdicts:>8} {row.confirmed:>9} "
+                     f"{_fmt(m.get('oneshot_map')):>12} {_fmt(m.get('heldout_link_ap')):>11} "
+                     f"{_fmt(m.get('heldout_confirmed_recall')):>6} {m.get('heldout_links', 0):>8} {row.seconds:>7.0f}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def run_loop(out: Path, config: LoopConfig, arms: Sequence[str], device: str) -> list[Row]:
+    """The whole benchmark under ``out``: base project, then each arm in its own folder."""
+    start = time.perf_counter()
+    base = prepare_base(out / "base", config, device)
+    print(f"base project ready in {time.perf_counter() - start:.0f} s: {base}", flush=True)
+    rows: list[Row] = []
+    for arm in arms:
+        rows += run_arm(base, out / arm.replace("+", "-"), arm, config, device)
+    return rows
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--verdicts-per-round", type=int, default=50)
+    parser.add_argument("--iterations", type=int, help="training iterations per round (default 200, --small 20)")
+    parser.add_argument("--batch-pairs", type=int, help="feature pairs per gradient step (default 1024, --small 128)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5, the paper's; --small 1e-4)")
+    parser.add_argument("--images", type=int, help="demo collection size (default 60, --small 30)")
+    parser.add_argument("--rediscover", action=argparse.BooleanOptionalAction,
+                        help="discover again with each new model (default: yes, --small: no)")
+    parser.add_argument("--strategy", default="score", choices=STRATEGIES, help="review queue order")
+    parser.add_argument("--small", action="store_true", help="CPU-sized features and training (see small_config)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--out", help="working folder, kept (default: a temporary one, removed)")
+    parser.add_argument("--threads", type=int, default=LoopConfig.threads, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown or not arms:
+        parser.error(f"--arms must name some of {', '.join(ARMS)}, got {args.arms!r}")
+    for name in ("rounds", "verdicts_per_round", "images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    args.arms = arms
+    config = small_config() if args.small else LoopConfig()
+    train = config.train
+    if args.iterations is not None:
+        if args.iterations < 1:
+            parser.error("--iterations must be >= 1")
+        train = replace(train, iterations=args.iterations,
+                        checkpoint_every=_checkpoint_every(args.iterations, train.refresh_every))
+    if args.lr is not None:
+        train = replace(train, lr=args.lr)
+    if args.batch_pairs is not None:
+        train = replace(train, batch_pairs=args.batch_pairs)
+    train = replace(train, seed=args.seed)
+    config = replace(config, rounds=args.rounds, verdicts_per_round=args.verdicts_per_round, strategy=args.strategy,
+                     seed=args.seed, train=train)
+    if args.images is not None:
+        config = replace(config, images=args.images)
+    if args.rediscover is not None:
+        config = replace(config, rediscover=args.rediscover)
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    config = replace(config, threads=args.threads)
+    return args, config
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, config = parse_args(argv)
+    t = config.train
+    print(f"loop: {config.images} demo images, features {config.features.sides()}, {config.rounds} rounds x "
+          f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.iterations} iterations/round, lr {t.lr:g}, "
+          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, refresh every {t.refresh_every}, "
+          f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
+    start = time.perf_counter()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = run_loop(out, config, args.arms, args.device)
+    finally:
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+    print()
+    print(format_table(rows))
+    print(f"\nwall time {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
