@@ -367,10 +367,12 @@ def train(backbone: Backbone, images: Sequence[torch.Tensor], config: TrainConfi
     for it in range(start, config.iterations):
         generator = iteration_generator(config.seed, it)
         tick = time.perf_counter()
-        if bank is None or it % config.refresh_every == 0:
+        # expert_ratio 1.0 trains on expert pairs alone: no features to refresh, nothing to mine.
+        mine = config.expert_ratio < 1.0
+        if mine and (bank is None or it % config.refresh_every == 0):
             bank = embed_collection(backbone, images, config.features, sizes, amp=config.amp)
         tock = time.perf_counter()
-        mined = mine_pairs(bank, generator, config.mining)
+        mined = mine_pairs(bank, generator, config.mining) if mine else PairBatch.empty(config.n_negatives)
         batch = mix_pairs(mined, expert_pairs, config, generator)
         tack = time.perf_counter()
         loss = math.nan

@@ -134,9 +134,8 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
         store.update_round(round_id, metrics={"before": before})
         images, sizes, bank, ids = _training_images(store, paths, parent, show_progress, features)
         expert = _expert_batch(config, train_links, confirmed_clusters, bank, ids) if "expert" in config.sources else None
+        # Without mined pairs every batch is expert pairs (engine.train then mines nothing).
         train_config = config.train if "mined" in config.sources else replace(config.train, expert_ratio=1.0)
-        if "mined" not in config.sources:
-            train_config = replace(train_config, mining=replace(train_config.mining, n_proposals=0))
         result = train(parent, images, train_config, expert, paths.checkpoints / f"round-{round_id}",
                        progress=progress, image_sizes=sizes)
         new = load_checkpoint(result.model.checkpoint).to(next(parent.parameters()).device)
