@@ -143,11 +143,11 @@ def merge_directions(forward: list[PairMatch], backward: list[PairMatch], iou: f
     """Matches of A->B plus those of B->A that are not the same region pair seen backwards."""
     kept = list(forward)
     for m in backward:
-        twin = next((f for f in forward if f.box_a.iou(m.box_b) > iou and f.box_b.iou(m.box_a) > iou), None)
+        twin = next((i for i, f in enumerate(forward) if f.box_a.iou(m.box_b) > iou and f.box_b.iou(m.box_a) > iou), None)
         if twin is None:
             kept.append(m)
-        elif m.score > twin.score:
-            kept[kept.index(twin)] = m
+        elif m.score > kept[twin].score:
+            kept[twin] = m
     return kept
 
 

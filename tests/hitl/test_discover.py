@@ -85,3 +85,6 @@ def test_a_region_found_both_ways_is_kept_once():
     ba_other = PairMatch("b", "a", Box(50, 50, 60, 60), Box(70, 70, 80, 80), eye, 0.02, 9)
     assert merge_directions([ab], [ba_same, ba_other]) == [ba_same, ba_other]
     assert merge_directions([ab], []) == [ab]
+    # two backward twins of one forward match: the best of the three is kept, once
+    ba_best = PairMatch("b", "a", Box(20, 21, 30, 30), Box(0, 0, 10, 10), eye, 0.07, 9)
+    assert merge_directions([ab], [ba_same, ba_best]) == [ba_best]
