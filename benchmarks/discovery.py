@@ -396,6 +396,7 @@ class ScaleRun:
     """What one whole-discovery run measured (see :func:`run_scale`)."""
 
     report: object  # hitl.discover.DiscoverReport
+    threads: int  # torch CPU threads when the run began (a step may change them)
     stages: dict[str, StageFigure]
     memory: PeakRss
     ingest_s: float
@@ -407,8 +408,8 @@ class ScaleRun:
 
 def print_scale_figures(args: argparse.Namespace, device: torch.device, run: ScaleRun) -> None:
     report, stages, memory = run.report, run.stages, run.memory
-    threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device                 {device} ({threads}; load average {os.getloadavg()[0]:.1f})")
+    name = f"{torch.cuda.get_device_name()}, " if device.type == "cuda" else ""
+    print(f"device                 {device} ({name}{run.threads} CPU thread{'s' if run.threads != 1 else ''}; load average {os.getloadavg()[0]:.1f})")
     print(f"collection             {report.n_images} synthetic images (640 x 480 JPEG); "
           f"ingest {run.ingest_s:.1f} s (not in the total)")
     print(f"memory before run      RSS {_mb(run.rss_before[0])} now, high-water {_mb(run.rss_before[1])} "
@@ -463,13 +464,14 @@ def run_scale(args: argparse.Namespace, device: torch.device) -> None:
         ingest_paths(store, [folder], progress=False)
         ingest_s = time.perf_counter() - start
         config = discover.DiscoverConfig(k=args.k, min_score=args.min_score)
-        memory, start_cpu = PeakRss(), time.process_time()
+        memory, start_cpu, threads = PeakRss(), time.process_time(), torch.get_num_threads()
         with timed_stages(discover, DISCOVER_STAGES, device, memory) as stages:
             report = discover.run_discovery(store, paths, config, model=args.model, device=str(device),
                                             progress=not args.quiet)
         cpu_s = time.process_time() - start_cpu
-        run = ScaleRun(report, stages, memory, ingest_s, cpu_s, rss_before, cache_footprint(paths.features),
-                       ground_truth_lines(store, report.model_id, motifs, args.min_score))
+        truth = ground_truth_lines(store, report.model_id, motifs, args.min_score)
+        run = ScaleRun(report, threads, stages, memory, ingest_s, cpu_s, rss_before,
+                       cache_footprint(paths.features), truth)
         store.close()
     print_scale_figures(args, device, run)
 
@@ -486,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per batch in the batched timing")
     parser.add_argument("--min-score", type=float, default=0.02, help="score counted as a verified pair")
     parser.add_argument("--cache", help="feature cache folder to keep between runs (default: temporary)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a busy "
+                        "shared machine 1 avoids OpenMP threads spin-waiting for each other, 5-10x slower)")
     parser.add_argument("--seed", type=int, default=0)
     scale = parser.add_argument_group("whole discovery at scale")
     scale.add_argument("--synthetic-images", type=int, metavar="N",
