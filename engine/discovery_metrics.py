@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 
 from engine.evaluate import Instance, Query
 from engine.graph import iou_matrix, region_box_array
-from engine.types import Cluster, PairMatch, Region
+from engine.types import Box, Cluster, PairMatch, Region
 
 NONE = "none"  # label of a region that overlaps no annotated instance
 ImagePair = frozenset[str]
@@ -116,3 +117,91 @@ def cluster_purity(clusters: Sequence[Cluster], labels: Mapping[Region, str], co
             counts.pop(NONE, None)
         majority += max(counts.values(), default=0)
     return majority / total if total else 0.0
+
+
+TEMPLATE = "template"  # label of a region lying mostly on a source's template (script, ornament)
+
+
+@dataclass(frozen=True)
+class LinkQuality:
+    """Links judged against motif instances *and* template regions (script, borders, bars).
+
+    A link is true when both its regions overlap (IoU > 0.3) instances of the same motif;
+    it lies on template when either region lies mostly (by area) on template regions.
+    Pair precision counts a linked image pair as right only if one of its links is true,
+    so a pair of images that share a motif but are linked by their script is wrong.
+    ``recall_by`` gives pair recall over named subsets of the ground-truth pairs.
+    ``n_repeat`` counts links joining two copies of one *unannotated* element (a demo's
+    distractor pasted twice): right as discovery, absent from the ground truth.
+    """
+
+    n_links: int
+    n_true: int
+    n_repeat: int
+    n_template: int
+    link_precision: float
+    repeat_precision: float  # (true + repeat) / links
+    template_share: float
+    pair_precision: float
+    pair_recall: float
+    recall_by: dict[str, float]
+
+
+def template_labels(regions: Iterable[Region], templates: Mapping[str, Sequence[Box]],
+                    share: float = 0.5, image_names: Mapping[str, str] | None = None) -> dict[Region, bool]:
+    """Whether each region has at least ``share`` of its area on its image's template boxes."""
+    out = {}
+    for r in set(regions):
+        boxes = templates.get(_name(r.image_id, image_names), ())
+        if not boxes or r.box.area <= 0:
+            out[r] = False
+            continue
+        x0, y0, x1, y1 = (int(np.floor(r.box.x0)), int(np.floor(r.box.y0)), int(np.ceil(r.box.x1)),
+                          int(np.ceil(r.box.y1)))
+        covered = np.zeros((max(1, y1 - y0), max(1, x1 - x0)), dtype=bool)  # union, not sum, of overlaps
+        for b in boxes:
+            covered[max(0, int(b.y0) - y0): max(0, int(np.ceil(b.y1)) - y0),
+                    max(0, int(b.x0) - x0): max(0, int(np.ceil(b.x1)) - x0)] = True
+        out[r] = covered.mean() >= share
+    return out
+
+
+def link_quality(matches: Sequence[PairMatch], queries: Sequence[Query], templates: Mapping[str, Sequence[Box]],
+                 subsets: Mapping[str, set[ImagePair]] | None = None,
+                 image_names: Mapping[str, str] | None = None, iou: float = 0.3,
+                 unannotated: Sequence[Query] = ()) -> LinkQuality:
+    """Precision and recall of links that land on the copies, and the share landing on template.
+
+    Args:
+        matches: the links.
+        queries: annotations (motif instances).
+        templates: per image name, the boxes of its template (script, ornament...).
+        subsets: named sets of ground-truth pairs (e.g. within / across sources) to give
+            recall over.
+        unannotated: instances of repeated elements outside the ground truth, as queries
+            of their own classes (e.g. a demo's distractors).
+    """
+    regions = [r for m in matches for r in (Region(m.image_a, m.box_a), Region(m.image_b, m.box_b))]
+    motif = region_labels(regions, [*queries, *unannotated], iou, image_names)
+    annotated = {q.motif for q in queries}
+    on_template = template_labels(regions, templates, image_names=image_names)
+    true_pairs: set[ImagePair] = set()
+    n_true = n_repeat = n_template = 0
+    for m in matches:
+        ra, rb = Region(m.image_a, m.box_a), Region(m.image_b, m.box_b)
+        if motif[ra] != NONE and motif[ra] == motif[rb]:
+            if motif[ra] in annotated:
+                n_true += 1
+                true_pairs.add(frozenset((_name(m.image_a, image_names), _name(m.image_b, image_names))))
+            else:
+                n_repeat += 1
+        n_template += bool(on_template[ra] or on_template[rb])
+    linked = matched_pairs(matches, image_names)
+    truth = ground_truth_pairs(queries)
+    found = true_pairs & truth
+    n = len(matches)
+    recall_by = {name: len(found & pairs) / len(pairs) if pairs else 0.0 for name, pairs in (subsets or {}).items()}
+    return LinkQuality(n, n_true, n_repeat, n_template, n_true / n if n else 0.0,
+                       (n_true + n_repeat) / n if n else 0.0, n_template / n if n else 0.0,
+                       len(true_pairs & linked) / len(linked) if linked else 0.0,
+                       len(found) / len(truth) if truth else 0.0, recall_by)

@@ -42,8 +42,25 @@ class ShortlistConfig:
     k: int = 20  # neighbours kept per image (`--k 20`); pairs are then made unordered
     level: int = -1  # pyramid level pooled: the coarsest (10 cells on the longer side by default)
     gem_p: float = 3.0  # GeM exponent: 1 = average pooling, large = max pooling
-    grids: tuple[int, ...] = (1, 8)  # g x g regions per grid: 1 + 64 = 65 descriptors, whole image first
+    # g x g regions per grid, whole image first: 1 + 4 + 16 + 64 = 85 descriptors, down to
+    # ~1/8 of the image side, so that a detail of any size has a region about its size.
+    grids: tuple[int, ...] = (1, 2, 4, 8)
     block: int = 4096  # database images per matmul block (bounds memory, not results)
+    # "distinctive": regions vote by how much better they match an image than they match
+    # the collection at large (see :func:`distinctive_knn`); "max": the single most
+    # similar region pair, the first version's score.
+    scoring: str = "distinctive"
+    background_k: int = 10  # a region's background: its mean best match over this many images (CSLS's K = 10)
+    top_regions: int = 3  # the pair score sums this many best distinctive region matches
+    # At most this share of an image's k neighbours come from its own look-alike group
+    # (same house look: a manuscript's pages, an album's sheets), so repeated layout can
+    # never fill the whole shortlist. 1.0 turns the cap off.
+    same_group_share: float = 0.5
+    # Regions pool their cells weighted by texture weight (engine.texture), so a region of
+    # a page describes its picture, not its script; regions whose mean weight is below
+    # `min_region_mass` (script, ruling, blank margins only) describe nothing.
+    texture_weight: bool = True
+    min_region_mass: float = 0.25
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -54,13 +71,20 @@ class ShortlistConfig:
             raise ValueError(f"region grids must be positive integers, got {self.grids}")
         if self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
+        if self.scoring not in ("distinctive", "max"):
+            raise ValueError(f"shortlist scoring must be 'distinctive' or 'max', got {self.scoring!r}")
+        if self.background_k < 1 or self.top_regions < 1:
+            raise ValueError("background_k and top_regions must be >= 1")
+        if not 0.0 < self.same_group_share <= 1.0:
+            raise ValueError(f"same_group_share must be in (0, 1], got {self.same_group_share}")
 
     @property
     def n_regions(self) -> int:
         return sum(g * g for g in self.grids)
 
 
-def gem_regions(features: torch.Tensor, grids: Sequence[int], p: float = 3.0) -> torch.Tensor:
+def gem_regions(features: torch.Tensor, grids: Sequence[int], p: float = 3.0,
+                weights: torch.Tensor | None = None, min_mass: float = 0.0) -> torch.Tensor:
     """Signed GeM pooling of one feature map over the cells of several grids.
 
     The default backbone's stride-16 features come out of a linear bottleneck and are
@@ -72,22 +96,38 @@ def gem_regions(features: torch.Tensor, grids: Sequence[int], p: float = 3.0) ->
         features: (C, h, w) feature map.
         grids: g for each g x g grid; a grid finer than the map reuses cells.
         p: GeM exponent.
+        weights: (h, w) cell weights (texture weights, :mod:`engine.texture`): the pooled
+            mean is weighted, so a region describes its distinctive cells, not its script.
+        min_mass: a region whose mean weight is below this describes nothing: zero vector.
 
     Returns:
-        (R, C) L2-normalised descriptors, R = sum(g * g), whole-map grid first if g=1 leads.
+        (R, C) L2-normalised descriptors (zero rows for empty regions), R = sum(g * g),
+        whole-map grid first if g=1 leads.
     """
     x = features.float()
-    powered = x.sign() * x.abs().pow(p)  # (C, h, w)
-    pooled = [F.adaptive_avg_pool2d(powered[None], g)[0].flatten(1).T for g in grids]  # (g*g, C)
-    m = torch.cat(pooled)  # (R, C)
-    return F.normalize(m.sign() * m.abs().pow(1.0 / p), dim=1)
+    w = torch.ones(x.shape[1:]) if weights is None else weights.float()
+    powered = x.sign() * x.abs().pow(p) * w  # (C, h, w)
+    pooled, mass = [], []
+    for g in grids:
+        pooled.append(F.adaptive_avg_pool2d(powered[None], g)[0].flatten(1).T)  # (g*g, C)
+        mass.append(F.adaptive_avg_pool2d(w[None, None], g).flatten())  # (g*g,)
+    m, mass = torch.cat(pooled), torch.cat(mass)  # (R, C), (R,)
+    m = m / mass.clamp_min(1e-6)[:, None]
+    out = F.normalize(m.sign() * m.abs().pow(1.0 / p), dim=1)
+    return out * (mass >= min_mass)[:, None]
 
 
-def global_descriptors(pyramids: Sequence[FeaturePyramid], config: ShortlistConfig = ShortlistConfig()) -> torch.Tensor:
+def global_descriptors(pyramids: Sequence[FeaturePyramid], config: ShortlistConfig = ShortlistConfig(),
+                       weights: Sequence[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
     """Regional GeM descriptors of each image's pyramid level ``config.level``.
 
+    Args:
+        weights: per image, its texture weights per level (:func:`engine.texture.pyramid_weights`);
+            used when ``config.texture_weight``.
+
     Returns:
-        (N, R, C) float32 on CPU, L2-normalised along C; R = ``config.n_regions``.
+        (N, R, C) float32 on CPU, L2-normalised along C (zero rows: regions of texture
+        only); R = ``config.n_regions``.
 
     Raises:
         ValueError: a pyramid lacks the level, or pyramids disagree on the channel count.
@@ -103,7 +143,8 @@ def global_descriptors(pyramids: Sequence[FeaturePyramid], config: ShortlistConf
             out = torch.empty(len(pyramids), config.n_regions, fmap.shape[0])
         if fmap.ndim != 3 or fmap.shape[0] != out.shape[2]:
             raise ValueError(f"image {i}: features of shape {tuple(fmap.shape)}, expected ({out.shape[2]}, h, w)")
-        out[i] = gem_regions(fmap.cpu(), config.grids, config.gem_p)
+        w = weights[i][config.level] if (weights is not None and config.texture_weight) else None
+        out[i] = gem_regions(fmap.cpu(), config.grids, config.gem_p, w, config.min_region_mass if w is not None else 0.0)
     return out
 
 
@@ -226,6 +267,170 @@ def knn_pairs(desc: torch.Tensor | np.ndarray, k: int, device: str | torch.devic
     neighbours, similarity = knn_graph(desc, k, device, block, dtype=dtype)
     pairs, sims = unique_pairs(neighbours, similarity)
     return [(int(i), int(j), float(s)) for (i, j), s in zip(pairs.tolist(), sims.tolist())]
+
+
+# ------------------------------------------------------------ distinctive regions
+
+
+def _region_best(queries: torch.Tensor, base: torch.Tensor, base_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(Q, R, C) x (B, R, C) -> (Q, R, B): each query region's best match in each base image.
+
+    With ``base_bias`` (B, R), the match of regions r, s scores ``2 cos(r, s) - bias_s``.
+    """
+    q, r, c = queries.shape
+    b = base.shape[0]
+    sim = queries.reshape(q * r, c) @ base.reshape(b * r, c).T  # (Q*R, B*R)
+    if base_bias is not None:
+        sim = 2 * sim - base_bias.reshape(1, b * r)
+    return sim.view(q, r, b, r).amax(dim=3)
+
+
+def _query_step(n: int, r: int, block: int, max_block_elems: int) -> int:
+    """Query images per step so that one (Q*R, B*R) similarity block has <= max_block_elems entries."""
+    return max(1, max_block_elems // (min(block, n) * r * r))
+
+
+@torch.no_grad()
+def region_backgrounds(desc: torch.Tensor, k: int, block: int = 4096, max_block_elems: int = 1 << 26) -> torch.Tensor:
+    """How well each region matches the collection at large: the mean of its best
+    similarities in its ``k`` best-matching *other* images.
+
+    This is the local scaling of CSLS (Conneau et al., 2018, "Word translation without
+    parallel data", against hubs): a region of script, ruling or an ornament border
+    matches every page of its source almost perfectly, so its background is high and its
+    matches count for little; a copied detail matches a few images well and the rest
+    poorly.
+
+    Args:
+        desc: (N, R, C) L2-normalised descriptors (on the device the matmuls run on).
+
+    Returns:
+        (N, R) backgrounds, on ``desc``'s device.
+    """
+    n, r, _ = desc.shape
+    k = max(1, min(k, n - 1))
+    out = torch.empty(n, r, device=desc.device, dtype=desc.dtype)
+    step = _query_step(n, r, block, max_block_elems)
+    for q0 in range(0, n, step):
+        q1 = min(n, q0 + step)
+        top = torch.full((q1 - q0, r, k), -torch.inf, device=desc.device, dtype=desc.dtype)
+        for b0 in range(0, n, block):
+            best = _region_best(desc[q0:q1], desc[b0 : b0 + block])  # (Q, R, B)
+            own = torch.arange(q0, q1, device=desc.device)[:, None] - b0
+            inside = (own >= 0) & (own < best.shape[2])
+            best[inside[:, 0].nonzero()[:, 0], :, own[inside]] = -torch.inf  # not its own image
+            top = torch.cat([top, best], dim=2).topk(k, dim=2).values
+        out[q0:q1] = top.masked_fill(top == -torch.inf, 0).mean(dim=2)
+    return out
+
+
+def look_alike_groups(desc: torch.Tensor, min_group: int = 5) -> np.ndarray:
+    """Groups of images that share a global look (a source's house style), by HDBSCAN.
+
+    Pages of one manuscript, sheets of one album or cards of one photo archive look alike
+    as wholes whatever they depict. Clustered on the whole-image descriptors (region 0),
+    reduced by PCA to at most 16 dimensions so that HDBSCAN stays fast on large N.
+
+    Args:
+        desc: (N, R, C) or (N, C) descriptors.
+
+    Returns:
+        (N,) int64 group labels; -1 (no group) for images in none, and for all when N is small.
+    """
+    whole = _as_regions(desc)[:, 0].cpu().numpy().astype(np.float64)
+    n = len(whole)
+    if n < 2 * min_group:
+        return np.full(n, -1, dtype=np.int64)
+    from sklearn.cluster import HDBSCAN
+    from sklearn.decomposition import PCA
+
+    reduced = PCA(n_components=min(16, n - 1, whole.shape[1]), random_state=0).fit_transform(whole)
+    return HDBSCAN(min_cluster_size=min_group, copy=True).fit_predict(reduced).astype(np.int64)
+
+
+def _capped_topk(scores: torch.Tensor, same: torch.Tensor, k: int, k_same: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` columns per row with at most ``k_same`` of the ``same`` ones, unless too few others.
+
+    Args:
+        scores: (Q, M) with -inf for excluded columns; same: (Q, M) bool.
+
+    Returns:
+        (Q, k) column indices and their scores, best first.
+    """
+    same_rank = torch.where(same, scores, -torch.inf).argsort(dim=1, descending=True).argsort(dim=1)
+    over_cap = same & (same_rank >= k_same)
+    # Three tiers: allowed columns by score, then over-cap look-alikes by score (only if
+    # nothing else is left), then excluded columns.
+    tier = over_cap.float() * 2 + torch.isinf(scores).float() * 4
+    key = -tier * 1e6 + torch.nan_to_num(scores, neginf=0.0).clamp(-1e5, 1e5)
+    idx = key.topk(k, dim=1).indices
+    return idx, scores.gather(1, idx)
+
+
+@torch.no_grad()
+def distinctive_knn(desc: torch.Tensor | np.ndarray, config: ShortlistConfig, groups: np.ndarray | None = None,
+                    device: str | torch.device | None = None,
+                    max_block_elems: int = 1 << 26) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k images that share the most *distinctive* regions with each image.
+
+    A pair (i, j) scores the sum of the ``top_regions`` best region matches of i in j,
+    each measured above both regions' backgrounds (:func:`region_backgrounds`):
+    ``max_s [2 cos(r, s) - bg_s] - bg_r``, clipped at 0. Repeated layout and script
+    match everything and score near 0; several regions of a copied detail each score
+    high. Of each image's neighbours, at most ``same_group_share * k`` come from its own
+    look-alike group (``groups``, -1 = none).
+
+    Args:
+        desc: (N, R, C) L2-normalised descriptors.
+        groups: (N,) group label per image, e.g. :func:`look_alike_groups` or the
+            ``collection`` metadata; None: no cap.
+
+    Returns:
+        (N, k') neighbour indices and scores on CPU, best first, k' = min(k, N - 1).
+    """
+    desc = _as_regions(desc)
+    n, r, _ = desc.shape
+    k = min(config.k, n - 1)
+    if k < 1:
+        return torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base = desc.to(device)
+    background = region_backgrounds(base, config.background_k, config.block, max_block_elems)
+    group = torch.as_tensor(groups if groups is not None else np.full(n, -1), device=device)
+    k_same = max(1, int(round(config.same_group_share * k))) if groups is not None else k
+    top = min(config.top_regions, r)
+    idx_out, score_out = torch.empty(n, k, dtype=torch.long), torch.empty(n, k)
+    step = _query_step(n, r, config.block, max_block_elems)
+    for q0 in range(0, n, step):
+        q1 = min(n, q0 + step)
+        rows = group[q0:q1, None]
+        cand_score, cand_idx = [], []
+        for b0 in range(0, n, config.block):
+            b1 = min(n, b0 + config.block)
+            best = _region_best(base[q0:q1], base[b0:b1], background[b0:b1]) - background[q0:q1, :, None]
+            score = best.clamp_min(0).topk(top, dim=1).values.sum(1)  # (Q, B)
+            cols = torch.arange(b0, b1, device=device)
+            score[torch.arange(q0, q1, device=device)[:, None] == cols[None, :]] = -torch.inf
+            same = (group[cols][None, :] == rows) & (rows >= 0)
+            for part in (same, ~same):  # the best k of each side, so the cap can always be filled
+                s, i = torch.where(part, score, -torch.inf).topk(min(k, score.shape[1]), dim=1)
+                cand_score.append(s)
+                cand_idx.append(cols[i])
+        scores, cols = torch.cat(cand_score, 1), torch.cat(cand_idx, 1)
+        same = (group[cols] == rows) & (rows >= 0)
+        pos, best = _capped_topk(scores, same, k, k_same)
+        idx_out[q0:q1], score_out[q0:q1] = cols.gather(1, pos).cpu(), best.float().cpu()
+    return idx_out, score_out
+
+
+def shortlist_pairs(desc: torch.Tensor | np.ndarray, config: ShortlistConfig, groups: np.ndarray | None = None,
+                    device: str | torch.device | None = None) -> list[tuple[int, int, float]]:
+    """The shortlist by ``config.scoring``: unordered pairs ``(i, j, score)``, best first."""
+    if config.scoring == "max":
+        return knn_pairs(desc, config.k, device, config.block)
+    neighbours, score = distinctive_knn(desc, config, groups, device)
+    pairs, scores = unique_pairs(neighbours, score)
+    return [(int(i), int(j), float(s)) for (i, j), s in zip(pairs.tolist(), scores.tolist())]
 
 
 def all_pairs(n: int) -> list[Pair]:

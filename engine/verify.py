@@ -25,9 +25,10 @@ is matched at its finest level only, so a copy is found when it is at least as l
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from scipy import ndimage
 from torch.nn.utils.rnn import pad_sequence
 
 from engine.features import FeaturePyramid
+from engine.texture import TextureConfig, pyramid_weights
 from engine.types import Box, PairMatch
 
 
@@ -56,6 +58,14 @@ class VerifyConfig:
     max_regions_per_pair: int = 5  # distinct regions kept per pair, best score first
     dedupe_iou: float = 0.5  # regions whose A boxes overlap more are one region (best kept)
     seed: int = 0  # RANSAC samples; the same for every pair, so batching never changes results
+    # Repetitive texture (engine.texture): each match's similarity and Hough vote are
+    # weighted by the product of its two cells' burstiness weights, and N of the score is
+    # A's texture-weighted cell count. False: every cell weighs 1 (the paper).
+    texture_weight: bool = True
+    texture: TextureConfig = field(default_factory=TextureConfig)
+    # Inliers on cells weighing less than this (texture) are left out of the region, so a
+    # copied picture matched together with its page's script is stored as the picture.
+    region_min_weight: float = 0.35
 
     def __post_init__(self) -> None:
         for name in ("n_candidates", "max_group", "ransac_iterations", "max_regions_per_pair",
@@ -97,8 +107,10 @@ class PairBatch:
         a_valid: (P, NA) bool, the rows that take part.
         a_grid: (P, 2) long (h, w) of A's reference level.
         a_cell: (P, 2) float pixels per A cell (x, y).
-        n_source: (P,) float, N of eq. 2: the A cells that take part.
+        n_source: (P,) float, N of eq. 2: the A cells that take part (texture-weighted).
+        a_weight: (P, NA) texture weight of A's cells (1 without texture weighting).
         feats_b: per level k of B, (P, n_k, C) features, zero rows for padding.
+        b_weight: per level k of B, (P, n_k) texture weights.
         b_grid: (P, L, 2) long (h, w) per level, 0 where B lacks the level.
         b_cell: (P, L, 2) float pixels per B cell (x, y), 1 where B lacks the level.
         b_size: (P, 2) float (W, H) of B.
@@ -109,7 +121,9 @@ class PairBatch:
     a_grid: torch.Tensor
     a_cell: torch.Tensor
     n_source: torch.Tensor
+    a_weight: torch.Tensor
     feats_b: list[torch.Tensor]
+    b_weight: list[torch.Tensor]
     b_grid: torch.Tensor
     b_cell: torch.Tensor
     b_size: torch.Tensor
@@ -140,12 +154,19 @@ def _region_cells(h: int, w: int, cell: tuple[float, float], region: Box | None)
     return (inside_y[:, None] & inside_x[None, :]).flatten()
 
 
+Weights = tuple[torch.Tensor, ...]  # one (h_k, w_k) texture weight map per pyramid level
+
+
 def stack_pairs(
     pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
     names: Sequence[tuple[str, str]],
     device: torch.device,
+    weights: Sequence[tuple[Weights, Weights]] | None = None,
 ) -> PairBatch:
-    """Pad the pyramids of P pairs (A, B, region of A or None) into one :class:`PairBatch`."""
+    """Pad the pyramids of P pairs (A, B, region of A or None) into one :class:`PairBatch`.
+
+    ``weights``: per pair, the texture weights of A's and B's levels; None: all ones.
+    """
     dtype = torch.float16 if device.type == "cuda" else torch.float32  # no fast half reductions on CPUs
     n_levels = max(len(b.levels) for _, b, _ in pairs)
     channels = pairs[0][0].levels[0].shape[0]
@@ -159,6 +180,13 @@ def stack_pairs(
     feats_a = pad_sequence([_rows(a.levels[0], device, dtype) * m[:, None].to(device)
                             for (a, _, _), m in zip(pairs, inside)], batch_first=True)
     a_valid = pad_sequence(inside, batch_first=True)
+    if weights is None:
+        weights = [(tuple(torch.ones(t.shape[1:]) for t in a.levels[:1]), tuple(torch.ones(t.shape[1:]) for t in b.levels))
+                   for a, b, _ in pairs]
+    a_weight = pad_sequence([wa[0].flatten().float() * m for (wa, _), m in zip(weights, inside)],
+                            batch_first=True).to(device)
+    b_weight = [pad_sequence([wb[k].flatten().float() if k < len(wb) else torch.zeros(0) for _, wb in weights],
+                             batch_first=True).to(device) for k in range(n_levels)]
     empty = torch.zeros(0, channels, dtype=dtype, device=device)
     feats_b = [pad_sequence([_rows(b.levels[k], device, dtype) if k < len(b.levels) else empty for _, b, _ in pairs],
                             batch_first=True) for k in range(n_levels)]
@@ -171,8 +199,10 @@ def stack_pairs(
         a_valid=a_valid.to(device),
         a_grid=torch.tensor(a_grid, dtype=torch.long, device=device),
         a_cell=torch.tensor([a.cell_size(0) for a, _, _ in pairs], dtype=torch.float32, device=device),
-        n_source=a_valid.sum(1).float().to(device),
+        n_source=a_weight.sum(1),
+        a_weight=a_weight,
         feats_b=feats_b,
+        b_weight=b_weight,
         b_grid=torch.tensor(b_grid, dtype=torch.long, device=device),
         b_cell=torch.tensor(b_cell, dtype=torch.float32, device=device),
         b_size=torch.tensor([b.image_size for _, b, _ in pairs], dtype=torch.float32, device=device),
@@ -221,7 +251,9 @@ class Matches:
         valid: (P, M) bool. a_index: (P, M) long flat cell of A's grid. level: (P, M) long
         level of B. shift: (P, M, 2) long translation (dx, dy) in cells of that level.
         pa, pb: (P, M, 2) cell centres in pixels. unit: (P, M, 2) B's cell size at the
-        match's level (pixels). sim: (P, M) cosine similarity, 0 where invalid.
+        match's level (pixels). texture: (P, M) product of both cells' texture weights.
+        sim: (P, M) cosine similarity times ``texture``, 0 where invalid: the weight of
+        the match in the vote, in RANSAC and in the score.
     """
 
     valid: torch.Tensor
@@ -231,6 +263,7 @@ class Matches:
     pa: torch.Tensor
     pb: torch.Tensor
     unit: torch.Tensor
+    texture: torch.Tensor
     sim: torch.Tensor
 
 
@@ -244,6 +277,7 @@ def dense_matches(batch: PairBatch, chunk_elements: int) -> Matches:
     """Mutual nearest neighbours of A's reference cells with each level of B, compacted."""
     P, n_a, _ = batch.feats_a.shape
     n_levels = len(batch.feats_b)
+    n_b_max = max(max((f.shape[1] for f in batch.feats_b), default=0), 1)
     b_index = torch.zeros(P, n_levels, n_a, dtype=torch.long, device=batch.feats_a.device)
     sim = torch.zeros(P, n_levels, n_a, device=batch.feats_a.device)
     ok = torch.zeros(P, n_levels, n_a, dtype=torch.bool, device=batch.feats_a.device)
@@ -265,8 +299,11 @@ def dense_matches(batch: PairBatch, chunk_elements: int) -> Matches:
     width_b = batch.b_grid[..., 1].gather(1, level).clamp_min(1)
     colrow_a, pa = _cell_centres(a_index, batch.a_grid[:, 1:2], batch.a_cell[:, None])
     colrow_b, pb = _cell_centres(b_flat, width_b, cell_b)
-    return Matches(valid, a_index, level, colrow_b - colrow_a, pa, pb, cell_b,
-                   sim.flatten(1).gather(1, slots) * valid)
+    b_weight = torch.stack([F.pad(w, (0, n_b_max - w.shape[1])) for w in batch.b_weight], 1)  # (P, L, NB)
+    texture = batch.a_weight.gather(1, a_index) * b_weight.flatten(1).gather(1, level * n_b_max + b_flat)
+    texture = texture * valid
+    return Matches(valid, a_index, level, colrow_b - colrow_a, pa, pb, cell_b, texture,
+                   sim.flatten(1).gather(1, slots) * texture)
 
 
 # ---------------------------------------------------------------- Hough voting
@@ -307,7 +344,8 @@ def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig) -> Cand
     pair = torch.arange(P, device=m.valid.device)[:, None]
     flat = ((pair * n_levels + m.level) * ty + m.shift[..., 1] + ha - 1) * tx + m.shift[..., 0] + wa - 1
     flat = torch.where(m.valid, flat, 0)
-    votes = torch.bincount(flat.flatten(), m.valid.flatten().float(), minlength=P * n_levels * ty * tx)
+    # Each match votes with its texture weight: script and hatching cannot make a peak.
+    votes = torch.bincount(flat.flatten(), m.texture.flatten().float(), minlength=P * n_levels * ty * tx)
     kernel = _vote_kernel(config.hough_tolerance, votes.device)
     radius = kernel.shape[-1] // 2
     smooth = F.conv2d(votes.view(P * n_levels, 1, ty, tx), kernel, padding=radius)
@@ -625,6 +663,9 @@ def build_regions(keep: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor
         keep, weight: (P, G, M) from :func:`consistent_inliers`; affine: (P, G, 2, 3).
     """
     P, G, _ = keep.shape
+    # Trim to the distinctive support: inliers on A's repetitive texture (the page's
+    # script around a copied picture) neither shape the region nor count in its score.
+    keep = keep & (batch.a_weight.gather(1, m.a_index) >= config.region_min_weight)[:, None]
     chosen = (keep.sum(-1) >= config.min_inliers).flatten().nonzero()[:, 0]  # (R,)
     pair = torch.div(chosen, G, rounding_mode="floor")
     keep, weight = keep.flatten(0, 1)[chosen], weight.flatten(0, 1)[chosen]  # (R, M)
@@ -694,8 +735,14 @@ def _uniform(config: VerifyConfig, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
                   names: Sequence[tuple[str, str]], config: VerifyConfig,
-                  device: torch.device) -> list[list[PairMatch]]:
-    batch = stack_pairs(pairs, names, device)
+                  device: torch.device, weights: Sequence[tuple[Weights, Weights]] | None = None,
+                  ) -> list[list[PairMatch]]:
+    for (a, b, _), (name_a, name_b) in zip(pairs, names):  # before any weight is computed
+        _check_pyramid(a, name_a)
+        _check_pyramid(b, name_b)
+    if config.texture_weight and weights is None:
+        weights = [(pyramid_weights(a, config.texture)[:1], pyramid_weights(b, config.texture)) for a, b, _ in pairs]
+    batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None)
     m = dense_matches(batch, _chunk_elements(device))
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
@@ -741,19 +788,29 @@ def verify_pairs(
     config: VerifyConfig = VerifyConfig(),
     device: torch.device | str | None = None,
     batch_size: int = 32,
+    get_weights: Callable[[str], Weights] | None = None,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """Verify many (A, B) pairs, ``batch_size`` per batch on the device, in input order.
 
     A pair gives the same result alone (:func:`verify_pair`) or in any batch.
+
+    Args:
+        get_weights: an image's texture weights (:func:`engine.texture.pyramid_weights`),
+            e.g. cached by the caller across calls; default: computed once per image per call.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pairs = [(str(a), str(b)) for a, b in pairs]
+    if get_weights is None:
+        get_weights = functools.lru_cache(maxsize=512)(lambda name: pyramid_weights(get_pyramid(name), config.texture))
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         pyramids = {name: get_pyramid(name) for name in dict.fromkeys(n for pair in chunk for n in pair)}
         target = _resolve(device, next(iter(pyramids.values())))
-        found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target)
+        for name, pyramid in pyramids.items():
+            _check_pyramid(pyramid, name)
+        weights = [(get_weights(a)[:1], get_weights(b)) for a, b in chunk] if config.texture_weight else None
+        found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target, weights)
         yield from zip(chunk, found)
 
 

@@ -176,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hitl.project import active_model_id
 
     out = Path(args.out)
-    demo = build_demo(out, seed=args.seed, n_images=args.images, progress=not args.quiet)
+    demo = build_demo(out, seed=args.seed, n_images=args.images, progress=not args.quiet, n_sources=args.sources)
     project = out / "artminer.duckdb"
     with Store(project) as store:
         report = ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=not args.quiet)
@@ -354,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=60, help="number of images")
+    p.add_argument("--sources", type=int, default=4,
+                   help="sources of distinct house look (manuscript, print album, photo archive...); 1 = one style")
 
     p = add("ingest", "add images, IIIF manifests, VIA files and metadata to a project", project=True)
     p.add_argument("paths", nargs="*", help="folders, image files, IIIF manifests (file or URL), VIA files")

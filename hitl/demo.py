@@ -20,12 +20,14 @@ from __future__ import annotations
 import csv
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
+
+from hitl.demo_sources import STYLES, PageLayout, draw_page, plan_layout
 
 # --------------------------------------------------------------------------- config
 
@@ -81,6 +83,8 @@ class ImagePlan:
     artist: str
     date: str
     collection: str
+    source: str = "museum"  # the source style (hitl.demo_sources); museum = the plain picture
+    layout: PageLayout | None = None  # where the picture sits on the source's page
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class DemoCollection:
     metadata: Path  # CSV: file,title,artist,date,medium,collection
     files: tuple[str, ...]
     instances: tuple[DemoInstance, ...]
+    template_regions: Path  # JSON: {file: [[kind, [x0, y0, x1, y1]], ...]}, never ground truth
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -194,14 +199,21 @@ GENRES = ("Landscape", "Interior", "Allegory", "Still Life", "Study", "Capriccio
 # ------------------------------------------------------------------------- planning
 
 
-def plan_demo(seed: int, n_images: int, n_motifs: int, config: DemoConfig) -> tuple[ImagePlan, ...]:
-    """Decide every image's motifs, distractors, medium and catalogue entry.
+def plan_demo(seed: int, n_images: int, n_motifs: int, config: DemoConfig,
+              n_sources: int = 1) -> tuple[ImagePlan, ...]:
+    """Decide every image's source, motifs, distractors, medium and catalogue entry.
 
     No pixel is touched here, so the ground truth's consistency can be tested fast.
+    Motifs are dealt without regard to sources, so most copies cross sources and some
+    stay within one. ``n_sources=1`` is the single-source demo, unchanged.
 
     Raises:
-        ValueError: too few images for the motifs, or an unknown medium.
+        ValueError: too few images for the motifs, an unknown medium, or a bad source count.
     """
+    if not 1 <= n_sources <= len(STYLES):
+        raise ValueError(f"n_sources must be 1..{len(STYLES)}, got {n_sources}")
+    if n_images < n_sources:
+        raise ValueError(f"n_images={n_images} is too few for {n_sources} sources")
     if not 1 <= n_motifs <= len(MOTIFS):
         raise ValueError(f"n_motifs must be 1..{len(MOTIFS)}, got {n_motifs}")
     if n_images < max(2, n_motifs):
@@ -214,7 +226,23 @@ def plan_demo(seed: int, n_images: int, n_motifs: int, config: DemoConfig) -> tu
     rng = np.random.default_rng((seed, 0))
     holders = _assign_motifs(rng, n_images, n_motifs, config)
     spans = rng.uniform(*config.base_span, size=n_motifs)
-    return tuple(_plan_image(rng, i, holders[i], spans, config) for i in range(n_images))
+    plans = tuple(_plan_image(rng, i, holders[i], spans, config) for i in range(n_images))
+    if n_sources == 1:
+        return plans
+    # Own streams, so the single-source plan above stays what it always was.
+    sources = np.random.default_rng((seed, 2)).permutation(np.arange(n_images) % n_sources)
+    return tuple(_in_source(p, STYLES[int(s)], np.random.default_rng((seed, 3, p.index)))
+                 for p, s in zip(plans, sources))
+
+
+def _in_source(plan: ImagePlan, source, rng: np.random.Generator) -> ImagePlan:
+    """Move a planned picture onto a page of ``source``: its frame size, media, hands, collection."""
+    if source.page is None:
+        return replace(plan, source=source.name, collection=source.collection)
+    layout = plan_layout(rng, source)
+    artist = str(rng.choice(source.artists)) if source.artists else plan.artist
+    return replace(plan, source=source.name, layout=layout, size=layout.frame_size,
+                   medium=str(rng.choice(source.media)), collection=source.collection, artist=artist)
 
 
 def _plan_image(
@@ -710,10 +738,22 @@ def render_image(
     Returns:
         The finished RGB image and its ground-truth motif copies.
     """
+    image, instances, _ = render_picture(plan, seed, config)
+    return image, instances
+
+
+def render_picture(
+    plan: ImagePlan, seed: int, config: DemoConfig
+) -> tuple[Image.Image, tuple[DemoInstance, ...], tuple[DemoInstance, ...]]:
+    """:func:`render_image`, plus where its distractors went (same fields, never ground truth).
+
+    A distractor is the same photo crop wherever it is pasted, so two images holding the
+    same distractor do share a detail: evaluation can count such links apart.
+    """
     rng = np.random.default_rng((seed, 1, plan.index))
     canvas = _background(rng, plan.size)
     copies = _place_motifs(rng, plan, config)
-    _paste_distractors(rng, canvas, plan, config, [c.box for c in copies])
+    distractors = _paste_distractors(rng, canvas, plan, config, [c.box for c in copies])
     instances = []
     for c in copies:  # pasted after the distractors so nothing covers them but occluders
         _paste(canvas, c.rgb, c.alpha, c.at)
@@ -725,7 +765,35 @@ def render_image(
     drawn = np.clip(MEDIA[plan.medium](rng, canvas), 0, 1)
     s = config.medium_strength
     out = s * drawn + (1 - s) * canvas
-    return Image.fromarray((out * 255 + 0.5).astype(np.uint8)), tuple(instances)
+    return Image.fromarray((out * 255 + 0.5).astype(np.uint8)), tuple(instances), tuple(distractors)
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    """One finished image: its motif copies (ground truth), its distractors and its
+    template regions ``(kind, box)``, all in page pixels."""
+
+    image: Image.Image
+    instances: tuple[DemoInstance, ...]
+    distractors: tuple[DemoInstance, ...]
+    template: list[tuple[str, tuple[int, int, int, int]]]
+
+
+def render_page(plan: ImagePlan, seed: int, config: DemoConfig) -> RenderedPage:
+    """The planned picture on its source's page (the picture alone for museum photos)."""
+    picture, instances, distractors = render_picture(plan, seed, config)
+    if plan.layout is None:
+        return RenderedPage(picture, instances, distractors, [])
+    source = next(s for s in STYLES if s.name == plan.source)
+    page, template = draw_page(np.random.default_rng((seed, 4, plan.index)), source, plan.layout,
+                               np.asarray(picture, np.float32) / 255.0, plan.index)
+    dx, dy = plan.layout.frame[:2]
+
+    def moved(found: tuple[DemoInstance, ...]) -> tuple[DemoInstance, ...]:
+        return tuple(replace(i, box=(i.box[0] + dx, i.box[1] + dy, i.box[2] + dx, i.box[3] + dy)) for i in found)
+
+    return RenderedPage(Image.fromarray((page * 255 + 0.5).astype(np.uint8)), moved(instances),
+                        moved(distractors), template)
 
 
 def _place_motifs(rng: np.random.Generator, plan: ImagePlan, config: DemoConfig) -> list[_Copy]:
@@ -748,16 +816,20 @@ def _place_motifs(rng: np.random.Generator, plan: ImagePlan, config: DemoConfig)
 
 def _paste_distractors(
     rng: np.random.Generator, canvas: np.ndarray, plan: ImagePlan, config: DemoConfig, taken: list
-) -> None:
+) -> list[DemoInstance]:
     """Paste look-alikes where there is room; they stay out of the ground truth."""
     taken = list(taken)
+    pasted = []
     for name in plan.distractors:
         long_side = rng.uniform(0.2, 0.45) * max(plan.size)
-        rgb, alpha = _warp(rng, _distractor(name), long_side, config, bool(rng.random() < 0.5))
+        flip = bool(rng.random() < 0.5)
+        rgb, alpha = _warp(rng, _distractor(name), long_side, config, flip)
         spot = _find_spot(rng, plan.size, alpha.shape[::-1], taken)
         if spot is not None:
             _paste(canvas, rgb, alpha, spot)
             taken.append(_alpha_box(alpha, spot))
+            pasted.append(DemoInstance(name, plan.file, taken[-1], flip, 0.0))
+    return pasted
 
 
 def _motif(name: str) -> PatchSource:
@@ -785,8 +857,10 @@ def build_demo(
     n_motifs: int = 8,
     config: DemoConfig = DemoConfig(),
     progress: bool = True,
+    n_sources: int = 1,
 ) -> DemoCollection:
-    """Write a demo collection: ``images/``, ``ground_truth.json``, ``ground_truth_via.json``, ``metadata.csv``.
+    """Write a demo collection: ``images/``, ``ground_truth.json``, ``ground_truth_via.json``,
+    ``metadata.csv`` and ``template_regions.json``.
 
     Args:
         out_dir: target folder; created if missing. Files of an earlier demo are overwritten.
@@ -795,25 +869,31 @@ def build_demo(
         n_motifs: repeated motif classes, 1..len(MOTIFS).
         config: difficulty knobs.
         progress: show a progress bar.
+        n_sources: sources of distinct house look (1..5, see :mod:`hitl.demo_sources`);
+            ``collection`` in the metadata names each image's source.
 
     Raises:
         ValueError: bad sizes, or ``out_dir/images`` holds files that are not the demo's.
     """
-    plans = plan_demo(seed, n_images, n_motifs, config)
+    plans = plan_demo(seed, n_images, n_motifs, config, n_sources)
     root = Path(out_dir)
     images_dir = root / "images"
     _check_images_dir(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
     instances: list[DemoInstance] = []
+    templates: dict[str, list] = {}
+    distractors: list[DemoInstance] = []
     iterator = plans
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(plans, desc="drawing demo collection", unit="img")
     for plan in iterator:
-        image, found = render_image(plan, seed, config)
-        _save(image, images_dir / plan.file, plan.medium, config)
-        instances.extend(found)
+        page = render_page(plan, seed, config)
+        _save(page.image, images_dir / plan.file, plan.medium, config)
+        instances.extend(page.instances)
+        distractors.extend(page.distractors)
+        templates[plan.file] = [[kind, list(box)] for kind, box in page.template]
     collection = DemoCollection(
         root=root,
         images_dir=images_dir,
@@ -822,7 +902,14 @@ def build_demo(
         metadata=root / "metadata.csv",
         files=tuple(p.file for p in plans),
         instances=tuple(instances),
+        template_regions=root / "template_regions.json",
     )
+    collection.template_regions.write_text(json.dumps(templates) + "\n")
+    # Every pasted element with what the annotation formats cannot say (mirrored, occluded
+    # share), distractors included: one distractor pasted twice is a repeated detail too.
+    every = [{**asdict(i), "kind": "motif"} for i in collection.instances]
+    every += [{**asdict(i), "kind": "distractor"} for i in distractors]
+    (root / "instances.json").write_text(json.dumps(every) + "\n")
     collection.ground_truth.write_text(
         json.dumps(artminer_ground_truth(collection.instances)) + "\n"
     )

@@ -9,8 +9,10 @@ has verified, with or without links).
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,22 @@ from tqdm import tqdm
 from db.store import Store
 from engine.backbone import Backbone
 from engine.embed import density_groups, image_descriptor_matrix, map_2d
-from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
+from engine.features import (
+    CachedPyramids,
+    FeatureCache,
+    FeatureConfig,
+    FeaturePyramid,
+    collection_features,
+)
 from engine.graph import GraphConfig, build_clusters
-from engine.shortlist import ShortlistConfig, all_pairs, global_descriptors, knn_pairs
+from engine.shortlist import (
+    ShortlistConfig,
+    all_pairs,
+    global_descriptors,
+    look_alike_groups,
+    shortlist_pairs,
+)
+from engine.texture import TextureConfig, collection_counts, combined_weights
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
 from hitl.project import ProjectPaths, load_model
@@ -37,6 +52,10 @@ DEFAULT_MIN_SCORE = 0.02
 class DiscoverConfig:
     pairs: str = "knn"  # "knn": each image with its k most similar; "all": every pair
     k: int = 20  # neighbours per image in the shortlist
+    # Look-alike groups that cap an image's neighbours from its own group: "look" clusters
+    # global appearance (works without metadata); "collection" uses the metadata where
+    # every image has one and falls back to "look"; "none": no cap.
+    groups: str = "look"
     min_score: float = DEFAULT_MIN_SCORE  # links below are stored but not clustered
     batch_size: int = 32  # pairs verified together on the device
     commit_every: int = 256  # pairs per store transaction (the resume granularity)
@@ -80,11 +99,13 @@ def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = Di
                                     paths.features, progress=progress, hashes=hashes, keep=False)
         ids = feats.image_ids
         pyramids = CachedPyramids(FeatureCache(paths.features, model_id, config.features), hashes)
-        desc = image_descriptors(ids, pyramids, config.shortlist)
-        pairs = _shortlist(ids, desc, config)
+        weights = texture_weights(pyramids, config.verify.texture, ids if config.verify.texture_weight else ())
+        desc = image_descriptors(ids, pyramids, config.shortlist, weights=weights)
+        groups = _groups(ids, desc, config, {img.image_id: img.collection for img in images})
+        pairs = _shortlist(ids, desc, config, groups)
         done = store.verified_pairs(model_id)
         todo = [p for p in pairs if tuple(sorted(p)) not in done]
-        n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress)
+        n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress, weights)
         links = [lk for lk in store.list_links(model_id=model_id) if lk.score >= config.min_score]
         n_clusters = _store_clusters(store, run_id, links, config.graph)
         _store_maps(store, model_id, ids, desc, links, pyramids)
@@ -96,26 +117,67 @@ def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = Di
                           [f"{f.path}: {f.reason}" for f in feats.failures], time.perf_counter() - start)
 
 
-def image_descriptors(ids: list[str], pyramids: CachedPyramids, config: ShortlistConfig, chunk: int = 256) -> torch.Tensor:
-    """(N, R, C) regional descriptors, computed a chunk of images at a time."""
-    parts = [global_descriptors([pyramids(i) for i in ids[s : s + chunk]], config) for s in range(0, len(ids), chunk)]
+def image_descriptors(ids: list[str], pyramids: CachedPyramids, config: ShortlistConfig, chunk: int = 256,
+                      weights: Callable[[str], tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+    """(N, R, C) regional descriptors, computed a chunk of images at a time.
+
+    ``weights``: an image's texture weights per level (default: computed here when the
+    config asks for texture weighting).
+    """
+    if weights is None and config.texture_weight:
+        weights = texture_weights(pyramids, TextureConfig())
+    parts = [global_descriptors([pyramids(i) for i in ids[s : s + chunk]], config,
+                                [weights(i) for i in ids[s : s + chunk]] if weights else None)
+             for s in range(0, len(ids), chunk)]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
-def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig) -> list[tuple[str, str]]:
+def texture_weights(pyramids: Callable[[str], FeaturePyramid], config: TextureConfig, collection: Sequence[str] = (),
+                    keep: int = 8192) -> Callable[[str], tuple[torch.Tensor, ...]]:
+    """An image's texture weights per level, computed once and kept (a few KB an image).
+
+    With ``collection`` (image ids), repeats across those images count too (see
+    :func:`engine.texture.collection_counts`): one pass over the collection here.
+    """
+    counts: dict[str, torch.Tensor] = {}
+    if len(collection) > 1:
+        level = [min(config.collection_level, len(pyramids(i).levels) - 1) for i in collection]
+        found = collection_counts([pyramids(i).levels[lv] for i, lv in zip(collection, level)], config)
+        counts = dict(zip(collection, found))
+    return functools.lru_cache(maxsize=keep)(
+        lambda image_id: combined_weights(pyramids(image_id), counts.get(image_id), config))
+
+
+def _groups(ids: list[str], desc: torch.Tensor, config: DiscoverConfig,
+            collection_of: dict[str, str | None]) -> np.ndarray | None:
+    """Look-alike group of each image (see ``DiscoverConfig.groups``), or None for no cap."""
+    if config.groups == "none" or len(ids) < 2:
+        return None
+    if config.groups == "collection" and all(collection_of.get(i) for i in ids):
+        names = sorted({collection_of[i] for i in ids})
+        return np.array([names.index(collection_of[i]) for i in ids], dtype=np.int64)
+    if config.groups not in ("look", "collection"):
+        raise ValueError(f"--groups must be 'look', 'collection' or 'none', not {config.groups!r}")
+    return look_alike_groups(desc)
+
+
+def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig,
+               groups: np.ndarray | None = None) -> list[tuple[str, str]]:
     if len(ids) < 2:
         return []
     if config.pairs == "all":
         index_pairs = all_pairs(len(ids))
     elif config.pairs == "knn":
-        index_pairs = [(i, j) for i, j, _ in knn_pairs(desc, config.k)]
+        shortlist = replace(config.shortlist, k=config.k)
+        index_pairs = [(i, j) for i, j, _ in shortlist_pairs(desc, shortlist, groups)]
     else:
         raise ValueError(f"--pairs must be 'all' or 'knn', not {config.pairs!r}")
     return [(ids[i], ids[j]) for i, j in index_pairs]
 
 
 def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], pyramids: CachedPyramids,
-                      config: DiscoverConfig, backbone: Backbone, progress: bool) -> int:
+                      config: DiscoverConfig, backbone: Backbone, progress: bool,
+                      weights: Callable[[str], tuple[torch.Tensor, ...]] | None = None) -> int:
     """Verify pairs in both directions, in batches; a batch's links and pairs commit together.
 
     Verification searches A's reference level across B's scales, so it finds a copy only
@@ -130,7 +192,7 @@ def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], py
         chunk = todo[start : start + config.commit_every]
         ordered = chunk + [(b, a) for a, b in chunk]
         found: dict[tuple[str, str], list[PairMatch]] = {}
-        for pair, matches in verify_pairs(ordered, pyramids, config.verify, device, config.batch_size):
+        for pair, matches in verify_pairs(ordered, pyramids, config.verify, device, config.batch_size, weights):
             found[pair] = [m for m in matches if m.score >= config.min_score / 2]
             bar.update(1)
         links = [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]

@@ -3,15 +3,21 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.features import FeaturePyramid
 from engine.shortlist import (
     ShortlistConfig,
+    _capped_topk,
     all_pairs,
+    distinctive_knn,
     gem_regions,
     global_descriptors,
     knn_graph,
     knn_pairs,
+    look_alike_groups,
+    region_backgrounds,
+    shortlist_pairs,
 )
 
 R2 = 1 / math.sqrt(2)
@@ -138,11 +144,100 @@ def test_default_pools_the_coarsest_level():
     coarse = torch.zeros(2, 2, 2)
     coarse[1] = 1.0
     desc = global_descriptors([FeaturePyramid((fine, coarse), (64, 64))])
-    assert desc.shape == (1, 65, 2)
-    assert torch.allclose(desc[0], torch.tensor([0.0, 1.0]).expand(65, 2))
+    assert desc.shape == (1, 85, 2)  # 1 + 2x2 + 4x4 + 8x8 regions
+    assert torch.allclose(desc[0], torch.tensor([0.0, 1.0]).expand(85, 2))
 
 
 def test_global_descriptors_tiny_map():
-    # A 1x2 map still yields 65 regions (finer grids reuse cells).
+    # A 1x2 map still yields 85 regions (finer grids reuse cells).
     pyr = FeaturePyramid((torch.tensor(np.ones((4, 1, 2), dtype=np.float16)),), (32, 16))
-    assert global_descriptors([pyr]).shape == (1, 65, 4)
+    assert global_descriptors([pyr]).shape == (1, 85, 4)
+
+
+# ------------------------------------------------------------ distinctive shortlist
+
+
+def _template_collection(n: int = 6, c: int = 64) -> torch.Tensor:
+    """(n, 3, c): region 0 is one template element shared by every image (cosine 1);
+    region 1 is unique per image; region 2 is a detail copied between images 0 and 3 only,
+    redrawn (cosine 0.8), and unique elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    desc = F.normalize(torch.randn(n, 3, c, generator=g), dim=2)
+    template = F.normalize(torch.randn(c, generator=g), dim=0)
+    desc[:, 0] = template
+    detail, noise = F.normalize(torch.randn(2, c, generator=g), dim=1)
+    noise = F.normalize(noise - (noise @ detail) * detail, dim=0)
+    desc[0, 2] = detail
+    desc[3, 2] = 0.8 * detail + 0.6 * noise
+    return desc
+
+
+def test_region_backgrounds_are_high_for_template_and_low_for_details():
+    desc = _template_collection()
+    bg = region_backgrounds(desc, k=2)
+    assert bg.shape == (6, 3)
+    assert torch.allclose(bg[:, 0], torch.ones(6))
+    assert bg[0, 2] < 0.6  # its best other image (3) at 0.8, its second at random
+
+
+def test_distinctive_score_finds_the_copy_that_max_region_misses():
+    desc = _template_collection()
+    config = ShortlistConfig(k=1, top_regions=1, background_k=2, same_group_share=1.0)
+    first, _ = knn_graph(desc, 1)
+    assert first[0, 0] != 3  # the template ties every image at cosine 1
+    neighbours, score = distinctive_knn(desc, config)
+    assert neighbours[0, 0] == 3 and neighbours[3, 0] == 0
+    assert score[0, 0] > 0.1
+
+
+def test_group_cap_keeps_room_for_other_groups():
+    desc = _template_collection()
+    groups = np.array([0, 0, 0, 0, 1, 1])
+    config = ShortlistConfig(k=2, top_regions=1, background_k=2, same_group_share=0.5)
+    capped, _ = distinctive_knn(desc, config, groups)
+    assert capped[0, 0] == 3  # its best match, from its own group
+    assert int(capped[0, 1]) in (4, 5)  # the cap leaves the second place to the other group
+    uncapped, _ = distinctive_knn(desc, config, np.full(6, -1))  # -1: in no group, never capped
+    assert torch.equal(uncapped, distinctive_knn(desc, config, None)[0])
+
+
+def test_capped_topk_fills_with_look_alikes_when_nothing_else_is_left():
+    scores = torch.tensor([[5.0, 4.0, 3.0, 1.0, -torch.inf]])
+    same = torch.tensor([[True, True, True, False, False]])
+    idx, val = _capped_topk(scores, same, k=4, k_same=1)
+    assert idx.tolist() == [[0, 3, 1, 2]]
+    assert val.tolist() == [[5.0, 1.0, 4.0, 3.0]]
+
+
+def test_look_alike_groups():
+    g = torch.Generator().manual_seed(2)
+    centres = F.normalize(torch.randn(2, 16, generator=g), dim=1)
+    desc = F.normalize(centres.repeat_interleave(12, 0) + 0.05 * torch.randn(24, 16, generator=g), dim=1)
+    labels = look_alike_groups(desc, min_group=5)
+    assert len(set(labels[:12].tolist())) == 1 and len(set(labels[12:].tolist())) == 1
+    assert labels[0] != labels[12] and labels[0] >= 0
+    assert (look_alike_groups(desc[:6], min_group=5) == -1).all()
+
+
+def test_shortlist_pairs_dispatches_and_validates():
+    desc = _template_collection()
+    assert shortlist_pairs(desc, ShortlistConfig(k=1, scoring="max"))
+    pairs = shortlist_pairs(desc, ShortlistConfig(k=1, top_regions=1, background_k=2))
+    assert (0, 3) == pairs[0][:2]
+    with pytest.raises(ValueError, match="scoring"):
+        ShortlistConfig(scoring="best")
+    with pytest.raises(ValueError, match="same_group_share"):
+        ShortlistConfig(same_group_share=0)
+
+
+def test_texture_weighted_regions_ignore_script():
+    fmap = torch.zeros(2, 4, 4)
+    fmap[0] = 1.0  # script everywhere...
+    fmap[1, 2:, 2:] = 1.0  # ...and a picture in one corner
+    fmap[0, 2:, 2:] = 0.0
+    weights = torch.full((4, 4), 0.1)
+    weights[2:, 2:] = 1.0
+    desc = gem_regions(fmap, (1, 2), weights=weights, min_mass=0.25)
+    assert desc[0, 1] > desc[0, 0]  # the whole image is described by its picture
+    assert torch.all(desc[1] == 0)  # a region of script alone describes nothing
+    assert torch.allclose(desc[4], torch.tensor([0.0, 1.0]))

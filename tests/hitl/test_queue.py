@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from db.records import ImageRecord
+from db.records import ImageRecord, Link
 from db.store import Store
 from engine.types import IDENTITY_AFFINE, Box, Cluster, ModelRef, PairMatch, Region
-from hitl.queue import STRATEGIES, link_clusters, next_links, order_links
+from hitl.queue import (
+    STRATEGIES,
+    crosses_sources,
+    link_clusters,
+    next_links,
+    order_links,
+    source_summary,
+)
 
 BOX = Box(0, 0, 10, 10)
 
@@ -95,4 +102,31 @@ def test_negative_limit_is_refused(store):
 
 
 def test_strategies_listed():
-    assert STRATEGIES == ("score", "uncertainty", "coverage")
+    assert STRATEGIES == ("score", "uncertainty", "coverage", "cross-source")
+
+
+def _sources(s: Store, f_source: str | None) -> None:
+    """a, b, c in manuscript M; d, e in album A; f in ``f_source``."""
+    s.update_image_metadata([ImageRecord(image, image * 4, f"/x/{image}.jpg", 100, 100, collection=source)
+                             for image, source in zip("abcdef", ["M", "M", "M", "A", "A", f_source])])
+
+
+def test_cross_source_order_puts_links_between_sources_first(store):
+    _sources(store, None)
+    # f's source is unknown, so a-f does not count as crossing; no other link crosses:
+    # the order is score order...
+    assert [lk.link_id for lk in next_links(store, "cross-source")] == [1, 2, 3, 4, 6, 5]
+    _sources(store, "A")
+    # ...until f joins album A: a-f (0.45) crosses M-A and comes first; e-f stays within A.
+    assert [lk.link_id for lk in next_links(store, "cross-source")] == [6, 1, 2, 3, 4, 5]
+
+
+def test_crosses_sources_and_summary():
+    links = [Link(i, 1, "m", _match(a, b, 0.5), status) for i, (a, b, status) in
+             enumerate([("a", "b", "unreviewed"), ("a", "d", "confirm"), ("d", "a", "reject"), ("d", "x", "unreviewed")])]
+    source_of = {"a": "M", "b": "M", "d": "A"}
+    assert [crosses_sources(lk, source_of) for lk in links] == [False, True, True, False]
+    rows = source_summary(links, source_of)
+    assert rows[0] == {"sources": ("A", "M"), "links": 2, "confirm": 1, "reject": 1}
+    assert {"sources": ("M", "M"), "links": 1, "unreviewed": 1} in rows
+    assert {"sources": ("(none)", "A"), "links": 1, "unreviewed": 1} in rows

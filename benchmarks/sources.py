@@ -1,0 +1,234 @@
+"""Discovery across sources: does it find the copies, or the pages' layout?
+
+    python -m benchmarks.sources [--demo DIR] [--sources 4] [--images 60] [--shortlist-only]
+                                 [--scoring distinctive|max] [--groups look|collection|none]
+                                 [--texture-weight | --no-texture-weight] [--k 20] [--json]
+
+Builds the multi-source demo (``artminer demo --sources N``: a manuscript, a print album, a
+photo archive and museum photographs whose motifs are copied across sources) unless
+``--demo`` names one already built, and prints:
+
+* shortlist recall of ground-truth pairs at k = 5/10/20/50, within one source and across
+  sources, for the first version's max-region score and the distinctive-region score;
+* with verification (not ``--shortlist-only``): a fresh discovery run with the options
+  given, its time per stage, and the links above the default threshold judged against
+  the ground truth *and* the template regions the generator drew (script, ornament,
+  colour bars): link precision, pair precision and recall (within / across sources),
+  and the share of links that land on template.
+
+The demo's template boxes are in ``template_regions.json`` beside its ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from db.store import Store
+from engine.discovery_metrics import ground_truth_pairs, link_quality, shortlist_recall
+from engine.evaluate import Instance, Query
+from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
+from engine.shortlist import ShortlistConfig, look_alike_groups, shortlist_pairs
+from engine.texture import TextureConfig
+from engine.types import Box
+from hitl.discover import (
+    DEFAULT_MIN_SCORE,
+    DiscoverConfig,
+    image_descriptors,
+    run_discovery,
+    texture_weights,
+)
+from hitl.evaluation import project_queries
+from hitl.project import ProjectPaths, load_model
+
+KS = (5, 10, 20, 50)
+THRESHOLDS = (0.01, 0.02, 0.03, 0.05)
+# Shortlists compared: the first version's, and the default with each look-alike cap.
+SHORTLISTS = {
+    "max region (first version)": (ShortlistConfig(grids=(1, 8), scoring="max", texture_weight=False), None),
+    "default, no cap": (ShortlistConfig(), None),
+    "default, look-alike cap": (ShortlistConfig(), "look"),
+    "default, collection cap": (ShortlistConfig(), "collection"),
+}
+
+
+def build(out: Path, n_sources: int, n_images: int) -> Path:
+    from hitl.demo import build_demo
+
+    build_demo(out, n_images=n_images, n_sources=n_sources, progress=False)
+    return fresh_project(out, out)
+
+
+def fresh_project(demo: Path, out: Path) -> Path:
+    """A new project over ``demo``'s images (no runs, no links); its feature cache reused."""
+    from hitl.ingest import ingest_paths
+
+    if demo != out:
+        for name in ("images", "metadata.csv", "ground_truth.json", "template_regions.json", "instances.json"):
+            (shutil.copytree if (demo / name).is_dir() else shutil.copy)(demo / name, out / name)
+        if (demo / "artminer-data" / "features").is_dir():  # content-addressed: safe to share
+            shutil.copytree(demo / "artminer-data" / "features", out / "artminer-data" / "features")
+    with Store(out / "artminer.duckdb") as store:
+        ingest_paths(store, [out / "images"], metadata_csv=out / "metadata.csv", progress=False)
+        store.attach_annotations(out / "ground_truth.json", "artminer", label="demo ground truth")
+    return out
+
+
+def demo_truth(store: Store, demo: Path) -> tuple[list, dict[str, list[Box]], dict[str, set], list]:
+    """Queries (image ids), template boxes per image id, named subsets of the
+    ground-truth pairs (within one source / across sources, mirrored / not mirrored: a
+    pair is mirrored when every motif it shares is flipped in exactly one of its images),
+    and the distractors as queries of their own classes (pasted copies outside the GT)."""
+    images = store.list_images()
+    id_of = {Path(img.path).name: img.image_id for img in images}
+    raw = json.loads((demo / "template_regions.json").read_text())
+    templates = {id_of[f]: [Box(*b) for _, b in regions] for f, regions in raw.items() if f in id_of}
+    queries = project_queries(store)
+    truth = ground_truth_pairs(queries)
+    source_of = {img.image_id: img.collection or "" for img in images}
+    flipped: dict[tuple[str, str], bool] = {}
+    distractors: dict[str, list[Instance]] = {}
+    for inst in json.loads((demo / "instances.json").read_text()):
+        if inst["file"] not in id_of:
+            continue
+        if inst.get("kind", "motif") == "motif":
+            flipped[(id_of[inst["file"]], inst["motif"])] = inst["flipped"]
+        else:
+            distractors.setdefault(inst["motif"], []).append(Instance(id_of[inst["file"]], Box(*inst["box"])))
+    motifs_of: dict[str, set[str]] = {}
+    for image, motif in flipped:
+        motifs_of.setdefault(image, set()).add(motif)
+
+    def mirrored(pair) -> bool:
+        a, b = sorted(pair)
+        return all(flipped[(a, m)] != flipped[(b, m)] for m in motifs_of[a] & motifs_of[b])
+
+    within = {p for p in truth if len({source_of[i] for i in p}) == 1}
+    mirror = {p for p in truth if mirrored(p)}
+    subsets = {"within": within, "across": truth - within, "mirrored": mirror, "not mirrored": truth - mirror}
+    unannotated = [Query(name, group[0], tuple(group[1:])) for name, group in distractors.items() if len(group) > 1]
+    return queries, templates, subsets, unannotated
+
+
+def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) -> dict:
+    backbone = load_model(store, None, device)
+    images = store.list_images()
+    hashes = {img.image_id: img.sha256 for img in images}
+    feats = collection_features(backbone, [(i.image_id, i.path) for i in images], FeatureConfig(),
+                                paths.features, progress=True, hashes=hashes, keep=False)
+    ids = feats.image_ids
+    pyramids = CachedPyramids(FeatureCache(paths.features, backbone.model_id, FeatureConfig()), hashes)
+    _, _, subsets, _ = demo_truth(store, demo)
+    collection_of = {img.image_id: img.collection or "" for img in images}
+    names = sorted(set(collection_of.values()))
+    by_collection = np.array([names.index(collection_of[i]) for i in ids])
+    rows = {}
+    start = time.perf_counter()
+    weights = texture_weights(pyramids, TextureConfig(), ids)  # as discovery computes them
+    weights(ids[0])
+    weight_seconds = time.perf_counter() - start
+    for name, (config, groups) in SHORTLISTS.items():
+        start = time.perf_counter()
+        desc = image_descriptors(ids, pyramids, config, weights=weights if config.texture_weight else None)
+        group = None if groups is None else (look_alike_groups(desc) if groups == "look" else by_collection)
+        row = {}
+        for k in KS:
+            pairs = {frozenset((ids[i], ids[j])) for i, j, _ in shortlist_pairs(desc, replace(config, k=k), group)}
+            row[k] = {**{sub: shortlist_recall(pairs, truth) for sub, truth in subsets.items()}, "pairs": len(pairs)}
+        rows[name] = {"recall": row, "seconds": time.perf_counter() - start}
+    return {"texture_weights_seconds": weight_seconds, "ground_truth_pairs": {sub: len(t) for sub, t in subsets.items()}, "shortlist": rows}
+
+
+def discovery_table(store: Store, paths: ProjectPaths, demo: Path, config: DiscoverConfig, device: str) -> dict:
+    start = time.perf_counter()
+    report = run_discovery(store, paths, config, device=device, progress=True)
+    seconds = time.perf_counter() - start
+    queries, templates, subsets, unannotated = demo_truth(store, demo)
+    links = [lk.match for lk in store.list_links(model_id=report.model_id)]
+    return {"config": {"pairs": config.pairs, "scoring": config.shortlist.scoring, "groups": config.groups, "k": config.k,
+                       "texture_weight": config.verify.texture_weight, "min_score": config.min_score},
+            "pairs_verified": report.n_pairs, "seconds": seconds, "seconds_per_image": seconds / report.n_images,
+            "quality": {th: asdict(link_quality([m for m in links if m.score >= th], queries, templates, subsets,
+                                                unannotated=unannotated))
+                        for th in THRESHOLDS}}
+
+
+def print_tables(result: dict) -> None:
+    gt = result["shortlist"]["ground_truth_pairs"]
+    subs = list(gt)
+    print("ground-truth pairs: " + ", ".join(f"{n} {sub}" for sub, n in gt.items()))
+    print(f"shortlist recall ({' / '.join(subs)}) [pairs] at k = " + ", ".join(map(str, KS)))
+    for name, row in result["shortlist"]["shortlist"].items():
+        recall = {int(k): v for k, v in row["recall"].items()}  # JSON keys are strings
+        cells = "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + f" [{recall[k]['pairs']}]" for k in KS)
+        print(f"  {name:28s} {cells}   ({row['seconds']:.1f} s)")
+    if "discovery" in result:
+        d = result["discovery"]
+        print(f"discovery {d['config']}: {d['pairs_verified']} pairs shortlisted, "
+              f"{d['seconds']:.0f} s ({d['seconds_per_image']:.2f} s/image)")
+        for th, q in d["quality"].items():
+            by = ", ".join(f"{sub} {v:.2f}" for sub, v in q["recall_by"].items())
+            print(f"  >= {th}: {q['n_links']} links, {q['n_true']} true (precision {q['link_precision']:.3f}; "
+                  f"+{q['n_repeat']} joining one distractor's copies: {q['repeat_precision']:.3f}), "
+                  f"{q['template_share']:.1%} on template; pairs: precision {q['pair_precision']:.3f}, "
+                  f"recall {q['pair_recall']:.3f} ({by})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--demo", help="an already built multi-source demo folder (reused, not modified)")
+    ap.add_argument("--sources", type=int, default=4)
+    ap.add_argument("--images", type=int, default=60)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shortlist-only", action="store_true")
+    ap.add_argument("--scoring", default="distinctive", choices=("distinctive", "max"))
+    ap.add_argument("--groups", default="look", choices=("look", "collection", "none"))
+    ap.add_argument("--texture-weight", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--pairs", default="knn", choices=("knn", "all"), help="all: verify every pair (the ceiling)")
+    ap.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE)
+    ap.add_argument("--first-version", action="store_true",
+                    help="the first version's discovery: max-region shortlist on grids 1+8x8, no look-alike cap, "
+                         "no texture weighting (the 'before' of the README's table)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--workdir", help="keep the project here (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    if args.workdir:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        Path(args.workdir).mkdir(parents=True)
+    with (contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory()) as tmp:
+        if args.demo:  # a fresh project over a copy: discovery writes runs and links
+            work = fresh_project(Path(args.demo), Path(tmp) / "demo")
+        else:
+            work = build(Path(tmp) / "demo", args.sources, args.images)
+        project = work / "artminer.duckdb"
+        paths = ProjectPaths(project)
+        with Store(project) as store:
+            result = {"shortlist": shortlist_table(store, paths, work, args.device)}
+            if not args.shortlist_only:
+                config = DiscoverConfig(pairs=args.pairs, k=args.k, groups=args.groups, min_score=args.min_score)
+                config = replace(config, shortlist=replace(config.shortlist, scoring=args.scoring),
+                                 verify=replace(config.verify, texture_weight=args.texture_weight))
+                if args.first_version:
+                    config = replace(config, groups="none", verify=replace(config.verify, texture_weight=False),
+                                     shortlist=SHORTLISTS["max region (first version)"][0])
+                result["discovery"] = discovery_table(store, paths, work, config, args.device)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        print_tables(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

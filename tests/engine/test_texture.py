@@ -1,0 +1,90 @@
+"""Repetitive-texture weights: within an image (burstiness) and across a collection."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.features import FeaturePyramid
+from engine.texture import (
+    TextureConfig,
+    collection_counts,
+    combined_weights,
+    pyramid_weights,
+    repetition_counts,
+    repetition_weights,
+)
+
+
+def _random_map(h: int, w: int, c: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(c, h, w, generator=g), dim=0)
+
+
+def _striped_map(h: int = 8, w: int = 10, c: int = 64) -> torch.Tensor:
+    """Unique random cells, except rows 0-2 which repeat one feature: 'script'."""
+    fmap = _random_map(h, w, c)
+    letter = F.normalize(torch.ones(c), dim=0)
+    fmap[:, :3, :] = letter[:, None, None]
+    return fmap
+
+
+def test_unique_cells_weigh_one_and_repeated_cells_little():
+    fmap = _striped_map()
+    counts = repetition_counts(fmap)
+    weights = repetition_weights(fmap)
+    assert counts.shape == weights.shape == (8, 10)
+    # A repeated cell has 3 x 10 - (its 5 x 3 neighbourhood within the band) near-duplicates...
+    assert counts[1, 5] == pytest.approx(30 - 15)
+    assert weights[1, 5] == pytest.approx(16 ** -0.5)
+    # ...random cells of dimension 64 are never that similar to each other.
+    assert torch.all(counts[4:] == 0)
+    assert torch.all(weights[4:] == 1)
+
+
+def test_neighbours_are_not_repeats():
+    fmap = _random_map(6, 6)
+    fmap[:, 2, 3] = fmap[:, 2, 2]  # a duplicate right next to it: the same element, seen twice
+    assert repetition_counts(fmap)[2, 2] == 0
+    far = _random_map(6, 6)
+    far[:, 5, 5] = far[:, 0, 0]
+    assert repetition_counts(far)[0, 0] == 1
+
+
+def test_pyramid_weights_follow_every_level():
+    fmap = _striped_map(8, 10)
+    coarse = F.normalize(F.avg_pool2d(fmap[None], 2)[0], dim=0)
+    weights = pyramid_weights(FeaturePyramid((fmap, coarse), (100, 80)))
+    assert [tuple(w.shape) for w in weights] == [(8, 10), (4, 5)]
+    assert weights[1][0].max() < 0.5 < weights[1][3].min()
+
+
+def test_collection_counts_find_an_element_shared_by_other_images():
+    maps = [_random_map(4, 5, seed=s) for s in range(4)]
+    bar = F.normalize(torch.arange(64.0) - 31.5, dim=0)
+    for m, (r, c) in zip(maps[:3], [(0, 0), (3, 4), (2, 1)]):  # the same element, anywhere, in 3 images
+        m[:, r, c] = bar
+    counts = collection_counts(maps, TextureConfig(), block_elements=7)  # tiny blocks: same answer
+    assert counts[0][0, 0] == 2 and counts[1][3, 4] == 2 and counts[2][2, 1] == 2
+    assert counts[3].sum() == 0
+    assert float(sum(c.sum() for c in counts)) == 6
+
+
+def test_combined_weights_multiply_and_resize():
+    fmap = _random_map(8, 10)
+    coarse = F.normalize(F.avg_pool2d(fmap[None], 2)[0], dim=0)
+    pyramid = FeaturePyramid((fmap, coarse), (100, 80))
+    count = torch.zeros(4, 5)
+    count[:, :2] = 3.0  # the left part repeats in 3 other images
+    weights = combined_weights(pyramid, count)
+    assert weights[1][0, 0] == pytest.approx(0.5)
+    assert weights[1][0, 4] == pytest.approx(1.0)
+    assert weights[0][0, 0] == pytest.approx(0.5) and weights[0][0, 9] == pytest.approx(1.0)
+    assert combined_weights(pyramid, None)[0].shape == (8, 10)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="feature map"):
+        repetition_counts(torch.zeros(4, 4))
+    with pytest.raises(ValueError):
+        TextureConfig(softness=0)
+    assert collection_counts([]) == []
