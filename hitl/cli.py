@@ -191,14 +191,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @verb("ingest")
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Add images (folders, IIIF manifests, VIA files) and metadata to a project."""
-    from hitl.ingest import ingest_paths
+    from hitl.ingest import FetchLimits, ingest_paths
     from hitl.project import open_project
 
     if not args.paths and not args.metadata and not args.annotations:
         raise UsageError("ingest needs at least one PATH, --metadata CSV or --annotations FILE")
+    if args.download_deadline <= 0 or args.max_download_mb <= 0:
+        raise UsageError("--download-deadline and --max-download-mb must be positive")
     store, paths = open_project(args.project, create=True)
+    if args.max_pixels is not None:
+        from engine.images import HARD_MAX_PIXELS
+        from hitl.formats.image_files import MAX_PIXELS_SETTING
+
+        if not 0 < args.max_pixels <= HARD_MAX_PIXELS:
+            raise UsageError(f"--max-pixels must be between 1 and {HARD_MAX_PIXELS}")
+        store.set_setting(MAX_PIXELS_SETTING, str(args.max_pixels))
+    limits = FetchLimits(deadline_s=args.download_deadline, max_bytes=int(args.max_download_mb * 2**20))
     report = ingest_paths(store, args.paths, metadata_csv=args.metadata, cache_dir=paths.image_cache,
-                          progress=not args.quiet)
+                          progress=not args.quiet, limits=limits)
     for ann in args.annotations or []:
         from engine.evaluate import load_annotations
 
@@ -359,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help="folders, image files, IIIF manifests (file or URL), VIA files")
     p.add_argument("--metadata", help="CSV/TSV of metadata joined by file name")
     p.add_argument("--annotations", action="append", help="attach a ground-truth file for evaluation")
+    p.add_argument("--max-pixels", type=int, help="the project's pixel limit per image, stored in the "
+                   "project (default 178956970, PIL's decompression-bomb threshold)")
+    p.add_argument("--download-deadline", type=float, default=120.0,
+                   help="seconds a whole download (manifest or image) may take")
+    p.add_argument("--max-download-mb", type=float, default=256.0, help="largest image download, in MiB")
 
     p = add("discover", "discover repeated details across the project's images", model=True, project=True)
     p.add_argument("--model", help="model id or checkpoint (default: the project's active model)")

@@ -17,7 +17,6 @@ Annotator 2) and ``metadata.csv``. The same seed gives byte-identical files.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
+
+from hitl.formats.csv_safe import safe_writer
 
 # --------------------------------------------------------------------------- config
 
@@ -913,7 +914,7 @@ def via_project(instances: tuple[DemoInstance, ...], file_sizes: dict[str, int])
 
 def _write_metadata(path: Path, plans: tuple[ImagePlan, ...]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
+        writer = safe_writer(f, lineterminator="\n")
         writer.writerow(["file", "title", "artist", "date", "medium", "collection"])
         for p in plans:
             writer.writerow(

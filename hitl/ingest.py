@@ -26,7 +26,7 @@ from pathlib import Path
 
 from db import Store
 from db.records import IMAGE_SUFFIXES
-from hitl.formats.fetch import FETCH_TIMEOUT_S, is_url, load_json
+from hitl.formats.fetch import FETCH_TIMEOUT_S, FetchLimits, fetch_json, is_url
 from hitl.formats.iiif_manifest import (
     CanvasImage,
     Manifest,
@@ -41,6 +41,7 @@ from hitl.formats.image_files import (
     iter_image_files,
     probe_image,
     progress_bar,
+    project_max_pixels,
     store_images,
 )
 from hitl.formats.metadata_csv import (
@@ -52,7 +53,7 @@ from hitl.formats.metadata_csv import (
 from hitl.formats.report import IngestReport, Skipped, Tally
 from hitl.formats.via import ingest_via, via_entries, via_regions
 
-__all__ = ["FETCH_TIMEOUT_S", "FIELD_SYNONYMS", "BadImage", "CanvasImage", "IngestReport",
+__all__ = ["FETCH_TIMEOUT_S", "FIELD_SYNONYMS", "BadImage", "CanvasImage", "FetchLimits", "IngestReport",
            "Manifest", "Skipped", "ingest_paths", "iter_image_files", "parse_manifest",
            "probe_image", "read_metadata", "via_regions"]
 
@@ -60,7 +61,8 @@ __all__ = ["FETCH_TIMEOUT_S", "FIELD_SYNONYMS", "BadImage", "CanvasImage", "Inge
 def ingest_paths(store: Store, paths: Sequence[str | os.PathLike],
                  metadata_csv: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> IngestReport:
+                 progress: bool = True,
+                 limits: FetchLimits = FetchLimits()) -> IngestReport:
     """Ingest folders, image files, IIIF manifests (files or URLs) and VIA files.
 
     Args:
@@ -71,6 +73,12 @@ def ingest_paths(store: Store, paths: Sequence[str | os.PathLike],
         cache_dir: where IIIF images are cached; default ``artminer-data/iiif-cache``
             beside the project file.
         progress: show a progress bar on stderr.
+        limits: download deadline, size caps and timeouts (`FetchLimits`). Images over
+            the project's pixel limit (`project_max_pixels`) are skipped.
+
+    Where sources may come from (the rules live in `hitl.formats.fetch`): a manifest
+    fetched over http(s) names http(s) images only; a local manifest names http(s)
+    images or files inside its own folder.
 
     Raises:
         ValueError: the metadata file is unreadable or has no file-name column (nothing
@@ -78,18 +86,20 @@ def ingest_paths(store: Store, paths: Sequence[str | os.PathLike],
     """
     metadata = read_metadata(metadata_csv) if metadata_csv is not None else None
     tally = Tally()
-    files, manifests, via_files = _classify(paths, tally)
-    _ingest_files(store, files, metadata, tally, progress)
+    max_pixels = project_max_pixels(store)
+    files, manifests, via_files = _classify(paths, tally, limits)
+    _ingest_files(store, files, metadata, tally, progress, max_pixels)
     for source in manifests:
-        ingest_manifest(store, source, cache_dir_for(store, cache_dir), tally, progress)
+        ingest_manifest(store, source, cache_dir_for(store, cache_dir), tally, progress, limits,
+                        max_pixels)
     for source in via_files:
-        ingest_via(store, source, tally)
+        ingest_via(store, source, tally, limits)
     if metadata is not None:
         apply_metadata_to_existing(store, metadata, tally)
     return tally.report()
 
 
-def _classify(paths: Sequence[str | os.PathLike], tally: Tally,
+def _classify(paths: Sequence[str | os.PathLike], tally: Tally, limits: FetchLimits,
               ) -> tuple[list[Path], list[str], list[str]]:
     """Split inputs into image files, manifests (paths or URLs) and VIA files."""
     files: list[Path] = []
@@ -108,7 +118,7 @@ def _classify(paths: Sequence[str | os.PathLike], tally: Tally,
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             files.append(path)
         elif path.suffix.lower() == ".json":
-            kind = _json_kind(path, tally)
+            kind = _json_kind(path, tally, limits)
             if kind == "iiif":
                 manifests.append(str(path))
             elif kind == "via":
@@ -120,9 +130,9 @@ def _classify(paths: Sequence[str | os.PathLike], tally: Tally,
     return files, manifests, via_files
 
 
-def _json_kind(path: Path, tally: Tally) -> str | None:
+def _json_kind(path: Path, tally: Tally, limits: FetchLimits) -> str | None:
     try:
-        doc = load_json(path.read_bytes(), str(path))
+        doc = fetch_json(str(path), limits)
     except (OSError, ValueError) as err:
         tally.skipped.append(Skipped(str(path), str(err)))
         return None
@@ -136,11 +146,11 @@ def _json_kind(path: Path, tally: Tally) -> str | None:
 
 
 def _ingest_files(store: Store, files: list[Path], metadata: MetadataTable | None,
-                  tally: Tally, progress: bool) -> None:
+                  tally: Tally, progress: bool, max_pixels: int) -> None:
     records = []
     for path in progress_bar(files, progress, "reading images"):
         try:
-            record = probe_image(path)
+            record = probe_image(path, max_pixels)
         except BadImage as err:
             tally.skipped.append(Skipped(str(path), str(err)))
             continue

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from db.store import Store
 from engine.backbone import Backbone, create_backbone, resolve_device
+from engine.images import set_max_pixels
 from engine.types import ModelRef
+from hitl.formats.image_files import project_max_pixels
 
 DEFAULT_MODEL = "effnet-lite0"
 
@@ -46,7 +48,9 @@ def open_project(path: str | Path, create: bool = False) -> tuple[Store, Project
     path = Path(path)
     if not create and not path.is_file():
         raise FileNotFoundError(f"project file not found: {path} (create one with `artminer ingest` or `artminer demo`)")
-    return Store(path), ProjectPaths(path.resolve())
+    store = Store(path)
+    set_max_pixels(project_max_pixels(store))  # decoding obeys the project's bomb guard too
+    return store, ProjectPaths(path.resolve())
 
 
 def active_model_id(store: Store) -> str:

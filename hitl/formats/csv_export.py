@@ -1,10 +1,13 @@
-"""CSV export: one row per link (header in `CSV_HEADER`, documented in `hitl.export`)."""
+"""CSV export: one row per link (header in `CSV_HEADER`, documented in `hitl.export`).
+
+Text cells that a spreadsheet would run as a formula are neutralised (`csv_safe`).
+"""
 
 from __future__ import annotations
 
-import csv
 import io
 
+from hitl.formats.csv_safe import safe_writer
 from hitl.formats.link_rows import Row, iso
 
 CSV_HEADER = (
@@ -16,7 +19,7 @@ CSV_HEADER = (
 
 def csv_text(rows: list[Row]) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = safe_writer(buffer, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for row in rows:
         v, lk = row.verdict, row.link

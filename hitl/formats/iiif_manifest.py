@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from db import Store
-from hitl.formats.fetch import cached_fetch, fetch_bytes, load_json
+from engine.images import DEFAULT_MAX_PIXELS
+from hitl.formats.fetch import FetchLimits, cached_fetch, fetch_json, resolve_named
 from hitl.formats.image_files import BadImage, probe_image, progress_bar, store_images
 from hitl.formats.metadata_csv import map_headers, row_fields, with_fields
 from hitl.formats.report import Skipped, Tally
@@ -199,20 +200,27 @@ def _canvas_fields(manifest: Manifest, canvas: CanvasImage) -> dict[str, Any]:
     return fields
 
 
-def ingest_manifest(store: Store, source: str, cache_dir: Path, tally: Tally,
-                     progress: bool) -> None:
+def ingest_manifest(store: Store, source: str, cache_dir: Path, tally: Tally, progress: bool,
+                    limits: FetchLimits = FetchLimits(),
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Fetch a manifest and its images; every problem becomes a note or a skipped source.
+
+    Each canvas's image must be one the manifest may name (`resolve_named`): a manifest
+    read over http(s) names http(s) images only; a local one also files in its folder.
+    """
     try:
-        doc = load_json(fetch_bytes(source), source)
-        manifest = parse_manifest(doc, source)
-    except (OSError, ValueError) as err:
-        tally.skipped.append(Skipped(source, str(err)))
+        manifest = parse_manifest(fetch_json(source, limits), source)
+    except (OSError, ValueError, RecursionError) as err:
+        reason = "nested too deeply to read" if isinstance(err, RecursionError) else str(err)
+        tally.skipped.append(Skipped(source, reason))
         return
     tally.notes += [f"{source}: {p}" for p in manifest.problems]
     records = []
     for canvas in progress_bar(manifest.canvases, progress, "fetching IIIF images"):
         try:
-            local = cached_fetch(canvas.image_url, cache_dir)
-            record = probe_image(local)
+            where = resolve_named(canvas.image_url, source)
+            local = cached_fetch(where, cache_dir, limits)
+            record = probe_image(local, max_pixels)
         except (OSError, BadImage) as err:
             tally.skipped.append(Skipped(canvas.image_url, f"canvas {canvas.canvas_id}: {err}"))
             continue

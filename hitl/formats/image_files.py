@@ -15,10 +15,23 @@ from PIL import Image, UnidentifiedImageError
 
 from db import ImageRecord, Store
 from db.records import IMAGE_SUFFIXES
-from engine.images import content_hash
+from engine.images import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, content_hash
 from hitl.formats.report import Tally
 
 _BATCH = 500  # images per store transaction: short enough not to hold the file long
+
+MAX_PIXELS_SETTING = "max_image_pixels"
+"""Project setting: the pixel limit for ingest and decoding (default `DEFAULT_MAX_PIXELS`)."""
+
+
+def project_max_pixels(store: Store) -> int:
+    """The project's pixel limit: its ``max_image_pixels`` setting, else the default."""
+    value = store.get_setting(MAX_PIXELS_SETTING)
+    try:
+        limit = int(value) if value else DEFAULT_MAX_PIXELS
+    except ValueError:
+        return DEFAULT_MAX_PIXELS  # a garbled setting must not lift the guard
+    return limit if 0 < limit <= HARD_MAX_PIXELS else DEFAULT_MAX_PIXELS
 
 
 class BadImage(ValueError):
@@ -35,8 +48,12 @@ def image_files(folder: Path) -> list[Path]:
     return found
 
 
-def probe_image(path: str | os.PathLike) -> ImageRecord:
+def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRecord:
     """Hash a file and read its size from the header (after EXIF orientation).
+
+    Images of more than ``max_pixels`` pixels are refused (decompression bombs: a
+    109 KB PNG can declare 30,000 x 30,000 pixels); the project's limit is
+    `project_max_pixels`.
 
     Returns:
         An `ImageRecord` with id, hash, absolute path and size; metadata empty.
@@ -53,6 +70,9 @@ def probe_image(path: str | os.PathLike) -> ImageRecord:
     except OSError as err:
         raise BadImage(f"cannot read: {err.strerror or err}") from err
     width, height = _header_size(path, size)
+    if width * height > max_pixels:
+        raise BadImage(f"{width}x{height} = {width * height:,} pixels is over the project's "
+                       f"{max_pixels:,}-pixel limit (setting max_image_pixels)")
     return ImageRecord(image_id=digest[:16], sha256=digest, path=str(path), width=width,
                        height=height)
 

@@ -5,6 +5,7 @@ Regions are stored with ``source='via'`` on the images with the same file name.
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ from typing import Any
 
 from db import ImageRecord, Store
 from engine.types import Box, Region
-from hitl.formats.fetch import fetch_bytes, is_url, load_json
+from hitl.formats.fetch import FetchLimits, fetch_json, is_url
 from hitl.formats.report import Skipped, Tally
 
 
@@ -45,38 +46,70 @@ def via_regions(doc: Any, where: str) -> tuple[list[tuple[str, Box, str | None, 
     found, problems = [], []
     for entry in entries:
         name = entry.get("filename")
-        if not name:
+        if not name or not isinstance(name, str):
             problems.append(f"{where}: an image entry without a filename")
             continue
         regions = entry.get("regions") or []
         regions = list(regions.values()) if isinstance(regions, dict) else regions
+        if not isinstance(regions, list):  # VIA writes a list (2.x) or a dict (1.x)
+            problems.append(f"{where}: {name}: regions is a {type(regions).__name__}, "
+                            "not a list")
+            continue
         for i, region in enumerate(regions):
             try:
-                box = _via_box(region.get("shape_attributes") or {})
-            except (ValueError, TypeError) as err:
+                box, attrs = _via_region(region)
+            except (ValueError, TypeError, KeyError, OverflowError) as err:
                 problems.append(f"{where}: {name} region {i + 1}: {err}")
                 continue
-            attrs = region.get("region_attributes") or {}
-            found.append((_file_name(str(name)), box, _via_label(attrs), attrs))
+            found.append((_file_name(name), box, _via_label(attrs), attrs))
     return found, problems
+
+
+def _via_region(region: Any) -> tuple[Box, dict]:
+    """A region's box and attributes; TypeError/ValueError say what is wrong with it."""
+    if not isinstance(region, dict):
+        raise TypeError(f"a region must be an object, not a {type(region).__name__}")
+    shape = region.get("shape_attributes") or {}
+    attrs = region.get("region_attributes") or {}
+    if not isinstance(shape, dict):
+        raise TypeError("shape_attributes is not an object")
+    if not isinstance(attrs, dict):
+        raise TypeError("region_attributes is not an object")
+    return _via_box(shape), attrs
 
 
 def _via_box(shape: dict) -> Box:
     kind = shape.get("name")
     if kind == "rect":
-        return Box.from_xywh(shape["x"], shape["y"], shape["width"], shape["height"])
+        x, y, w, h = (_coord(shape, k) for k in ("x", "y", "width", "height"))
+        return Box.from_xywh(x, y, w, h)
     if kind in ("polygon", "polyline"):
-        xs, ys = shape["all_points_x"], shape["all_points_y"]
+        xs, ys = _coords(shape, "all_points_x"), _coords(shape, "all_points_y")
         return Box(min(xs), min(ys), max(xs), max(ys))
     if kind == "circle":
-        cx, cy, r = shape["cx"], shape["cy"], shape["r"]
+        cx, cy, r = (_coord(shape, k) for k in ("cx", "cy", "r"))
         return Box(cx - r, cy - r, cx + r, cy + r)
     if kind == "ellipse":
-        cx, cy, rx, ry = shape["cx"], shape["cy"], shape["rx"], shape["ry"]
+        cx, cy, rx, ry = (_coord(shape, k) for k in ("cx", "cy", "rx", "ry"))
         return Box(cx - rx, cy - ry, cx + rx, cy + ry)
     if kind == "point":
         raise ValueError("a point has no area")
     raise ValueError(f"unknown or missing shape {kind!r}")
+
+
+def _coord(shape: dict, key: str) -> float:
+    """A finite number from the shape, or a TypeError/KeyError naming the attribute."""
+    value = shape[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{key} is {value!r}, not a number")
+    return float(value)
+
+
+def _coords(shape: dict, key: str) -> list[float]:
+    values = shape[key]
+    if not isinstance(values, list) or not values:
+        raise TypeError(f"{key} is not a list of numbers")
+    return [_coord({key: v}, key) for v in values]
 
 
 def _via_label(attrs: Any) -> str | None:
@@ -98,9 +131,10 @@ def _file_name(name: str) -> str:
     return re.split(r"[\\/]", path)[-1]
 
 
-def ingest_via(store: Store, source: str, tally: Tally) -> None:
+def ingest_via(store: Store, source: str, tally: Tally,
+               limits: FetchLimits = FetchLimits()) -> None:
     try:
-        regions, problems = via_regions(load_json(fetch_bytes(source), source), source)
+        regions, problems = via_regions(fetch_json(source, limits), source)
     except (OSError, ValueError) as err:
         tally.skipped.append(Skipped(source, str(err)))
         return
