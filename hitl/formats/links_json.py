@@ -91,16 +91,90 @@ def import_links(store: Store, path: str | os.PathLike) -> ImportResult:
         ValueError: the file is not an ArtMiner links export, or is of a newer version.
     """
     doc = _read_export(Path(path))
-    records = [ImageRecord(**{**im, "extra": im.get("extra") or {}}) for im in doc["images"]]
+    try:  # check the whole file before writing anything: a bad file changes nothing
+        records, models, matches = _parse_export(doc)
+        _check_references(store, doc, records, models)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
+        raise ValueError(f"{path}: malformed links export ({type(err).__name__}: {err})") from err
     images_added, _ = store.add_images(records)
-    for m in doc["models"]:
-        if store.get_model(m["model_id"]) is None:
-            store.add_model(ModelRef(m["model_id"], m["backbone"], m.get("checkpoint"),
-                                     m.get("parent")), checkpoint_sha256=m.get("checkpoint_sha256"))
-    link_ids, existing = _import_link_rows(store, doc["links"], str(path))
+    for ref, sha in models:
+        if store.get_model(ref.model_id) is None:
+            store.add_model(ref, checkpoint_sha256=sha)
+    link_ids, existing = _import_link_rows(store, doc["links"], matches, str(path))
     added = sum(_import_history(store, link_id, entry["verdicts"])
                 for link_id, entry in zip(link_ids, doc["links"]))
     return ImportResult(len(images_added), len(doc["links"]) - existing, existing, added)
+
+
+def _parse_export(doc: dict[str, Any]) -> tuple[list[ImageRecord], list[tuple[ModelRef, Any]],
+                                                 list[PairMatch]]:
+    """Typed records from an export; raises KeyError/TypeError/ValueError on any bad field."""
+    for key in ("images", "models", "links"):
+        if not isinstance(doc[key], list) or not all(isinstance(e, dict) for e in doc[key]):
+            raise TypeError(f"{key} must be a list of objects")
+    records = [ImageRecord(**{**im, "extra": _dict(im.get("extra"))}) for im in doc["images"]]
+    for r in records:
+        _typed(r.image_id, str), _typed(r.path, str), _typed(r.width, int), _typed(r.height, int)
+    models = [(ModelRef(_typed(m["model_id"], str), _typed(m["backbone"], str),
+                        _typed(m.get("checkpoint"), str, None), _typed(m.get("parent"), str, None)),
+               _typed(m.get("checkpoint_sha256"), str, None)) for m in doc["models"]]
+    matches = []
+    for e in doc["links"]:
+        _typed(e["model_id"], str)
+        affine = tuple(tuple(_num(x) for x in row) for row in e["affine"])
+        if len(affine) != 2 or any(len(row) != 3 for row in affine):
+            raise ValueError("affine must be 2 x 3")
+        matches.append(PairMatch(_typed(e["image_a"], str), _typed(e["image_b"], str),
+                                 Box(*map(_num, e["box_a"])), Box(*map(_num, e["box_b"])),
+                                 affine, _num(e["score"]), _typed(e["n_inliers"], int)))
+        _check_verdicts(e["verdicts"])
+    return records, models, matches
+
+
+def _check_verdicts(verdicts: Any) -> None:
+    if not isinstance(verdicts, list):
+        raise TypeError("verdicts must be a list")
+    seen: set[int] = set()
+    for v in sorted(verdicts, key=lambda v: _typed(v["verdict_id"], int)):
+        if _typed(v["verdict"], str) == "revoke" and v.get("revokes") not in seen:
+            raise ValueError(f"verdict {v['verdict_id']} revokes an unknown verdict")
+        _typed(v["annotator"], str), _typed(v.get("note"), str, None)
+        datetime.fromisoformat(_typed(v["created"], str).replace("Z", "+00:00"))
+        seen.add(v["verdict_id"])
+
+
+def _check_references(store: Store, doc: dict[str, Any], records: list[ImageRecord],
+                      models: list[tuple[ModelRef, Any]]) -> None:
+    images = {r.image_id for r in records}
+    model_ids = {ref.model_id for ref, _ in models}
+    for e in doc["links"]:
+        for key in ("image_a", "image_b"):
+            if e[key] not in images and store.get_image(e[key]) is None:
+                raise ValueError(f"link names image {e[key]!r}, which is neither in the file "
+                                 "nor in the project")
+        if e["model_id"] not in model_ids and store.get_model(e["model_id"]) is None:
+            raise ValueError(f"link names model {e['model_id']!r}, unknown")
+
+
+def _typed(value: Any, kind: type, *optional: None) -> Any:
+    """``value`` if it is a ``kind`` (``None`` too when ``optional``), else TypeError."""
+    if (value is None and optional) or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"{value!r} is not a {kind.__name__}")
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _dict(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError("extra must be an object")
+    return value
 
 
 def _read_export(path: Path) -> dict[str, Any]:
@@ -110,20 +184,22 @@ def _read_export(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read links export {path}: {err}") from err
     if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
         raise ValueError(f"{path} is not an ArtMiner links export (format {JSON_FORMAT!r})")
-    if doc.get("version", 0) > JSON_VERSION:
+    version = doc.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path}: version {version!r} is not a number")
+    if version > JSON_VERSION:
         raise ValueError(f"{path} is export version {doc['version']}, newer than this ArtMiner "
                          f"reads ({JSON_VERSION})")
     return doc
 
 
-def _import_link_rows(store: Store, entries: list[dict], source: str) -> tuple[list[int], int]:
+def _import_link_rows(store: Store, entries: list[dict], matches: list[PairMatch],
+                      source: str) -> tuple[list[int], int]:
     """Store new links (one import run per model); return the link id per entry."""
     known = {link_key(lk.model_id, lk.match): lk.link_id for lk in store.list_links()}
     ids: list[int | None] = []
     fresh: dict[str, list[tuple[int, PairMatch]]] = {}
-    for i, e in enumerate(entries):
-        match = PairMatch(e["image_a"], e["image_b"], Box(*e["box_a"]), Box(*e["box_b"]),
-                          tuple(tuple(r) for r in e["affine"]), e["score"], e["n_inliers"])
+    for i, (e, match) in enumerate(zip(entries, matches)):
         ids.append(known.get(link_key(e["model_id"], match)))
         if ids[-1] is None:
             fresh.setdefault(e["model_id"], []).append((i, match))
