@@ -14,10 +14,13 @@ Routes (any path prefix):
 from __future__ import annotations
 
 import http.server
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -93,3 +96,20 @@ def hostile_server(drip_s: float = 0.5) -> Iterator[http.server.ThreadingHTTPSer
         httpd.stopping.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+def png_bomb(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A valid PNG declaring ``width`` x ``height`` pixels in a few hundred KB at most.
+
+    The IDAT holds one compressed row (a real bomb holds all of them as zeros, which
+    compress ~1000:1); readers that check the header before decoding never notice.
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (1 + 3 * width))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+    return path

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.hostile_server import png_bomb
 from db import ImageRecord, Store
 from engine.images import DEFAULT_MAX_PIXELS, ImageReadError, load_rgb, max_pixels
 from engine.types import Box, ModelRef, PairMatch
@@ -22,23 +21,6 @@ from hitl.formats.image_files import MAX_PIXELS_SETTING
 from hitl.ingest import BadImage, ingest_paths, probe_image, via_regions
 from hitl.project import open_project
 from hitl.view_export import export_view
-
-
-def _png_bomb(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
-    """A valid PNG header declaring ``width`` x ``height`` pixels over a few bytes of data.
-
-    Only the header matters to a reader that checks before decoding; the IDAT is one
-    compressed row, so the file is tiny and building it needs no memory.
-    """
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (1 + 3 * width))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))
-    return path
 
 
 def _picture(path: Path, size: tuple[int, int], fmt: str | None = None) -> Path:
@@ -51,7 +33,7 @@ def _picture(path: Path, size: tuple[int, int], fmt: str | None = None) -> Path:
 
 
 def test_png_bomb_is_refused_at_ingest_with_a_note(tmp_path: Path) -> None:
-    bomb = _png_bomb(tmp_path / "bomb.png")
+    bomb = png_bomb(tmp_path / "bomb.png")
     good = _picture(tmp_path / "good.jpg", (40, 30))
     assert bomb.stat().st_size < 200_000
     with Store(tmp_path / "p.duckdb") as store:
@@ -63,7 +45,7 @@ def test_png_bomb_is_refused_at_ingest_with_a_note(tmp_path: Path) -> None:
 
 
 def test_png_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
-    bomb = _png_bomb(tmp_path / "bomb.png")
+    bomb = png_bomb(tmp_path / "bomb.png")
     with pytest.raises(ImageReadError, match="pixel limit"):
         load_rgb(bomb, max_side=256)  # the thumbnail and feature path
 
