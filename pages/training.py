@@ -18,6 +18,7 @@ from hitl.jobs import (
     stop_training,
     tail_log,
 )
+from hitl.plot_text import plot_text
 from hitl.round_history import last_round_start, metric_rows, verdict_counts
 from pages import session
 
@@ -86,7 +87,7 @@ def history_ui(rounds) -> None:
     fig = go.Figure([go.Bar(name=side, x=[f"round {r['round']}" for r in chosen],
                             y=[r[side] for r in chosen]) for side in ("before", "after")])
     fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, t=30, b=10),
-                      yaxis_title=name)
+                      yaxis_title=plot_text(name))
     st.plotly_chart(fig, key="train_chart")
 
 
