@@ -51,6 +51,13 @@ def status_sidebar() -> None:
 
 
 def annotator_sidebar(name: str) -> None:
+    user = session.actor()
+    if user is not None:  # auth on: the identity is fixed for the session
+        st.sidebar.text(f"Signed in: {user.name} ({user.role})")
+        if st.sidebar.button("Sign out", key="sign_out"):
+            session.log_out()
+            st.rerun()
+        return
     st.sidebar.text(f"Annotator: {name}")
     if st.sidebar.button("Change annotator", key="change_annotator"):
         session.set_annotator("")
@@ -61,6 +68,7 @@ navigation = st.navigation(PAGES)
 project_sidebar()
 if session.project_path():
     session.store()  # stops with the reason if the file cannot be opened
+    session.require_login()  # auth = local/oidc: nothing below runs for an anonymous visitor
     annotator_sidebar(session.require_annotator())
     status_sidebar()
 navigation.run()

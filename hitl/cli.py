@@ -315,12 +315,73 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise UsageError(f"project file not found: {project}")
     app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
     env = dict(os.environ, ARTMINER_PROJECT=str(project.resolve()))
+    if args.auth:
+        env["ARTMINER_AUTH"] = args.auth  # every project the app opens, not only this one
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
                "--server.address", args.address, "--server.headless", "true",
                "--browser.gatherUsageStats", "false"]
     print(f"ArtMiner app on http://{args.address}:{args.port} (project {project})", flush=True)
     # Streamlit reads .streamlit/config.toml from the working directory.
     return subprocess.call(command, env=env, cwd=app.parent)
+
+
+@verb("users")
+def cmd_users(args: argparse.Namespace) -> int:
+    """Add, remove and list users; set the project's sign-in mode."""
+    from hitl.project import open_project
+    from hitl.users import (
+        AUTH_MODES,
+        OIDC_DEFAULT_ROLE_SETTING,
+        add_user,
+        auth_mode,
+        list_users,
+        remove_user,
+        set_auth_mode,
+        users_file,
+    )
+
+    store, paths = open_project(args.project)
+    path = users_file(paths.project)
+    if args.action == "list":
+        users = list_users(path)
+        _print({"auth": auth_mode(store), "users": [u.__dict__ for u in users]}, args.json,
+               "\n".join([f"auth: {auth_mode(store)}"] + [f"{u.name}: {u.role}" for u in users]))
+        return 0
+    if args.action == "auth":
+        if args.name not in AUTH_MODES:
+            raise UsageError(f"users auth needs one of {', '.join(AUTH_MODES)}")
+        set_auth_mode(store, args.name)
+        if args.oidc_default_role:
+            store.set_setting(OIDC_DEFAULT_ROLE_SETTING, args.oidc_default_role)
+        print(f"auth: {args.name}")
+        return 0
+    if not args.name:
+        raise UsageError(f"users {args.action} needs a NAME")
+    if args.action == "remove":
+        if not remove_user(path, args.name):
+            raise UsageError(f"no user {args.name!r}")
+        print(f"removed {args.name}")
+        return 0
+    if not args.role:
+        raise UsageError("users add needs --role")
+    password = None if args.no_password else _read_password(args.password_stdin)
+    try:
+        user = add_user(path, args.name, args.role, password)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    print(f"{user.name}: {user.role}" + ("" if password else " (OIDC identity, no password)"))
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise UsageError("the passwords differ")
+    return first
 
 
 # ------------------------------------------------------------------ parser
@@ -399,6 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("app", "serve the review app", project=True)
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--auth", choices=["none", "local", "oidc"],
+                   help="sign-in for every project this app opens (default: the project's own setting)")
+
+    p = add("users", "the project's users and its sign-in mode", project=True)
+    p.add_argument("action", choices=["add", "remove", "list", "auth"])
+    p.add_argument("name", nargs="?", help="user name (add, remove) or mode none/local/oidc (auth)")
+    p.add_argument("--role", choices=["viewer", "annotator", "adjudicator", "admin"])
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--no-password", action="store_true", help="an OIDC identity: role only")
+    p.add_argument("--oidc-default-role", choices=["viewer", "annotator", "adjudicator", "admin"],
+                   help="with `auth oidc`: the role of identities not in the users file")
     return parser
 
 

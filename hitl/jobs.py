@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hitl.project import ProjectPaths
+from hitl.roles import User, require
 
 LOCK_NAME = "train.lock"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ def train_command(project: Path, args: Sequence[str] = ()) -> list[str]:
 
 
 def start_training(project: str | os.PathLike, args: Sequence[str] = (),
-                   command: Sequence[str] | None = None) -> Job:
+                   command: Sequence[str] | None = None, *, actor: User | None = None) -> Job:
     """Start a training round in the background; returns at once.
 
     Args:
@@ -134,7 +135,9 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
 
     Raises:
         TrainingBusyError: a round is already running for this project.
+        Forbidden: ``actor`` is not an admin (`hitl.roles`).
     """
+    require(actor, "train")
     paths = ProjectPaths(Path(project).resolve())
     cmd = list(command) if command is not None else train_command(paths.project, args)
     acquire_training_lock(paths, args=cmd)  # reserve under our pid before spawning
@@ -156,8 +159,13 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
     return job
 
 
-def stop_training(job: Job) -> None:
-    """Ask a running round to stop (SIGTERM to its process group)."""
+def stop_training(job: Job, *, actor: User | None = None) -> None:
+    """Ask a running round to stop (SIGTERM to its process group).
+
+    Raises:
+        Forbidden: ``actor`` is not an admin (`hitl.roles`).
+    """
+    require(actor, "stop_training")
     if _alive(job):
         os.killpg(job.pid, signal.SIGTERM)
 

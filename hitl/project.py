@@ -14,6 +14,7 @@ from engine.backbone import Backbone, create_backbone, resolve_device
 from engine.images import set_max_pixels
 from engine.types import ModelRef
 from hitl.formats.image_files import project_max_pixels
+from hitl.roles import User, require
 
 DEFAULT_MODEL = "effnet-lite0"
 
@@ -62,6 +63,12 @@ def active_model_id(store: Store) -> str:
         store.add_model(ModelRef(DEFAULT_MODEL, DEFAULT_MODEL))
     store.set_active_model(DEFAULT_MODEL)
     return DEFAULT_MODEL
+
+
+def make_active(store: Store, model_id: str, *, actor: User | None = None) -> None:
+    """Make ``model_id`` the project's active model (admins only when an actor is given)."""
+    require(actor, "set_active_model")
+    store.set_active_model(model_id)
 
 
 def load_model(store: Store, model: str | None = None, device: str = "auto") -> Backbone:
