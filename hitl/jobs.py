@@ -129,14 +129,25 @@ def release_training_lock(paths: ProjectPaths, pid: int | None = None,
 
 
 def read_lock(paths: ProjectPaths, name: str = LOCK_NAME) -> Job | None:
-    """The lock's content as written, alive or not (None if absent or unreadable)."""
+    """The lock's content as written, alive or not (None if absent, unreadable or invalid).
+
+    A lock is data, not trust (anyone who can write ``artminer-data/`` can write one): a
+    pid below 2 (``killpg`` would hit our own group or everything) or a log outside the
+    project's data folder makes the lock invalid, hence stale.
+    """
     try:
         data = json.loads(lock_path(paths, name).read_text())
-        return Job(int(data["pid"]), datetime.fromisoformat(data["started"]),
-                   Path(data["log"]) if data.get("log") else None, tuple(data.get("args", ())),
-                   data.get("proc_start"))
+        job = Job(int(data["pid"]), datetime.fromisoformat(data["started"]),
+                  Path(data["log"]) if data.get("log") else None,
+                  tuple(str(a) for a in data.get("args", ())), data.get("proc_start"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if job.pid < 2:
+        return None
+    if job.log_path is not None and not job.log_path.resolve().is_relative_to(
+            paths.data_dir.resolve()):
+        return None
+    return job
 
 
 def running_job(paths: ProjectPaths, name: str = LOCK_NAME) -> Job | None:
@@ -193,15 +204,20 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
     return job
 
 
-def stop_training(job: Job, *, actor: User | None = None) -> None:
-    """Ask a running round to stop (SIGTERM to its process group).
+def stop_training(job: Job, *, actor: User | None = None) -> bool:
+    """Ask a running round to stop (SIGTERM to its process group); True if signalled.
+
+    Only a process this app started, or an ``artminer train`` process with the recorded
+    start time, is signalled: a hand-written lock naming another pid signals nothing.
 
     Raises:
         Forbidden: ``actor`` is not an admin (`hitl.roles`).
     """
     require(actor, "stop_training")
-    if _alive(job):
-        os.killpg(job.pid, signal.SIGTERM)
+    if not (_alive(job) and _is_training_process(job)):
+        return False
+    os.killpg(job.pid, signal.SIGTERM)
+    return True
 
 
 def tail_log(job: Job | Path | None, n: int = 40) -> str:
@@ -222,7 +238,8 @@ def tail_log(job: Job | Path | None, n: int = 40) -> str:
 
 def latest_log(paths: ProjectPaths) -> Path | None:
     """The newest training log of the project, finished or not."""
-    logs = sorted(paths.logs.glob("train-*.log")) if paths.logs.is_dir() else []
+    logs = sorted(p for p in paths.logs.glob("train-*.log")  # a planted link shows nothing
+                  if not p.is_symlink()) if paths.logs.is_dir() else []
     return logs[-1] if logs else None
 
 
@@ -244,6 +261,20 @@ def _alive(job: Job) -> bool:
     if start == "zombie":
         return False
     return job.proc_start is None or start is None or start == job.proc_start
+
+
+def _is_training_process(job: Job) -> bool:
+    """Started by this process, or running ``artminer train`` / ``hitl.cli train``."""
+    if job.pid in _CHILDREN:
+        return True
+    if job.proc_start is None or _process_start(job.pid) != job.proc_start:
+        return False  # no start time to vouch for the pid
+    try:
+        argv = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    launcher = any(a == "hitl.cli" or Path(a).name == "artminer" for a in argv)
+    return launcher and "train" in argv
 
 
 def _process_start(pid: int) -> str | None:
