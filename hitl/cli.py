@@ -196,8 +196,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     if not args.paths and not args.metadata and not args.annotations:
         raise UsageError("ingest needs at least one PATH, --metadata CSV or --annotations FILE")
-    if args.download_deadline <= 0 or args.max_download_mb <= 0:
-        raise UsageError("--download-deadline and --max-download-mb must be positive")
     store, paths = open_project(args.project, create=True)
     if args.max_pixels is not None:
         from engine.images import HARD_MAX_PIXELS
@@ -298,6 +296,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hitl.export import export_links
     from hitl.project import open_project
 
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder; name a file")
     store, _ = open_project(args.project)
     n = export_links(store, args.format, args.out, all_verdicts=args.all_verdicts)
     _print({"written": n, "out": args.out}, args.json, f"wrote {n} links to {args.out} ({args.format})")
@@ -386,6 +386,29 @@ def _read_password(from_stdin: bool) -> str:
 
 # ------------------------------------------------------------------ parser
 
+_MAX_COUNT = 10_000_000  # no count flag means more than this; larger is a typo or an attack
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number from 1 to `_MAX_COUNT` (exit 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= _MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {_MAX_COUNT:,}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="artminer", description=__doc__.splitlines()[0])
@@ -408,9 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", required=True, help="x0,y0,x1,y1 in the query image's pixels")
     p.add_argument("--collection", required=True, help="folder of images to search")
     p.add_argument("--model", default="effnet-lite0", help="backbone name or checkpoint path")
-    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--top-k", type=_positive_int, default=20)
     p.add_argument("--rerank", action="store_true", help="re-rank the top hits by the discovery score")
-    p.add_argument("--rerank-top", type=int, default=50, help="how many top hits to re-rank")
+    p.add_argument("--rerank-top", type=_positive_int, default=50, help="how many top hits to re-rank")
 
     p = add("eval", "one-shot detection mAP with the paper's protocol", model=True)
     p.add_argument("--annotations", help="ArtMiner JSON (e.g. brueghelTest.json) or VIA 2 file")
@@ -424,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "build the demo collection, its ground truth and project")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=60, help="number of images")
+    p.add_argument("--images", type=_positive_int, default=60, help="number of images")
 
     p = add("ingest", "add images, IIIF manifests, VIA files and metadata to a project", project=True)
     p.add_argument("paths", nargs="*", help="folders, image files, IIIF manifests (file or URL), VIA files")
@@ -432,23 +455,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", action="append", help="attach a ground-truth file for evaluation")
     p.add_argument("--max-pixels", type=int, help="the project's pixel limit per image, stored in the "
                    "project (default 178956970, PIL's decompression-bomb threshold)")
-    p.add_argument("--download-deadline", type=float, default=120.0,
+    p.add_argument("--download-deadline", type=_positive_float, default=120.0,
                    help="seconds a whole download (manifest or image) may take")
-    p.add_argument("--max-download-mb", type=float, default=256.0, help="largest image download, in MiB")
+    p.add_argument("--max-download-mb", type=_positive_float, default=256.0, help="largest image download, in MiB")
 
     p = add("discover", "discover repeated details across the project's images", model=True, project=True)
     p.add_argument("--model", help="model id or checkpoint (default: the project's active model)")
     p.add_argument("--pairs", default="knn", choices=["knn", "all"])
-    p.add_argument("--k", type=int, default=20, help="neighbours per image in the shortlist")
+    p.add_argument("--k", type=_positive_int, default=20, help="neighbours per image in the shortlist")
     p.add_argument("--min-score", type=float, help="discovery score threshold for links")
     p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs verified together")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="pairs verified together")
 
     p = add("train", "a training round: fine-tune on mined pairs and expert verdicts", model=True, project=True)
-    p.add_argument("--iterations", type=int, default=200, help="mining + gradient-step iterations (paper: 200)")
+    p.add_argument("--iterations", type=_positive_int, default=200, help="mining + gradient-step iterations (paper: 200)")
     p.add_argument("--sources", default="mined,expert", help="mined, expert, or both (comma-separated)")
     p.add_argument("--from", dest="from_model", help="model to start from (default: the active model)")
-    p.add_argument("--refresh-every", type=int, help="re-extract collection features every N iterations")
+    p.add_argument("--refresh-every", type=_positive_int, help="re-extract collection features every N iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-discover", action="store_true", help="skip re-discovery with the new model")
 
@@ -458,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-verdicts", action="store_true", help="every verdict, not only confirmed links")
 
     p = add("app", "serve the review app", project=True)
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=_positive_int, default=8501)
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--auth", choices=["none", "local", "oidc"],
                    help="sign-in for every project this app opens (default: the project's own setting)")
