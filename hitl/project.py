@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from db.migrations import SchemaVersionError
 from db.store import Store
 from engine.backbone import Backbone, create_backbone, resolve_device
 from engine.images import set_max_pixels
@@ -44,12 +45,32 @@ class ProjectPaths:
         return self.data_dir / "images"
 
 
+class ProjectFileError(ValueError):
+    """The file is not an ArtMiner project this code can open (bad input: exit 2)."""
+
+
 def open_project(path: str | Path, create: bool = False) -> tuple[Store, ProjectPaths]:
-    """Open a project file; a missing one is an error unless ``create``."""
+    """Open a project file; a missing one is an error unless ``create``.
+
+    Raises:
+        FileNotFoundError: no such file (and not ``create``).
+        ProjectFileError: not a DuckDB file, a DuckDB file of another program, or a
+            project written by a newer ArtMiner; one line saying which.
+    """
     path = Path(path)
     if not create and not path.is_file():
         raise FileNotFoundError(f"project file not found: {path} (create one with `artminer ingest` or `artminer demo`)")
-    store = Store(path)
+    if path.exists() and not path.is_file():
+        raise ProjectFileError(f"{path} is not a file")
+    try:
+        store = Store(path)
+    except SchemaVersionError as err:
+        raise ProjectFileError(str(err)) from err
+    except Exception as err:  # duckdb's own errors: the file is not a database at all
+        if "duckdb" not in type(err).__module__ and not isinstance(err, OSError):
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ProjectFileError(f"{path} is not an ArtMiner project ({reason})") from err
     set_max_pixels(project_max_pixels(store))  # decoding obeys the project's bomb guard too
     return store, ProjectPaths(path.resolve())
 
