@@ -315,6 +315,11 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise UsageError(f"project file not found: {project}")
     app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
     env = dict(os.environ, ARTMINER_PROJECT=str(project.resolve()))
+    env.pop("ARTMINER_PROJECTS", None)
+    if args.projects:
+        if not Path(args.projects).is_dir():
+            raise UsageError(f"--projects {args.projects} is not a folder")
+        env["ARTMINER_PROJECTS"] = str(Path(args.projects).resolve())  # the app opens only these
     if args.auth:
         env["ARTMINER_AUTH"] = args.auth  # every project the app opens, not only this one
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
@@ -483,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("app", "serve the review app", project=True)
     p.add_argument("--port", type=_positive_int, default=8501)
     p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--projects", help="a folder: the app may also open the .duckdb files under it")
     p.add_argument("--auth", choices=["none", "local", "oidc"],
                    help="sign-in for every project this app opens (default: the project's own setting)")
 

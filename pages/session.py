@@ -40,6 +40,7 @@ from hitl.users import (
 )
 
 PROJECT_ENV = "ARTMINER_PROJECT"
+PROJECTS_ENV = "ARTMINER_PROJECTS"  # `artminer app --projects DIR`: project files under DIR
 
 
 # ---------------------------------------------------------------------- project
@@ -51,9 +52,30 @@ def open_project_file(path: str) -> tuple[Store, ProjectPaths]:
     return open_project(path)
 
 
+def allowed_project(text: str | None) -> str | None:
+    """``text`` as an absolute path if the app may open it, else None.
+
+    The app serves the project it was started with (``ARTMINER_PROJECT``) and ``.duckdb``
+    files under the projects folder it was started with (``ARTMINER_PROJECTS``); a URL
+    parameter or the sidebar can choose among those, never any file the server can read.
+    """
+    if not text:
+        return None
+    path = Path(text).expanduser().resolve()
+    start = os.environ.get(PROJECT_ENV)
+    if start and path == Path(start).expanduser().resolve():
+        return str(path)
+    folder = os.environ.get(PROJECTS_ENV)
+    if (folder and path.suffix == ".duckdb" and path.is_file()
+            and path.is_relative_to(Path(folder).expanduser().resolve())):
+        return str(path)
+    return None
+
+
 def project_path() -> str | None:
     if "project_path" not in st.session_state:
-        found = st.query_params.get("project") or os.environ.get(PROJECT_ENV)
+        found = allowed_project(st.query_params.get("project")) or allowed_project(
+            os.environ.get(PROJECT_ENV))
         st.session_state.project_path = found or None
     return st.session_state.project_path
 
