@@ -188,7 +188,8 @@ def _report(project: Path, work: Path, d1_run: int | None, again_rc: int, retrai
     print(f"wall {seconds:.0f} s; logs in {work}")
     ok = (dup_links == 0 and dup_pairs == 0 and not lost and again_rc == 0 and retrain_rc == 0
           and resumed == "resumed" and all(s == "done" for s in runs.values())
-          and rounds and rounds[-1][1] == "done")
+          and rounds and all(status == "done" for _, status in rounds)
+          and len(rounds) == 1)  # the killed round was resumed, not started anew
     print("checks:", "all passed" if ok else "FAILED")
     return 0 if ok else 1
 

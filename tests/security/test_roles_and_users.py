@@ -7,10 +7,10 @@ the app's Review page is driven with AppTest as a visitor, a viewer and an annot
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import Store
 from engine.types import Box, Detection
+from hitl.cli import main
 from hitl.cluster_edits import current_clusters, judge_cluster, split_cluster
 from hitl.jobs import lock_path, start_training, stop_training
 from hitl.project import ProjectPaths, make_active
@@ -174,19 +175,21 @@ def test_oidc_identities_map_to_roles(tmp_path: Path) -> None:
         oidc_user({"name": "no id"}, path)
 
 
-def test_cli_users_add_list_and_auth(project: Path) -> None:
-    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hitl.cli", "users", *args, "--project",
-                               str(project)], input=stdin, capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(Path(APP).parent)))
+def test_cli_users_add_list_and_auth(project: Path, monkeypatch, capsys) -> None:
+    def cli(*args: str, stdin: str = "") -> int:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        return main(["users", *args, "--project", str(project)])
 
-    assert cli("add", "ann", "--role", "annotator", "--password-stdin",
-               stdin="long password\n").returncode == 0
-    assert cli("auth", "local").returncode == 0
-    listed = json.loads(cli("list", "--json").stdout)
-    assert listed == {"auth": "local", "users": [{"name": "ann", "role": "annotator"}]}
-    bad = cli("add", "bob", "--role", "pope", "--password-stdin", stdin="long password\n")
-    assert bad.returncode == 2
+    assert cli("add", "ann", "--role", "annotator", "--password-stdin", stdin="long password\n") == 0
+    assert cli("auth", "local") == 0
+    capsys.readouterr()
+    assert cli("list", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "auth": "local", "users": [{"name": "ann", "role": "annotator"}]}
+    with pytest.raises(SystemExit) as bad_role:
+        cli("add", "bob", "--role", "pope", "--password-stdin", stdin="long password\n")
+    assert bad_role.value.code == 2
+    assert cli("add", "bob", "--role", "viewer", "--password-stdin", stdin="short\n") == 2
     assert authenticate(users_file(project), "ann", "long password") == User("ann", "annotator")
 
 
