@@ -291,7 +291,8 @@ def _opener(watchdog: _Watchdog, limits: FetchLimits) -> urllib.request.OpenerDi
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     opener = urllib.request.OpenerDirector()
-    for handler in (HTTP(), HTTPS(), Redirect(), urllib.request.HTTPDefaultErrorHandler(),
+    for handler in (urllib.request.ProxyHandler(),  # http(s)_proxy from the environment
+                    HTTP(), HTTPS(), Redirect(), urllib.request.HTTPDefaultErrorHandler(),
                     urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
