@@ -7,8 +7,6 @@ asks who is reviewing, shows the active model and discovery run, and routes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from pages import session
@@ -25,17 +23,24 @@ PAGES = [
 ]
 
 
+def open_typed_project() -> None:
+    """Sidebar callback (runs before the next script run, so no rerun is lost)."""
+    typed = (st.session_state.get("project_input") or "").strip()
+    allowed = session.allowed_project(typed) if typed else None
+    st.session_state.project_refused = bool(typed) and allowed is None
+    if allowed:
+        st.session_state.project_path = allowed
+        st.query_params["project"] = allowed
+
+
 def project_sidebar() -> None:
     with st.sidebar.expander("Project", expanded=not session.project_path()):
         st.text(session.project_path() or "(none)")
-        typed = st.text_input("Open another project file", key="project_input",
-                              placeholder="/path/to/artminer.duckdb")
-        if st.button("Open", key="open_project") and typed.strip():
-            if Path(typed).expanduser().is_file():
-                st.session_state.project_path = typed.strip()
-                st.query_params["project"] = typed.strip()
-                st.rerun()
-            st.error("No such file.")
+        st.text_input("Open another project file", key="project_input",
+                      placeholder="/path/to/artminer.duckdb")
+        st.button("Open", key="open_project", on_click=open_typed_project)
+        if st.session_state.pop("project_refused", False):
+            st.error("Not a project this app serves (see `artminer app --projects DIR`).")
 
 
 def status_sidebar() -> None:
@@ -51,6 +56,13 @@ def status_sidebar() -> None:
 
 
 def annotator_sidebar(name: str) -> None:
+    user = session.actor()
+    if user is not None:  # auth on: the identity is fixed for the session
+        st.sidebar.text(f"Signed in: {user.name} ({user.role})")
+        if st.sidebar.button("Sign out", key="sign_out"):
+            session.log_out()
+            st.rerun()
+        return
     st.sidebar.text(f"Annotator: {name}")
     if st.sidebar.button("Change annotator", key="change_annotator"):
         session.set_annotator("")
@@ -61,6 +73,7 @@ navigation = st.navigation(PAGES)
 project_sidebar()
 if session.project_path():
     session.store()  # stops with the reason if the file cannot be opened
+    session.require_login()  # auth = local/oidc: nothing below runs for an anonymous visitor
     annotator_sidebar(session.require_annotator())
     status_sidebar()
 navigation.run()

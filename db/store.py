@@ -391,30 +391,22 @@ class Store:
 
         Links and ``verified_pairs`` (all pairs of this batch, with or without links)
         commit together, so a run killed between batches resumes without losing or
-        doubling links. Returns the new ``link_id`` per match, in order.
+        doubling links. A pair's links are written only by the transaction that records
+        the pair as verified: matches of a pair in ``verified_pairs`` that the model has
+        already verified (another process got there first) are dropped, so two runs at
+        once cannot double a link. Returns the new ``link_id`` per stored match, in order
+        (every match when ``verified_pairs`` is empty).
         """
-        matches = list(matches)
         pairs = list(verified_pairs)
 
         def work(cur: duckdb.DuckDBPyConnection) -> list[int]:
             model_id = _run_model(cur, run_id)
-            ids = _next_ids(cur, "link_seq", len(matches))
-            _insert(cur, "links", {
-                "link_id": ("BIGINT", ids),
-                "run_id": ("BIGINT", [run_id] * len(matches)),
-                "model_id": ("VARCHAR", [model_id] * len(matches)),
-                "image_a": ("VARCHAR", [m.image_a for m in matches]),
-                "image_b": ("VARCHAR", [m.image_b for m in matches]),
-                "box_a": ("DOUBLE[]", [m.box_a.as_list() for m in matches]),
-                "box_b": ("DOUBLE[]", [m.box_b.as_list() for m in matches]),
-                "affine": ("DOUBLE[]", [_flat_affine(m.affine) for m in matches]),
-                "score": ("DOUBLE", [float(m.score) for m in matches]),
-                "n_inliers": ("INTEGER", [int(m.n_inliers) for m in matches]),
-            })
-            found = [(m.image_a, m.image_b) for m in matches] if mark_verified else []
-            _mark_pairs(cur, run_id, model_id, pairs + found)
-            return ids
+            done = _already_verified(cur, model_id, pairs)
+            kept = [m for m in matches if (min(m.image_a, m.image_b),
+                                           max(m.image_a, m.image_b)) not in done]
+            return _insert_links(cur, run_id, model_id, kept, pairs, mark_verified)
 
+        matches = list(matches)
         return self._write(work)
 
     def get_link(self, link_id: int) -> Link | None:
@@ -932,6 +924,40 @@ def _next_ids(cur: duckdb.DuckDBPyConnection, sequence: str, n: int) -> list[int
         return []
     rows = cur.execute(f"SELECT nextval('{sequence}') FROM range(?)", [n]).fetchall()
     return sorted(r[0] for r in rows)
+
+
+def _already_verified(cur: duckdb.DuckDBPyConnection, model_id: str,
+                      pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``pairs`` (as ``(min, max)``) the model has verified in an earlier commit."""
+    ordered = sorted({(min(a, b), max(a, b)) for a, b in pairs})
+    if not ordered:
+        return set()
+    rows = cur.execute(
+        "SELECT image_a, image_b FROM verified_pairs WHERE model_id = ? AND (image_a, image_b) "
+        "IN (SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]))",
+        [model_id, [a for a, _ in ordered], [b for _, b in ordered]]).fetchall()
+    return {(a, b) for a, b in rows}
+
+
+def _insert_links(cur: duckdb.DuckDBPyConnection, run_id: int, model_id: str,
+                  matches: Sequence[PairMatch], pairs: list[tuple[str, str]],
+                  mark_verified: bool) -> list[int]:
+    ids = _next_ids(cur, "link_seq", len(matches))
+    _insert(cur, "links", {
+        "link_id": ("BIGINT", ids),
+        "run_id": ("BIGINT", [run_id] * len(matches)),
+        "model_id": ("VARCHAR", [model_id] * len(matches)),
+        "image_a": ("VARCHAR", [m.image_a for m in matches]),
+        "image_b": ("VARCHAR", [m.image_b for m in matches]),
+        "box_a": ("DOUBLE[]", [m.box_a.as_list() for m in matches]),
+        "box_b": ("DOUBLE[]", [m.box_b.as_list() for m in matches]),
+        "affine": ("DOUBLE[]", [_flat_affine(m.affine) for m in matches]),
+        "score": ("DOUBLE", [float(m.score) for m in matches]),
+        "n_inliers": ("INTEGER", [int(m.n_inliers) for m in matches]),
+    })
+    found = [(m.image_a, m.image_b) for m in matches] if mark_verified else []
+    _mark_pairs(cur, run_id, model_id, pairs + found)
+    return ids
 
 
 def _mark_pairs(cur: duckdb.DuckDBPyConnection, run_id: int, model_id: str,

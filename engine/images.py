@@ -16,9 +16,36 @@ from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
-# Scans of large panels legitimately exceed PIL's 89 Mpx bomb guard; beyond this many
-# pixels a file is more likely hostile or broken than a painting.
+# PIL's own guard refuses at open above this; scans of large panels legitimately exceed
+# PIL's default (89 Mpx warns, 179 Mpx refuses), so PIL's guard is only the hard ceiling
+# and the limit that matters is ``max_pixels`` below, which a project may raise up to it.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
+HARD_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+DEFAULT_MAX_PIXELS = 178_956_970
+"""Largest image decoded by default: PIL's own decompression-bomb error threshold
+(2 x 89,478,485 px, about 13,400 x 13,400). A 30,000 x 30,000 PNG bomb of 109 KB is over it
+and refused before any pixel is decoded; a project may set its own (``max_image_pixels``)."""
+
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int | None) -> int:
+    """Set the pixel limit `load_rgb` applies by default (a project's setting); returns it.
+
+    ``None`` restores `DEFAULT_MAX_PIXELS`. Limits above ``HARD_MAX_PIXELS`` are refused.
+    """
+    global _max_pixels
+    limit = DEFAULT_MAX_PIXELS if limit is None else int(limit)
+    if not 0 < limit <= HARD_MAX_PIXELS:
+        raise ValueError(f"pixel limit must be between 1 and {HARD_MAX_PIXELS:,}, got {limit:,}")
+    _max_pixels = limit
+    return limit
+
+
+def max_pixels() -> int:
+    """The pixel limit `load_rgb` applies when none is given."""
+    return _max_pixels
 
 
 class ImageReadError(ValueError):
@@ -39,13 +66,16 @@ def content_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+def load_rgb(path: str | Path, max_side: int | None = None,
+             pixel_limit: int | None = None) -> np.ndarray:
     """Read an image as upright 8-bit RGB.
 
     Args:
         path: image file.
         max_side: if given, JPEGs are decoded at reduced size when possible (``draft``)
             and the result is downscaled so its longer side is at most ``max_side``.
+        pixel_limit: refuse images that would decode to more pixels than this (after
+            JPEG draft reduction), before decoding; default `max_pixels()`.
 
     Returns:
         (H, W, 3) uint8 array, EXIF orientation applied.
@@ -62,6 +92,7 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
             with Image.open(path) as img:
                 if max_side is not None and img.format == "JPEG":
                     img.draft("RGB", (max_side, max_side))
+                _check_pixels(path, img.size, pixel_limit)
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = to_rgb(img)
@@ -74,6 +105,13 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(rgb)
+
+
+def _check_pixels(path: Path, size: tuple[int, int], limit: int | None) -> None:
+    limit = max_pixels() if limit is None else limit
+    if size[0] * size[1] > limit:
+        raise ImageReadError(path, f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over "
+                                   f"the {limit:,}-pixel limit (decompression-bomb guard)")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -191,14 +191,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @verb("ingest")
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Add images (folders, IIIF manifests, VIA files) and metadata to a project."""
-    from hitl.ingest import ingest_paths
+    from hitl.ingest import FetchLimits, ingest_paths
     from hitl.project import open_project
 
     if not args.paths and not args.metadata and not args.annotations:
         raise UsageError("ingest needs at least one PATH, --metadata CSV or --annotations FILE")
     store, paths = open_project(args.project, create=True)
+    if args.max_pixels is not None:
+        from engine.images import HARD_MAX_PIXELS
+        from hitl.formats.image_files import MAX_PIXELS_SETTING
+
+        if not 0 < args.max_pixels <= HARD_MAX_PIXELS:
+            raise UsageError(f"--max-pixels must be between 1 and {HARD_MAX_PIXELS}")
+        store.set_setting(MAX_PIXELS_SETTING, str(args.max_pixels))
+    limits = FetchLimits(deadline_s=args.download_deadline, max_bytes=int(args.max_download_mb * 2**20))
     report = ingest_paths(store, args.paths, metadata_csv=args.metadata, cache_dir=paths.image_cache,
-                          progress=not args.quiet)
+                          progress=not args.quiet, limits=limits)
     for ann in args.annotations or []:
         from engine.evaluate import load_annotations
 
@@ -288,6 +296,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hitl.export import export_links
     from hitl.project import open_project
 
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder; name a file")
     store, _ = open_project(args.project)
     n = export_links(store, args.format, args.out, all_verdicts=args.all_verdicts)
     _print({"written": n, "out": args.out}, args.json, f"wrote {n} links to {args.out} ({args.format})")
@@ -305,6 +315,13 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise UsageError(f"project file not found: {project}")
     app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
     env = dict(os.environ, ARTMINER_PROJECT=str(project.resolve()))
+    env.pop("ARTMINER_PROJECTS", None)
+    if args.projects:
+        if not Path(args.projects).is_dir():
+            raise UsageError(f"--projects {args.projects} is not a folder")
+        env["ARTMINER_PROJECTS"] = str(Path(args.projects).resolve())  # the app opens only these
+    if args.auth:
+        env["ARTMINER_AUTH"] = args.auth  # every project the app opens, not only this one
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
                "--server.address", args.address, "--server.headless", "true",
                "--browser.gatherUsageStats", "false"]
@@ -313,7 +330,89 @@ def cmd_app(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env, cwd=app.parent)
 
 
+@verb("users")
+def cmd_users(args: argparse.Namespace) -> int:
+    """Add, remove and list users; set the project's sign-in mode."""
+    from hitl.project import open_project
+    from hitl.users import (
+        AUTH_MODES,
+        OIDC_DEFAULT_ROLE_SETTING,
+        add_user,
+        auth_mode,
+        list_users,
+        remove_user,
+        set_auth_mode,
+        users_file,
+    )
+
+    store, paths = open_project(args.project)
+    path = users_file(paths.project)
+    if args.action == "list":
+        users = list_users(path)
+        _print({"auth": auth_mode(store), "users": [u.__dict__ for u in users]}, args.json,
+               "\n".join([f"auth: {auth_mode(store)}"] + [f"{u.name}: {u.role}" for u in users]))
+        return 0
+    if args.action == "auth":
+        if args.name not in AUTH_MODES:
+            raise UsageError(f"users auth needs one of {', '.join(AUTH_MODES)}")
+        set_auth_mode(store, args.name)
+        if args.oidc_default_role:
+            store.set_setting(OIDC_DEFAULT_ROLE_SETTING, args.oidc_default_role)
+        print(f"auth: {args.name}")
+        return 0
+    if not args.name:
+        raise UsageError(f"users {args.action} needs a NAME")
+    if args.action == "remove":
+        if not remove_user(path, args.name):
+            raise UsageError(f"no user {args.name!r}")
+        print(f"removed {args.name}")
+        return 0
+    if not args.role:
+        raise UsageError("users add needs --role")
+    password = None if args.no_password else _read_password(args.password_stdin)
+    try:
+        user = add_user(path, args.name, args.role, password)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    print(f"{user.name}: {user.role}" + ("" if password else " (OIDC identity, no password)"))
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise UsageError("the passwords differ")
+    return first
+
+
 # ------------------------------------------------------------------ parser
+
+_MAX_COUNT = 10_000_000  # no count flag means more than this; larger is a typo or an attack
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number from 1 to `_MAX_COUNT` (exit 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= _MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {_MAX_COUNT:,}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,9 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", required=True, help="x0,y0,x1,y1 in the query image's pixels")
     p.add_argument("--collection", required=True, help="folder of images to search")
     p.add_argument("--model", default="effnet-lite0", help="backbone name or checkpoint path")
-    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--top-k", type=_positive_int, default=20)
     p.add_argument("--rerank", action="store_true", help="re-rank the top hits by the discovery score")
-    p.add_argument("--rerank-top", type=int, default=50, help="how many top hits to re-rank")
+    p.add_argument("--rerank-top", type=_positive_int, default=50, help="how many top hits to re-rank")
 
     p = add("eval", "one-shot detection mAP with the paper's protocol", model=True)
     p.add_argument("--annotations", help="ArtMiner JSON (e.g. brueghelTest.json) or VIA 2 file")
@@ -353,28 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "build the demo collection, its ground truth and project")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=60, help="number of images")
-    p.add_argument("--sources", type=int, default=4,
+    p.add_argument("--images", type=_positive_int, default=60, help="number of images")
+    p.add_argument("--sources", type=_positive_int, default=4,
                    help="sources of distinct house look (manuscript, print album, photo archive...); 1 = one style")
 
     p = add("ingest", "add images, IIIF manifests, VIA files and metadata to a project", project=True)
     p.add_argument("paths", nargs="*", help="folders, image files, IIIF manifests (file or URL), VIA files")
     p.add_argument("--metadata", help="CSV/TSV of metadata joined by file name")
     p.add_argument("--annotations", action="append", help="attach a ground-truth file for evaluation")
+    p.add_argument("--max-pixels", type=int, help="the project's pixel limit per image, stored in the "
+                   "project (default 178956970, PIL's decompression-bomb threshold)")
+    p.add_argument("--download-deadline", type=_positive_float, default=120.0,
+                   help="seconds a whole download (manifest or image) may take")
+    p.add_argument("--max-download-mb", type=_positive_float, default=256.0, help="largest image download, in MiB")
 
     p = add("discover", "discover repeated details across the project's images", model=True, project=True)
     p.add_argument("--model", help="model id or checkpoint (default: the project's active model)")
     p.add_argument("--pairs", default="knn", choices=["knn", "all"])
-    p.add_argument("--k", type=int, default=20, help="neighbours per image in the shortlist")
+    p.add_argument("--k", type=_positive_int, default=20, help="neighbours per image in the shortlist")
     p.add_argument("--min-score", type=float, help="discovery score threshold for links")
     p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs verified together")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="pairs verified together")
 
     p = add("train", "a training round: fine-tune on mined pairs and expert verdicts", model=True, project=True)
-    p.add_argument("--iterations", type=int, default=200, help="mining + gradient-step iterations (paper: 200)")
+    p.add_argument("--iterations", type=_positive_int, default=200, help="mining + gradient-step iterations (paper: 200)")
     p.add_argument("--sources", default="mined,expert", help="mined, expert, or both (comma-separated)")
     p.add_argument("--from", dest="from_model", help="model to start from (default: the active model)")
-    p.add_argument("--refresh-every", type=int, help="re-extract collection features every N iterations")
+    p.add_argument("--refresh-every", type=_positive_int, help="re-extract collection features every N iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-discover", action="store_true", help="skip re-discovery with the new model")
 
@@ -384,8 +488,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-verdicts", action="store_true", help="every verdict, not only confirmed links")
 
     p = add("app", "serve the review app", project=True)
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=_positive_int, default=8501)
     p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--projects", help="a folder: the app may also open the .duckdb files under it")
+    p.add_argument("--auth", choices=["none", "local", "oidc"],
+                   help="sign-in for every project this app opens (default: the project's own setting)")
+
+    p = add("users", "the project's users and its sign-in mode", project=True)
+    p.add_argument("action", choices=["add", "remove", "list", "auth"])
+    p.add_argument("name", nargs="?", help="user name (add, remove) or mode none/local/oidc (auth)")
+    p.add_argument("--role", choices=["viewer", "annotator", "adjudicator", "admin"])
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--no-password", action="store_true", help="an OIDC identity: role only")
+    p.add_argument("--oidc-default-role", choices=["viewer", "annotator", "adjudicator", "admin"],
+                   help="with `auth oidc`: the role of identities not in the users file")
     return parser
 
 

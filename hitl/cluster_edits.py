@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from db.records import StoredCluster
 from db.store import Store
 from engine.types import Cluster
+from hitl.roles import User, acting_name
 
 SPLIT_RUN_KIND = "split"
 
@@ -44,19 +45,27 @@ def filter_clusters(clusters: Sequence[StoredCluster], statuses: Sequence[str] |
             and len(c.images) >= min_size and (max_size is None or len(c.images) <= max_size)]
 
 
-def judge_cluster(store: Store, cluster_id: int, verdict: str, annotator: str,
-                  note: str | None = None) -> int:
-    """A verdict on the cluster as a whole; returns its verdict id."""
+def judge_cluster(store: Store, cluster_id: int, verdict: str, annotator: str | None,
+                  note: str | None = None, *, actor: User | None = None) -> int:
+    """A verdict on the cluster as a whole; returns its verdict id.
+
+    Raises:
+        Forbidden: ``actor`` may not give verdicts, or names someone else (`hitl.roles`).
+    """
+    annotator = acting_name(actor, annotator, "verdict")
     return store.add_verdict(cluster_id, verdict, annotator, note=note, target_kind="cluster")
 
 
 def judge_members(store: Store, cluster: StoredCluster, region_ids: Sequence[int], verdict: str,
-                  annotator: str, note: str | None = None) -> list[int]:
+                  annotator: str | None, note: str | None = None, *,
+                  actor: User | None = None) -> list[int]:
     """Verdicts on the links of the chosen member regions (each link once); returns their ids.
 
     Raises:
         ValueError: a region that is not a member of ``cluster``.
+        Forbidden: ``actor`` may not give verdicts, or names someone else.
     """
+    annotator = acting_name(actor, annotator, "verdict")
     members = {r.region_id: r for r in cluster.regions}
     unknown = sorted(set(region_ids) - set(members))
     if unknown:
@@ -66,7 +75,8 @@ def judge_members(store: Store, cluster: StoredCluster, region_ids: Sequence[int
 
 
 def split_cluster(store: Store, cluster: StoredCluster, groups: Sequence[Sequence[int]],
-                  annotator: str, note: str | None = None) -> list[int]:
+                  annotator: str | None, note: str | None = None, *,
+                  actor: User | None = None) -> list[int]:
     """Split ``cluster`` into parts; members left out of ``groups`` form one more part.
 
     Args:
@@ -77,7 +87,9 @@ def split_cluster(store: Store, cluster: StoredCluster, groups: Sequence[Sequenc
 
     Raises:
         ValueError: unknown or repeated regions, or fewer than two non-empty parts.
+        Forbidden: ``actor`` is not an adjudicator (splitting rewrites others' work).
     """
+    annotator = acting_name(actor, annotator, "split_cluster")
     parts = _split_parts(cluster, groups)
     members = {r.region_id: r for r in cluster.regions}
     run_id = store.start_run(cluster.model_id, {"split_of": cluster.cluster_id, "groups": parts},

@@ -17,7 +17,6 @@ Annotator 2) and ``metadata.csv``. The same seed gives byte-identical files.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
 from hitl.demo_sources import STYLES, PageLayout, draw_page, plan_layout
+from hitl.formats.csv_safe import safe_writer
 
 # --------------------------------------------------------------------------- config
 
@@ -1000,7 +1000,7 @@ def via_project(instances: tuple[DemoInstance, ...], file_sizes: dict[str, int])
 
 def _write_metadata(path: Path, plans: tuple[ImagePlan, ...]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
+        writer = safe_writer(f, lineterminator="\n")
         writer.writerow(["file", "title", "artist", "date", "medium", "collection"])
         for p in plans:
             writer.writerow(

@@ -41,6 +41,7 @@ from engine.shortlist import (
 from engine.texture import TextureConfig, collection_counts, combined_weights
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
+from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.project import ProjectPaths, load_model
 
 # Links at or above this discovery score (paper eq. 2) count as found: they build the
@@ -85,7 +86,20 @@ class DiscoverReport:
 def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = DiscoverConfig(),
                   model: str | None = None, device: str = "auto", progress: bool = True,
                   backbone: Backbone | None = None) -> DiscoverReport:
-    """Discover repeated details in the project's images with ``model`` (default: active)."""
+    """Discover repeated details in the project's images with ``model`` (default: active).
+
+    Raises:
+        DiscoveryBusyError: another process is discovering on this project now.
+    """
+    acquire_discovery_lock(paths)  # one discovery per project: a live run is not resumable
+    try:
+        return _run_discovery(store, paths, config, model, device, progress, backbone)
+    finally:
+        release_discovery_lock(paths)
+
+
+def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, model: str | None,
+                   device: str, progress: bool, backbone: Backbone | None) -> DiscoverReport:
     start = time.perf_counter()
     backbone = backbone or load_model(store, model, device)
     model_id = backbone.model_id

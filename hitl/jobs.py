@@ -8,6 +8,10 @@ app) and the ``artminer train`` verb (which calls `acquire_training_lock` /
 `release_training_lock` itself). A lock whose pid is dead, or now belongs to another
 program (its start time differs), is stale and is cleaned up by whoever looks next.
 
+Discovery takes a lock of the same kind, ``artminer-data/discover.lock``
+(`acquire_discovery_lock`), so one discovery runs per project at a time, whoever starts
+it (the command line, or a training round's re-discovery).
+
 The app reserves the lock under its own pid before it spawns the child and hands it to
 the child's pid right after; a child that asks for the lock meanwhile takes it over
 because its parent holds it.
@@ -26,14 +30,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hitl.project import ProjectPaths
+from hitl.roles import User, require
 
 LOCK_NAME = "train.lock"
+DISCOVERY_LOCK_NAME = "discover.lock"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _CHILDREN: dict[int, subprocess.Popen] = {}  # spawned by this process: polled so none stays a zombie
 
 
-class TrainingBusyError(RuntimeError):
+class ProjectBusyError(RuntimeError):
+    """Another process holds this project's lock for the same kind of work."""
+
+
+class TrainingBusyError(ProjectBusyError):
     """A training round is already running for this project."""
+
+
+class DiscoveryBusyError(ProjectBusyError):
+    """A discovery is already running for this project."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +61,22 @@ class Job:
     proc_start: str | None = field(default=None, repr=False)  # /proc start time: pid reuse guard
 
 
-def lock_path(paths: ProjectPaths) -> Path:
-    return paths.data_dir / LOCK_NAME
+def lock_path(paths: ProjectPaths, name: str = LOCK_NAME) -> Path:
+    return paths.data_dir / name
+
+
+def acquire_discovery_lock(paths: ProjectPaths, args: Sequence[str] = ()) -> Job:
+    """Take the project's discovery lock for this process (re-entrant).
+
+    Raises:
+        DiscoveryBusyError: another live process is discovering on this project.
+    """
+    return _acquire(paths, DISCOVERY_LOCK_NAME, None, None, args, DiscoveryBusyError,
+                    "a discovery")
+
+
+def release_discovery_lock(paths: ProjectPaths) -> bool:
+    return release_training_lock(paths, name=DISCOVERY_LOCK_NAME)
 
 
 def acquire_training_lock(paths: ProjectPaths, pid: int | None = None,
@@ -60,56 +88,74 @@ def acquire_training_lock(paths: ProjectPaths, pid: int | None = None,
     Raises:
         TrainingBusyError: another live process holds it.
     """
+    return _acquire(paths, LOCK_NAME, pid, log_path, args, TrainingBusyError,
+                    "a training round")
+
+
+def _acquire(paths: ProjectPaths, name: str, pid: int | None, log_path: Path | None,
+             args: Sequence[str], error: type[ProjectBusyError], what: str) -> Job:
     pid = os.getpid() if pid is None else pid
     job = Job(pid, _now(), log_path, tuple(args), _process_start(pid))
-    path = lock_path(paths)
+    path = lock_path(paths, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # a stale lock removed under us by another cleaner: try again
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            held = running_job(paths)
+            held = running_job(paths, name)
             if held is None:
                 continue  # was stale and is gone now
             if held.pid not in (pid, os.getppid() if pid == os.getpid() else -1):
-                raise TrainingBusyError(
-                    f"a training round is already running (pid {held.pid}, started "
+                raise error(
+                    f"{what} is already running (pid {held.pid}, started "
                     f"{held.started:%Y-%m-%d %H:%M} UTC, lock {path})") from None
             _write_lock(path, job)  # re-entrant, or a child taking over from its parent
             return job
         with os.fdopen(fd, "w") as f:
             f.write(_encode(job))
         return job
-    raise TrainingBusyError(f"could not take the training lock {path}")
+    raise error(f"could not take the lock {path}")
 
 
-def release_training_lock(paths: ProjectPaths, pid: int | None = None) -> bool:
+def release_training_lock(paths: ProjectPaths, pid: int | None = None,
+                          name: str = LOCK_NAME) -> bool:
     """Remove the lock if ``pid`` (default: this process) holds it; True if removed."""
     pid = os.getpid() if pid is None else pid
-    held = read_lock(paths)
+    held = read_lock(paths, name)
     if held is None or held.pid != pid:
         return False
-    lock_path(paths).unlink(missing_ok=True)
+    lock_path(paths, name).unlink(missing_ok=True)
     return True
 
 
-def read_lock(paths: ProjectPaths) -> Job | None:
-    """The lock's content as written, alive or not (None if absent or unreadable)."""
+def read_lock(paths: ProjectPaths, name: str = LOCK_NAME) -> Job | None:
+    """The lock's content as written, alive or not (None if absent, unreadable or invalid).
+
+    A lock is data, not trust (anyone who can write ``artminer-data/`` can write one): a
+    pid below 2 (``killpg`` would hit our own group or everything) or a log outside the
+    project's data folder makes the lock invalid, hence stale.
+    """
     try:
-        data = json.loads(lock_path(paths).read_text())
-        return Job(int(data["pid"]), datetime.fromisoformat(data["started"]),
-                   Path(data["log"]) if data.get("log") else None, tuple(data.get("args", ())),
-                   data.get("proc_start"))
+        data = json.loads(lock_path(paths, name).read_text())
+        job = Job(int(data["pid"]), datetime.fromisoformat(data["started"]),
+                  Path(data["log"]) if data.get("log") else None,
+                  tuple(str(a) for a in data.get("args", ())), data.get("proc_start"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if job.pid < 2:
+        return None
+    if job.log_path is not None and not job.log_path.resolve().is_relative_to(
+            paths.data_dir.resolve()):
+        return None
+    return job
 
 
-def running_job(paths: ProjectPaths) -> Job | None:
-    """The round running now, or None; a stale lock is removed on the way."""
-    path = lock_path(paths)
+def running_job(paths: ProjectPaths, name: str = LOCK_NAME) -> Job | None:
+    """The round (or, by ``name``, discovery) running now, or None; a stale lock is removed."""
+    path = lock_path(paths, name)
     if not path.exists():
         return None
-    job = read_lock(paths)
+    job = read_lock(paths, name)
     if job is not None and _alive(job):
         return job
     if job is None and _younger_than(path, 2.0):
@@ -124,7 +170,7 @@ def train_command(project: Path, args: Sequence[str] = ()) -> list[str]:
 
 
 def start_training(project: str | os.PathLike, args: Sequence[str] = (),
-                   command: Sequence[str] | None = None) -> Job:
+                   command: Sequence[str] | None = None, *, actor: User | None = None) -> Job:
     """Start a training round in the background; returns at once.
 
     Args:
@@ -134,7 +180,9 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
 
     Raises:
         TrainingBusyError: a round is already running for this project.
+        Forbidden: ``actor`` is not an admin (`hitl.roles`).
     """
+    require(actor, "train")
     paths = ProjectPaths(Path(project).resolve())
     cmd = list(command) if command is not None else train_command(paths.project, args)
     acquire_training_lock(paths, args=cmd)  # reserve under our pid before spawning
@@ -156,10 +204,20 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
     return job
 
 
-def stop_training(job: Job) -> None:
-    """Ask a running round to stop (SIGTERM to its process group)."""
-    if _alive(job):
-        os.killpg(job.pid, signal.SIGTERM)
+def stop_training(job: Job, *, actor: User | None = None) -> bool:
+    """Ask a running round to stop (SIGTERM to its process group); True if signalled.
+
+    Only a process this app started, or an ``artminer train`` process with the recorded
+    start time, is signalled: a hand-written lock naming another pid signals nothing.
+
+    Raises:
+        Forbidden: ``actor`` is not an admin (`hitl.roles`).
+    """
+    require(actor, "stop_training")
+    if not (_alive(job) and _is_training_process(job)):
+        return False
+    os.killpg(job.pid, signal.SIGTERM)
+    return True
 
 
 def tail_log(job: Job | Path | None, n: int = 40) -> str:
@@ -180,7 +238,8 @@ def tail_log(job: Job | Path | None, n: int = 40) -> str:
 
 def latest_log(paths: ProjectPaths) -> Path | None:
     """The newest training log of the project, finished or not."""
-    logs = sorted(paths.logs.glob("train-*.log")) if paths.logs.is_dir() else []
+    logs = sorted(p for p in paths.logs.glob("train-*.log")  # a planted link shows nothing
+                  if not p.is_symlink()) if paths.logs.is_dir() else []
     return logs[-1] if logs else None
 
 
@@ -202,6 +261,20 @@ def _alive(job: Job) -> bool:
     if start == "zombie":
         return False
     return job.proc_start is None or start is None or start == job.proc_start
+
+
+def _is_training_process(job: Job) -> bool:
+    """Started by this process, or running ``artminer train`` / ``hitl.cli train``."""
+    if job.pid in _CHILDREN:
+        return True
+    if job.proc_start is None or _process_start(job.pid) != job.proc_start:
+        return False  # no start time to vouch for the pid
+    try:
+        argv = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    launcher = any(a == "hitl.cli" or Path(a).name == "artminer" for a in argv)
+    return launcher and "train" in argv
 
 
 def _process_start(pid: int) -> str | None:

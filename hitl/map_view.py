@@ -7,7 +7,6 @@ by discovery). Colours are computed here as plain arrays; the page only draws th
 
 from __future__ import annotations
 
-import html
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from db.records import UNREVIEWED, ImageRecord, Link, MapPoint, StoredCluster
+from hitl.plot_text import plot_lines
 
 COLOUR_BY = ("cluster", "group", "artist", "date", "medium", "status")
 """What the points can be coloured by; ``date`` is continuous (the year), the rest categories."""
@@ -169,7 +169,7 @@ def hover_texts(table: MapTable, images: Mapping[str, ImageRecord]) -> list[str]
         rec = images.get(image_id)
         parts = ([rec.title or rec.path.rsplit("/", 1)[-1], rec.artist, rec.date]
                  if rec is not None else [image_id])
-        out.append("<br>".join(html.escape(str(p)) for p in parts if p))
+        out.append(plot_lines(parts))
     return out
 
 

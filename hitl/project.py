@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from db.migrations import SchemaVersionError
 from db.store import Store
 from engine.backbone import Backbone, create_backbone, resolve_device
+from engine.images import set_max_pixels
 from engine.types import ModelRef
+from hitl.formats.image_files import project_max_pixels
+from hitl.roles import User, require
 
 DEFAULT_MODEL = "effnet-lite0"
 
@@ -41,12 +45,34 @@ class ProjectPaths:
         return self.data_dir / "images"
 
 
+class ProjectFileError(ValueError):
+    """The file is not an ArtMiner project this code can open (bad input: exit 2)."""
+
+
 def open_project(path: str | Path, create: bool = False) -> tuple[Store, ProjectPaths]:
-    """Open a project file; a missing one is an error unless ``create``."""
+    """Open a project file; a missing one is an error unless ``create``.
+
+    Raises:
+        FileNotFoundError: no such file (and not ``create``).
+        ProjectFileError: not a DuckDB file, a DuckDB file of another program, or a
+            project written by a newer ArtMiner; one line saying which.
+    """
     path = Path(path)
     if not create and not path.is_file():
         raise FileNotFoundError(f"project file not found: {path} (create one with `artminer ingest` or `artminer demo`)")
-    return Store(path), ProjectPaths(path.resolve())
+    if path.exists() and not path.is_file():
+        raise ProjectFileError(f"{path} is not a file")
+    try:
+        store = Store(path)
+    except SchemaVersionError as err:
+        raise ProjectFileError(str(err)) from err
+    except Exception as err:  # duckdb's own errors: the file is not a database at all
+        if "duckdb" not in type(err).__module__ and not isinstance(err, OSError):
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ProjectFileError(f"{path} is not an ArtMiner project ({reason})") from err
+    set_max_pixels(project_max_pixels(store))  # decoding obeys the project's bomb guard too
+    return store, ProjectPaths(path.resolve())
 
 
 def active_model_id(store: Store) -> str:
@@ -58,6 +84,12 @@ def active_model_id(store: Store) -> str:
         store.add_model(ModelRef(DEFAULT_MODEL, DEFAULT_MODEL))
     store.set_active_model(DEFAULT_MODEL)
     return DEFAULT_MODEL
+
+
+def make_active(store: Store, model_id: str, *, actor: User | None = None) -> None:
+    """Make ``model_id`` the project's active model (admins only when an actor is given)."""
+    require(actor, "set_active_model")
+    store.set_active_model(model_id)
 
 
 def load_model(store: Store, model: str | None = None, device: str = "auto") -> Backbone:

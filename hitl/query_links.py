@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from db.store import Store
 from engine.types import Affine, Box, Detection, PairMatch
+from hitl.roles import User, acting_name
 
 QUERY_RUN_KIND = "query"
 
@@ -45,8 +46,14 @@ def start_query_run(store: Store, model_id: str, query_image: str, query_box: Bo
 
 
 def confirm_hit(store: Store, run_id: int, query_image: str, query_box: Box, hit: Detection,
-                annotator: str, note: str | None = None) -> ConfirmedHit:
-    """Store the hit as a link of query run ``run_id`` and confirm it."""
+                annotator: str | None, note: str | None = None, *,
+                actor: User | None = None) -> ConfirmedHit:
+    """Store the hit as a link of query run ``run_id`` and confirm it.
+
+    Raises:
+        Forbidden: ``actor`` may not give verdicts, or names someone else (`hitl.roles`).
+    """
+    annotator = acting_name(actor, annotator, "confirm_hit")
     link_id = store.add_links(run_id, [detection_match(query_image, query_box, hit)], mark_verified=False)[0]
     verdict_id = store.add_verdict(link_id, "confirm", annotator, note=note)
     store.finish_run(run_id)  # a query run is complete after each write; more may follow

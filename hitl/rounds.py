@@ -17,6 +17,7 @@ confirmed from rejected links, and the recall of confirmed links at the default 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -169,8 +170,9 @@ def _check_round(store: Store, config: RoundConfig, train_links, heldout, cluste
 
 def _resume_or_start(store: Store, parent: str, config: RoundConfig) -> int:
     """A killed round with the same parent and parameters continues from its checkpoint."""
+    params = json.loads(json.dumps(config.params()))  # as stored: tuples come back as lists
     for r in reversed(store.list_rounds()):
-        if r.parent_model == parent and r.params == config.params() and r.status in ("running", "failed"):
+        if r.parent_model == parent and r.params == params and r.status in ("running", "failed"):
             store.update_round(r.round_id, status="running")
             return r.round_id
     return store.add_round(parent, config.params())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from db.store import Store
 from hitl.export import export_links
+from hitl.formats.csv_safe import safe_writer
 
 VIEW_FORMATS = ("csv", "w3c")
 
@@ -53,7 +54,7 @@ def _filter_csv(text: str, wanted: set[int]) -> str:
     column = rows[0].index("link_id")
     keep = [rows[0]] + [r for r in rows[1:] if int(r[column]) in wanted]
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(keep)
+    safe_writer(out, lineterminator="\n").writerows(keep)  # the export neutralised; stay so
     return out.getvalue()
 
 

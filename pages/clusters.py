@@ -18,6 +18,7 @@ from hitl.cluster_edits import (
     split_cluster,
     split_of,
 )
+from hitl.roles import Forbidden
 from pages import session
 
 PER_PAGE = 5
@@ -36,7 +37,11 @@ def clear_choice(cluster: StoredCluster) -> None:
 
 
 def on_cluster(store, cluster: StoredCluster, verdict: str, annotator: str) -> None:
-    judge_cluster(store, cluster.cluster_id, verdict, annotator)
+    try:
+        judge_cluster(store, cluster.cluster_id, verdict, annotator, actor=session.actor())
+    except Forbidden as err:
+        st.session_state.clusters_msg = str(err)
+        return
     st.session_state.clusters_msg = f"Cluster #{cluster.cluster_id}: {verdict}"
 
 
@@ -45,15 +50,20 @@ def on_members(store, cluster: StoredCluster, verdict: str, annotator: str) -> N
     if not chosen:
         st.session_state.clusters_msg = "Tick the members first."
         return
-    ids = judge_members(store, cluster, chosen, verdict, annotator)
+    try:
+        ids = judge_members(store, cluster, chosen, verdict, annotator, actor=session.actor())
+    except Forbidden as err:
+        st.session_state.clusters_msg = str(err)
+        return
     clear_choice(cluster)
     st.session_state.clusters_msg = f"{verdict}: {len(ids)} link(s) of cluster #{cluster.cluster_id}"
 
 
 def on_split(store, cluster: StoredCluster, annotator: str) -> None:
     try:
-        new = split_cluster(store, cluster, [chosen_members(cluster)], annotator)
-    except ValueError as err:
+        new = split_cluster(store, cluster, [chosen_members(cluster)], annotator,
+                            actor=session.actor())
+    except (ValueError, Forbidden) as err:
         st.session_state.clusters_msg = str(err)
         return
     clear_choice(cluster)

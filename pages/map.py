@@ -26,6 +26,7 @@ from hitl.map_view import (
     image_statuses,
     map_table,
 )
+from hitl.plot_text import plot_text
 from pages import session
 
 MAX_SELECTED = 12
@@ -66,14 +67,14 @@ def figure(table: MapTable, values: np.ndarray, hover: list[str], by: str) -> go
         if len(idx) == 0:
             continue
         fig.add_trace(go.Scattergl(
-            x=table.x[idx], y=table.y[idx], mode="markers", name=name, customdata=idx,
+            x=table.x[idx], y=table.y[idx], mode="markers", name=plot_text(name), customdata=idx,
             text=hover_arr[idx], hovertemplate="%{text}<extra></extra>", legendrank=1000 + rank,
             marker=dict(size=7 if len(table) < 2000 else 4, opacity=0.85, **marker)))
     # grey points first, so the named categories are drawn over them; the legend keeps its order
     fig.data = tuple(sorted(fig.data, key=lambda t: t.name not in (NONE_LABEL, OTHER_LABEL, "undated")))
     fig.update_layout(height=640, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
                       showlegend=True,  # also for a single category
-                      legend=dict(title=by, itemsizing="constant"),
+                      legend=dict(title=plot_text(by), itemsizing="constant"),
                       xaxis=dict(visible=False), yaxis=dict(visible=False))
     return fig
 

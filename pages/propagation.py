@@ -8,7 +8,6 @@ button always saves a PNG in the browser).
 
 from __future__ import annotations
 
-import html
 import importlib.util
 
 import plotly.graph_objects as go
@@ -16,6 +15,7 @@ import streamlit as st
 
 from db.records import Link
 from hitl.cluster_edits import current_clusters
+from hitl.plot_text import plot_lines, plot_text
 from hitl.timeline import ROW_BY, TimelineLayout, linked_component, links_within, timeline_layout
 from hitl.view_export import export_view
 from pages import session
@@ -50,8 +50,7 @@ def link_label(store, link: Link) -> str:
 
 
 def timeline_figure(layout: TimelineLayout, images: dict) -> go.Figure:
-    hover = ["<br>".join(html.escape(str(v)) for v in (im.title or im.path, im.artist, im.date,
-                                                         im.collection) if v)
+    hover = [plot_lines((im.title or im.path, im.artist, im.date, im.collection))
              for im in (images[i] for i in layout.image_ids)]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=layout.edge_x, y=layout.edge_y, mode="lines", hoverinfo="skip",
@@ -63,7 +62,7 @@ def timeline_figure(layout: TimelineLayout, images: dict) -> go.Figure:
     fig.update_layout(height=max(320, 80 + 60 * len(layout.rows)), showlegend=False,
                       margin=dict(l=10, r=10, t=30, b=10), xaxis_title="year",
                       yaxis=dict(tickmode="array", tickvals=list(range(len(layout.rows))),
-                                 ticktext=[html.escape(r) for r in layout.rows], autorange="reversed"))
+                                 ticktext=[plot_text(r) for r in layout.rows], autorange="reversed"))
     return fig
 
 

@@ -91,11 +91,14 @@ def run_query(store, model: str, image: ImageRecord, box: Box, top_k: int) -> No
 
 
 def on_confirm(store, model: str, index: int, annotator: str) -> None:
+    if not session.can("confirm_hit"):
+        st.toast("Your role may search but not confirm links.")
+        return
     res = st.session_state.query_results
     box, hit = Box(*res["box"]), res["hits"][index]
     if res["run"] is None:
         res["run"] = start_query_run(store, model, res["image"], box)
-    done = confirm_hit(store, res["run"], res["image"], box, hit, annotator)
+    done = confirm_hit(store, res["run"], res["image"], box, hit, annotator, actor=session.actor())
     res["confirmed"][index] = done.link_id
 
 

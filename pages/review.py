@@ -16,6 +16,7 @@ from engine.types import Box
 from hitl.overlay import aligned_pair, crop_region
 from hitl.queue import STRATEGIES, next_links
 from hitl.thumbnails import jpeg_bytes
+from hitl.verdicts import record_verdict, undo_last_verdict
 from pages import session
 
 DETAIL_SIDE = 1024  # decode side for enlarged regions: sharp crops of big scans
@@ -65,7 +66,7 @@ def prefetch(store, link: Link | None) -> None:
 
 def answer(store, link: Link, verdict: str, annotator: str) -> None:
     note = st.session_state.review_note.strip() or None
-    store.add_verdict(link.link_id, verdict, annotator, note=note)
+    record_verdict(store, link.link_id, verdict, annotator, actor=session.actor(), note=note)
     st.session_state.review_note = ""
     st.session_state.review_focus = None
     st.session_state.review_last = f"Link #{link.link_id}: {verdict}"
@@ -77,11 +78,10 @@ def skip(link: Link) -> None:
 
 
 def undo_last(store, annotator: str) -> None:
-    last = store.last_verdict_by(annotator, target_kind="link")
+    last = undo_last_verdict(store, annotator, actor=session.actor())
     if last is None:
         st.session_state.review_last = "Nothing of yours to undo."
         return
-    store.undo_verdict(last.verdict_id, annotator)
     st.session_state.review_focus = last.target_id  # show the link again, to answer anew
     st.session_state.review_last = f"Undid your {last.verdict} on link #{last.target_id}"
 
@@ -169,6 +169,7 @@ def history_ui(store, link: Link) -> None:
 
 store = session.store()
 annotator = session.require_annotator()
+session.require_role("verdict")
 model = session.model_id(store)
 st.title("Review")
 strategy, threshold = controls_ui(store, model)

@@ -4,7 +4,9 @@ Session state keys (set up here, read by the pages):
 
 * ``project_path``: the project file, from ``ARTMINER_PROJECT``, the URL or the sidebar;
 * ``annotator``: the expert's name, asked once per browser session and kept in the URL
-  (``?annotator=``) so a reload does not ask again.
+  (``?annotator=``) so a reload does not ask again; only with ``auth = none``.
+* ``user``: the logged-in `User` (name and role) with ``auth = local`` or ``oidc``; the
+  annotator is then that user's name and the URL parameter is ignored.
 
 Text from files and metadata is only ever shown with `st.text` or in dataframes, never
 as Markdown (image captions and button labels render Markdown, so they get none).
@@ -25,9 +27,20 @@ from engine.types import Box
 from hitl.discover import DEFAULT_MIN_SCORE
 from hitl.overlay import BOX_COLOURS, draw_boxes
 from hitl.project import ProjectPaths, active_model_id, open_project
+from hitl.roles import ACTIONS, User
 from hitl.thumbnails import jpeg_bytes, load_view
+from hitl.users import (
+    AUTH_ENV,
+    OIDC_DEFAULT_ROLE_SETTING,
+    app_auth_mode,
+    auth_mode,
+    authenticate,
+    oidc_user,
+    users_file,
+)
 
 PROJECT_ENV = "ARTMINER_PROJECT"
+PROJECTS_ENV = "ARTMINER_PROJECTS"  # `artminer app --projects DIR`: project files under DIR
 
 
 # ---------------------------------------------------------------------- project
@@ -39,9 +52,30 @@ def open_project_file(path: str) -> tuple[Store, ProjectPaths]:
     return open_project(path)
 
 
+def allowed_project(text: str | None) -> str | None:
+    """``text`` as an absolute path if the app may open it, else None.
+
+    The app serves the project it was started with (``ARTMINER_PROJECT``) and ``.duckdb``
+    files under the projects folder it was started with (``ARTMINER_PROJECTS``); a URL
+    parameter or the sidebar can choose among those, never any file the server can read.
+    """
+    if not text:
+        return None
+    path = Path(text).expanduser().resolve()
+    start = os.environ.get(PROJECT_ENV)
+    if start and path == Path(start).expanduser().resolve():
+        return str(path)
+    folder = os.environ.get(PROJECTS_ENV)
+    if (folder and path.suffix == ".duckdb" and path.is_file()
+            and path.is_relative_to(Path(folder).expanduser().resolve())):
+        return str(path)
+    return None
+
+
 def project_path() -> str | None:
     if "project_path" not in st.session_state:
-        found = st.query_params.get("project") or os.environ.get(PROJECT_ENV)
+        found = allowed_project(st.query_params.get("project")) or allowed_project(
+            os.environ.get(PROJECT_ENV))
         st.session_state.project_path = found or None
     return st.session_state.project_path
 
@@ -102,7 +136,104 @@ def decision_threshold(store: Store, model: str) -> float:
 # ---------------------------------------------------------------------- annotator
 
 
+def auth() -> str:
+    """The auth mode: the app's (``artminer app --auth``) if set, else the project's."""
+    return app_auth_mode(os.environ.get(AUTH_ENV)) or auth_mode(store())
+
+
+def actor() -> User | None:
+    """The logged-in user, or None with ``auth = none`` (the trusted single user).
+
+    A login holds for the project it was made on: opening another project asks again.
+    """
+    user = st.session_state.get("user")
+    if user is not None and st.session_state.get("user_project") != _resolved(project_path()):
+        st.session_state.pop("user", None)
+        return None
+    return user
+
+
+def _resolved(path: str | None) -> str | None:
+    """No page functions here: `actor` also runs in widget callbacks."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _sign_in(user: User, project: str) -> None:
+    st.session_state.user = user
+    st.session_state.user_project = _resolved(project)
+
+
+def can(action: str) -> bool:
+    """Whether this session's user may do ``action`` (see `hitl.roles`)."""
+    user = actor()
+    return user is None or user.can(action)
+
+
+def require_role(action: str) -> None:
+    """Stop the page with a plain message if this session's user may not do ``action``."""
+    if not can(action):
+        user = actor()
+        st.info(f"Signed in as {user.name} ({user.role}): this page needs the "
+                f"{ACTIONS[action]} role.")
+        st.stop()
+
+
+def require_login() -> User | None:
+    """The logged-in user; stops the page at a login form (``local``) or the provider's
+    login (``oidc``) until there is one. None with ``auth = none``."""
+    mode = auth()
+    if mode == "none":
+        return None
+    if actor() is None and mode == "oidc":
+        _oidc_login()
+    if actor() is None:
+        _local_login()
+    return actor()
+
+
+def _local_login() -> None:
+    st.subheader("Sign in")
+    with st.form("login_form"):
+        st.text_input("Name", key="login_name")
+        st.text_input("Password", type="password", key="login_password")
+        # a callback runs before the next script run, so the page starts signed in
+        st.form_submit_button("Sign in", type="primary", on_click=_check_password,
+                              args=(store().path,))
+    if st.session_state.get("login_failed"):
+        st.error("Unknown name or wrong password.")
+    st.stop()
+
+
+def _check_password(project: str) -> None:
+    """Form callback (no page functions here: a callback runs outside the page's run)."""
+    name = (st.session_state.get("login_name") or "").strip()
+    password = st.session_state.get("login_password") or ""
+    st.session_state.login_password = ""  # never kept in the session
+    user = authenticate(users_file(project), name, password) if name else None
+    st.session_state.login_failed = user is None
+    if user is not None:
+        _sign_in(user, project)
+
+
+def _oidc_login() -> None:
+    if not getattr(st.user, "is_logged_in", False):
+        st.subheader("Sign in")
+        st.button("Sign in with your institution's account", on_click=st.login, type="primary")
+        st.stop()
+    default = store().get_setting(OIDC_DEFAULT_ROLE_SETTING) or "viewer"
+    _sign_in(oidc_user(st.user.to_dict(), users_file(store().path), default), store().path)
+
+
+def log_out() -> None:
+    st.session_state.pop("user", None)
+    if auth() == "oidc" and getattr(st.user, "is_logged_in", False):
+        st.logout()
+
+
 def annotator() -> str | None:
+    user = actor()
+    if user is not None:  # with auth on, the identity is the annotator, never the URL
+        return user.name
     if not st.session_state.get("annotator"):
         st.session_state.annotator = (st.query_params.get("annotator") or "").strip() or None
     return st.session_state.annotator

@@ -18,6 +18,9 @@ from hitl.jobs import (
     stop_training,
     tail_log,
 )
+from hitl.plot_text import plot_text
+from hitl.project import make_active
+from hitl.roles import Forbidden
 from hitl.round_history import last_round_start, metric_rows, verdict_counts
 from pages import session
 
@@ -48,8 +51,8 @@ def start_ui(store, paths, model: str) -> None:
         args = ["--iterations", str(int(iterations)), "--sources", ",".join(sources), "--from", parent,
                 "--quiet"]  # one plain line per iteration in the log, no progress bars
         try:
-            start_training(paths.project, args)
-        except TrainingBusyError as err:
+            start_training(paths.project, args, actor=session.actor())
+        except (TrainingBusyError, Forbidden) as err:
             st.error(str(err))
             return
         st.rerun()
@@ -63,8 +66,8 @@ def live_job(paths) -> None:
         st.rerun(scope="app")  # finished: refresh history and counts
     st.info(f"A training round is running (pid {job.pid}, since {job.started:%H:%M:%S} UTC).")
     st.code(tail_log(job, 25) or "(no output yet)", language=None)
-    if st.button("Stop this round", key="train_stop"):
-        stop_training(job)
+    if st.button("Stop this round", key="train_stop", disabled=not session.can("stop_training")):
+        stop_training(job, actor=session.actor())
 
 
 def history_ui(rounds) -> None:
@@ -86,7 +89,7 @@ def history_ui(rounds) -> None:
     fig = go.Figure([go.Bar(name=side, x=[f"round {r['round']}" for r in chosen],
                             y=[r[side] for r in chosen]) for side in ("before", "after")])
     fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, t=30, b=10),
-                      yaxis_title=name)
+                      yaxis_title=plot_text(name))
     st.plotly_chart(fig, key="train_chart")
 
 
@@ -98,8 +101,9 @@ def active_model_ui(store, model: str) -> None:
         return
     choice = st.selectbox("Model used by discovery, queries and the next round", models,
                           index=models.index(model) if model in models else 0, key="train_active")
-    if choice != model and st.button("Make it the active model", key="train_make_active"):
-        store.set_active_model(choice)
+    if choice != model and st.button("Make it the active model", key="train_make_active",
+                                     disabled=not session.can("set_active_model")):
+        make_active(store, choice, actor=session.actor())
         st.rerun()
 
 

@@ -71,9 +71,11 @@ def project(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(project) -> Iterator[str]:
+def server(project, tmp_path_factory) -> Iterator[str]:
     port = _free_port()
-    env = dict(os.environ, ARTMINER_PROJECT=str(project))
+    # the map test opens a second project by URL: both live under pytest's base folder
+    env = dict(os.environ, ARTMINER_PROJECT=str(project),
+               ARTMINER_PROJECTS=str(tmp_path_factory.getbasetemp()))
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"]
     ARTIFACTS.mkdir(exist_ok=True)
