@@ -43,6 +43,7 @@ from engine.types import Box
 from hitl.discover import (
     DEFAULT_MIN_SCORE,
     DiscoverConfig,
+    collection_votes,
     image_descriptors,
     run_discovery,
     texture_weights,
@@ -55,9 +56,10 @@ THRESHOLDS = (0.01, 0.02, 0.03, 0.05)
 # Shortlists compared: the first version's, and the default with each look-alike cap.
 SHORTLISTS = {
     "max region (first version)": (ShortlistConfig(grids=(1, 8), scoring="max", texture_weight=False), None),
-    "default, no cap": (ShortlistConfig(), None),
-    "default, look-alike cap": (ShortlistConfig(), "look"),
-    "default, collection cap": (ShortlistConfig(), "collection"),
+    "distinctive regions": (ShortlistConfig(scoring="distinctive"), None),
+    "cell votes, no cap": (ShortlistConfig(), None),
+    "cell votes, look-alike cap": (ShortlistConfig(), "look"),
+    "cell votes, collection cap": (ShortlistConfig(), "collection"),
 }
 
 
@@ -139,10 +141,12 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
     for name, (config, groups) in SHORTLISTS.items():
         start = time.perf_counter()
         desc = image_descriptors(ids, pyramids, config, weights=weights if config.texture_weight else None)
+        votes = collection_votes(ids, pyramids, weights, config) if config.scoring == "votes" else None
         group = None if groups is None else (look_alike_groups(desc) if groups == "look" else by_collection)
         row = {}
         for k in KS:
-            pairs = {frozenset((ids[i], ids[j])) for i, j, _ in shortlist_pairs(desc, replace(config, k=k), group)}
+            pairs = {frozenset((ids[i], ids[j])) for i, j, _ in
+                     shortlist_pairs(desc, replace(config, k=k), group, votes=votes)}
             row[k] = {**{sub: shortlist_recall(pairs, truth) for sub, truth in subsets.items()}, "pairs": len(pairs)}
         rows[name] = {"recall": row, "seconds": time.perf_counter() - start}
     return {"texture_weights_seconds": weight_seconds, "ground_truth_pairs": {sub: len(t) for sub, t in subsets.items()}, "shortlist": rows}

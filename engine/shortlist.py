@@ -25,7 +25,7 @@ grid for very large collections.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,16 +46,20 @@ class ShortlistConfig:
     # ~1/8 of the image side, so that a detail of any size has a region about its size.
     grids: tuple[int, ...] = (1, 2, 4, 8)
     block: int = 4096  # database images per matmul block (bounds memory, not results)
-    # "distinctive": regions vote by how much better they match an image than they match
-    # the collection at large (see :func:`distinctive_knn`); "max": the single most
-    # similar region pair, the first version's score.
-    scoring: str = "distinctive"
+    # "votes": every cell of an image's coarse level votes for the images holding its
+    # nearest cells, by how much nearer they are than its next neighbours (see
+    # :func:`vote_scores`); "distinctive": pooled regions, scored the same way
+    # (:func:`distinctive_knn`); "max": the single most similar region pair, the first
+    # version's score. Measured on the multi-source demo (benchmarks/sources.py).
+    scoring: str = "votes"
+    vote_level: int = 3  # query cells at this level (20 cells on the long side) ...
+    vote_neighbours: int = 5  # ... each votes for the images of its 5 nearest cells at this level and coarser
     background_k: int = 10  # a region's background: its mean best match over this many images (CSLS's K = 10)
     top_regions: int = 3  # the pair score sums this many best distinctive region matches
     # At most this share of an image's k neighbours come from its own look-alike group
     # (same house look: a manuscript's pages, an album's sheets), so repeated layout can
     # never fill the whole shortlist. 1.0 turns the cap off.
-    same_group_share: float = 0.5
+    same_group_share: float = 0.75
     # Regions pool their cells weighted by texture weight (engine.texture), so a region of
     # a page describes its picture, not its script; regions whose mean weight is below
     # `min_region_mass` (script, ruling, blank margins only) describe nothing.
@@ -71,8 +75,10 @@ class ShortlistConfig:
             raise ValueError(f"region grids must be positive integers, got {self.grids}")
         if self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
-        if self.scoring not in ("distinctive", "max"):
-            raise ValueError(f"shortlist scoring must be 'distinctive' or 'max', got {self.scoring!r}")
+        if self.scoring not in ("votes", "distinctive", "max"):
+            raise ValueError(f"shortlist scoring must be 'votes', 'distinctive' or 'max', got {self.scoring!r}")
+        if self.vote_neighbours < 1 or self.vote_level < 0:
+            raise ValueError("vote_neighbours must be >= 1 and vote_level >= 0")
         if self.background_k < 1 or self.top_regions < 1:
             raise ValueError("background_k and top_regions must be >= 1")
         if not 0.0 < self.same_group_share <= 1.0:
@@ -423,12 +429,108 @@ def distinctive_knn(desc: torch.Tensor | np.ndarray, config: ShortlistConfig, gr
     return idx_out, score_out
 
 
+# ------------------------------------------------------------ cell votes
+
+
+@dataclass
+class CellBag:
+    """Feature cells of many images pooled together: features (M, C), weights (M,) and
+    owner (M,) image index; built by :func:`cell_bag`."""
+
+    features: torch.Tensor
+    weights: torch.Tensor
+    owner: torch.Tensor
+
+
+def cell_bag(pyramids: Sequence[FeaturePyramid], weights: Sequence[Sequence[torch.Tensor]] | None,
+             levels: Callable[[int], Iterable[int]]) -> CellBag:
+    """Every cell of ``levels(n_levels)`` of each pyramid, with its texture weight (1 without)."""
+    feats, wts, owner = [], [], []
+    for i, pyramid in enumerate(pyramids):
+        for level in levels(len(pyramid.levels)):
+            fmap = pyramid.levels[level]
+            feats.append(fmap.flatten(1).T.float())
+            w = weights[i][level].flatten().float() if weights is not None else torch.ones(fmap.shape[1] * fmap.shape[2])
+            wts.append(w)
+            owner.append(torch.full((len(w),), i, dtype=torch.long))
+    if not feats:
+        return CellBag(torch.zeros(0, 0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    return CellBag(torch.cat(feats), torch.cat(wts), torch.cat(owner))
+
+
+@torch.no_grad()
+def vote_scores(queries: CellBag, database: CellBag, n_images: int, neighbours: int = 5,
+                block_elements: int = 1 << 25) -> torch.Tensor:
+    """How strongly each image's cells point at each other image (N, N), symmetric.
+
+    Each query cell finds its ``neighbours + 1`` nearest database cells in *other*
+    images; each of the first ``neighbours`` votes for its image with
+    ``(s_j - s_last) * w_query * w_cell``: how much nearer it is than the next candidate
+    (local scaling, as CSLS: a cell of script or of a page's frame has many equally near
+    neighbours and casts almost nothing), times both cells' texture weights. A copied
+    detail redrawn in another medium is rarely anyone's nearest cell *globally* by a wide
+    margin, but its several cells point at the same image, so the votes add up there.
+
+    Args:
+        queries, database: cells (see :func:`cell_bag`); database cells may come from
+            several levels, so a detail is found at other scales.
+        n_images: N, the number of owners.
+
+    Returns:
+        (N, N) float32 scores, ``max(s_ij, s_ji)``, zero diagonal.
+    """
+    score = torch.zeros(n_images * n_images)
+    if len(queries.features) == 0 or len(database.features) == 0:
+        return score.view(n_images, n_images)
+    m = min(neighbours + 1, len(database.features))
+    rows = max(1, block_elements // len(database.features))
+    for s in range(0, len(queries.features), rows):
+        part = slice(s, s + rows)
+        sim = queries.features[part] @ database.features.T  # (r, M)
+        sim.masked_fill_(queries.owner[part, None] == database.owner[None, :], -2.0)
+        top, idx = sim.topk(m, dim=1)
+        vote = (top[:, :-1] - top[:, -1:]).clamp_min(0) * queries.weights[part, None] * database.weights[idx[:, :-1]]
+        key = queries.owner[part, None] * n_images + database.owner[idx[:, :-1]]
+        score.index_add_(0, key.flatten(), vote.flatten())
+    score = score.view(n_images, n_images)
+    return torch.maximum(score, score.T).fill_diagonal_(0.0)
+
+
+def capped_neighbours(score: torch.Tensor, k: int, groups: np.ndarray | None = None,
+                      same_group_share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's ``k`` best-scoring other images, at most ``same_group_share * k`` of
+    them from its own group (``groups``, -1 = none) while others are left.
+
+    Returns:
+        (N, k') indices and scores, best first, k' = min(k, N - 1).
+    """
+    n = score.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0)
+    score = score.clone().fill_diagonal_(-torch.inf)
+    group = torch.as_tensor(groups if groups is not None else np.full(n, -1))
+    same = (group[:, None] == group[None, :]) & (group[:, None] >= 0)
+    k_same = max(1, int(round(same_group_share * k))) if groups is not None else k
+    return _capped_topk(score, same, k, k_same)
+
+
 def shortlist_pairs(desc: torch.Tensor | np.ndarray, config: ShortlistConfig, groups: np.ndarray | None = None,
-                    device: str | torch.device | None = None) -> list[tuple[int, int, float]]:
-    """The shortlist by ``config.scoring``: unordered pairs ``(i, j, score)``, best first."""
+                    device: str | torch.device | None = None,
+                    votes: torch.Tensor | None = None) -> list[tuple[int, int, float]]:
+    """The shortlist by ``config.scoring``: unordered pairs ``(i, j, score)``, best first.
+
+    Args:
+        votes: (N, N) :func:`vote_scores`, needed for ``scoring="votes"``.
+    """
     if config.scoring == "max":
         return knn_pairs(desc, config.k, device, config.block)
-    neighbours, score = distinctive_knn(desc, config, groups, device)
+    if config.scoring == "votes":
+        if votes is None:
+            raise ValueError("the 'votes' shortlist needs the vote scores of the collection's cells")
+        neighbours, score = capped_neighbours(votes, config.k, groups, config.same_group_share)
+    else:
+        neighbours, score = distinctive_knn(desc, config, groups, device)
     pairs, scores = unique_pairs(neighbours, score)
     return [(int(i), int(j), float(s)) for (i, j), s in zip(pairs.tolist(), scores.tolist())]
 

@@ -34,9 +34,11 @@ from engine.graph import GraphConfig, build_clusters
 from engine.shortlist import (
     ShortlistConfig,
     all_pairs,
+    cell_bag,
     global_descriptors,
     look_alike_groups,
     shortlist_pairs,
+    vote_scores,
 )
 from engine.texture import TextureConfig, collection_counts, combined_weights
 from engine.types import PairMatch, Region
@@ -116,7 +118,7 @@ def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, mo
         weights = texture_weights(pyramids, config.verify.texture, ids if config.verify.texture_weight else ())
         desc = image_descriptors(ids, pyramids, config.shortlist, weights=weights)
         groups = _groups(ids, desc, config, {img.image_id: img.collection for img in images})
-        pairs = _shortlist(ids, desc, config, groups)
+        pairs = _shortlist(ids, desc, config, groups, lambda: collection_votes(ids, pyramids, weights, config.shortlist))
         done = store.verified_pairs(model_id)
         todo = [p for p in pairs if tuple(sorted(p)) not in done]
         n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress, weights)
@@ -175,15 +177,36 @@ def _groups(ids: list[str], desc: torch.Tensor, config: DiscoverConfig,
     return look_alike_groups(desc)
 
 
-def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig,
-               groups: np.ndarray | None = None) -> list[tuple[str, str]]:
+def collection_votes(ids: Sequence[str], pyramids: Callable[[str], FeaturePyramid],
+                     weights: Callable[[str], tuple[torch.Tensor, ...]] | None, config: ShortlistConfig) -> torch.Tensor:
+    """(N, N) cell votes between the images (:func:`engine.shortlist.vote_scores`).
+
+    Query cells at ``config.vote_level`` (or the coarsest, for short pyramids), database
+    cells at that level and every coarser one. Exact search: every query cell against
+    every database cell, fine to a few thousand images on a CPU.
+    """
+    def query_levels(n: int) -> range:
+        return range(min(config.vote_level, n - 1), min(config.vote_level, n - 1) + 1)
+
+    def database_levels(n: int) -> range:
+        return range(min(config.vote_level, n - 1), n)
+
+    use = weights if config.texture_weight else None
+    queries = cell_bag([pyramids(i) for i in ids], [use(i) for i in ids] if use else None, query_levels)
+    database = cell_bag([pyramids(i) for i in ids], [use(i) for i in ids] if use else None, database_levels)
+    return vote_scores(queries, database, len(ids), config.vote_neighbours)
+
+
+def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig, groups: np.ndarray | None = None,
+               votes: Callable[[], torch.Tensor] | None = None) -> list[tuple[str, str]]:
     if len(ids) < 2:
         return []
     if config.pairs == "all":
         index_pairs = all_pairs(len(ids))
     elif config.pairs == "knn":
         shortlist = replace(config.shortlist, k=config.k)
-        index_pairs = [(i, j) for i, j, _ in shortlist_pairs(desc, shortlist, groups)]
+        scores = votes() if (shortlist.scoring == "votes" and votes is not None) else None
+        index_pairs = [(i, j) for i, j, _ in shortlist_pairs(desc, shortlist, groups, votes=scores)]
     else:
         raise ValueError(f"--pairs must be 'all' or 'knn', not {config.pairs!r}")
     return [(ids[i], ids[j]) for i, j in index_pairs]

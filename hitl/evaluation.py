@@ -8,7 +8,7 @@ of discovered image pairs at the default threshold, cluster purity and shortlist
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from db.store import Store
@@ -22,9 +22,10 @@ from engine.discovery_metrics import (
 )
 from engine.evaluate import EvalResult, Instance, Query, load_annotations
 from engine.features import CachedPyramids, FeatureCache, FeatureConfig
-from engine.shortlist import ShortlistConfig, knn_pairs
+from engine.shortlist import ShortlistConfig, look_alike_groups, shortlist_pairs
+from engine.texture import TextureConfig
 from engine.types import Cluster
-from hitl.discover import DEFAULT_MIN_SCORE, image_descriptors
+from hitl.discover import DEFAULT_MIN_SCORE, collection_votes, image_descriptors, texture_weights
 from hitl.oneshot import LoadedCollection, evaluate_collection, load_project_collection
 from hitl.project import ProjectPaths
 from hitl.rerank import make_reranker
@@ -105,9 +106,15 @@ def evaluate_shortlist(store: Store, paths: ProjectPaths, model_id: str, queries
     ids = [i for i in hashes if cache.path(hashes[i]).is_file()]
     if len(ids) < 2:
         return {}
-    desc = image_descriptors(ids, CachedPyramids(cache, hashes), ShortlistConfig())
+    pyramids = CachedPyramids(cache, hashes)
+    config = ShortlistConfig()
+    weights = texture_weights(pyramids, TextureConfig(), ids)
+    desc = image_descriptors(ids, pyramids, config, weights=weights)
+    votes = collection_votes(ids, pyramids, weights, config) if config.scoring == "votes" else None
+    groups = look_alike_groups(desc)
     truth = ground_truth_pairs(queries)
-    return {k: shortlist_recall({frozenset((ids[i], ids[j])) for i, j, _ in knn_pairs(desc, k)}, truth) for k in ks}
+    return {k: shortlist_recall({frozenset((ids[i], ids[j])) for i, j, _ in
+                                 shortlist_pairs(desc, replace(config, k=k), groups, votes=votes)}, truth) for k in ks}
 
 
 def evaluate_project(store: Store, paths: ProjectPaths, backbone: Backbone, rerank: bool = True,

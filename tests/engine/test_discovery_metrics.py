@@ -86,3 +86,24 @@ def test_cluster_purity_known_answer():
     assert cluster_purity(clusters, labels, count_none=True) == pytest.approx(6 / 7)
     assert cluster_purity([], labels) == 0.0
     assert cluster_purity(clusters[:1], {}) == 0.0  # unlabelled regions count as none
+
+
+def test_link_quality_counts_copies_template_and_unannotated_repeats():
+    from engine.discovery_metrics import link_quality
+
+    gt = [Query("cat", Instance("a", Box(0, 0, 10, 10)), (Instance("b", Box(50, 50, 60, 60)),)),
+          Query("cat", Instance("b", Box(50, 50, 60, 60)), (Instance("a", Box(0, 0, 10, 10)),))]
+    helmet = [Query("helmet", Instance("a", Box(80, 80, 90, 90)), (Instance("c", Box(0, 0, 10, 10)),))]
+    templates = {"a": [Box(0, 20, 100, 40)], "c": [Box(0, 20, 100, 40)]}
+    links = [
+        PairMatch("a", "b", Box(0, 0, 10, 10), Box(50, 50, 60, 60), IDENTITY_AFFINE, 0.1, 9),  # the copy
+        PairMatch("a", "c", Box(0, 20, 50, 40), Box(10, 20, 60, 40), IDENTITY_AFFINE, 0.1, 9),  # script
+        PairMatch("a", "c", Box(80, 80, 90, 90), Box(0, 0, 10, 10), IDENTITY_AFFINE, 0.1, 9),  # helmet twice
+    ]
+    q = link_quality(links, gt, templates, {"all": {frozenset("ab")}}, unannotated=helmet)
+    assert (q.n_links, q.n_true, q.n_repeat, q.n_template) == (3, 1, 1, 1)
+    assert q.link_precision == pytest.approx(1 / 3) and q.repeat_precision == pytest.approx(2 / 3)
+    assert q.pair_precision == pytest.approx(1 / 2)  # (a, c) is linked, but by no copy
+    assert q.pair_recall == 1.0 and q.recall_by == {"all": 1.0}
+    empty = link_quality([], gt, {})
+    assert empty.n_links == 0 and empty.link_precision == 0.0 and empty.pair_recall == 0.0

@@ -7,9 +7,12 @@ import torch.nn.functional as F
 
 from engine.features import FeaturePyramid
 from engine.shortlist import (
+    CellBag,
     ShortlistConfig,
     _capped_topk,
     all_pairs,
+    capped_neighbours,
+    cell_bag,
     distinctive_knn,
     gem_regions,
     global_descriptors,
@@ -18,6 +21,7 @@ from engine.shortlist import (
     look_alike_groups,
     region_backgrounds,
     shortlist_pairs,
+    vote_scores,
 )
 
 R2 = 1 / math.sqrt(2)
@@ -182,7 +186,7 @@ def test_region_backgrounds_are_high_for_template_and_low_for_details():
 
 def test_distinctive_score_finds_the_copy_that_max_region_misses():
     desc = _template_collection()
-    config = ShortlistConfig(k=1, top_regions=1, background_k=2, same_group_share=1.0)
+    config = ShortlistConfig(k=1, top_regions=1, background_k=2, same_group_share=1.0, scoring="distinctive")
     first, _ = knn_graph(desc, 1)
     assert first[0, 0] != 3  # the template ties every image at cosine 1
     neighbours, score = distinctive_knn(desc, config)
@@ -193,7 +197,7 @@ def test_distinctive_score_finds_the_copy_that_max_region_misses():
 def test_group_cap_keeps_room_for_other_groups():
     desc = _template_collection()
     groups = np.array([0, 0, 0, 0, 1, 1])
-    config = ShortlistConfig(k=2, top_regions=1, background_k=2, same_group_share=0.5)
+    config = ShortlistConfig(k=2, top_regions=1, background_k=2, same_group_share=0.5, scoring="distinctive")
     capped, _ = distinctive_knn(desc, config, groups)
     assert capped[0, 0] == 3  # its best match, from its own group
     assert int(capped[0, 1]) in (4, 5)  # the cap leaves the second place to the other group
@@ -222,7 +226,7 @@ def test_look_alike_groups():
 def test_shortlist_pairs_dispatches_and_validates():
     desc = _template_collection()
     assert shortlist_pairs(desc, ShortlistConfig(k=1, scoring="max"))
-    pairs = shortlist_pairs(desc, ShortlistConfig(k=1, top_regions=1, background_k=2))
+    pairs = shortlist_pairs(desc, ShortlistConfig(k=1, top_regions=1, background_k=2, scoring="distinctive"))
     assert (0, 3) == pairs[0][:2]
     with pytest.raises(ValueError, match="scoring"):
         ShortlistConfig(scoring="best")
@@ -241,3 +245,71 @@ def test_texture_weighted_regions_ignore_script():
     assert desc[0, 1] > desc[0, 0]  # the whole image is described by its picture
     assert torch.all(desc[1] == 0)  # a region of script alone describes nothing
     assert torch.allclose(desc[4], torch.tensor([0.0, 1.0]))
+
+
+# ------------------------------------------------------------ cell votes
+
+
+def _bags(n: int = 4, cells: int = 12, c: int = 64) -> tuple[CellBag, CellBag]:
+    """n images of random cells; a 3-cell detail shared by images 0 and 2 (redrawn: cosine
+    ~0.8), and one template cell shared identically by every image."""
+    g = torch.Generator().manual_seed(3)
+    feats = F.normalize(torch.randn(n, cells, c, generator=g), dim=2)
+    detail = F.normalize(torch.randn(3, c, generator=g), dim=1)
+    noise = F.normalize(torch.randn(3, c, generator=g), dim=1)
+    feats[0, :3] = detail
+    feats[2, 5:8] = F.normalize(0.8 * detail + 0.6 * noise, dim=1)
+    feats[:, -1] = F.normalize(torch.ones(c), dim=0)
+    owner = torch.arange(n).repeat_interleave(cells)
+    bag = CellBag(feats.reshape(n * cells, c), torch.ones(n * cells), owner)
+    return bag, bag
+
+
+def test_votes_find_the_shared_detail_and_not_the_template():
+    queries, database = _bags()
+    score = vote_scores(queries, database, 4, neighbours=2)
+    assert score.shape == (4, 4) and torch.equal(score, score.T) and torch.all(score.diagonal() == 0)
+    assert score[0].argmax() == 2 and score[2].argmax() == 0
+    # Without the detail only chance votes are left (the template cell, equally near to
+    # every image, casts nothing).
+    no_detail = vote_scores(*_bags_without_detail(), 4, neighbours=2)
+    assert float(no_detail[0, 2]) < float(score[0, 2]) / 3
+
+
+def _bags_without_detail() -> tuple[CellBag, CellBag]:
+    queries, _ = _bags()
+    feats = queries.features.clone()
+    g = torch.Generator().manual_seed(4)
+    feats[24 + 5 : 24 + 8] = F.normalize(torch.randn(3, feats.shape[1], generator=g), dim=1)
+    bag = CellBag(feats, queries.weights, queries.owner)
+    return bag, bag
+
+
+def test_texture_weights_silence_votes():
+    queries, database = _bags()
+    quiet = CellBag(queries.features, torch.where(queries.owner == 0, 0.0, 1.0), queries.owner)
+    score = vote_scores(quiet, CellBag(database.features, quiet.weights, database.owner), 4, neighbours=2)
+    assert torch.all(score[0] == 0)
+
+
+def test_cell_bag_and_empty_votes():
+    fine = F.normalize(torch.randn(4, 4, 6), dim=0)
+    coarse = F.normalize(torch.randn(4, 2, 3), dim=0)
+    pyr = FeaturePyramid((fine, coarse), (60, 40))
+    bag = cell_bag([pyr, pyr], None, lambda n: range(n))
+    assert bag.features.shape == (2 * (24 + 6), 4) and bag.owner.tolist().count(1) == 30
+    assert torch.all(bag.weights == 1)
+    empty = cell_bag([], None, lambda n: range(n))
+    assert vote_scores(empty, empty, 0).shape == (0, 0)
+
+
+def test_capped_neighbours_and_votes_shortlist():
+    score = torch.tensor([[0, 5, 4, 1], [5, 0, 2, 2], [4, 2, 0, 3], [1, 2, 3, 0.0]])
+    idx, val = capped_neighbours(score, 2)
+    assert idx[0].tolist() == [1, 2] and val[0].tolist() == [5.0, 4.0]
+    idx, _ = capped_neighbours(score, 2, np.array([0, 0, 0, 1]), same_group_share=0.5)
+    assert idx[0].tolist() == [1, 3]  # one look-alike at most, then the other group
+    pairs = shortlist_pairs(torch.zeros(4, 1, 2), ShortlistConfig(k=1), votes=score)
+    assert pairs[0] == (0, 1, 5.0)
+    with pytest.raises(ValueError, match="vote scores"):
+        shortlist_pairs(torch.zeros(4, 1, 2), ShortlistConfig(k=1))

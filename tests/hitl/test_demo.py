@@ -22,6 +22,7 @@ from hitl.demo import (
     build_demo,
     plan_demo,
     render_image,
+    render_page,
 )
 
 SMALL = {"n_images": 12, "n_motifs": 3, "progress": False}
@@ -183,3 +184,59 @@ def test_foreign_files_in_images_dir_are_refused(tmp_path):
     with pytest.raises(ValueError, match="my_scan.tif"):
         build_demo(tmp_path, n_images=3, n_motifs=1, progress=False)
     assert (tmp_path / "images" / "my_scan.tif").exists()
+
+
+# ------------------------------------------------------------------ sources
+
+
+def test_one_source_plans_exactly_the_single_source_demo():
+    assert plan_demo(0, 24, 4, DemoConfig(), n_sources=1) == plan_demo(0, 24, 4, DemoConfig())
+
+
+def test_sources_share_the_images_and_give_each_its_house_look():
+    plans = plan_demo(0, 24, 4, DemoConfig(), n_sources=4)
+    single = plan_demo(0, 24, 4, DemoConfig())
+    assert [p.motifs for p in plans] == [p.motifs for p in single]  # copies cross sources
+    by_source = {}
+    for p in plans:
+        by_source.setdefault(p.source, []).append(p)
+    assert len(by_source) == 4 and all(len(v) == 6 for v in by_source.values())
+    for source, members in by_source.items():
+        assert len({p.collection for p in members}) == 1  # the source is the collection
+        if source != "museum":
+            assert all(p.layout is not None and p.size == p.layout.frame_size for p in members)
+    assert any(len({p.source for p in plans if m in p.motifs}) > 1 for m in {m for p in plans for m in p.motifs})
+
+
+def test_pages_carry_the_picture_and_report_their_template():
+    plans = plan_demo(0, 8, 2, DemoConfig(image_size=(240, 180)), n_sources=3)
+    page = render_page(next(p for p in plans if p.source == "manuscript"), 0, DemoConfig(image_size=(240, 180)))
+    plan = next(p for p in plans if p.source == "manuscript")
+    assert page.image.size == plan.layout.page_size
+    kinds = {kind for kind, _ in page.template}
+    assert "script" in kinds
+    fx0, fy0, fx1, fy1 = plan.layout.frame
+    for inst in page.instances:  # motif copies lie inside the picture frame, in page pixels
+        x0, y0, x1, y1 = inst.box
+        assert fx0 <= x0 < x1 <= fx1 and fy0 <= y0 < y1 <= fy1
+    for _, (x0, y0, x1, y1) in page.template:  # and never on the template
+        for inst in page.instances:
+            assert x1 <= inst.box[0] or inst.box[2] <= x0 or y1 <= inst.box[1] or inst.box[3] <= y0
+
+
+def test_multi_source_demo_writes_templates_instances_and_collections(tmp_path):
+    demo = build_demo(tmp_path, seed=2, n_images=8, n_motifs=2, config=DemoConfig(image_size=(240, 180)),
+                      progress=False, n_sources=4)
+    templates = json.loads(demo.template_regions.read_text())
+    assert set(templates) == set(demo.files)
+    instances = json.loads((tmp_path / "instances.json").read_text())
+    assert {i["kind"] for i in instances} <= {"motif", "distractor"}
+    assert sum(i["kind"] == "motif" for i in instances) == len(demo.instances)
+    with open(demo.metadata, newline="", encoding="utf-8") as f:
+        collections = {row["collection"] for row in csv.DictReader(f)}
+    assert len(collections) == 4
+
+
+def test_bad_source_count_is_refused():
+    with pytest.raises(ValueError, match="n_sources"):
+        plan_demo(0, 12, 2, DemoConfig(), n_sources=9)
