@@ -158,11 +158,12 @@ def discovery_table(store: Store, paths: ProjectPaths, demo: Path, config: Disco
     seconds = time.perf_counter() - start
     queries, templates, subsets, unannotated = demo_truth(store, demo)
     links = [lk.match for lk in store.list_links(model_id=report.model_id)]
+    sizes = {img.image_id: (img.width, img.height) for img in store.list_images()}
     return {"config": {"pairs": config.pairs, "scoring": config.shortlist.scoring, "groups": config.groups, "k": config.k,
                        "texture_weight": config.verify.texture_weight, "min_score": config.min_score},
             "pairs_verified": report.n_pairs, "seconds": seconds, "seconds_per_image": seconds / report.n_images,
             "quality": {th: asdict(link_quality([m for m in links if m.score >= th], queries, templates, subsets,
-                                                unannotated=unannotated))
+                                                unannotated=unannotated, image_sizes=sizes))
                         for th in THRESHOLDS}}
 
 
@@ -183,7 +184,7 @@ def print_tables(result: dict) -> None:
             by = ", ".join(f"{sub} {v:.2f}" for sub, v in q["recall_by"].items())
             print(f"  >= {th}: {q['n_links']} links, {q['n_true']} true (precision {q['link_precision']:.3f}; "
                   f"+{q['n_repeat']} joining one distractor's copies: {q['repeat_precision']:.3f}), "
-                  f"{q['template_share']:.1%} on template; pairs: precision {q['pair_precision']:.3f}, "
+                  f"{q['template_share']:.1%} on template or page layout; pairs: precision {q['pair_precision']:.3f}, "
                   f"recall {q['pair_recall']:.3f} ({by})")
 
 

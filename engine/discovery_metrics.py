@@ -127,7 +127,8 @@ class LinkQuality:
     """Links judged against motif instances *and* template regions (script, borders, bars).
 
     A link is true when both its regions overlap (IoU > 0.3) instances of the same motif;
-    it lies on template when either region lies mostly (by area) on template regions.
+    it lies on template when either region lies mostly (by area) on template regions, or
+    (given the image sizes) covers most of its page: a page matched to a page by layout.
     Pair precision counts a linked image pair as right only if one of its links is true,
     so a pair of images that share a motif but are linked by their script is wrong.
     ``recall_by`` gives pair recall over named subsets of the ground-truth pairs.
@@ -169,7 +170,8 @@ def template_labels(regions: Iterable[Region], templates: Mapping[str, Sequence[
 def link_quality(matches: Sequence[PairMatch], queries: Sequence[Query], templates: Mapping[str, Sequence[Box]],
                  subsets: Mapping[str, set[ImagePair]] | None = None,
                  image_names: Mapping[str, str] | None = None, iou: float = 0.3,
-                 unannotated: Sequence[Query] = ()) -> LinkQuality:
+                 unannotated: Sequence[Query] = (),
+                 image_sizes: Mapping[str, tuple[float, float]] | None = None) -> LinkQuality:
     """Precision and recall of links that land on the copies, and the share landing on template.
 
     Args:
@@ -180,11 +182,17 @@ def link_quality(matches: Sequence[PairMatch], queries: Sequence[Query], templat
             recall over.
         unannotated: instances of repeated elements outside the ground truth, as queries
             of their own classes (e.g. a demo's distractors).
+        image_sizes: (width, height) per image name: a region over half its image's area
+            counts as layout (template).
     """
     regions = [r for m in matches for r in (Region(m.image_a, m.box_a), Region(m.image_b, m.box_b))]
     motif = region_labels(regions, [*queries, *unannotated], iou, image_names)
     annotated = {q.motif for q in queries}
     on_template = template_labels(regions, templates, image_names=image_names)
+    for r in on_template:
+        size = (image_sizes or {}).get(_name(r.image_id, image_names))
+        if size and r.box.area >= 0.5 * size[0] * size[1]:
+            on_template[r] = True
     true_pairs: set[ImagePair] = set()
     n_true = n_repeat = n_template = 0
     for m in matches:

@@ -228,7 +228,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     store, paths = open_project(args.project)
     if store.count_images() == 0:
         raise UsageError(f"{args.project} has no images; run `artminer ingest` first")
-    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size)
+    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size, groups=args.groups)
     if args.min_score is not None:
         config = replace(config, min_score=args.min_score)
     if args.graph != "paper":
@@ -470,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model id or checkpoint (default: the project's active model)")
     p.add_argument("--pairs", default="knn", choices=["knn", "all"])
     p.add_argument("--k", type=_positive_int, default=20, help="neighbours per image in the shortlist")
+    p.add_argument("--groups", default="look", choices=["look", "collection", "none"],
+                   help="cap an image's shortlist neighbours from its own look-alike group (look: by appearance; "
+                        "collection: by metadata; none: no cap)")
     p.add_argument("--min-score", type=float, help="discovery score threshold for links")
     p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="pairs verified together")

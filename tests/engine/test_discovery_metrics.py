@@ -107,3 +107,12 @@ def test_link_quality_counts_copies_template_and_unannotated_repeats():
     assert q.pair_recall == 1.0 and q.recall_by == {"all": 1.0}
     empty = link_quality([], gt, {})
     assert empty.n_links == 0 and empty.link_precision == 0.0 and empty.pair_recall == 0.0
+
+
+def test_a_page_matched_to_a_page_counts_as_layout():
+    from engine.discovery_metrics import link_quality
+
+    page = PairMatch("a", "b", Box(0, 0, 90, 90), Box(0, 0, 95, 95), IDENTITY_AFFINE, 0.1, 50)
+    q = link_quality([page], [], {}, image_sizes={"a": (100, 100), "b": (100, 100)})
+    assert q.n_template == 1 and q.template_share == 1.0
+    assert link_quality([page], [], {}).n_template == 0
