@@ -156,15 +156,19 @@ def discovery_table(store: Store, paths: ProjectPaths, demo: Path, config: Disco
     start = time.perf_counter()
     report = run_discovery(store, paths, config, device=device, progress=True)
     seconds = time.perf_counter() - start
-    queries, templates, subsets, unannotated = demo_truth(store, demo)
-    links = [lk.match for lk in store.list_links(model_id=report.model_id)]
-    sizes = {img.image_id: (img.width, img.height) for img in store.list_images()}
     return {"config": {"pairs": config.pairs, "scoring": config.shortlist.scoring, "groups": config.groups, "k": config.k,
                        "texture_weight": config.verify.texture_weight, "min_score": config.min_score},
             "pairs_verified": report.n_pairs, "seconds": seconds, "seconds_per_image": seconds / report.n_images,
-            "quality": {th: asdict(link_quality([m for m in links if m.score >= th], queries, templates, subsets,
-                                                unannotated=unannotated, image_sizes=sizes))
-                        for th in THRESHOLDS}}
+            "quality": quality_table(store, demo, report.model_id)}
+
+
+def quality_table(store: Store, demo: Path, model_id: str | None = None) -> dict:
+    """Link quality of the project's links at each threshold of ``THRESHOLDS``."""
+    queries, templates, subsets, unannotated = demo_truth(store, demo)
+    links = [lk.match for lk in store.list_links(model_id=model_id)]
+    sizes = {img.image_id: (img.width, img.height) for img in store.list_images()}
+    return {th: asdict(link_quality([m for m in links if m.score >= th], queries, templates, subsets,
+                                    unannotated=unannotated, image_sizes=sizes)) for th in THRESHOLDS}
 
 
 def print_tables(result: dict) -> None:
@@ -180,12 +184,16 @@ def print_tables(result: dict) -> None:
         d = result["discovery"]
         print(f"discovery {d['config']}: {d['pairs_verified']} pairs shortlisted, "
               f"{d['seconds']:.0f} s ({d['seconds_per_image']:.2f} s/image)")
-        for th, q in d["quality"].items():
-            by = ", ".join(f"{sub} {v:.2f}" for sub, v in q["recall_by"].items())
-            print(f"  >= {th}: {q['n_links']} links, {q['n_true']} true (precision {q['link_precision']:.3f}; "
-                  f"+{q['n_repeat']} joining one distractor's copies: {q['repeat_precision']:.3f}), "
-                  f"{q['template_share']:.1%} on template or page layout; pairs: precision {q['pair_precision']:.3f}, "
-                  f"recall {q['pair_recall']:.3f} ({by})")
+        print_quality(d["quality"])
+
+
+def print_quality(quality: dict) -> None:
+    for th, q in quality.items():
+        by = ", ".join(f"{sub} {v:.2f}" for sub, v in q["recall_by"].items())
+        print(f"  >= {th}: {q['n_links']} links, {q['n_true']} true (precision {q['link_precision']:.3f}; "
+              f"+{q['n_repeat']} joining one distractor's copies: {q['repeat_precision']:.3f}), "
+              f"{q['template_share']:.1%} on template or page layout; pairs: precision {q['pair_precision']:.3f}, "
+              f"recall {q['pair_recall']:.3f} ({by})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=60)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--shortlist-only", action="store_true")
-    ap.add_argument("--scoring", default="distinctive", choices=("distinctive", "max"))
+    ap.add_argument("--scoring", default=ShortlistConfig.scoring, choices=("votes", "distinctive", "max"))
     ap.add_argument("--groups", default="look", choices=("look", "collection", "none"))
     ap.add_argument("--texture-weight", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--k", type=int, default=20)
@@ -204,9 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-version", action="store_true",
                     help="the first version's discovery: max-region shortlist on grids 1+8x8, no look-alike cap, "
                          "no texture weighting (the 'before' of the README's table)")
+    ap.add_argument("--evaluate", metavar="DEMO_DIR",
+                    help="only judge the links already in DEMO_DIR/artminer.duckdb (a project built by this benchmark)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--workdir", help="keep the project here (default: a temporary folder)")
     args = ap.parse_args(argv)
+    if args.evaluate:
+        with Store(Path(args.evaluate) / "artminer.duckdb") as store:
+            quality = quality_table(store, Path(args.evaluate))
+        json.dump(quality, sys.stdout, indent=1) if args.json else print_quality(quality)
+        return 0
     if args.workdir:
         shutil.rmtree(args.workdir, ignore_errors=True)
         Path(args.workdir).mkdir(parents=True)
