@@ -2,7 +2,7 @@
 
 Members are chosen with checkboxes; "confirm/reject members" gives verdicts on the
 links those regions came from, "split off" makes the chosen members one new cluster
-and the rest another (`hitl.cluster_edits`).
+and the rest another (`hitl.views.cluster_edits`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db.records import UNREVIEWED, VERDICTS, StoredCluster
-from hitl.cluster_edits import (
+from hitl.views.cluster_edits import (
     current_clusters,
     filter_clusters,
     judge_cluster,

@@ -11,8 +11,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from hitl.cluster_edits import current_clusters
-from hitl.map_view import (
+from hitl.views.cluster_edits import current_clusters
+from hitl.views.map_view import (
     COLOUR_BY,
     NONE_LABEL,
     OTHER_LABEL,

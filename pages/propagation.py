@@ -15,9 +15,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from db.records import Link
-from hitl.cluster_edits import current_clusters
-from hitl.timeline import ROW_BY, TimelineLayout, linked_component, links_within, timeline_layout
-from hitl.view_export import export_view
+from hitl.views.cluster_edits import current_clusters
+from hitl.views.timeline import (
+    ROW_BY,
+    TimelineLayout,
+    linked_component,
+    links_within,
+    timeline_layout,
+)
+from hitl.views.view_export import export_view
 from pages import session
 
 

@@ -21,8 +21,8 @@ from engine.images import ImageReadError
 from engine.types import Box, Detection
 from hitl.oneshot import load_project_collection, query_collection
 from hitl.project import load_model
-from hitl.query_links import confirm_hit, start_query_run
-from hitl.thumbnails import jpeg_bytes
+from hitl.views.query_links import confirm_hit, start_query_run
+from hitl.views.thumbnails import jpeg_bytes
 from pages import session
 
 PICK_SIDE = 720

@@ -13,9 +13,9 @@ from PIL import Image
 from db.records import UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
-from hitl.overlay import aligned_pair, crop_region
 from hitl.queue import STRATEGIES, next_links
-from hitl.thumbnails import jpeg_bytes
+from hitl.views.overlay import aligned_pair, crop_region
+from hitl.views.thumbnails import jpeg_bytes
 from pages import session
 
 DETAIL_SIDE = 1024  # decode side for enlarged regions: sharp crops of big scans

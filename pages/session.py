@@ -23,9 +23,9 @@ from db.store import Store
 from engine.images import ImageReadError
 from engine.types import Box
 from hitl.discover import DEFAULT_MIN_SCORE
-from hitl.overlay import BOX_COLOURS, draw_boxes
 from hitl.project import ProjectPaths, active_model_id, open_project
-from hitl.thumbnails import jpeg_bytes, load_view
+from hitl.views.overlay import BOX_COLOURS, draw_boxes
+from hitl.views.thumbnails import jpeg_bytes, load_view
 
 PROJECT_ENV = "ARTMINER_PROJECT"
 

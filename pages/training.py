@@ -18,7 +18,7 @@ from hitl.jobs import (
     stop_training,
     tail_log,
 )
-from hitl.round_history import last_round_start, metric_rows, verdict_counts
+from hitl.views.round_history import last_round_start, metric_rows, verdict_counts
 from pages import session
 
 SOURCES = ("mined", "expert")

@@ -7,7 +7,7 @@ import pytest
 
 from db.records import ImageRecord, Link, MapPoint, RegionRecord, StoredCluster
 from engine.types import IDENTITY_AFFINE, Box, PairMatch, Region
-from hitl.map_view import (
+from hitl.views.map_view import (
     NO_LINKS,
     NONE_LABEL,
     OTHER_LABEL,
@@ -88,7 +88,7 @@ def test_hover_texts_are_escaped():
 
 
 def test_category_colours():
-    from hitl.map_view import PALETTE, STATUS_COLOURS, category_colours
+    from hitl.views.map_view import PALETTE, STATUS_COLOURS, category_colours
 
     colours = category_colours(["b", "a", NONE_LABEL, OTHER_LABEL], "artist")
     assert colours["b"] == PALETTE[0] and colours["a"] == PALETTE[1]

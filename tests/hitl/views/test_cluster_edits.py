@@ -7,7 +7,7 @@ import pytest
 from db.records import ImageRecord
 from db.store import Store
 from engine.types import IDENTITY_AFFINE, Box, Cluster, ModelRef, PairMatch, Region
-from hitl.cluster_edits import (
+from hitl.views.cluster_edits import (
     SPLIT_RUN_KIND,
     current_clusters,
     filter_clusters,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from db.records import TrainingRound, Verdict
-from hitl.round_history import last_round_start, metric_rows, verdict_counts
+from hitl.views.round_history import last_round_start, metric_rows, verdict_counts
 
 T0, T1 = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import pytest
 
 from db.records import ImageRecord, Link
 from engine.types import IDENTITY_AFFINE, Box, PairMatch
-from hitl.timeline import UNKNOWN_ROW, linked_component, links_within, timeline_layout
+from hitl.views.timeline import UNKNOWN_ROW, linked_component, links_within, timeline_layout
 
 BOX = Box(0, 0, 10, 10)
 

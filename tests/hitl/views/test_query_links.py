@@ -7,7 +7,7 @@ import pytest
 from db.records import ImageRecord
 from db.store import Store
 from engine.types import Box, Detection, ModelRef
-from hitl.query_links import (
+from hitl.views.query_links import (
     QUERY_RUN_KIND,
     box_affine,
     confirm_hit,
