@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hitl.progress import child_env
 from hitl.project import ProjectPaths
 
 LOCK_NAME = "train.lock"
@@ -75,7 +76,11 @@ def acquire_training_lock(paths: ProjectPaths, pid: int | None = None,
                 raise TrainingBusyError(
                     f"a training round is already running (pid {held.pid}, started "
                     f"{held.started:%Y-%m-%d %H:%M} UTC, lock {path})") from None
-            _write_lock(path, job)  # re-entrant, or a child taking over from its parent
+            # re-entrant, or a child taking over from its parent: the round's start and the
+            # log the app opened for it stay (else the page would follow no log at all)
+            job = Job(pid, held.started, log_path or held.log_path, tuple(args) or held.args,
+                      job.proc_start)
+            _write_lock(path, job)
             return job
         with os.fdopen(fd, "w") as f:
             f.write(_encode(job))
@@ -118,6 +123,24 @@ def running_job(paths: ProjectPaths) -> Job | None:
     return None
 
 
+def settle_orphan_rounds(store, paths: ProjectPaths) -> list[int]:
+    """Mark rounds left ``running`` by a process that is gone as ``failed``; returns their ids.
+
+    A round killed outright (SIGKILL, power cut) cannot record its end. Whoever holds
+    the lock, or finds it free, knows no other process runs a round of this project, so
+    a ``running`` round then is an orphan. Rounds run without the lock (`run_round`
+    called directly) are not protected from this: go through ``artminer train``.
+    """
+    job = running_job(paths)
+    if job is not None and job.pid != os.getpid():
+        return []
+    orphans = [r.round_id for r in store.list_rounds() if r.status == "running"]
+    for round_id in orphans:
+        store.update_round(round_id, status="failed",
+                           error="ended without finishing: its process is gone (killed?)")
+    return orphans
+
+
 def train_command(project: Path, args: Sequence[str] = ()) -> list[str]:
     """The ``artminer train`` command line for ``project``."""
     return [sys.executable, "-m", "hitl.cli", "train", "--project", str(project), *args]
@@ -144,6 +167,7 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
         with open(log_path, "ab") as log:
             child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=_REPO_ROOT,
+                                     env={**os.environ, **child_env()},  # bars as log lines
                                      start_new_session=True)  # outlives an app restart
     except BaseException:
         release_training_lock(paths)

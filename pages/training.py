@@ -14,11 +14,13 @@ from hitl.jobs import (
     TrainingBusyError,
     latest_log,
     running_job,
+    settle_orphan_rounds,
     start_training,
     stop_training,
     tail_log,
 )
-from hitl.views.round_history import last_round_start, metric_rows, verdict_counts
+from hitl.progress import Progress, latest_progress
+from hitl.views.round_history import last_round_start, metric_rows, round_state, verdict_counts
 from pages import session
 
 SOURCES = ("mined", "expert")
@@ -45,14 +47,29 @@ def start_ui(store, paths, model: str) -> None:
         if not sources:
             st.error("Choose at least one source of training pairs.")
             return
-        args = ["--iterations", str(int(iterations)), "--sources", ",".join(sources), "--from", parent,
-                "--quiet"]  # one plain line per iteration in the log, no progress bars
+        # no --quiet: every phase's progress bars reach the log as `hitl.progress` lines
+        args = ["--iterations", str(int(iterations)), "--sources", ",".join(sources), "--from", parent]
         try:
             start_training(paths.project, args)
         except TrainingBusyError as err:
             st.error(str(err))
             return
         st.rerun()
+
+
+def progress_ui(progress: Progress | None) -> None:
+    """Phase k/n, the step inside it with done/total and tqdm's ETA, as a bar."""
+    if progress is None:
+        st.progress(0.0, text="Starting…")
+        return
+    phase = (f"Phase {progress.index}/{progress.phases}: {progress.phase}" if progress.phase
+             else "Preparing")
+    step = ""
+    if progress.step:
+        total = progress.total if progress.total is not None else "?"
+        step = f" — {progress.step} {progress.done}/{total}"
+        step += f", ETA {progress.eta}" if progress.eta else ""
+    st.progress(progress.fraction or 0.0, text=phase + step)
 
 
 @st.fragment(run_every=2)
@@ -62,7 +79,11 @@ def live_job(paths) -> None:
     if job is None:
         st.rerun(scope="app")  # finished: refresh history and counts
     st.info(f"A training round is running (pid {job.pid}, since {job.started:%H:%M:%S} UTC).")
-    st.code(tail_log(job, 25) or "(no output yet)", language=None)
+    if job.log_path is None:
+        st.text("Started from the command line: its output is in that terminal.")
+    progress_ui(latest_progress(tail_log(job, 200)))
+    with st.expander("Log"):
+        st.code(tail_log(job, 25) or "(no output yet)", language=None)
     if st.button("Stop this round", key="train_stop"):
         stop_training(job)
 
@@ -73,7 +94,7 @@ def history_ui(rounds) -> None:
         st.text("No training round yet.")
         return
     st.dataframe([{"round": r.round_id, "from": r.parent_model, "new model": r.new_model or "",
-                   "status": r.status, "started (UTC)": f"{r.started:%Y-%m-%d %H:%M}",
+                   "status": round_state(r), "started (UTC)": f"{r.started:%Y-%m-%d %H:%M}",
                    "finished (UTC)": f"{r.finished:%Y-%m-%d %H:%M}" if r.finished else "",
                    "error": r.error or ""} for r in rounds], hide_index=True, width="stretch")
     rows = metric_rows(rounds)
@@ -106,6 +127,7 @@ def active_model_ui(store, model: str) -> None:
 store, paths = session.project()
 model = session.model_id(store)
 st.title("Training")
+settle_orphan_rounds(store, paths)  # a killed round is shown failed, never running forever
 rounds = store.list_rounds()
 counts_ui(store, rounds)
 if running_job(paths) is not None:

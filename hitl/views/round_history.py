@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from db.records import REVOKE, VERDICTS, TrainingRound, Verdict
+from hitl.progress import STOPPED_PREFIX
 
 
 def metric_rows(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
@@ -34,8 +35,18 @@ def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
 
 
 def last_round_start(rounds: Sequence[TrainingRound]) -> datetime | None:
-    """When the latest round started: verdicts after it are new to training."""
-    return max((r.started for r in rounds), default=None)
+    """When the latest *finished* round started: verdicts after it are new to training.
+
+    A round that failed or was stopped taught nothing, so its start is no watermark.
+    """
+    return max((r.started for r in rounds if r.status == "done"), default=None)
+
+
+def round_state(rnd: TrainingRound) -> str:
+    """``running``, ``done``, ``failed`` or ``stopped`` (a failed round stopped on request)."""
+    if rnd.status == "failed" and (rnd.error or "").startswith(STOPPED_PREFIX):
+        return "stopped"
+    return rnd.status
 
 
 def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

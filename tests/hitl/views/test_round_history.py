@@ -18,7 +18,7 @@ def test_metric_rows_flatten_before_and_after():
     assert metric_rows(rounds) == [
         {"round": 1, "metric": "holdout.ap", "before": 0.6, "after": 0.65},
         {"round": 1, "metric": "map", "before": 0.5, "after": 0.7}]
-    assert last_round_start(rounds) == T1
+    assert last_round_start(rounds) == T0  # round 2 is still running: counts start at round 1
     assert last_round_start([]) is None
 
 
