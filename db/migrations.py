@@ -22,7 +22,7 @@ import duckdb
 
 from db.records import parse_year
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaVersionError(RuntimeError):
@@ -59,9 +59,22 @@ def _add_verdict_geometry(cur: duckdb.DuckDBPyConnection) -> None:
         cur.executemany("UPDATE verdicts SET geometry_json = ? WHERE verdict_id = ?", updates)
 
 
+def _add_verdict_origin_and_role(cur: duckdb.DuckDBPyConnection) -> None:
+    """v4 (issue 13, team review): verdicts get an origin and a role.
+
+    ``origin_verdict``: the cluster verdict a link verdict was derived from (NULL for a
+    verdict given on the link itself). ``role``: ``review`` (every old row) or
+    ``adjudication`` (settles a disagreement between reviewers). New columns only.
+    """
+    cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS origin_verdict BIGINT")
+    cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT 'review'")
+    cur.execute("UPDATE verdicts SET role = 'review' WHERE role IS NULL")
+
+
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     2: _add_image_year,
     3: _add_verdict_geometry,
+    4: _add_verdict_origin_and_role,  # issue 13; renumber freely when merging
 }
 
 

@@ -26,6 +26,10 @@ UNREVIEWED = "unreviewed"
 
 TARGET_KINDS = ("link", "cluster")
 
+REVIEW, ADJUDICATION = "review", "adjudication"
+ROLES = (REVIEW, ADJUDICATION)
+"""A verdict's role: a reviewer's judgement, or an adjudicator's ruling on a disagreement."""
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
 
@@ -130,7 +134,8 @@ class Verdict:
     A ``revoke`` row withdraws verdict ``revokes``; ``revoked_by`` is filled in when
     the store reads history (the id of the revoke row that withdrew this verdict).
     ``geometry`` is what the expert saw: ``{"box_a": [...], "box_b": [...], "affine": [[...], [...]]}``
-    for links.
+    for links. A link verdict with ``origin_verdict`` was given through a cluster verdict
+    (that one's id): undoing the cluster verdict revokes it too.
     """
 
     verdict_id: int
@@ -143,6 +148,8 @@ class Verdict:
     revokes: int | None = None
     geometry: dict[str, Any] | None = None
     revoked_by: int | None = None
+    origin_verdict: int | None = None  # the cluster verdict this link verdict was derived from
+    role: str = "review"  # or ADJUDICATION: settles reviewers' disagreement on the link
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
--- ArtMiner HITL project file, schema version 3 (db/migrations.py: SCHEMA_VERSION).
+-- ArtMiner HITL project file, schema version 4 (db/migrations.py: SCHEMA_VERSION).
 --
 -- Run on every first open of a file in a process: every statement is idempotent, so a
 -- file upgraded by db/migrations.py gets any table it lacked. Changes to existing tables
@@ -161,6 +161,8 @@ CREATE TABLE IF NOT EXISTS verdicts (
     created        TIMESTAMP NOT NULL,
     note           VARCHAR,
     geometry_json  VARCHAR,              -- boxes and affine as the expert saw them
+    origin_verdict BIGINT,               -- the cluster verdict this link verdict came from
+    role           VARCHAR DEFAULT 'review',  -- review | adjudication (settles a disagreement)
     CHECK ((verdict = 'revoke') = (revokes IS NOT NULL))
 );
 

@@ -34,7 +34,9 @@ import duckdb
 from db import migrations
 from db.connection import BUSY_TIMEOUT_S, ConnectionGate, StoreBusyError, backoff, is_lock_error
 from db.records import (
+    REVIEW,
     REVOKE,
+    ROLES,
     TARGET_KINDS,
     UNREVIEWED,
     VERDICTS,
@@ -60,7 +62,7 @@ _IMAGE_COLS = (
 _LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers"
 _VERDICT_COLS = (
     "v.verdict_id, v.target_kind, v.target_id, v.verdict, v.annotator, v.created, v.note, "
-    "v.revokes, v.geometry_json, r.verdict_id AS revoked_by"
+    "v.revokes, v.geometry_json, r.verdict_id AS revoked_by, v.origin_verdict, v.role"
 )
 _VERDICT_FROM = (
     "verdicts v LEFT JOIN verdicts r ON r.verdict = 'revoke' AND r.revokes = v.verdict_id"
@@ -450,9 +452,17 @@ class Store:
         return self._read(lambda cur: cur.execute(
             f"SELECT count(*) FROM link_status {where}", args).fetchone()[0])
 
-    def status_counts(self, model_id: str | None = None) -> dict[str, int]:
-        """Number of links per current status (every status present, zeros included)."""
-        where, args = _where({"model_id = ?": model_id})
+    def status_counts(self, model_id: str | None = None,
+                      since: datetime | None = None) -> dict[str, int]:
+        """Number of links per current status (every status present, zeros included).
+
+        The one count of the app: the sidebar, the review page and the training page all
+        read it, so they cannot disagree. ``since``: judged links count only if their
+        verdict in force was given at or after it (unreviewed ones always count).
+        """
+        where, args = _where({"model_id = ?": model_id,
+                              "(status = 'unreviewed' OR verdict_at >= ?)":
+                              _db_time(since) if since else None})
         rows = self._read(lambda cur: cur.execute(
             f"SELECT status, count(*) FROM link_status {where} GROUP BY status", args).fetchall())
         counts = dict.fromkeys((*VERDICTS, UNREVIEWED), 0)
@@ -463,17 +473,22 @@ class Store:
 
     def add_verdict(self, target_id: int, verdict: str, annotator: str, *,
                     note: str | None = None, geometry: Mapping[str, Any] | None = None,
-                    target_kind: str = "link", created: datetime | None = None) -> int:
+                    target_kind: str = "link", created: datetime | None = None,
+                    role: str = REVIEW) -> int:
         """Append an expert's verdict on a link or cluster; returns its ``verdict_id``.
 
         Args:
             verdict: ``confirm``, ``reject`` or ``unsure``.
             geometry: the boxes and affine as shown; defaults to the link's stored ones.
             created: when it was given (UTC); now by default. Set only when importing.
+            role: ``review``, or ``adjudication`` for a ruling that settles reviewers'
+                disagreement on a link (it is in force over theirs, which stay in the log).
 
         Raises:
-            ValueError: unknown verdict, kind or target, or an empty annotator name.
+            ValueError: unknown verdict, kind, role or target, or an empty annotator name.
         """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
         if target_kind not in TARGET_KINDS:
@@ -493,15 +508,64 @@ class Store:
                 _require(cur, "clusters", "cluster_id", target_id, "cluster")
             return cur.execute(
                 "INSERT INTO verdicts (target_kind, target_id, verdict, annotator, created, note, "
-                "geometry_json) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING verdict_id",
+                "geometry_json, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING verdict_id",
                 [target_kind, target_id, verdict, annotator.strip(), _db_time(created), note,
-                 _dumps(shown) if shown is not None else None]).fetchone()[0]
+                 _dumps(shown) if shown is not None else None, role]).fetchone()[0]
+
+        return self._write(work)
+
+    def add_cluster_verdict(self, cluster_id: int, verdict: str, annotator: str, *,
+                            note: str | None = None) -> tuple[int, list[int]]:
+        """A verdict on a cluster *and* on its member links still unreviewed, in one transaction.
+
+        Each member link gets a link verdict of its own whose ``origin_verdict`` is the
+        cluster verdict, so the links leave the review queue and count like any other;
+        links someone already judged one by one keep that judgement.
+
+        Returns:
+            ``(cluster_verdict_id, [link verdict ids])``.
+        """
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
+        if not annotator or not annotator.strip():
+            raise ValueError("a verdict needs the annotator's name")
+        who, now = annotator.strip(), _now()
+
+        def work(cur: duckdb.DuckDBPyConnection) -> tuple[int, list[int]]:
+            _require(cur, "clusters", "cluster_id", cluster_id, "cluster")
+            head = cur.execute(
+                "INSERT INTO verdicts (target_kind, target_id, verdict, annotator, created, note, "
+                "role) VALUES ('cluster', ?, ?, ?, ?, ?, 'review') RETURNING verdict_id",
+                [cluster_id, verdict, who, now, note]).fetchone()[0]
+            links = cur.execute(
+                "SELECT link_id, box_a, box_b, affine FROM link_status WHERE status = 'unreviewed' "
+                "AND link_id IN (SELECT link_id FROM regions WHERE cluster_id = ?) ORDER BY link_id",
+                [cluster_id]).fetchall()
+            ids = _next_ids(cur, "verdict_seq", len(links))
+            text = f"cluster #{cluster_id}" + (f": {note}" if note else "")
+            _insert(cur, "verdicts", {
+                "verdict_id": ("BIGINT", ids),
+                "target_kind": ("VARCHAR", ["link"] * len(ids)),
+                "target_id": ("BIGINT", [r[0] for r in links]),
+                "verdict": ("VARCHAR", [verdict] * len(ids)),
+                "annotator": ("VARCHAR", [who] * len(ids)),
+                "created": ("TIMESTAMP", [now] * len(ids)),
+                "note": ("VARCHAR", [text] * len(ids)),
+                "geometry_json": ("VARCHAR", [_dumps({"box_a": a, "box_b": b, "affine": _affine(f)})
+                                              for _, a, b, f in links]),
+                "origin_verdict": ("BIGINT", [head] * len(ids)),
+                "role": ("VARCHAR", [REVIEW] * len(ids)),
+            })
+            return head, ids
 
         return self._write(work)
 
     def undo_verdict(self, verdict_id: int, annotator: str, *, note: str | None = None,
                      created: datetime | None = None) -> int:
         """Append a revocation of verdict ``verdict_id``; returns the revocation's id.
+
+        Undoing a cluster verdict also revokes, in the same transaction, the link verdicts
+        still live that it gave (``origin_verdict``): the links return to the queue.
 
         Raises:
             ValueError: no such verdict, it is itself a revocation, or already revoked.
@@ -520,11 +584,26 @@ class Store:
                                "AND revokes = ?", [verdict_id]).fetchone()
             if done is not None:
                 raise ValueError(f"verdict {verdict_id} was already undone by {done[0]}")
-            return cur.execute(
+            undo = cur.execute(
                 "INSERT INTO verdicts (target_kind, target_id, verdict, revokes, annotator, "
                 "created, note) VALUES (?, ?, 'revoke', ?, ?, ?, ?) RETURNING verdict_id",
                 [row[0], row[1], verdict_id, annotator.strip(), _db_time(created), note],
             ).fetchone()[0]
+            derived = cur.execute(
+                "SELECT target_kind, target_id, verdict_id FROM live_verdicts "
+                "WHERE origin_verdict = ? ORDER BY verdict_id", [verdict_id]).fetchall()
+            ids = _next_ids(cur, "verdict_seq", len(derived))
+            _insert(cur, "verdicts", {
+                "verdict_id": ("BIGINT", ids),
+                "target_kind": ("VARCHAR", [d[0] for d in derived]),
+                "target_id": ("BIGINT", [d[1] for d in derived]),
+                "verdict": ("VARCHAR", [REVOKE] * len(ids)),
+                "revokes": ("BIGINT", [d[2] for d in derived]),
+                "annotator": ("VARCHAR", [annotator.strip()] * len(ids)),
+                "created": ("TIMESTAMP", [_db_time(created)] * len(ids)),
+                "note": ("VARCHAR", [f"undo of cluster verdict {verdict_id}"] * len(ids)),
+            })
+            return undo
 
         return self._write(work)
 
@@ -559,11 +638,16 @@ class Store:
         return [_verdict(r) for r in rows]
 
     def last_verdict_by(self, annotator: str, target_kind: str | None = None) -> Verdict | None:
-        """The annotator's latest verdict still in force: what "undo my last" withdraws."""
+        """The annotator's latest verdict still in force: what "undo my last" withdraws.
+
+        Link verdicts given through a cluster verdict are not candidates: they are
+        undone with their cluster verdict.
+        """
         where, args = _where({"v.annotator = ?": annotator, "v.target_kind = ?": target_kind})
         rows = self._read(lambda cur: cur.execute(
             f"SELECT {_VERDICT_COLS} FROM {_VERDICT_FROM} {where} AND v.verdict <> 'revoke' "
-            "AND r.verdict_id IS NULL ORDER BY v.verdict_id DESC LIMIT 1", args).fetchall())
+            "AND v.origin_verdict IS NULL AND r.verdict_id IS NULL "
+            "ORDER BY v.verdict_id DESC LIMIT 1", args).fetchall())
         return _verdict(rows[0]) if rows else None
 
     def current_verdicts(self, target_kind: str = "link") -> dict[int, Verdict]:
@@ -1012,7 +1096,8 @@ def _link(r: tuple) -> Link:
 
 def _verdict(r: tuple) -> Verdict:
     geometry = json.loads(r[8]) if r[8] else None
-    return Verdict(r[0], r[1], r[2], r[3], r[4], _utc(r[5]), r[6], r[7], geometry, r[9])
+    return Verdict(r[0], r[1], r[2], r[3], r[4], _utc(r[5]), r[6], r[7], geometry, r[9], r[10],
+                   r[11] or REVIEW)
 
 
 def _region(r: tuple) -> RegionRecord:

@@ -1,8 +1,11 @@
-"""Clusters: each repeated detail as a grid of its regions; judge, judge members, split.
+"""Clusters: each repeated detail as a grid of its images; judge, judge members, split.
 
-Members are chosen with checkboxes; "confirm/reject members" gives verdicts on the
-links those regions came from, "split off" makes the chosen members one new cluster
-and the rest another (`hitl.views.cluster_edits`).
+One tile per image, with every box the cluster has in it. A cluster verdict is also a
+verdict on its unreviewed member links (they leave the review queue); "Undo" takes back
+the annotator's last cluster verdict or split. Images are chosen with checkboxes;
+"confirm/reject chosen" gives verdicts on the links their regions came from, "split
+off" makes the chosen images' regions one new cluster and the rest another
+(`hitl.views.cluster_edits`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import streamlit as st
 
 from db.records import UNREVIEWED, VERDICTS, StoredCluster
 from hitl.views.cluster_edits import (
+    boxes_per_image,
     current_clusters,
     filter_clusters,
     judge_cluster,
     judge_members,
     split_cluster,
     split_of,
+    undo_last_cluster_action,
 )
 from pages import session
 
@@ -25,19 +30,31 @@ COLUMNS = 5
 STATUSES = (UNREVIEWED, *VERDICTS)
 
 
+def _choice_key(cluster: StoredCluster, image_id: str) -> str:
+    return f"member_{cluster.cluster_id}_{image_id}"
+
+
 def chosen_members(cluster: StoredCluster) -> list[int]:
+    """Region ids of the images ticked in this cluster's grid."""
     return [r.region_id for r in cluster.regions
-            if st.session_state.get(f"member_{cluster.cluster_id}_{r.region_id}")]
+            if st.session_state.get(_choice_key(cluster, r.region.image_id))]
 
 
 def clear_choice(cluster: StoredCluster) -> None:
-    for r in cluster.regions:
-        st.session_state[f"member_{cluster.cluster_id}_{r.region_id}"] = False
+    for image_id in cluster.images:
+        st.session_state[_choice_key(cluster, image_id)] = False
 
 
 def on_cluster(store, cluster: StoredCluster, verdict: str, annotator: str) -> None:
-    judge_cluster(store, cluster.cluster_id, verdict, annotator)
-    st.session_state.clusters_msg = f"Cluster #{cluster.cluster_id}: {verdict}"
+    _, links = judge_cluster(store, cluster.cluster_id, verdict, annotator)
+    st.session_state.clusters_msg = (f"Cluster #{cluster.cluster_id}: {verdict}, "
+                                     f"with {len(links)} unreviewed link(s)")
+
+
+def on_undo(store, annotator: str) -> None:
+    undone = undo_last_cluster_action(store, annotator)
+    st.session_state.clusters_msg = (f"Undid your {undone.verdict} on cluster #{undone.target_id}"
+                                     if undone else "No cluster verdict of yours to undo.")
 
 
 def on_members(store, cluster: StoredCluster, verdict: str, annotator: str) -> None:
@@ -77,12 +94,12 @@ def cluster_ui(store, cluster: StoredCluster, annotator: str) -> None:
                 f"{len(cluster.regions)} regions   status: {cluster.status}"
                 + (f"   split into {', '.join(f'#{i}' for i in parts)}" if parts else ""))
         columns = st.columns(COLUMNS)
-        for i, member in enumerate(cluster.regions):
+        for i, (image_id, boxes) in enumerate(boxes_per_image(cluster).items()):
             with columns[i % COLUMNS]:
-                image = store.get_image(member.region.image_id)
-                session.show_image(image, (member.region.box,), side=240)
-                st.text(session.label(image))
-                st.checkbox("choose", key=f"member_{cluster.cluster_id}_{member.region_id}")
+                image = store.get_image(image_id)
+                session.show_image(image, boxes, side=240)
+                st.text(session.label(image) + (f"  ({len(boxes)} boxes)" if len(boxes) > 1 else ""))
+                st.checkbox("choose", key=_choice_key(cluster, image_id))
         buttons = st.columns(6)
         cid = cluster.cluster_id
         for col, verdict in zip(buttons[:3], VERDICTS):
@@ -102,6 +119,8 @@ store = session.store()
 annotator = session.require_annotator()
 model = session.model_id(store)
 st.title("Clusters")
+st.button("Undo my last cluster verdict", key="clusters_undo", on_click=on_undo,
+          args=(store, annotator))
 if st.session_state.get("clusters_msg"):
     st.toast(st.session_state.pop("clusters_msg"))
 clusters = current_clusters(store, model)

@@ -97,7 +97,7 @@ def controls_ui(store, model: str) -> tuple[str, float]:
     threshold = right.number_input("Decision threshold", value=session.decision_threshold(store, model),
                                    min_value=0.0, step=0.005, format="%.3f", key="review_threshold",
                                    disabled=strategy != "uncertainty")
-    count.text(f"{store.count_links(model_id=model, status=UNREVIEWED)} links left to review")
+    count.text(f"{store.status_counts(model)[UNREVIEWED]} links left to review")
     return strategy, float(threshold)
 
 

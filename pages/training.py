@@ -20,16 +20,18 @@ from hitl.jobs import (
     tail_log,
 )
 from hitl.progress import Progress, latest_progress
-from hitl.views.round_history import last_round_start, metric_rows, round_state, verdict_counts
+from hitl.views.round_history import last_round_start, metric_rows, round_state
 from pages import session
 
 SOURCES = ("mined", "expert")
 
 
-def counts_ui(store, rounds) -> None:
+def counts_ui(store, rounds, model: str) -> None:
     since = last_round_start(rounds)
-    counts = verdict_counts(store.list_verdicts(since=since))
-    st.subheader("Verdicts since the last round" if since else "Verdicts so far (no round yet)")
+    # the app's one count (the sidebar's too): links by the verdict in force, given since then
+    counts = store.status_counts(model, since=since)
+    st.subheader("Links judged since the last finished round" if since
+                 else "Links judged so far (no finished round yet)")
     for col, (name, n) in zip(st.columns(len(counts)), counts.items()):
         col.metric(name, n)
 
@@ -129,7 +131,7 @@ model = session.model_id(store)
 st.title("Training")
 settle_orphan_rounds(store, paths)  # a killed round is shown failed, never running forever
 rounds = store.list_rounds()
-counts_ui(store, rounds)
+counts_ui(store, rounds, model)
 if running_job(paths) is not None:
     live_job(paths)
 else:

@@ -7,12 +7,11 @@ dotted names (``holdout.ap``). Non-numeric values are left out of charts.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from db.records import REVOKE, VERDICTS, TrainingRound, Verdict
+from db.records import TrainingRound
 from hitl.progress import STOPPED_PREFIX
 
 
@@ -26,12 +25,6 @@ def metric_rows(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
             rows.append({"round": rnd.round_id, "metric": name,
                          "before": before.get(name), "after": after.get(name)})
     return rows
-
-
-def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
-    """How many confirm / reject / unsure / undo rows a stretch of the log holds."""
-    counts = Counter(v.verdict for v in verdicts)
-    return {**{k: counts.get(k, 0) for k in VERDICTS}, "undo": counts.get(REVOKE, 0)}
 
 
 def last_round_start(rounds: Sequence[TrainingRound]) -> datetime | None:

@@ -136,18 +136,26 @@ def test_clusters_confirm_and_split(app, project):
     app.run()
     app.switch_page("pages/clusters.py").run()
     cluster = store.list_clusters()[0]
+    before = store.status_counts()["unreviewed"]
     app.button(key=f"cluster_confirm_{cluster.cluster_id}").click().run()
     assert not app.exception
     assert store.cluster_status(cluster.cluster_id) == "confirm"
+    # its links left the queue, and the undo button brings them back
+    assert {store.link_status(i) for i in cluster.link_ids} == {"confirm"}
+    assert store.status_counts()["unreviewed"] == before - len(cluster.link_ids)
+    app.button(key="clusters_undo").click().run()
+    assert store.cluster_status(cluster.cluster_id) == "unreviewed"
+    assert store.status_counts()["unreviewed"] == before
 
     other = store.list_clusters(status="unreviewed")[0]
-    first = other.regions[0]
-    app.checkbox(key=f"member_{other.cluster_id}_{first.region_id}").check().run()
+    first = other.regions[0].region.image_id
+    app.checkbox(key=f"member_{other.cluster_id}_{first}").check().run()
     app.button(key=f"split_{other.cluster_id}").click().run()
     assert not app.exception
     assert store.cluster_status(other.cluster_id) == "reject"
     geometry = store.history("cluster", other.cluster_id)[-1].geometry
-    assert len(geometry["split_into"]) == 2 and geometry["groups"][0] == [first.region_id]
+    assert len(geometry["split_into"]) == 2
+    assert geometry["groups"][0] == [r.region_id for r in other.regions if r.region.image_id == first]
 
 
 def test_propagation_of_a_confirmed_cluster(app, project):

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from db.records import ImageRecord
+from db.records import ImageRecord, RegionRecord, StoredCluster
 from db.store import Store
 from engine.types import IDENTITY_AFFINE, Box, Cluster, ModelRef, PairMatch, Region
+from hitl.queue import next_links
 from hitl.views.cluster_edits import (
     SPLIT_RUN_KIND,
+    boxes_per_image,
     current_clusters,
     filter_clusters,
     judge_cluster,
     judge_members,
     split_cluster,
     split_of,
+    undo_last_cluster_action,
 )
 
 BOX = Box(0, 0, 10, 10)
@@ -42,7 +45,7 @@ def test_judge_cluster_and_members(store):
     c, d = (r.region_id for r in cluster.regions[2:])
     ids = judge_members(store, cluster, [c, d], "reject", "mk")
     assert len(ids) == 1  # c and d came from the same link: one verdict
-    assert store.link_status(3) == "reject" and store.link_status(1) == "unreviewed"
+    assert store.link_status(3) == "reject" and store.link_status(1) == "confirm"
     with pytest.raises(ValueError, match="not members"):
         judge_members(store, cluster, [999], "reject", "mk")
 
@@ -86,3 +89,63 @@ def test_filter_clusters(store):
     assert filter_clusters(clusters, ["confirm"]) == []
     assert filter_clusters(clusters, None, 5) == []
     assert current_clusters(Store(":memory:"), "m") == []
+
+
+def test_cluster_verdict_is_a_verdict_on_its_unreviewed_member_links(store):
+    cluster = store.list_clusters()[0]
+    own = store.add_verdict(2, "reject", "ana")  # judged one by one before: kept
+    head, derived = judge_cluster(store, cluster.cluster_id, "confirm", "mk")
+    assert [store.get_verdict(v).target_id for v in derived] == [1, 3]
+    for vid in derived:
+        verdict = store.get_verdict(vid)
+        assert (verdict.verdict, verdict.origin_verdict, verdict.annotator) == ("confirm", head, "mk")
+        assert verdict.note == f"cluster #{cluster.cluster_id}"
+        assert verdict.geometry["box_a"] == [0, 0, 10, 10]
+    assert [store.link_status(i) for i in (1, 2, 3)] == ["confirm", "reject", "confirm"]
+    assert next_links(store) == []  # the links left the queue
+    assert store.status_counts("m") == {"confirm": 2, "reject": 1, "unsure": 0, "unreviewed": 0}
+    assert store.get_verdict(own).revoked_by is None
+
+
+def test_undoing_a_cluster_verdict_returns_its_links_to_the_queue(store):
+    cluster = store.list_clusters()[0]
+    store.add_verdict(2, "reject", "ana")
+    head, derived = judge_cluster(store, cluster.cluster_id, "confirm", "mk")
+    assert store.last_verdict_by("mk").verdict_id == head  # derived link verdicts are not "last"
+    undone = undo_last_cluster_action(store, "mk")
+    assert undone.verdict_id == head
+    assert store.cluster_status(cluster.cluster_id) == "unreviewed"
+    assert [store.link_status(i) for i in (1, 2, 3)] == ["unreviewed", "reject", "unreviewed"]
+    assert [lk.link_id for lk in next_links(store)] == [1, 3]
+    assert all(store.get_verdict(v).revoked_by is not None for v in derived)  # appended, kept
+    assert undo_last_cluster_action(store, "mk") is None
+
+
+def test_undoing_a_split_brings_the_original_back(store):
+    cluster = store.list_clusters()[0]
+    a, b, _, _ = (r.region_id for r in cluster.regions)
+    new = split_cluster(store, cluster, [[a, b]], "mk")
+    assert [store.link_status(i) for i in (1, 2, 3)] == ["unreviewed"] * 3  # a split judges no link
+    assert undo_last_cluster_action(store, "mk").verdict == "reject"
+    assert split_of(store, cluster.cluster_id) is None
+    assert [c.cluster_id for c in current_clusters(store, "m")] == [cluster.cluster_id]
+    assert store.get_cluster(new[0]) is not None  # the parts stay in the file, out of view
+
+
+def test_status_counts_since_counts_only_newer_verdicts(store):
+    store.add_verdict(1, "confirm", "mk")
+    mark = store.get_verdict(store.add_verdict(2, "reject", "mk")).created
+    assert store.status_counts("m", since=mark) == {"confirm": 0, "reject": 1, "unsure": 0,
+                                                    "unreviewed": 1}
+    with pytest.raises(ValueError, match="verdict"):
+        store.add_cluster_verdict(store.list_clusters()[0].cluster_id, "maybe", "mk")
+    with pytest.raises(ValueError, match="cluster"):
+        store.add_cluster_verdict(999, "confirm", "mk")
+
+
+def test_one_tile_per_image_with_all_its_boxes():
+    other = Box(20, 20, 30, 30)
+    cluster = StoredCluster(1, 1, "m", 0, tuple(
+        RegionRecord(i, Region(image, box)) for i, (image, box) in
+        enumerate([("a", BOX), ("b", BOX), ("a", other), ("a", BOX)])))
+    assert boxes_per_image(cluster) == {"a": (BOX, other), "b": (BOX,)}
