@@ -11,9 +11,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from hitl.views.favicon import favicon
 from pages import session
 
-st.set_page_config(page_title="ArtMiner", page_icon=":material/image_search:", layout="wide")
+# a drawn icon is served by the app itself; a Material icon or emoji is fetched online
+st.set_page_config(page_title="ArtMiner", page_icon=favicon(), layout="wide")
 
 PAGES = [
     st.Page("pages/review.py", title="Review", icon=":material/rule:", default=True),

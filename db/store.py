@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ import duckdb
 
 from db import migrations
 from db.connection import BUSY_TIMEOUT_S, ConnectionGate, StoreBusyError, backoff, is_lock_error
+from db.migrations import relative_to_folder
 from db.records import (
     REVIEW,
     REVOKE,
@@ -120,6 +122,31 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.path!r})"
 
+    # ------------------------------------------------------------------ file paths
+
+    def _stored_path(self, path: str | None) -> str | None:
+        """A file under the project's folder is stored relative to it, so the folder can
+        be moved, copied or shared; anything else (URLs, other folders) as given."""
+        if not path or self.path == ":memory:" or "://" in path:
+            return path
+        return relative_to_folder(path, os.path.dirname(self.path))
+
+    def _full_path(self, stored: str | None) -> str | None:
+        """The absolute path of a stored one (relative ones are under the project's folder)."""
+        if not stored or self.path == ":memory:" or "://" in stored or os.path.isabs(stored):
+            return stored
+        return os.path.join(os.path.dirname(self.path), stored)
+
+    def _image(self, row: tuple) -> ImageRecord:
+        image = _image(row)
+        return replace(image, path=self._full_path(image.path))
+
+    def _model(self, row: tuple) -> ModelVersion:
+        version = _model(row)
+        if not version.ref.checkpoint:
+            return version
+        return replace(version, ref=replace(version.ref, checkpoint=self._full_path(version.ref.checkpoint)))
+
     # ------------------------------------------------------------------ transactions
 
     def _read(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -180,7 +207,7 @@ class Store:
             _insert(cur, "images", {
                 "image_id": ("VARCHAR", [im.image_id for im in fresh]),
                 "sha256": ("VARCHAR", [im.sha256 for im in fresh]),
-                "path": ("VARCHAR", [im.path for im in fresh]),
+                "path": ("VARCHAR", [self._stored_path(im.path) for im in fresh]),
                 "width": ("INTEGER", [im.width for im in fresh]),
                 "height": ("INTEGER", [im.height for im in fresh]),
                 "title": ("VARCHAR", [im.title for im in fresh]),
@@ -243,7 +270,7 @@ class Store:
     def get_image(self, image_id: str) -> ImageRecord | None:
         rows = self._read(lambda cur: cur.execute(
             f"SELECT {_IMAGE_COLS} FROM images WHERE image_id = ?", [image_id]).fetchall())
-        return _image(rows[0]) if rows else None
+        return self._image(rows[0]) if rows else None
 
     def list_images(self, collection: str | None = None, source: str | None = None,
                     image_ids: Sequence[str] | None = None) -> list[ImageRecord]:
@@ -253,7 +280,7 @@ class Store:
                               list(image_ids) if image_ids is not None else None})
         rows = self._read(lambda cur: cur.execute(
             f"SELECT {_IMAGE_COLS} FROM images {where} ORDER BY path, image_id", args).fetchall())
-        return [_image(r) for r in rows]
+        return [self._image(r) for r in rows]
 
     def count_images(self) -> int:
         return self._read(lambda cur: cur.execute("SELECT count(*) FROM images").fetchone()[0])
@@ -284,7 +311,7 @@ class Store:
                 raise ValueError(f"parent model {ref.parent!r} of {ref.model_id!r} is not "
                                  f"in the project; add it first")
             cur.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [ref.model_id, ref.backbone, ref.parent, ref.checkpoint,
+                        [ref.model_id, ref.backbone, ref.parent, self._stored_path(ref.checkpoint),
                          checkpoint_sha256, round, _dumps(config or {}), _now()])
 
         self._write(work)
@@ -294,14 +321,14 @@ class Store:
         rows = self._read(lambda cur: cur.execute(
             "SELECT model_id, backbone, checkpoint, parent, checkpoint_sha256, round, "
             "config_json, created FROM models WHERE model_id = ?", [model_id]).fetchall())
-        return _model(rows[0]) if rows else None
+        return self._model(rows[0]) if rows else None
 
     def list_models(self) -> list[ModelVersion]:
         """All model versions, oldest first."""
         rows = self._read(lambda cur: cur.execute(
             "SELECT model_id, backbone, checkpoint, parent, checkpoint_sha256, round, "
             "config_json, created FROM models ORDER BY created, model_id").fetchall())
-        return [_model(r) for r in rows]
+        return [self._model(r) for r in rows]
 
     def set_active_model(self, model_id: str) -> None:
         """Make ``model_id`` the model the app and the next run use."""
@@ -932,15 +959,15 @@ class Store:
     def attach_annotations(self, path: str | os.PathLike, fmt: str,
                            label: str | None = None) -> None:
         """Attach a ground-truth file (e.g. ``fmt='brueghel'``) for evaluation."""
-        full = os.path.abspath(os.fspath(path))
+        stored = self._stored_path(os.path.abspath(os.fspath(path)))
         self._write(lambda cur: cur.execute(
             "INSERT OR REPLACE INTO annotation_files VALUES (?, ?, ?, ?)",
-            [full, fmt, label, _now()]))
+            [stored, fmt, label, _now()]))
 
     def list_annotations(self) -> list[AnnotationFile]:
         rows = self._read(lambda cur: cur.execute(
             "SELECT path, format, label, added FROM annotation_files ORDER BY added").fetchall())
-        return [AnnotationFile(p, f, label, _utc(a)) for p, f, label, a in rows]
+        return [AnnotationFile(self._full_path(p), f, label, _utc(a)) for p, f, label, a in rows]
 
     # ------------------------------------------------------------------ overview
 

@@ -30,9 +30,11 @@ def template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(template, tmp_path) -> Path:
-    """A fresh copy of the project file per test (the images are shared)."""
+    """A fresh copy of the project file per test; the images are shared through a link to
+    their folder (paths under a project's folder are stored relative to it)."""
     copy = tmp_path / "artminer.duckdb"
     shutil.copyfile(template, copy)
+    (tmp_path / "demo").symlink_to(template.parent / "demo", target_is_directory=True)
     return copy
 
 
