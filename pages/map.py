@@ -3,6 +3,10 @@
 A WebGL scatter (`Scattergl`) of the active model's UMAP map, one trace per colour
 category. Hover shows the title; plotly cannot show pictures on hover, so clicking or
 lasso/box-selecting points opens their thumbnails and links in the side panel.
+
+The chart opens in Pan mode: Streamlit turns click selection off while the lasso or box
+tool is active (its plotly ``clickmode`` becomes ``event``), so a lasso default would
+make clicks do nothing. Lasso and box stay one click away in the chart's toolbar.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from hitl.views.map_view import (
     hover_texts,
     image_clusters,
     image_statuses,
+    kept_selection,
     map_table,
 )
 from pages import session
@@ -71,7 +76,7 @@ def figure(table: MapTable, values: np.ndarray, hover: list[str], by: str) -> go
             marker=dict(size=7 if len(table) < 2000 else 4, opacity=0.85, **marker)))
     # grey points first, so the named categories are drawn over them; the legend keeps its order
     fig.data = tuple(sorted(fig.data, key=lambda t: t.name not in (NONE_LABEL, OTHER_LABEL, "undated")))
-    fig.update_layout(height=640, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
+    fig.update_layout(height=640, margin=dict(l=10, r=10, t=30, b=10), dragmode="pan",
                       showlegend=True,  # also for a single category
                       legend=dict(title=by, itemsizing="constant"),
                       xaxis=dict(visible=False), yaxis=dict(visible=False))
@@ -133,5 +138,10 @@ with chart:
                             on_select="rerun", selection_mode=("points", "box", "lasso"),
                             config={"displaylogo": False})
     st.text(f"{len(table)} points")
+    st.caption("Click a point to open it; the lasso and box tools in the chart's toolbar "
+               "choose several.")
+chosen = kept_selection(st.session_state.get("map_chosen", []), st.session_state.get("map_view"),
+                        selected_indices(event), (kind, by))
+st.session_state.map_chosen, st.session_state.map_view = chosen, (kind, by)
 with panel:
-    side_panel(store, table, selected_indices(event))
+    side_panel(store, table, chosen)

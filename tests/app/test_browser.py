@@ -192,10 +192,18 @@ def test_review_query_and_every_page(server, browser, project):
     _shot(page, "query")
 
     _goto_page(page, "Clusters")
+    before = store.status_counts(model)["unreviewed"]
     page.locator("[class*='st-key-cluster_confirm_'] button").first.click()
-    page.get_by_text(re.compile(r"^Cluster #\d+: confirm$")).wait_for()
+    page.get_by_text(re.compile(r"^Cluster #\d+: confirm, with [1-9]\d* unreviewed link")).wait_for()
+    after = store.status_counts(model)["unreviewed"]
+    assert after < before  # its links left the queue, and the sidebar says so
+    page.get_by_text(f"Links: {after} to review", exact=False).wait_for()
     _images_loaded(page)
     _shot(page, "clusters")
+    page.locator(".st-key-clusters_undo button").click()
+    page.get_by_text(re.compile(r"^Undid your confirm on cluster #\d+")).wait_for()
+    assert store.status_counts(model)["unreviewed"] == before
+    page.get_by_text(f"Links: {before} to review", exact=False).wait_for()
     for title in ("Map", "Training", "Propagation"):
         _goto_page(page, title)
         _shot(page, title.lower())
@@ -214,6 +222,34 @@ def _draw_query_box(page: Page) -> None:
     page.mouse.up()
     page.wait_for_function(
         "Number(document.querySelector('.st-key-query_x1 input')?.value) > 0")
+
+
+def _point_position(page: Page, trace: int = 0, index: int = 0) -> tuple[float, float]:
+    """Page coordinates of one point of the map chart (plotly's own axis mapping)."""
+    page.locator(".js-plotly-plot .legend").wait_for()
+    return tuple(page.evaluate(
+        """([t, i]) => { const gd = document.querySelector('.js-plotly-plot');
+             const fl = gd._fullLayout, d = gd._fullData[t], box = gd.getBoundingClientRect();
+             return [box.left + fl.xaxis._offset + fl.xaxis.l2p(d.x[i]),
+                     box.top + fl.yaxis._offset + fl.yaxis.l2p(d.y[i])]; }""", [trace, index]))
+
+
+def test_map_click_opens_a_point_and_recolouring_keeps_it(server, browser, project):
+    page = _new_page(browser)
+    page.goto(f"{server}/map?annotator=Clicker")
+    page.get_by_role("heading", name="Map").wait_for()
+    _settle(page)
+    x, y = _point_position(page)
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)  # the default mode: no tool chosen first
+    page.get_by_text("1 point(s) selected", exact=False).wait_for()
+    page.locator(".st-key-map_colour").click()
+    page.get_by_role("option", name="artist").click()
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
+    page.wait_for_timeout(1500)  # let a redraw's own selection reset reach the server, if any
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
+    assert page.get_by_text("1 point(s) selected", exact=False).count() == 1
+    assert page.locator('[data-testid="stException"]').count() == 0
 
 
 def test_map_renders_10k_points(server, browser, tmp_path_factory):

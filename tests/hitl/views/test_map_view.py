@@ -97,3 +97,13 @@ def test_category_colours():
         "confirm": STATUS_COLOURS["confirm"], NO_LINKS: STATUS_COLOURS[NO_LINKS]}
     with pytest.raises(ValueError, match="categories"):
         category_colours([str(i) for i in range(len(PALETTE) + 1)], "artist")
+
+
+def test_recolouring_keeps_the_selection_and_a_new_kind_clears_it():
+    from hitl.views.map_view import kept_selection
+
+    assert kept_selection([], None, [5, 3, 5], ("image", "cluster")) == [3, 5]
+    assert kept_selection([3, 5], ("image", "cluster"), [], ("image", "artist")) == [3, 5]
+    assert kept_selection([3, 5], ("image", "cluster"), [7], ("image", "artist")) == [7]
+    assert kept_selection([3, 5], ("image", "cluster"), [], ("region", "cluster")) == []
+    assert kept_selection([3, 5], ("image", "cluster"), [], ("image", "cluster")) == []  # cleared
