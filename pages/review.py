@@ -2,6 +2,11 @@
 
 Every answer is written to the verdict log at once (a reload loses nothing) and the
 next candidate is drawn in the same script run, from pictures cached ahead of time.
+
+The evidence fits one 1366x768 laptop screen: a compact header (session progress,
+queue order, filters, previous link), the buttons, then one row with both images and
+their boxes, both enlarged regions and the aligned overlay, each work captioned with
+its title, artist, date, medium and collection.
 """
 
 from __future__ import annotations
@@ -13,18 +18,28 @@ from PIL import Image
 from db.records import UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
-from hitl.queue import STRATEGIES, next_links
+from hitl.queue import STRATEGIES, link_clusters, next_links, order_links
+from hitl.views.cluster_edits import current_clusters
 from hitl.views.overlay import aligned_pair, crop_region
+from hitl.views.review_view import ReviewFilter, describe_affine, filter_links, session_progress
 from hitl.views.thumbnails import jpeg_bytes
 from pages import session
 
 DETAIL_SIDE = 1024  # decode side for enlarged regions: sharp crops of big scans
-SHOWN_SIDE = 480  # side of the two full images
+SHOWN_SIDE = 360  # side of the two full images (a fifth of a 1366-pixel screen, sharp at 2x)
 CROP_SIDE = 300
+# Streamlit's default top padding (6rem) and heading margins cost a laptop screen a
+# sixth of its height; our own constant CSS, no user text in it.
+COMPACT_CSS = """<style>
+.block-container {padding-top: 1.2rem; padding-bottom: 1rem;}
+.block-container h1 {padding: 0 0 0.2rem 0; font-size: 1.6rem;}
+.st-key-review_evidence [data-testid="stImage"] img {max-height: 300px; object-fit: contain;}
+</style>"""
 A_COLOUR, B_COLOUR = (230, 57, 70), (29, 120, 230)
 KEYS = {"confirm": "Y", "reject": "N", "unsure": "U", "skip": "S", "undo": "Z"}
 
-for key, default in (("review_skipped", []), ("review_focus", None), ("review_note", "")):
+for key, default in (("review_skipped", []), ("review_focus", None), ("review_note", ""),
+                     ("review_answered", [])):
     st.session_state.setdefault(key, default)
 
 
@@ -68,12 +83,23 @@ def answer(store, link: Link, verdict: str, annotator: str) -> None:
     store.add_verdict(link.link_id, verdict, annotator, note=note)
     st.session_state.review_note = ""
     st.session_state.review_focus = None
+    st.session_state.review_answered = [*st.session_state.review_answered, link.link_id]
     st.session_state.review_last = f"Link #{link.link_id}: {verdict}"
 
 
 def skip(link: Link) -> None:
     st.session_state.review_skipped = [*st.session_state.review_skipped, link.link_id]
     st.session_state.review_focus = None
+
+
+def previous(current: Link | None) -> None:
+    """Show the link answered before the one on screen (this session), to look or answer anew."""
+    answered = st.session_state.review_answered
+    at = answered.index(current.link_id) if current and current.link_id in answered else len(answered)
+    if at == 0:
+        st.session_state.review_last = "No earlier link in this session."
+        return
+    st.session_state.review_focus = answered[at - 1]
 
 
 def undo_last(store, annotator: str) -> None:
@@ -89,44 +115,83 @@ def undo_last(store, annotator: str) -> None:
 # ---------------------------------------------------------------------- drawing
 
 
-def controls_ui(store, model: str) -> tuple[str, float]:
-    left, right, count = st.columns([2, 2, 3], vertical_alignment="bottom")
+def controls_ui(store, model: str) -> tuple[str, float, ReviewFilter, st.delta_generator.DeltaGenerator]:
+    """One header row: session progress (a slot, filled once the queue is known), queue
+    order, threshold, filters."""
+    bar, left, right, filters = st.columns([4, 2, 2, 1], vertical_alignment="bottom")
     strategy = left.selectbox("Queue order", STRATEGIES, key="review_strategy",
                               help="score: best first · uncertainty: nearest the threshold · "
                                    "coverage: one per cluster first")
     threshold = right.number_input("Decision threshold", value=session.decision_threshold(store, model),
                                    min_value=0.0, step=0.005, format="%.3f", key="review_threshold",
                                    disabled=strategy != "uncertainty")
-    count.text(f"{store.status_counts(model)[UNREVIEWED]} links left to review")
-    return strategy, float(threshold)
+    with filters.popover("Filters", width="stretch"):
+        flt = filters_ui(store, model)
+    return strategy, float(threshold), flt, bar.empty()
+
+
+def filters_ui(store, model: str) -> ReviewFilter:
+    """Artist, medium, collection, score range, cluster and model of the links to review."""
+    images = session.image_index(store)
+    def options(field: str) -> list[str]:
+        return sorted({v for im in images.values() if (v := getattr(im, field))})
+    artists = st.multiselect("Artist", options("artist"), key="review_f_artist")
+    media = st.multiselect("Medium", options("medium"), key="review_f_medium")
+    collections = st.multiselect("Collection", options("collection"), key="review_f_collection")
+    low, high = st.slider("Score range", 0.0, 1.0, (0.0, 1.0), 0.005, key="review_f_score",
+                          format="%.3f")
+    clusters = {c.cluster_id: c for c in current_clusters(store, model)}
+    cluster = st.selectbox("Cluster", [None, *clusters], key="review_f_cluster",
+                           format_func=lambda c: "any" if c is None else
+                           f"#{c} ({len(clusters[c].images)} images)")
+    models = st.multiselect("Model", [m.model_id for m in store.list_models()], key="review_f_model",
+                            help=f"Links found by these models (default: the active one, {model})")
+    return ReviewFilter(frozenset(artists), frozenset(media), frozenset(collections),
+                        low if low > 0 else None, high if high < 1 else None,
+                        frozenset(clusters[cluster].link_ids) if cluster is not None else None,
+                        frozenset(models))
+
+
+def review_queue(store, model: str, strategy: str, threshold: float, flt: ReviewFilter,
+                 limit: int = 2) -> tuple[list[Link], int]:
+    """The next ``limit`` links to review and how many are left, under the filters."""
+    skipped = st.session_state.review_skipped
+    if not flt.active:
+        return (next_links(store, strategy, threshold, limit=limit, model_id=model, exclude=skipped),
+                store.status_counts(model)[UNREVIEWED])
+    links = [lk for lk in store.list_links(status=UNREVIEWED, order="link_id")
+             if (flt.models or lk.model_id == model)]
+    passed = filter_links(links, session.image_index(store), flt)
+    clusters = (link_clusters(store.list_clusters(status=UNREVIEWED)) if strategy == "coverage" else None)
+    ordered = order_links([lk for lk in passed if lk.link_id not in skipped], strategy, threshold, clusters)
+    return ordered[:limit], len(passed)
 
 
 def link_ui(store, link: Link) -> None:
-    """Row 1: A and B with their boxes, the aligned overlay; row 2: enlarged regions, metadata."""
+    """One row: A and B with their boxes and captions, both enlarged regions, the overlay."""
     a, b, regions = pictures_of(store, link)
-    full_a, full_b, overlay = st.columns(3)
-    for col, image, box, colour in ((full_a, a, link.box_a, A_COLOUR), (full_b, b, link.box_b, B_COLOUR)):
-        with col:
-            session.show_image(image, (box,), SHOWN_SIDE, colour=colour)
-    if regions is None:
-        st.warning("The regions cannot be shown: an image file is missing or unreadable.")
-        return
-    jpeg_a, jpeg_b, pixels_a, warped = regions
-    with overlay:
-        opacity = st.slider("B over A (aligned by the link's affine)", 0.0, 1.0, 0.5, 0.05,
-                            key="review_opacity", help="0: A's region only, 1: B's region only, "
-                                                       "warped onto A's frame")
-        mixed = (pixels_a * (1 - opacity) + warped * opacity).astype(np.uint8)
-        st.image(jpeg_bytes_of(mixed), width="stretch")
-    region_a, region_b, text_a, text_b = st.columns(4)
-    region_a.image(jpeg_a, width="stretch")
-    region_b.image(jpeg_b, width="stretch")
-    with text_a:
-        st.text("A (red)")
-        session.show_metadata(a)
-    with text_b:
-        st.text("B (blue)")
-        session.show_metadata(b)
+    with st.container(key="review_evidence"):
+        full_a, full_b, region_a, region_b, overlay = st.columns([5, 5, 4, 4, 4])
+        for col, image, box, colour, name in ((full_a, a, link.box_a, A_COLOUR, "A (red)"),
+                                              (full_b, b, link.box_b, B_COLOUR, "B (blue)")):
+            with col:
+                session.show_image(image, (box,), SHOWN_SIDE, colour=colour)
+                st.text(name)
+                session.show_metadata(image, with_file=False)
+        if regions is None:
+            st.warning("The regions cannot be shown: an image file is missing or unreadable.")
+            return
+        jpeg_a, jpeg_b, pixels_a, warped = regions
+        region_a.image(jpeg_a, width="stretch")
+        region_a.text("A's region")
+        region_b.image(jpeg_b, width="stretch")
+        region_b.text("B's region")
+        with overlay:
+            opacity = st.slider("B over A", 0.0, 1.0, 0.5, 0.05, key="review_opacity",
+                                help="Aligned by the link's affine. 0: A's region only, "
+                                     "1: B's region only, warped onto A's frame")
+            mixed = (pixels_a * (1 - opacity) + warped * opacity).astype(np.uint8)
+            st.image(jpeg_bytes_of(mixed), width="stretch")
 
 
 def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
@@ -136,9 +201,12 @@ def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
 def buttons_ui(store, link: Link | None, annotator: str) -> None:
     if link is not None:
         st.text(f"Link #{link.link_id}   score {link.score:.3f}   {link.match.n_inliers} inliers   "
-                f"status: {link.status}")
-    cols = st.columns([1, 1, 1, 1, 1, 3], vertical_alignment="bottom")
-    cols[5].text_input("Note (optional, saved with your answer)", key="review_note")
+                f"status: {link.status}   B against A: {describe_affine(link.match.affine)}")
+    cols = st.columns([1.4, 1.2, 1.2, 1, 1, 1.2, 2], vertical_alignment="bottom")
+    cols[6].text_input("Note (optional, saved with your answer)", key="review_note",
+                       label_visibility="collapsed", placeholder="Note (optional, saved with your answer)")
+    cols[5].button("Previous", key="review_previous", on_click=previous, args=(link,),
+                   width="stretch", help="The link you answered before this one")
     if link is not None:
         for col, verdict, kind in ((cols[0], "confirm", "primary"), (cols[1], "reject", "secondary"),
                                    (cols[2], "unsure", "secondary")):
@@ -170,12 +238,14 @@ def history_ui(store, link: Link) -> None:
 store = session.store()
 annotator = session.require_annotator()
 model = session.model_id(store)
+st.html(COMPACT_CSS)
 st.title("Review")
-strategy, threshold = controls_ui(store, model)
+strategy, threshold, flt, progress_slot = controls_ui(store, model)
 if st.session_state.get("review_last"):
     st.toast(st.session_state.pop("review_last"))
-queue = next_links(store, strategy, threshold, limit=2, model_id=model,
-                   exclude=st.session_state.review_skipped)
+queue, left = review_queue(store, model, strategy, threshold, flt)
+fraction, words = session_progress(len(st.session_state.review_answered), left)
+progress_slot.progress(fraction, text=words)
 focus = st.session_state.review_focus
 current = store.get_link(focus) if focus is not None else (queue[0] if queue else None)
 if current is None:

@@ -99,6 +99,16 @@ def decision_threshold(store: Store, model: str) -> float:
     return float(run.params.get("min_score", DEFAULT_MIN_SCORE)) if run else DEFAULT_MIN_SCORE
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _image_index(_store: Store, path: str, n_images: int) -> dict[str, ImageRecord]:
+    return {im.image_id: im for im in _store.list_images()}
+
+
+def image_index(store: Store) -> dict[str, ImageRecord]:
+    """Every image of the project by id (cached until images are added)."""
+    return _image_index(store, store.path, store.count_images())
+
+
 # ---------------------------------------------------------------------- annotator
 
 
@@ -175,12 +185,12 @@ def label(image: ImageRecord | None) -> str:
     return f"{name} ({image.artist}, {image.date})" if image.artist and image.date else name
 
 
-def show_metadata(image: ImageRecord | None) -> None:
-    """Title, artist, date, medium and collection as plain text."""
+def show_metadata(image: ImageRecord | None, with_file: bool = True) -> None:
+    """Title, artist, date, medium and collection (and the file name) as plain text."""
     if image is None:
         st.text("(image missing from the project)")
         return
     fields = (("Title", image.title), ("Artist", image.artist), ("Date", image.date),
               ("Medium", image.medium), ("Collection", image.collection),
-              ("File", Path(image.path).name))
+              ("File", Path(image.path).name if with_file or not image.title else None))
     st.text("\n".join(f"{k}: {v}" for k, v in fields if v))

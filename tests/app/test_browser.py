@@ -210,6 +210,41 @@ def test_review_query_and_every_page(server, browser, project):
     assert page.locator('[data-testid="stException"]').count() == 0
 
 
+def test_review_fits_one_laptop_screen(server, browser, project):
+    """At 1366x768 the whole evidence is on screen without scrolling; confirm -> next timed."""
+    store = Store(project)
+    queue = [lk.link_id for lk in next_links(store, "score", limit=2, model_id=active_model_id(store))]
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{server}/?annotator=Laptop")
+    _link_header(page, queue[0]).wait_for()
+    _settle(page)
+    evidence = page.locator(".st-key-review_evidence")
+    pictures = evidence.locator('[data-testid="stImage"] img')
+    assert pictures.count() == 5  # A, B, A's region, B's region, the overlay
+    for what in (pictures, evidence.locator('[data-testid="stText"]'),
+                 page.locator(".st-key-confirm button"), page.locator('[data-testid="stProgress"]')):
+        for i in range(what.count()):
+            box = what.nth(i).bounding_box()
+            assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 768, (what, i, box)
+    captions = evidence.inner_text()
+    image = store.get_image(store.get_link(queue[0]).image_a)
+    for value in (image.title, image.artist, image.date, image.medium, image.collection):
+        assert value in captions
+    page.get_by_text("0 answered this session", exact=False).wait_for()
+    _shot(page, "review-1366x768")
+    start = time.perf_counter()
+    page.locator(".st-key-confirm button").click()
+    _link_header(page, queue[1]).wait_for()
+    shown = time.perf_counter() - start
+    page.get_by_text("1 answered this session", exact=False).wait_for()
+    print(f"\n1366x768 layout: confirm -> next candidate shown: {shown * 1000:.0f} ms")
+    _settle(page)
+    page.locator(".st-key-review_previous button").first.click()  # back to the one just answered
+    _link_header(page, queue[0]).wait_for()
+    page.close()
+
+
 def _draw_query_box(page: Page) -> None:
     """Box-select a detail on the query picture by dragging the mouse."""
     area = page.locator(".js-plotly-plot .nsewdrag").first
