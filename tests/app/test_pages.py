@@ -226,3 +226,23 @@ def test_query_hit_confirmed_as_link(app, project):
         query.image_id, Box(5, 5, 40, 40), "query")
     assert store.link_history(link.link_id)[0].annotator == "tester"
     assert f"confirmed as link #{link.link_id}" in _texts(app)
+
+
+def test_query_hit_rejected_and_confirm_all_above(app, project):
+    from engine.types import Box, Detection
+
+    store = Store(project)
+    query, *others = store.list_images()[:4]
+    app.run()
+    app.switch_page("pages/query.py").run()
+    app.session_state["query_results"] = {
+        "image": query.image_id, "box": [10.0, 10.0, 60.0, 50.0], "run": None, "confirmed": {},
+        "hits": [Detection(im.image_id, Box(5, 5, 40, 40), score)
+                 for im, score in zip(others, (0.9, 0.8, 0.2))]}
+    app.run()
+    app.button(key="query_reject_1").click().run()
+    app.number_input(key="query_floor").set_value(0.5).run()
+    app.button(key="query_confirm_above").click().run()  # only hit 0: hit 1 is judged, hit 2 below
+    assert not app.exception
+    status = {lk.image_b: lk.status for lk in store.list_links(run_id=store.list_runs(kind="query")[0].run_id)}
+    assert status == {others[0].image_id: "confirm", others[1].image_id: "reject"}
