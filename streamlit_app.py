@@ -24,6 +24,7 @@ PAGES = [
     st.Page("pages/query.py", title="Query", icon=":material/crop_free:"),
     st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
     st.Page("pages/propagation.py", title="Propagation", icon=":material/timeline:"),
+    st.Page("pages/team.py", title="Team", icon=":material/groups:"),
 ]
 
 
@@ -49,7 +50,8 @@ def status_sidebar() -> None:
                     if run else "Discovery run: none yet (run `artminer discover`)")
     counts = store.status_counts(model)
     st.sidebar.text(f"Links: {counts['unreviewed']} to review, {counts['confirm']} confirmed, "
-                    f"{counts['reject']} rejected, {counts['unsure']} unsure")
+                    f"{counts['reject']} rejected, {counts['unsure']} unsure"
+                    + (f", {counts['disputed']} disputed" if counts["disputed"] else ""))
 
 
 def annotator_sidebar(name: str) -> None:

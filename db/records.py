@@ -24,6 +24,9 @@ REVOKE = "revoke"
 UNREVIEWED = "unreviewed"
 """Status of a link or cluster without a live verdict."""
 
+DISPUTED = "disputed"
+"""Status of a double-reviewed link whose two reviewers disagree, until adjudicated."""
+
 TARGET_KINDS = ("link", "cluster")
 
 REVIEW, ADJUDICATION = "review", "adjudication"

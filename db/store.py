@@ -36,6 +36,7 @@ from db import migrations
 from db.connection import BUSY_TIMEOUT_S, ConnectionGate, StoreBusyError, backoff, is_lock_error
 from db.migrations import relative_to_folder
 from db.records import (
+    DISPUTED,
     REVIEW,
     REVOKE,
     ROLES,
@@ -492,7 +493,7 @@ class Store:
                               _db_time(since) if since else None})
         rows = self._read(lambda cur: cur.execute(
             f"SELECT status, count(*) FROM link_status {where} GROUP BY status", args).fetchall())
-        counts = dict.fromkeys((*VERDICTS, UNREVIEWED), 0)
+        counts = dict.fromkeys((*VERDICTS, UNREVIEWED, DISPUTED), 0)
         counts.update(dict(rows))
         return counts
 
@@ -634,6 +635,43 @@ class Store:
 
         return self._write(work)
 
+    def plan_reviews(self, reviewers: Mapping[int, int]) -> int:
+        """Record ``link_id -> 1 | 2`` reviewers for links not planned yet; returns how many.
+
+        Like the held-out split, a link's plan is drawn once and never moves, so agreement
+        is measured on a fixed set even if the double-review share changes later.
+        """
+        bad = {n for n in reviewers.values() if n not in (1, 2)}
+        if bad:
+            raise ValueError(f"a link gets 1 or 2 reviewers, got {sorted(bad)}")
+
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            known = {r[0] for r in cur.execute("SELECT link_id FROM review_plan").fetchall()}
+            new = [(int(k), int(n)) for k, n in reviewers.items() if int(k) not in known]
+            _insert(cur, "review_plan", {
+                "link_id": ("BIGINT", [k for k, _ in new]),
+                "reviewers": ("INTEGER", [n for _, n in new]),
+                "planned": ("TIMESTAMP", [_now()] * len(new)),
+            })
+            return len(new)
+
+        return self._write(work)
+
+    def review_plan(self) -> dict[int, int]:
+        """Every planned link, ``link_id -> reviewers`` (1 or 2)."""
+        return dict(self._read(lambda cur: cur.execute(
+            "SELECT link_id, reviewers FROM review_plan").fetchall()))
+
+    def reviewer_verdicts(self, link_ids: Sequence[int] | None = None) -> list[Verdict]:
+        """Each reviewer's latest live verdict per link (no adjudications), by link then id."""
+        where, args = _where({"v.target_id IN (SELECT unnest(?::BIGINT[]))":
+                              list(link_ids) if link_ids is not None else None})
+        rows = self._read(lambda cur: cur.execute(
+            f"SELECT {_VERDICT_COLS} FROM reviewer_verdicts v LEFT JOIN verdicts r "
+            f"ON r.verdict = 'revoke' AND r.revokes = v.verdict_id {where} "
+            "ORDER BY v.target_id, v.verdict_id", args).fetchall())
+        return [_verdict(r) for r in rows]
+
     def get_verdict(self, verdict_id: int) -> Verdict | None:
         rows = self._read(lambda cur: cur.execute(
             f"SELECT {_VERDICT_COLS} FROM {_VERDICT_FROM} WHERE v.verdict_id = ?",
@@ -641,8 +679,11 @@ class Store:
         return _verdict(rows[0]) if rows else None
 
     def link_status(self, link_id: int) -> str:
-        """Current status of a link: its latest live verdict, or ``unreviewed``."""
-        return self._status("link", link_id)
+        """Current status of a link: the verdict in force (``link_status`` view of the schema),
+        ``disputed`` or ``unreviewed``."""
+        row = self._read(lambda cur: cur.execute(
+            "SELECT status FROM link_status WHERE link_id = ?", [link_id]).fetchone())
+        return row[0] if row else UNREVIEWED
 
     def cluster_status(self, cluster_id: int) -> str:
         return self._status("cluster", cluster_id)

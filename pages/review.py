@@ -19,6 +19,7 @@ from db.records import UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
 from hitl.queue import STRATEGIES, link_clusters, next_links, order_links
+from hitl.team import is_blind, plan_new_links, review_state, second_reviews
 from hitl.views.cluster_edits import current_clusters
 from hitl.views.overlay import aligned_pair, crop_region
 from hitl.views.review_view import ReviewFilter, describe_affine, filter_links, session_progress
@@ -153,18 +154,24 @@ def filters_ui(store, model: str) -> ReviewFilter:
 
 
 def review_queue(store, model: str, strategy: str, threshold: float, flt: ReviewFilter,
-                 limit: int = 2) -> tuple[list[Link], int]:
-    """The next ``limit`` links to review and how many are left, under the filters."""
+                 annotator: str, limit: int = 2) -> tuple[list[Link], int]:
+    """The next ``limit`` links to review and how many are left, under the filters.
+
+    Double-reviewed links waiting for this annotator's blind second look come first.
+    """
     skipped = st.session_state.review_skipped
+    second = [lk for lk in second_reviews(store, annotator, model) if lk.link_id not in skipped]
+    if flt.active:
+        second = filter_links(second, session.image_index(store), flt)
     if not flt.active:
-        return (next_links(store, strategy, threshold, limit=limit, model_id=model, exclude=skipped),
-                store.status_counts(model)[UNREVIEWED])
+        queue = next_links(store, strategy, threshold, limit=limit, model_id=model, exclude=skipped)
+        return (second + queue)[:limit], store.status_counts(model)[UNREVIEWED] + len(second)
     links = [lk for lk in store.list_links(status=UNREVIEWED, order="link_id")
              if (flt.models or lk.model_id == model)]
     passed = filter_links(links, session.image_index(store), flt)
     clusters = (link_clusters(store.list_clusters(status=UNREVIEWED)) if strategy == "coverage" else None)
     ordered = order_links([lk for lk in passed if lk.link_id not in skipped], strategy, threshold, clusters)
-    return ordered[:limit], len(passed)
+    return (second + ordered)[:limit], len(passed) + len(second)
 
 
 def link_ui(store, link: Link) -> None:
@@ -201,7 +208,8 @@ def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
 def buttons_ui(store, link: Link | None, annotator: str) -> None:
     if link is not None:
         st.text(f"Link #{link.link_id}   score {link.score:.3f}   {link.match.n_inliers} inliers   "
-                f"status: {link.status}   B against A: {describe_affine(link.match.affine)}")
+                f"status: {review_state(store, link, annotator)}   "
+                f"B against A: {describe_affine(link.match.affine)}")
     cols = st.columns([1.4, 1.2, 1.2, 1, 1, 1.2, 2], vertical_alignment="bottom")
     cols[6].text_input("Note (optional, saved with your answer)", key="review_note",
                        label_visibility="collapsed", placeholder="Note (optional, saved with your answer)")
@@ -220,7 +228,10 @@ def buttons_ui(store, link: Link | None, annotator: str) -> None:
                "**Z** undo your last verdict")
 
 
-def history_ui(store, link: Link) -> None:
+def history_ui(store, link: Link, annotator: str) -> None:
+    if is_blind(store, link.link_id, annotator):
+        st.text("Double review: the other verdicts on this link are hidden until you answer.")
+        return
     rows = [{"when (UTC)": v.created.strftime("%Y-%m-%d %H:%M:%S"), "who": v.annotator,
              "verdict": v.verdict if v.verdict != "revoke" else f"undo of #{v.revokes}",
              "note": v.note or "", "id": v.verdict_id,
@@ -243,7 +254,7 @@ st.title("Review")
 strategy, threshold, flt, progress_slot = controls_ui(store, model)
 if st.session_state.get("review_last"):
     st.toast(st.session_state.pop("review_last"))
-queue, left = review_queue(store, model, strategy, threshold, flt)
+queue, left = review_queue(store, model, strategy, threshold, flt, annotator)
 fraction, words = session_progress(len(st.session_state.review_answered), left)
 progress_slot.progress(fraction, text=words)
 focus = st.session_state.review_focus
@@ -254,8 +265,9 @@ if current is None:
                   if st.session_state.review_skipped else ""))
     buttons_ui(store, None, annotator)
     st.stop()
+plan_new_links(store, [current])  # double review: its draw is made when a link is first shown
 buttons_ui(store, current, annotator)
 link_ui(store, current)
-history_ui(store, current)
+history_ui(store, current, annotator)
 upcoming = [lk for lk in queue if lk.link_id != current.link_id]
 prefetch(store, upcoming[0] if upcoming else None)

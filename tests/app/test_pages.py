@@ -19,7 +19,7 @@ from tests.app.project_fixture import HOSTILE_TITLE, build_app_project
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 PAGES = ("pages/review.py", "pages/map.py", "pages/clusters.py", "pages/query.py",
-         "pages/training.py", "pages/propagation.py")
+         "pages/training.py", "pages/propagation.py", "pages/team.py")
 TIMEOUT = 60  # first run imports torch; later runs take well under a second
 
 
@@ -54,7 +54,7 @@ def _markdown(at: AppTest) -> str:
     return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.title, *at.subheader])
 
 
-TITLES = dict(zip(PAGES, ("Review", "Map", "Clusters", "Query", "Training", "Propagation")))
+TITLES = dict(zip(PAGES, ("Review", "Map", "Clusters", "Query", "Training", "Propagation", "Team")))
 
 
 def test_entry_shows_project_annotator_model_and_run(app, project):
@@ -246,3 +246,38 @@ def test_query_hit_rejected_and_confirm_all_above(app, project):
     assert not app.exception
     status = {lk.image_b: lk.status for lk in store.list_links(run_id=store.list_runs(kind="query")[0].run_id)}
     assert status == {others[0].image_id: "confirm", others[1].image_id: "reject"}
+
+
+def _session(project, monkeypatch, name: str) -> AppTest:
+    monkeypatch.setenv("ARTMINER_PROJECT", str(project))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["annotator"] = name
+    return at
+
+
+def test_double_review_is_blind_and_a_dispute_is_adjudicated(project, monkeypatch):
+    from hitl.team import set_double_review_share
+
+    store = Store(project)
+    set_double_review_share(store, 1.0)
+    ana, ben = _session(project, monkeypatch, "ana"), _session(project, monkeypatch, "ben")
+    ana.run()
+    first = store.list_links(status="unreviewed", limit=1)[0]
+    ana.button(key="confirm").click().run()
+    assert store.link_status(first.link_id) == "confirm"
+    ben.run()  # ben's queue starts with ana's link, her verdict hidden
+    assert f"Link #{first.link_id}" in _texts(ben)
+    assert "status: hidden" in _texts(ben) and "ana" not in _texts(ben)
+    ben.button(key="reject").click().run()
+    assert store.link_status(first.link_id) == "disputed"
+
+    ben.switch_page("pages/team.py").run()
+    assert not ben.exception
+    assert "Disagreements to adjudicate (1)" in _markdown(ben)
+    ben.session_state["annotator"] = "cem"  # the adjudicator takes over this browser
+    ben.run()
+    ben.button(key=f"adjudicate_reject_{first.link_id}").click().run()
+    assert store.link_status(first.link_id) == "reject"
+    assert "Disagreements to adjudicate (0)" in _markdown(ben)
+    assert [(v.annotator, v.role) for v in store.link_history(first.link_id)] == [
+        ("ana", "review"), ("ben", "review"), ("cem", "adjudication")]

@@ -103,7 +103,8 @@ def test_cluster_verdict_is_a_verdict_on_its_unreviewed_member_links(store):
         assert verdict.geometry["box_a"] == [0, 0, 10, 10]
     assert [store.link_status(i) for i in (1, 2, 3)] == ["confirm", "reject", "confirm"]
     assert next_links(store) == []  # the links left the queue
-    assert store.status_counts("m") == {"confirm": 2, "reject": 1, "unsure": 0, "unreviewed": 0}
+    assert store.status_counts("m") == {"confirm": 2, "reject": 1, "unsure": 0, "unreviewed": 0,
+                                        "disputed": 0}
     assert store.get_verdict(own).revoked_by is None
 
 
@@ -136,7 +137,7 @@ def test_status_counts_since_counts_only_newer_verdicts(store):
     store.add_verdict(1, "confirm", "mk")
     mark = store.get_verdict(store.add_verdict(2, "reject", "mk")).created
     assert store.status_counts("m", since=mark) == {"confirm": 0, "reject": 1, "unsure": 0,
-                                                    "unreviewed": 1}
+                                                    "unreviewed": 1, "disputed": 0}
     with pytest.raises(ValueError, match="verdict"):
         store.add_cluster_verdict(store.list_clusters()[0].cluster_id, "maybe", "mk")
     with pytest.raises(ValueError, match="cluster"):
