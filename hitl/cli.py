@@ -278,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hitl.jobs import acquire_training_lock, release_training_lock, settle_orphan_rounds
     from hitl.progress import LineStream, phase_line
     from hitl.project import open_project
-    from hitl.rounds import RoundConfig, RoundRefused, run_round
+    from hitl.rounds import PHASES, RoundConfig, RoundRefused, run_round
 
     store, paths = open_project(args.project)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
@@ -294,24 +294,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stderr = LineStream(sys.stderr)
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        bar = tqdm(total=args.iterations, desc="training", unit="it", disable=args.quiet)
+        bars: list = []  # the training bar, drawn when its phase starts (not before phase 1)
 
         def on_iteration(log, total) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{log.loss:.3f}", mined=log.n_mined, expert=log.n_used_expert)
+            if not bars:
+                bars.append(tqdm(total=total, desc="training", unit="it", disable=args.quiet))
+            bars[0].update(1)
+            bars[0].set_postfix(loss=f"{log.loss:.3f}", mined=log.n_mined, expert=log.n_used_expert)
             if args.quiet:  # a log file (the app's background round) gets one line per iteration
                 print(f"iteration {log.iteration + 1}/{total} loss {log.loss:.4f} mined {log.n_mined} "
                       f"expert {log.n_used_expert}", flush=True)
 
         def on_phase(index: int, total: int, name: str) -> None:
             print(phase_line(index, total, name), file=sys.stderr, flush=True)
+            if name == PHASES[3] and not bars:  # training: its bar shows 0/N at once
+                bars.append(tqdm(total=args.iterations, desc="training", unit="it", disable=args.quiet))
 
         try:
             report = run_round(store, paths, config, from_model=args.from_model, device=args.device,
                                progress=on_iteration, show_progress=not args.quiet, on_phase=on_phase)
         except RoundRefused as err:
             raise UsageError(str(err)) from err
-        bar.close()
+        for bar in bars:
+            bar.close()
     finally:
         signal.signal(signal.SIGTERM, previous)
         release_training_lock(paths)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hitl.progress import child_env
+from hitl.progress import STARTING, child_env, phase_line
 from hitl.project import ProjectPaths
 
 LOCK_NAME = "train.lock"
@@ -165,6 +165,9 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
         paths.logs.mkdir(parents=True, exist_ok=True)
         log_path = paths.logs / f"train-{_now():%Y%m%dT%H%M%S%fZ}.log"
         with open(log_path, "ab") as log:
+            # the page's first news, before the child has even imported its libraries
+            log.write((phase_line(0, 0, STARTING) + "\n").encode())
+            log.flush()
             child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=_REPO_ROOT,
                                      env={**os.environ, **child_env()},  # bars as log lines

@@ -23,8 +23,10 @@ PHASE_TAG = "phase"
 # tqdm fields: the step's name, done/total and its own ETA estimate ("?" when unknown).
 BAR_FORMAT = PROGRESS_TAG + " | {desc} | {n_fmt}/{total_fmt} | ETA {remaining} | {postfix}"
 STOPPED_PREFIX = "stopped"  # a failed round's error starting with it was stopped on request
+STARTING = "starting the round's process (loading its libraries and model)"
 REFRESH_S = 1.0  # one line per second per bar: ~1,200 lines for a 20-minute round
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PROGRESS = re.compile(rf"^{PROGRESS_TAG} \| (.*?) \| (\d+)/(\d+|\?) \| ETA (\S+)")
 _PHASE = re.compile(rf"^{PHASE_TAG} \| (\d+)/(\d+) \| (.+)$")
 
@@ -66,15 +68,21 @@ class LineStream(io.TextIOBase):
     def __init__(self, target) -> None:
         self._target = target
         self._at_line_start = True
+        self._in_redraw = False  # the line written last is a bar's redraw, left open by tqdm
 
     def write(self, text: str) -> int:
-        out = re.sub(r"\n{2,}", "\n", text.replace("\r", "\n"))
+        redraw = text.startswith("\r")
+        out = _ANSI.sub("", text)  # cursor moves of stacked bars mean nothing in a file
+        if self._in_redraw and not redraw and not out.startswith("\n"):
+            out = "\n" + out  # a print after a bar's redraw starts a line of its own
+        out = re.sub(r"\n{2,}", "\n", out.replace("\r", "\n"))
         if self._at_line_start:  # a redraw's "\r" right after a finished line: no blank line
             out = out.lstrip("\n")
         if out:
             self._target.write(out)
             self._target.flush()
             self._at_line_start = out.endswith("\n")
+            self._in_redraw = redraw and not self._at_line_start
         return len(text)
 
     def flush(self) -> None:

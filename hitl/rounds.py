@@ -42,7 +42,7 @@ from hitl.progress import STOPPED_PREFIX
 from hitl.project import ProjectPaths, load_model
 
 SOURCES = ("mined", "expert")
-PHASES = ("measuring the parent model", "loading the training images", "training",
+PHASES = ("loading the parent model", "measuring the parent model", "loading the training images", "training",
           "re-discovering with the new model", "measuring the new model")
 MIN_HELDOUT = 4  # held-out verdicts (of both kinds) needed to measure without annotations
 
@@ -142,19 +142,20 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
     confirmed_clusters = [c for c in store.list_clusters(status=CONFIRM)]
     _check_round(store, config, train_links, heldout, confirmed_clusters)
 
+    phase(0)
     parent = load_model(store, from_model, device)
     round_id = _resume_or_start(store, parent.model_id, config)
     try:
         features = config.train.features
-        phase(0)
+        phase(1)
         before = measure(store, paths, parent, heldout, DEFAULT_MIN_SCORE, show_progress, features)
         store.update_round(round_id, metrics={"before": before})
-        phase(1)
+        phase(2)
         images, sizes, bank, ids = _training_images(store, paths, parent, show_progress, features)
         expert = _expert_batch(config, train_links, confirmed_clusters, bank, ids) if "expert" in config.sources else None
         # Without mined pairs every batch is expert pairs (engine.train then mines nothing).
         train_config = config.train if "mined" in config.sources else replace(config.train, expert_ratio=1.0)
-        phase(2)
+        phase(3)
         result = train(parent, images, train_config, expert, paths.checkpoints / f"round-{round_id}",
                        progress=progress, image_sizes=sizes)
         new = load_checkpoint(result.model.checkpoint).to(next(parent.parameters()).device)
@@ -162,9 +163,9 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
                         config={"round": config.params()})
         store.set_active_model(new.model_id)
         if config.rediscover:
-            phase(3)
+            phase(4)
             run_discovery(store, paths, DiscoverConfig(features=features), backbone=new, progress=show_progress)
-        phase(4)
+        phase(5)
         after = measure(store, paths, new, heldout, DEFAULT_MIN_SCORE, show_progress, features)
         store.update_round(round_id, status="done", new_model=new.model_id, metrics={"after": after})
     except BaseException as err:

@@ -48,10 +48,10 @@ def agreement_ui(store) -> None:
     c1.metric("Krippendorff's α (all annotators)", _number(found.alpha),
               help="Nominal α on links judged by two or more: 1 perfect, 0 chance, < 0 worse")
     c2.metric("Links judged by two or more", found.n_links)
-    st.dataframe([{"annotator A": p.annotator_a, "annotator B": p.annotator_b,
-                   "links both judged": p.n_links, "agreed": p.agreed,
-                   "Cohen's κ": _number(p.kappa)} for p in found.pairs],
-                 hide_index=True, width="stretch", key="team_pairs")
+    # a plain table (one row per pair, few rows): its figures are text a screen reader reads
+    st.table([{"annotator A": p.annotator_a, "annotator B": p.annotator_b,
+               "links both judged": p.n_links, "agreed": p.agreed,
+               "Cohen's κ": _number(p.kappa)} for p in found.pairs])
 
 
 def disputes_ui(store, model: str, annotator: str) -> None:

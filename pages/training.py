@@ -64,8 +64,10 @@ def progress_ui(progress: Progress | None) -> None:
     if progress is None:
         st.progress(0.0, text="Starting…")
         return
-    phase = (f"Phase {progress.index}/{progress.phases}: {progress.phase}" if progress.phase
-             else "Preparing")
+    if progress.phases:
+        phase = f"Phase {progress.index}/{progress.phases}: {progress.phase}"
+    else:  # the line the app writes before the round's process has started
+        phase = (progress.phase or "preparing").capitalize()
     step = ""
     if progress.step:
         total = progress.total if progress.total is not None else "?"

@@ -314,3 +314,94 @@ def test_map_renders_10k_points(server, browser, tmp_path_factory):
     _shot(page, "map-10k")
     assert page.locator('[data-testid="stException"]').count() == 0
     shutil.rmtree(project.parent, ignore_errors=True)
+
+
+def _page_at(browser, url: str, width: int = 1366, height: int = 768):
+    """A page in a browser context of its own: another annotator, other cookies and session."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    return context, page
+
+
+def test_double_review_blind_two_annotators_agreement_and_adjudication(server, browser, tmp_path_factory):
+    from hitl.team import set_double_review_share
+
+    project = build_app_project(tmp_path_factory.mktemp("team"))
+    store = Store(project)
+    model = active_model_id(store)
+    # a scripted set with a known answer: 8 of 10 agreed, 4/4 each way -> κ = 0.60, α = 0.62
+    scripted = [lk.link_id for lk in store.list_links(order="score")][-10:]
+    ana = ["confirm"] * 5 + ["reject"] * 5
+    ben = ["confirm"] * 4 + ["reject"] + ["confirm"] + ["reject"] * 4
+    for link_id, a, b in zip(scripted, ana, ben):
+        store.add_verdict(link_id, a, "ana")
+        store.add_verdict(link_id, b, "ben")
+    set_double_review_share(store, 1.0)
+    head = next_links(store, "score", limit=1, model_id=model)[0].link_id
+    base = f"{server}/?project={project}"
+
+    ctx_c, cem = _page_at(browser, f"{server}/team?project={project}&annotator=cem")
+    cem.get_by_role("heading", name="Team").wait_for()
+    cem.get_by_text("0.62", exact=True).first.wait_for()  # Krippendorff's α
+    pairs = cem.locator('[data-testid="stTable"]').inner_text()
+    assert re.search(r"ana\s+ben\s+10\s+8\s+0\.60", pairs), pairs  # Cohen's κ, ana-ben
+    _shot(cem, "team-agreement")
+
+    ctx_a, page_a = _page_at(browser, f"{base}&annotator=ana")
+    _link_header(page_a, head).wait_for()
+    page_a.locator(".st-key-confirm button").click()
+    page_a.wait_for_function(f"!document.body.innerText.includes('Link #{head} ')")
+
+    ctx_b, page_b = _page_at(browser, f"{base}&annotator=ben")
+    _link_header(page_b, head).wait_for()  # ana's link first, for ben's blind second look
+    page_b.get_by_text("status: hidden", exact=False).wait_for()
+    page_b.get_by_text("hidden until you answer", exact=False).wait_for()
+    assert "confirm" not in page_b.locator(".st-key-review_evidence").inner_text()
+    page_b.locator(".st-key-reject button").click()
+    page_b.wait_for_function(f"!document.body.innerText.includes('Link #{head} ')")
+    assert store.link_status(head) == "disputed"
+
+    cem.reload()
+    cem.get_by_text("Disagreements to adjudicate (1)").wait_for()
+    cem.locator(f".st-key-adjudicate_reject_{head} button").click()
+    cem.get_by_text("Disagreements to adjudicate (0)").wait_for()
+    assert store.link_status(head) == "reject"
+    assert [(v.annotator, v.role) for v in store.link_history(head)] == [
+        ("ana", "review"), ("ben", "review"), ("cem", "adjudication")]
+    for ctx in (ctx_a, ctx_b, ctx_c):
+        ctx.close()
+
+
+def test_training_progress_shows_within_seconds_and_stop_marks_the_round(server, browser, tmp_path_factory):
+    """A real round on a tiny demo: its first phase and step reach the page, Stop ends it."""
+    from hitl.demo import DemoConfig, build_demo
+    from hitl.ingest import ingest_paths
+
+    root = tmp_path_factory.mktemp("train")
+    demo = build_demo(root, seed=2, n_images=8, n_motifs=2, config=DemoConfig(image_size=(240, 180)),
+                      progress=False)
+    project = root / "artminer.duckdb"
+    with Store(project) as store:
+        ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=False)
+        store.attach_annotations(root / "ground_truth.json", "artminer")
+    _, page = _page_at(browser, f"{server}/training?project={project}&annotator=Trainer", 1400, 1000)
+    page.get_by_role("heading", name="Training").wait_for()
+    start = time.perf_counter()
+    page.get_by_role("button", name="Start a training round").click()
+    page.get_by_text(re.compile(r"^Starting the round's process")).wait_for()
+    first = time.perf_counter() - start
+    page.get_by_text(re.compile(r"^Phase \d/6: ")).wait_for()
+    phase = time.perf_counter() - start
+    page.get_by_text(re.compile(r"^Phase \d/6: .* — \w.* \d+/\d+")).wait_for()  # a step's done/total
+    step = time.perf_counter() - start
+    print(f"\ntraining page after Start: first progress {first:.1f} s, first phase of the round's "
+          f"own {phase:.1f} s, first step with done/total {step:.1f} s")
+    _shot(page, "training-progress")
+    page.get_by_role("button", name="Stop this round").click()
+    page.get_by_text(re.compile(r"^stopped$")).first.wait_for(state="attached")  # rounds table
+    with Store(project) as store:
+        (rnd,) = store.list_rounds()
+    assert rnd.status == "failed" and rnd.error.startswith("stopped")
+    assert first < 10, f"progress took {first:.1f} s to show"

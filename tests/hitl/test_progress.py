@@ -24,7 +24,7 @@ from hitl.jobs import (
     start_training,
     tail_log,
 )
-from hitl.progress import BAR_FORMAT, LineStream, Progress, latest_progress, phase_line
+from hitl.progress import BAR_FORMAT, STARTING, LineStream, Progress, latest_progress, phase_line
 from hitl.project import ProjectPaths
 from hitl.views.round_history import last_round_start, round_state
 
@@ -46,6 +46,19 @@ def test_line_stream_turns_every_redraw_into_a_line():
     stream.write("done\n")
     stream.write("\r")
     assert out.getvalue() == "features 1/3\nfeatures 2/3\nfeatures 3/3\ndone\n"
+
+
+def test_a_print_after_an_open_redraw_gets_its_own_line_and_escapes_go():
+    out = io.StringIO()
+    stream = LineStream(out)
+    stream.write("\rprogress | training | 0/200 | ETA ? | ")  # tqdm leaves the line open
+    stream.write("phase | 1/5 | measuring the parent model")
+    stream.write("\n")
+    stream.write("\rprogress | features | 1/8 | ETA ? | \x1b[A")
+    stream.write("\rprogress | features | 2/8 | ETA ? | ")
+    assert out.getvalue().splitlines() == [
+        "progress | training | 0/200 | ETA ? | ", "phase | 1/5 | measuring the parent model",
+        "progress | features | 1/8 | ETA ? | ", "progress | features | 2/8 | ETA ? | "]
 
 
 def test_tqdm_bar_lines_parse_back_to_phase_done_total():
@@ -86,6 +99,7 @@ def test_app_round_writes_progress_lines_and_keeps_its_log_when_the_child_takes_
     job = start_training(project, command=[sys.executable, "-c", code, str(paths.project)])
     _wait_gone(paths)
     text = tail_log(job, 200)
+    assert text.splitlines()[0] == phase_line(0, 0, STARTING)  # the app's line, before the child's
     assert "log kept True" in text
     found = latest_progress(text)
     assert (found.phase, found.step, found.done, found.total) == ("training", "training", 5, 5)
