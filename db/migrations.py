@@ -65,12 +65,14 @@ def _add_verdict_origin_and_role(cur: duckdb.DuckDBPyConnection) -> None:
 
     ``origin_verdict``: the cluster verdict a link verdict was derived from (NULL for a
     verdict given on the link itself). ``role``: ``review`` (every old row) or
-    ``adjudication`` (settles a disagreement between reviewers). And paths under the
+    ``adjudication`` (settles a disagreement between reviewers). ``direction``: who
+    copied whom, as the expert judged it on a confirmed link. And paths under the
     project's folder (images, checkpoints, annotation files) become relative to it.
     """
     cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS origin_verdict BIGINT")
     cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT 'review'")
     cur.execute("UPDATE verdicts SET role = 'review' WHERE role IS NULL")
+    cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS direction VARCHAR")
     _relative_paths(cur)
 
 

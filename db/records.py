@@ -29,6 +29,9 @@ DISPUTED = "disputed"
 
 TARGET_KINDS = ("link", "cluster")
 
+DIRECTIONS = ("a_copies_b", "b_copies_a", "common_model", "unknown")
+"""Who copied whom on a confirmed link, as the expert judged it (stored with the verdict)."""
+
 REVIEW, ADJUDICATION = "review", "adjudication"
 ROLES = (REVIEW, ADJUDICATION)
 """A verdict's role: a reviewer's judgement, or an adjudicator's ruling on a disagreement."""
@@ -153,6 +156,7 @@ class Verdict:
     revoked_by: int | None = None
     origin_verdict: int | None = None  # the cluster verdict this link verdict was derived from
     role: str = "review"  # or ADJUDICATION: settles reviewers' disagreement on the link
+    direction: str | None = None  # one of DIRECTIONS, or None when not said
 
 
 @dataclass(frozen=True)

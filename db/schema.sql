@@ -163,6 +163,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     geometry_json  VARCHAR,              -- boxes and affine as the expert saw them
     origin_verdict BIGINT,               -- the cluster verdict this link verdict came from
     role           VARCHAR DEFAULT 'review',  -- review | adjudication (settles a disagreement)
+    direction      VARCHAR,              -- a_copies_b | b_copies_a | common_model | unknown
     CHECK ((verdict = 'revoke') = (revokes IS NOT NULL))
 );
 

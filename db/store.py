@@ -36,6 +36,7 @@ from db import migrations
 from db.connection import BUSY_TIMEOUT_S, ConnectionGate, StoreBusyError, backoff, is_lock_error
 from db.migrations import relative_to_folder
 from db.records import (
+    DIRECTIONS,
     DISPUTED,
     REVIEW,
     REVOKE,
@@ -65,7 +66,7 @@ _IMAGE_COLS = (
 _LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers"
 _VERDICT_COLS = (
     "v.verdict_id, v.target_kind, v.target_id, v.verdict, v.annotator, v.created, v.note, "
-    "v.revokes, v.geometry_json, r.verdict_id AS revoked_by, v.origin_verdict, v.role"
+    "v.revokes, v.geometry_json, r.verdict_id AS revoked_by, v.origin_verdict, v.role, v.direction"
 )
 _VERDICT_FROM = (
     "verdicts v LEFT JOIN verdicts r ON r.verdict = 'revoke' AND r.revokes = v.verdict_id"
@@ -502,7 +503,7 @@ class Store:
     def add_verdict(self, target_id: int, verdict: str, annotator: str, *,
                     note: str | None = None, geometry: Mapping[str, Any] | None = None,
                     target_kind: str = "link", created: datetime | None = None,
-                    role: str = REVIEW) -> int:
+                    role: str = REVIEW, direction: str | None = None) -> int:
         """Append an expert's verdict on a link or cluster; returns its ``verdict_id``.
 
         Args:
@@ -511,12 +512,15 @@ class Store:
             created: when it was given (UTC); now by default. Set only when importing.
             role: ``review``, or ``adjudication`` for a ruling that settles reviewers'
                 disagreement on a link (it is in force over theirs, which stay in the log).
+            direction: who copied whom (`db.records.DIRECTIONS`), for a link.
 
         Raises:
             ValueError: unknown verdict, kind, role or target, or an empty annotator name.
         """
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        if direction is not None and direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
         if target_kind not in TARGET_KINDS:
@@ -536,9 +540,9 @@ class Store:
                 _require(cur, "clusters", "cluster_id", target_id, "cluster")
             return cur.execute(
                 "INSERT INTO verdicts (target_kind, target_id, verdict, annotator, created, note, "
-                "geometry_json, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING verdict_id",
+                "geometry_json, role, direction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING verdict_id",
                 [target_kind, target_id, verdict, annotator.strip(), _db_time(created), note,
-                 _dumps(shown) if shown is not None else None, role]).fetchone()[0]
+                 _dumps(shown) if shown is not None else None, role, direction]).fetchone()[0]
 
         return self._write(work)
 
@@ -1165,7 +1169,7 @@ def _link(r: tuple) -> Link:
 def _verdict(r: tuple) -> Verdict:
     geometry = json.loads(r[8]) if r[8] else None
     return Verdict(r[0], r[1], r[2], r[3], r[4], _utc(r[5]), r[6], r[7], geometry, r[9], r[10],
-                   r[11] or REVIEW)
+                   r[11] or REVIEW, r[12])
 
 
 def _region(r: tuple) -> RegionRecord:

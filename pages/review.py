@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from db.records import UNREVIEWED, Link
+from db.records import DIRECTIONS, UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
 from hitl.queue import STRATEGIES, link_clusters, next_links, order_links
@@ -37,6 +37,8 @@ COMPACT_CSS = """<style>
 .st-key-review_evidence [data-testid="stImage"] img {max-height: 300px; object-fit: contain;}
 </style>"""
 A_COLOUR, B_COLOUR = (230, 57, 70), (29, 120, 230)
+DIRECTION_WORDS = {None: "Direction: not said", "a_copies_b": "A copies B", "b_copies_a": "B copies A",
+                   "common_model": "Both from a common model", "unknown": "Direction unknown"}
 KEYS = {"confirm": "Y", "reject": "N", "unsure": "U", "skip": "S", "undo": "Z"}
 
 for key, default in (("review_skipped", []), ("review_focus", None), ("review_note", ""),
@@ -81,8 +83,10 @@ def prefetch(store, link: Link | None) -> None:
 
 def answer(store, link: Link, verdict: str, annotator: str) -> None:
     note = st.session_state.review_note.strip() or None
-    store.add_verdict(link.link_id, verdict, annotator, note=note)
+    direction = st.session_state.get("review_direction") if verdict == "confirm" else None
+    store.add_verdict(link.link_id, verdict, annotator, note=note, direction=direction)
     st.session_state.review_note = ""
+    st.session_state.review_direction = None
     st.session_state.review_focus = None
     st.session_state.review_answered = [*st.session_state.review_answered, link.link_id]
     st.session_state.review_last = f"Link #{link.link_id}: {verdict}"
@@ -210,9 +214,12 @@ def buttons_ui(store, link: Link | None, annotator: str) -> None:
         st.text(f"Link #{link.link_id}   score {link.score:.3f}   {link.match.n_inliers} inliers   "
                 f"status: {review_state(store, link, annotator)}   "
                 f"B against A: {describe_affine(link.match.affine)}")
-    cols = st.columns([1.4, 1.2, 1.2, 1, 1, 1.2, 2], vertical_alignment="bottom")
+    cols = st.columns([1.4, 1.2, 1.2, 1, 1, 1.2, 1.6, 1.6], vertical_alignment="bottom")
     cols[6].text_input("Note (optional, saved with your answer)", key="review_note",
                        label_visibility="collapsed", placeholder="Note (optional, saved with your answer)")
+    cols[7].selectbox("Direction (stored with a confirm)", [None, *DIRECTIONS], key="review_direction",
+                      label_visibility="collapsed", format_func=lambda d: DIRECTION_WORDS.get(d, d),
+                      help="Who copied whom: drawn as the arrow on the Propagation page")
     cols[5].button("Previous", key="review_previous", on_click=previous, args=(link,),
                    width="stretch", help="The link you answered before this one")
     if link is not None:

@@ -24,7 +24,7 @@ from engine.images import ImageReadError
 from engine.types import Box
 from hitl.discover import DEFAULT_MIN_SCORE
 from hitl.project import ProjectPaths, active_model_id, open_project
-from hitl.views.overlay import BOX_COLOURS, draw_boxes
+from hitl.views.overlay import BOX_COLOURS, crop_region, draw_boxes
 from hitl.views.thumbnails import jpeg_bytes, load_view
 
 PROJECT_ENV = "ARTMINER_PROJECT"
@@ -161,6 +161,16 @@ def boxed_jpeg(path: str, boxes: tuple[tuple[float, float, float, float], ...],
         return None
     colours = (colour,) if colour else BOX_COLOURS
     return jpeg_bytes(draw_boxes(picture, [Box(*b) for b in boxes], scale, colours))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def crop_jpeg(path: str, box: tuple[float, float, float, float], side: int = 200) -> bytes | None:
+    """JPEG of one region of an image, enlarged so its longer side is ``side``; None if unreadable."""
+    try:
+        picture, scale = view(path, 1024)
+    except ImageReadError:
+        return None
+    return jpeg_bytes(crop_region(picture, Box(*box), scale, side))
 
 
 def show_image(image: ImageRecord | None, boxes: tuple[Box, ...] = (), side: int = 320,

@@ -281,3 +281,14 @@ def test_double_review_is_blind_and_a_dispute_is_adjudicated(project, monkeypatc
     assert "Disagreements to adjudicate (0)" in _markdown(ben)
     assert [(v.annotator, v.role) for v in store.link_history(first.link_id)] == [
         ("ana", "review"), ("ben", "review"), ("cem", "adjudication")]
+
+
+def test_direction_is_stored_with_a_confirm(app, project):
+    store = Store(project)
+    app.run()
+    first = store.list_links(status="unreviewed", limit=1)[0]
+    app.selectbox(key="review_direction").set_value("a_copies_b").run()
+    app.button(key="confirm").click().run()
+    assert not app.exception
+    assert store.link_history(first.link_id)[-1].direction == "a_copies_b"
+    assert app.selectbox(key="review_direction").value is None  # not carried to the next link

@@ -35,6 +35,7 @@ def _write_v1(path: Path) -> None:
     conn.execute("ALTER TABLE verdicts DROP COLUMN geometry_json")
     conn.execute("ALTER TABLE verdicts DROP COLUMN origin_verdict")
     conn.execute("ALTER TABLE verdicts DROP COLUMN role")
+    conn.execute("ALTER TABLE verdicts DROP COLUMN direction")
     conn.execute("DELETE FROM schema_version; INSERT INTO schema_version VALUES (1, now())")
     conn.execute(
         "INSERT INTO images (image_id, sha256, path, width, height, date, source, added) VALUES "
