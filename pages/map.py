@@ -15,6 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from db.records import UNREVIEWED
 from hitl.views.cluster_edits import current_clusters
 from hitl.views.map_view import (
     COLOUR_BY,
@@ -28,9 +29,12 @@ from hitl.views.map_view import (
     hover_texts,
     image_clusters,
     image_statuses,
+    judge_unreviewed,
     kept_selection,
+    links_among,
     map_table,
 )
+from hitl.views.view_export import export_view
 from pages import session
 
 MAX_SELECTED = 12
@@ -93,12 +97,34 @@ def selected_indices(event) -> list[int]:
     return sorted(set(found))
 
 
-def side_panel(store, table: MapTable, chosen: list[int]) -> None:
+def batch_ui(store, image_ids: list[str], annotator: str) -> None:
+    """Actions on the links among the chosen images: judge, open in Review, export."""
+    among = links_among(store.list_links(), image_ids) if len(image_ids) > 1 else []
+    if not among:
+        return
+    open_ids = [lk.link_id for lk in among if lk.status == UNREVIEWED]
+    st.text(f"{len(among)} link(s) among them, {len(open_ids)} unreviewed")
+    c1, c2 = st.columns(2)
+    c1.button(f"Confirm {len(open_ids)}", key="map_batch_confirm", disabled=not open_ids,
+              on_click=judge_unreviewed, args=(store, among, "confirm", annotator), width="stretch")
+    c2.button(f"Reject {len(open_ids)}", key="map_batch_reject", disabled=not open_ids,
+              on_click=judge_unreviewed, args=(store, among, "reject", annotator), width="stretch")
+    c3, c4 = st.columns(2)
+    if c3.button("Open in Review", key="map_batch_review", disabled=not open_ids, width="stretch"):
+        st.session_state.review_batch = open_ids
+        st.switch_page("pages/review.py")
+    c4.download_button("Export (CSV)", lambda: export_view(store, "csv", [lk.link_id for lk in among]),
+                       "map-selection-links.csv", "text/csv", key="map_batch_csv", width="stretch",
+                       help="The confirmed links among the chosen images")
+
+
+def side_panel(store, table: MapTable, chosen: list[int], annotator: str) -> None:
     if not chosen:
         st.text("Click a point, or draw a lasso\nor box around several,\nto see them here.")
         return
     image_ids = list(dict.fromkeys(table.image_ids[i] for i in chosen if table.image_ids[i]))
     st.text(f"{len(chosen)} point(s) selected, {len(image_ids)} image(s)")
+    batch_ui(store, image_ids, annotator)
     links = []
     columns = st.columns(2)
     for i, image_id in enumerate(image_ids[:MAX_SELECTED]):
@@ -118,6 +144,7 @@ def side_panel(store, table: MapTable, chosen: list[int]) -> None:
 
 
 store = session.store()
+annotator = session.require_annotator()
 model = session.model_id(store)
 st.title("Map")
 c1, c2 = st.columns(2)
@@ -144,4 +171,4 @@ chosen = kept_selection(st.session_state.get("map_chosen", []), st.session_state
                         selected_indices(event), (kind, by))
 st.session_state.map_chosen, st.session_state.map_view = chosen, (kind, by)
 with panel:
-    side_panel(store, table, chosen)
+    side_panel(store, table, chosen, annotator)

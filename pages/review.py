@@ -151,9 +151,12 @@ def filters_ui(store, model: str) -> ReviewFilter:
                            f"#{c} ({len(clusters[c].images)} images)")
     models = st.multiselect("Model", [m.model_id for m in store.list_models()], key="review_f_model",
                             help=f"Links found by these models (default: the active one, {model})")
+    only = frozenset(clusters[cluster].link_ids) if cluster is not None else None
+    batch = st.session_state.get("review_batch")  # links of a map selection ("Open in Review")
+    if batch is not None:
+        only = frozenset(batch) if only is None else only & frozenset(batch)
     return ReviewFilter(frozenset(artists), frozenset(media), frozenset(collections),
-                        low if low > 0 else None, high if high < 1 else None,
-                        frozenset(clusters[cluster].link_ids) if cluster is not None else None,
+                        low if low > 0 else None, high if high < 1 else None, only,
                         frozenset(models))
 
 
@@ -259,6 +262,12 @@ model = session.model_id(store)
 st.html(COMPACT_CSS)
 st.title("Review")
 strategy, threshold, flt, progress_slot = controls_ui(store, model)
+if st.session_state.get("review_batch") is not None:
+    note, clear = st.columns([4, 1], vertical_alignment="center")
+    note.text(f"Reviewing only the {len(st.session_state.review_batch)} links of your map selection.")
+    if clear.button("Review everything", key="review_batch_clear"):
+        del st.session_state["review_batch"]
+        st.rerun()
 if st.session_state.get("review_last"):
     st.toast(st.session_state.pop("review_last"))
 queue, left = review_queue(store, model, strategy, threshold, flt, annotator)

@@ -203,3 +203,16 @@ def kept_selection(previous: Sequence[int], previous_view: tuple[str, str] | Non
     if previous_view[1] != view[1]:
         return list(previous)
     return []
+
+
+def links_among(links: Iterable[Link], image_ids: Iterable[str]) -> list[Link]:
+    """The links with both ends among the chosen images (a lasso's batch), by link id."""
+    chosen = set(image_ids)
+    return sorted((lk for lk in links if lk.image_a in chosen and lk.image_b in chosen),
+                  key=lambda lk: lk.link_id)
+
+
+def judge_unreviewed(store, links: Iterable[Link], verdict: str, annotator: str) -> list[int]:
+    """One verdict per still-unreviewed link of a batch (others' judgements stand); their ids."""
+    return [store.add_verdict(lk.link_id, verdict, annotator, note="map selection")
+            for lk in links if lk.status == UNREVIEWED]

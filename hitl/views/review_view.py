@@ -64,14 +64,14 @@ class ReviewFilter:
     collections: frozenset[str] = frozenset()
     min_score: float | None = None
     max_score: float | None = None
-    cluster_links: frozenset[int] | None = None  # links of the chosen cluster(s)
+    only_links: frozenset[int] | None = None  # links of the chosen cluster, or of a map selection
     models: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
         return bool(self.artists or self.media or self.collections or self.models
                     or self.min_score is not None or self.max_score is not None
-                    or self.cluster_links is not None)
+                    or self.only_links is not None)
 
 
 def filter_links(links: Sequence[Link], images: Mapping[str, ImageRecord],
@@ -85,7 +85,7 @@ def filter_links(links: Sequence[Link], images: Mapping[str, ImageRecord],
     return [lk for lk in links
             if (flt.min_score is None or lk.score >= flt.min_score)
             and (flt.max_score is None or lk.score <= flt.max_score)
-            and (flt.cluster_links is None or lk.link_id in flt.cluster_links)
+            and (flt.only_links is None or lk.link_id in flt.only_links)
             and (not flt.models or lk.model_id in flt.models)
             and meta_ok(flt.artists, "artist", lk) and meta_ok(flt.media, "medium", lk)
             and meta_ok(flt.collections, "collection", lk)]

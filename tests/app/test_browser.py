@@ -204,6 +204,8 @@ def test_review_query_and_every_page(server, browser, project):
     page.get_by_text(re.compile(r"^Undid your confirm on cluster #\d+")).wait_for()
     assert store.status_counts(model)["unreviewed"] == before
     page.get_by_text(f"Links: {before} to review", exact=False).wait_for()
+    page.locator("[class*='st-key-cluster_confirm_'] button").first.click()  # again, for Propagation
+    page.get_by_text(re.compile(r"^Cluster #\d+: confirm, with")).wait_for()
     for title in ("Map", "Training", "Propagation"):
         _goto_page(page, title)
         _shot(page, title.lower())
@@ -269,9 +271,11 @@ def _point_position(page: Page, trace: int = 0, index: int = 0) -> tuple[float, 
                      box.top + fl.yaxis._offset + fl.yaxis.l2p(d.y[i])]; }""", [trace, index]))
 
 
-def test_map_click_opens_a_point_and_recolouring_keeps_it(server, browser, project):
+def test_map_click_opens_a_point_recolouring_keeps_it_and_lasso_batch(server, browser, tmp_path_factory):
+    project = build_app_project(tmp_path_factory.mktemp("mapclick"))
+    store = Store(project)
     page = _new_page(browser)
-    page.goto(f"{server}/map?annotator=Clicker")
+    page.goto(f"{server}/map?project={project}&annotator=Clicker")
     page.get_by_role("heading", name="Map").wait_for()
     _settle(page)
     x, y = _point_position(page)
@@ -284,6 +288,23 @@ def test_map_click_opens_a_point_and_recolouring_keeps_it(server, browser, proje
     page.wait_for_timeout(1500)  # let a redraw's own selection reset reach the server, if any
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
     assert page.get_by_text("1 point(s) selected", exact=False).count() == 1
+
+    # lasso around the whole map: every image, then confirm the links among them at once
+    page.locator('.modebar-btn[data-val="lasso"]').first.click()
+    plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    corners = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
+    page.mouse.move(plot["x"] + plot["width"] * 0.02, plot["y"] + plot["height"] * 0.02)
+    page.mouse.down()
+    for fx, fy in corners:
+        page.mouse.move(plot["x"] + plot["width"] * fx, plot["y"] + plot["height"] * fy, steps=8)
+    page.mouse.up()
+    unreviewed = store.status_counts()["unreviewed"]
+    page.get_by_text(f"link(s) among them, {unreviewed} unreviewed", exact=False).wait_for()
+    page.locator(".st-key-map_batch_confirm button").click()
+    page.get_by_text(re.compile(r"link\(s\) among them, 0 unreviewed")).wait_for()
+    assert store.status_counts()["unreviewed"] == 0
+    assert {v.note for v in store.list_verdicts()} == {"map selection"}
+    _shot(page, "map")
     assert page.locator('[data-testid="stException"]').count() == 0
 
 

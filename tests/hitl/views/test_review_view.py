@@ -48,8 +48,8 @@ LINKS = [Link(1, 1, "m1", PairMatch("a", "b", BOX, BOX, IDENTITY_AFFINE, 0.05, 9
     (ReviewFilter(media=frozenset({"ink"})), [1, 2]),
     (ReviewFilter(collections=frozenset({"Prado"}), min_score=0.025), [1, 3]),
     (ReviewFilter(max_score=0.03), [2, 3]),
-    (ReviewFilter(cluster_links=frozenset({2, 3}), models=frozenset({"m2"})), [3]),
-    (ReviewFilter(cluster_links=frozenset()), []),
+    (ReviewFilter(only_links=frozenset({2, 3}), models=frozenset({"m2"})), [3]),
+    (ReviewFilter(only_links=frozenset()), []),
 ])
 def test_filter_links(flt, ids):
     assert [lk.link_id for lk in filter_links(LINKS, IMAGES, flt)] == ids
