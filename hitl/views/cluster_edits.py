@@ -22,9 +22,11 @@ from collections.abc import Sequence
 
 from db.records import StoredCluster, Verdict
 from db.store import Store
+from engine.graph import GraphConfig, build_clusters
 from engine.types import Box, Cluster
 
 SPLIT_RUN_KIND = "split"
+STRICT_CAP = GraphConfig().max_component_images  # images one detail may touch in strict mode
 
 
 def current_clusters(store: Store, model_id: str) -> list[StoredCluster]:
@@ -119,6 +121,32 @@ def split_cluster(store: Store, cluster: StoredCluster, groups: Sequence[Sequenc
                       note=f"{text}: {note}" if note else text,
                       geometry={"split_into": new_ids, "groups": parts})
     return new_ids
+
+
+def strict_parts(store: Store, cluster: StoredCluster,
+                 config: GraphConfig = GraphConfig(mode="strict")) -> list[list[int]]:
+    """The member region ids grouped as the ``strict`` graph mode groups the cluster's links.
+
+    A cluster grown through weak links (more than ``max_component_images`` images) is
+    what strict mode exists for; splitting by these parts (`split_cluster`) re-clusters it
+    in strict mode without re-running discovery. Members whose links strict mode drops
+    are left out (the split puts them in a part of their own).
+    """
+    links = store.list_links(link_ids=list(cluster.link_ids)) if cluster.link_ids else []
+    result = build_clusters([lk.match for lk in links], config)
+    member_of = {(r.region.image_id, tuple(r.region.box.as_list())): r.region_id for r in cluster.regions}
+    parts = []
+    for found in result.clusters:
+        ids = sorted({member_of[key] for reg in found.regions
+                      if (key := (reg.image_id, tuple(reg.box.as_list()))) in member_of})
+        if ids:
+            parts.append(ids)
+    return parts
+
+
+def too_large(cluster: StoredCluster, config: GraphConfig = GraphConfig()) -> bool:
+    """True when the cluster touches more images than strict mode would let one detail have."""
+    return len(cluster.images) > config.max_component_images
 
 
 def split_of(store: Store, cluster_id: int) -> list[int] | None:

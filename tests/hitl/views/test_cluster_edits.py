@@ -17,6 +17,8 @@ from hitl.views.cluster_edits import (
     judge_members,
     split_cluster,
     split_of,
+    strict_parts,
+    too_large,
     undo_last_cluster_action,
 )
 
@@ -150,3 +152,26 @@ def test_one_tile_per_image_with_all_its_boxes():
         RegionRecord(i, Region(image, box)) for i, (image, box) in
         enumerate([("a", BOX), ("b", BOX), ("a", other), ("a", BOX)])))
     assert boxes_per_image(cluster) == {"a": (BOX, other), "b": (BOX,)}
+
+
+def test_strict_parts_cut_a_chain_grown_through_weak_links():
+    """a-b and c-d strong, b-c weak: strict mode with a 2-image cap cuts b-c."""
+    from engine.graph import GraphConfig
+
+    s = Store(":memory:")
+    s.add_images([ImageRecord(i, i * 4, f"/x/{i}.jpg", 100, 100) for i in "abcd"])
+    s.add_model(ModelRef("m", "m"))
+    run = s.start_run("m", {})
+    boxes = {i: Box(10 * k, 0, 10 * k + 10, 10) for k, i in enumerate("abcd")}
+    pairs = (("a", "b", 0.9), ("b", "c", 0.05), ("c", "d", 0.8))
+    ids = s.add_links(run, [PairMatch(a, b, boxes[a], boxes[b], IDENTITY_AFFINE, sc, 9) for a, b, sc in pairs])
+    regions = {Region(i, boxes[i]): link for i, link in zip("abcd", (ids[0], ids[0], ids[2], ids[2]))}
+    s.add_clusters(run, [Cluster(0, tuple(regions))], regions)
+    cluster = s.list_clusters()[0]
+    config = GraphConfig(mode="strict", strict_min_score=0.0, max_component_images=2)
+    assert too_large(cluster, config) and not too_large(cluster)
+    by_id = {r.region_id: r.region.image_id for r in cluster.regions}
+    parts = strict_parts(s, cluster, config)
+    assert sorted([by_id[r] for r in part] for part in parts) == [["a", "b"], ["c", "d"]]
+    new = split_cluster(s, cluster, parts, "mk", note="strict re-cluster")
+    assert sorted(s.get_cluster(c).images for c in new) == [("a", "b"), ("c", "d")]
