@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from db.records import Link
-from hitl.views.cluster_edits import current_clusters
+from hitl.views.cluster_edits import boxes_per_image, current_clusters
 from hitl.views.timeline import (
     ROW_BY,
     TimelineLayout,
@@ -32,8 +32,9 @@ from hitl.views.view_export import export_view
 from pages import session
 
 
-def choose_view(store, model: str) -> tuple[set[str], str]:
-    """(images of the view, its name) from a confirmed cluster or a confirmed link."""
+def choose_view(store, model: str) -> tuple[set[str], str, dict]:
+    """(images of the view, its name, the cluster's boxes per image) from a confirmed
+    cluster or a confirmed link (no boxes: they come from the links)."""
     source = st.radio("Follow", ("a confirmed cluster", "a confirmed link"), horizontal=True,
                       key="prop_source")
     confirmed = store.list_links(status="confirm", order="link_id")
@@ -44,7 +45,7 @@ def choose_view(store, model: str) -> tuple[set[str], str]:
             st.stop()
         cluster = st.selectbox("Cluster", clusters, key="prop_cluster",
                                format_func=lambda c: f"#{c.cluster_id} ({len(c.images)} images)")
-        return set(cluster.images), f"cluster-{cluster.cluster_id}"
+        return set(cluster.images), f"cluster-{cluster.cluster_id}", boxes_per_image(cluster)
     if not confirmed:
         st.info("No confirmed link yet: confirm some on the Review page.")
         st.stop()
@@ -52,7 +53,7 @@ def choose_view(store, model: str) -> tuple[set[str], str]:
     link_id = st.selectbox("Link", list(by_id), key="prop_link",
                            format_func=lambda k: link_label(store, by_id[k]))
     link = by_id[link_id]
-    return linked_component(confirmed, [link.image_a, link.image_b]), f"link-{link_id}"
+    return linked_component(confirmed, [link.image_a, link.image_b]), f"link-{link_id}", {}
 
 
 def link_label(store, link: Link) -> str:
@@ -135,13 +136,13 @@ def selected_ui(store, event, boxes: dict) -> None:
 store = session.store()
 model = session.model_id(store)
 st.title("Propagation")
-view_images, name = choose_view(store, model)
+view_images, name, cluster_boxes = choose_view(store, model)
 row_by = st.radio("Rows", ROW_BY, horizontal=True, key="prop_rows")
 records = {im.image_id: im for im in store.list_images(image_ids=sorted(view_images))}
 links = links_within(store.list_links(status="confirm", order="link_id"), set(records))
 directions = {lk: v.direction for lk, v in store.current_verdicts("link").items() if v.direction}
 layout = timeline_layout(list(records.values()), links, row_by, directions=directions)
-boxes = detail_boxes(links)
+boxes = {**detail_boxes(links), **cluster_boxes}  # a cluster's own regions, where it has them
 st.text(f"{len(records)} artworks, {len(links)} confirmed links between them")
 if layout.undated:
     st.text("Not on the timeline (no date): "

@@ -34,7 +34,8 @@ CROP_SIDE = 300
 COMPACT_CSS = """<style>
 .block-container {padding-top: 1.2rem; padding-bottom: 1rem;}
 .block-container h1 {padding: 0 0 0.2rem 0; font-size: 1.6rem;}
-.st-key-review_evidence [data-testid="stImage"] img {max-height: 300px; object-fit: contain;}
+.st-key-review_evidence [data-testid="stImage"] img {max-height: 260px; object-fit: contain;}
+.st-key-review_evidence [data-testid="stText"] {font-size: 0.85rem; line-height: 1.35;}
 </style>"""
 A_COLOUR, B_COLOUR = (230, 57, 70), (29, 120, 230)
 DIRECTION_WORDS = {None: "Direction: not said", "a_copies_b": "A copies B", "b_copies_a": "B copies A",
