@@ -426,3 +426,53 @@ def test_training_progress_shows_within_seconds_and_stop_marks_the_round(server,
         (rnd,) = store.list_rounds()
     assert rnd.status == "failed" and rnd.error.startswith("stopped")
     assert first < 10, f"progress took {first:.1f} s to show"
+
+
+def test_map_atlas_of_10k_thumbnails(server, browser, tmp_path_factory):
+    """First render, pan/zoom frame time and hover-to-preview of the atlas; a click opens a point."""
+    project = build_map_project(tmp_path_factory.mktemp("atlas10k"), n=10_000)
+    page = _new_page(browser)
+    page.goto(f"{server}/map?project={project}&annotator=Atlas")
+    page.get_by_text("10000 points").wait_for()
+    start = time.perf_counter()
+    page.locator(".st-key-map_draw").get_by_text("thumbnails").click()
+    canvas = page.locator('[data-testid="stDeckGlJsonChart"] canvas').first
+    canvas.wait_for()
+    page.get_by_text("Scroll to zoom", exact=False).wait_for()
+    page.wait_for_function("""() => { const c = document.querySelector('[data-testid="stDeckGlJsonChart"] canvas');
+        return c && c.width > 0; }""")
+    page.wait_for_timeout(300)  # the atlas texture decodes, the first frame is drawn
+    first = time.perf_counter() - start
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    # hover, then click: the view is centred on the middle of the map, where points are densest
+    page.mouse.move(cx - 40, cy - 40)
+    page.wait_for_timeout(300)
+    start = time.perf_counter()
+    page.mouse.move(cx, cy)
+    page.locator(".deck-tooltip").get_by_text("Artwork", exact=False).wait_for()
+    hover = time.perf_counter() - start
+    page.mouse.click(cx, cy)
+    page.get_by_text("1 point(s) selected", exact=False).wait_for()
+    # pan and zoom: mean time between animation frames while the view moves
+    page.evaluate("""() => { window.__frames = []; const tick = t => { window.__frames.push(t);
+        if (window.__frames.length < 100000) window.__raf = requestAnimationFrame(tick); };
+        window.__raf = requestAnimationFrame(tick); }""")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for k in range(20):
+        page.mouse.move(cx + 6 * k, cy + 3 * k)
+    page.mouse.up()
+    for _ in range(10):
+        page.mouse.wheel(0, -120)
+        page.wait_for_timeout(30)
+    frames = page.evaluate("() => { cancelAnimationFrame(window.__raf); return window.__frames; }")
+    gaps = sorted(b - a for a, b in zip(frames, frames[1:]))
+    frame_ms = gaps[len(gaps) // 2] if gaps else float("nan")
+
+    print(f"\natlas of 10,000 thumbnails: first render {first * 1000:.0f} ms, pan/zoom median frame "
+          f"{frame_ms:.0f} ms, hover to preview {hover * 1000:.0f} ms")
+    _shot(page, "map-atlas-10k")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    shutil.rmtree(project.parent, ignore_errors=True)

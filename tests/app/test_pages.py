@@ -292,3 +292,14 @@ def test_direction_is_stored_with_a_confirm(app, project):
     assert not app.exception
     assert store.link_history(first.link_id)[-1].direction == "a_copies_b"
     assert app.selectbox(key="review_direction").value is None  # not carried to the next link
+
+
+def test_map_draws_the_thumbnail_atlas(app, project):
+    from hitl.project import ProjectPaths
+
+    app.run()
+    app.switch_page("pages/map.py").run()
+    app.radio(key="map_draw").set_value("thumbnails").run()
+    assert not app.exception, app.exception
+    thumbs = ProjectPaths(project).data_dir / "thumbs"
+    assert len(list(thumbs.glob("*.jpg"))) == Store(project).count_images()  # made once, kept
