@@ -176,7 +176,7 @@ def batch_ui(store, image_ids: list[str], annotator: str) -> None:
 
 def side_panel(store, table: MapTable, chosen: list[int], annotator: str) -> None:
     if not chosen:
-        st.text("Click a point, or draw a lasso\nor box around several,\nto see them here.")
+        st.text("Click a point (or, drawn as dots,\nlasso several) to see them here.")
         return
     image_ids = list(dict.fromkeys(table.image_ids[i] for i in chosen if table.image_ids[i]))
     st.text(f"{len(chosen)} point(s) selected, {len(image_ids)} image(s)")
