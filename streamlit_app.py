@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from hitl.views.favicon import favicon
 from pages import session
 
-st.set_page_config(page_title="ArtMiner", page_icon=":material/image_search:", layout="wide")
+# a drawn icon is served by the app itself; a Material icon or emoji is fetched online
+st.set_page_config(page_title="ArtMiner", page_icon=favicon(), layout="wide")
 
 PAGES = [
     st.Page("pages/review.py", title="Review", icon=":material/rule:", default=True),
@@ -20,6 +22,7 @@ PAGES = [
     st.Page("pages/query.py", title="Query", icon=":material/crop_free:"),
     st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
     st.Page("pages/propagation.py", title="Propagation", icon=":material/timeline:"),
+    st.Page("pages/team.py", title="Team", icon=":material/groups:"),
 ]
 
 
@@ -52,7 +55,8 @@ def status_sidebar() -> None:
                     if run else "Discovery run: none yet (run `artminer discover`)")
     counts = store.status_counts(model)
     st.sidebar.text(f"Links: {counts['unreviewed']} to review, {counts['confirm']} confirmed, "
-                    f"{counts['reject']} rejected, {counts['unsure']} unsure")
+                    f"{counts['reject']} rejected, {counts['unsure']} unsure"
+                    + (f", {counts['disputed']} disputed" if counts["disputed"] else ""))
 
 
 def annotator_sidebar(name: str) -> None:

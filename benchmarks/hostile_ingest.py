@@ -38,7 +38,7 @@ def _run_case(case: str, base: str, workdir: Path, deadline: float, cap_mb: floa
     start = time.monotonic()
     if case == "bomb-thumbnail":
         from engine.images import ImageReadError
-        from hitl.thumbnails import thumbnail
+        from hitl.views.thumbnails import thumbnail
 
         try:
             thumbnail(bomb, side=256)

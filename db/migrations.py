@@ -13,6 +13,7 @@ next version number, bump ``SCHEMA_VERSION``, and extend ``tests/db/test_migrati
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -22,7 +23,7 @@ import duckdb
 
 from db.records import parse_year
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaVersionError(RuntimeError):
@@ -59,9 +60,52 @@ def _add_verdict_geometry(cur: duckdb.DuckDBPyConnection) -> None:
         cur.executemany("UPDATE verdicts SET geometry_json = ? WHERE verdict_id = ?", updates)
 
 
+def _add_verdict_origin_and_role(cur: duckdb.DuckDBPyConnection) -> None:
+    """v4 (issue 13, team review): verdicts get an origin and a role.
+
+    ``origin_verdict``: the cluster verdict a link verdict was derived from (NULL for a
+    verdict given on the link itself). ``role``: ``review`` (every old row) or
+    ``adjudication`` (settles a disagreement between reviewers). ``direction``: who
+    copied whom, as the expert judged it on a confirmed link. And paths under the
+    project's folder (images, checkpoints, annotation files) become relative to it.
+    """
+    cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS origin_verdict BIGINT")
+    cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT 'review'")
+    cur.execute("UPDATE verdicts SET role = 'review' WHERE role IS NULL")
+    cur.execute("ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS direction VARCHAR")
+    _relative_paths(cur)
+
+
+def relative_to_folder(path: str, folder: str) -> str:
+    """``path`` relative to ``folder`` when it lies inside it, else unchanged."""
+    full, folder = os.path.abspath(path), os.path.abspath(folder)
+    try:
+        inside = os.path.commonpath([full, folder]) == folder
+    except ValueError:  # different drives (Windows)
+        return path
+    return os.path.relpath(full, folder) if inside else path
+
+
+def _relative_paths(cur: duckdb.DuckDBPyConnection) -> None:
+    """Files under the project's folder are stored relative to it from v4 on (the folder can move)."""
+    found = cur.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+                        ).fetchone()
+    if not found or not found[0]:
+        return  # in memory
+    folder = os.path.dirname(os.path.abspath(found[0]))
+    for table, column, key in (("images", "path", "image_id"), ("models", "checkpoint", "model_id"),
+                               ("annotation_files", "path", "path")):
+        rows = cur.execute(f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall()
+        moved = [(relative_to_folder(p, folder), k) for k, p in rows
+                 if "://" not in p and os.path.isabs(p) and relative_to_folder(p, folder) != p]
+        if moved:
+            cur.executemany(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", moved)
+
+
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     2: _add_image_year,
     3: _add_verdict_geometry,
+    4: _add_verdict_origin_and_role,  # issue 13; renumber freely when merging
 }
 
 

@@ -24,7 +24,17 @@ REVOKE = "revoke"
 UNREVIEWED = "unreviewed"
 """Status of a link or cluster without a live verdict."""
 
+DISPUTED = "disputed"
+"""Status of a double-reviewed link whose two reviewers disagree, until adjudicated."""
+
 TARGET_KINDS = ("link", "cluster")
+
+DIRECTIONS = ("a_copies_b", "b_copies_a", "common_model", "unknown")
+"""Who copied whom on a confirmed link, as the expert judged it (stored with the verdict)."""
+
+REVIEW, ADJUDICATION = "review", "adjudication"
+ROLES = (REVIEW, ADJUDICATION)
+"""A verdict's role: a reviewer's judgement, or an adjudicator's ruling on a disagreement."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
@@ -130,7 +140,8 @@ class Verdict:
     A ``revoke`` row withdraws verdict ``revokes``; ``revoked_by`` is filled in when
     the store reads history (the id of the revoke row that withdrew this verdict).
     ``geometry`` is what the expert saw: ``{"box_a": [...], "box_b": [...], "affine": [[...], [...]]}``
-    for links.
+    for links. A link verdict with ``origin_verdict`` was given through a cluster verdict
+    (that one's id): undoing the cluster verdict revokes it too.
     """
 
     verdict_id: int
@@ -143,6 +154,9 @@ class Verdict:
     revokes: int | None = None
     geometry: dict[str, Any] | None = None
     revoked_by: int | None = None
+    origin_verdict: int | None = None  # the cluster verdict this link verdict was derived from
+    role: str = "review"  # or ADJUDICATION: settles reviewers' disagreement on the link
+    direction: str | None = None  # one of DIRECTIONS, or None when not said
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
--- ArtMiner HITL project file, schema version 3 (db/migrations.py: SCHEMA_VERSION).
+-- ArtMiner HITL project file, schema version 4 (db/migrations.py: SCHEMA_VERSION).
 --
 -- Run on every first open of a file in a process: every statement is idempotent, so a
 -- file upgraded by db/migrations.py gets any table it lacked. Changes to existing tables
@@ -161,6 +161,9 @@ CREATE TABLE IF NOT EXISTS verdicts (
     created        TIMESTAMP NOT NULL,
     note           VARCHAR,
     geometry_json  VARCHAR,              -- boxes and affine as the expert saw them
+    origin_verdict BIGINT,               -- the cluster verdict this link verdict came from
+    role           VARCHAR DEFAULT 'review',  -- review | adjudication (settles a disagreement)
+    direction      VARCHAR,              -- a_copies_b | b_copies_a | common_model | unknown
     CHECK ((verdict = 'revoke') = (revokes IS NOT NULL))
 );
 
@@ -171,16 +174,48 @@ FROM verdicts v
 WHERE v.verdict <> 'revoke'
   AND v.verdict_id NOT IN (SELECT revokes FROM verdicts WHERE verdict = 'revoke');
 
--- The current verdict per target: the latest live one (ids grow with time).
+-- Links chosen for double review (issue 13): ``reviewers`` = 2 means two annotators
+-- judge the link blind. Drawn once per link (hitl/team.py), never changed afterwards.
+CREATE TABLE IF NOT EXISTS review_plan (
+    link_id    BIGINT PRIMARY KEY,
+    reviewers  INTEGER NOT NULL CHECK (reviewers IN (1, 2)),
+    planned    TIMESTAMP NOT NULL
+);
+
+-- The current verdict per target: the latest live adjudication if there is one, else
+-- the latest live verdict (ids grow with time).
 CREATE OR REPLACE VIEW current_verdicts AS
 SELECT *
 FROM live_verdicts
-QUALIFY row_number() OVER (PARTITION BY target_kind, target_id ORDER BY verdict_id DESC) = 1;
+QUALIFY row_number() OVER (PARTITION BY target_kind, target_id
+                           ORDER BY (coalesce(role, 'review') = 'adjudication') DESC,
+                                    verdict_id DESC) = 1;
 
--- Every link with its current status ('unreviewed' when no live verdict).
+-- Each reviewer's latest live verdict per link (adjudications apart): what agreement
+-- between annotators is measured on.
+CREATE OR REPLACE VIEW reviewer_verdicts AS
+SELECT *
+FROM live_verdicts
+WHERE target_kind = 'link' AND coalesce(role, 'review') = 'review'
+QUALIFY row_number() OVER (PARTITION BY target_id, annotator ORDER BY verdict_id DESC) = 1;
+
+-- Double-reviewed links whose reviewers disagree.
+CREATE OR REPLACE VIEW link_disputes AS
+SELECT r.target_id AS link_id
+FROM reviewer_verdicts r
+JOIN review_plan p ON p.link_id = r.target_id AND p.reviewers = 2
+GROUP BY r.target_id
+HAVING count(DISTINCT r.verdict) > 1;
+
+-- Every link with its status: the verdict in force, adjudicated > agreed > single;
+-- 'disputed' while double reviewers disagree and nobody adjudicated; 'unreviewed'
+-- when no live verdict. Outside double review the latest verdict is in force.
 CREATE OR REPLACE VIEW link_status AS
 SELECT l.*,
-       coalesce(c.verdict, 'unreviewed') AS status,
+       CASE WHEN c.role = 'adjudication' THEN c.verdict
+            WHEN d.link_id IS NOT NULL THEN 'disputed'
+            ELSE coalesce(c.verdict, 'unreviewed') END AS status,
        c.verdict_id, c.annotator, c.created AS verdict_at, c.note
 FROM links l
-LEFT JOIN current_verdicts c ON c.target_kind = 'link' AND c.target_id = l.link_id;
+LEFT JOIN current_verdicts c ON c.target_kind = 'link' AND c.target_id = l.link_id
+LEFT JOIN link_disputes d ON d.link_id = l.link_id;

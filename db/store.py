@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -33,8 +34,13 @@ import duckdb
 
 from db import migrations
 from db.connection import BUSY_TIMEOUT_S, ConnectionGate, StoreBusyError, backoff, is_lock_error
+from db.migrations import relative_to_folder
 from db.records import (
+    DIRECTIONS,
+    DISPUTED,
+    REVIEW,
     REVOKE,
+    ROLES,
     TARGET_KINDS,
     UNREVIEWED,
     VERDICTS,
@@ -60,7 +66,7 @@ _IMAGE_COLS = (
 _LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers"
 _VERDICT_COLS = (
     "v.verdict_id, v.target_kind, v.target_id, v.verdict, v.annotator, v.created, v.note, "
-    "v.revokes, v.geometry_json, r.verdict_id AS revoked_by"
+    "v.revokes, v.geometry_json, r.verdict_id AS revoked_by, v.origin_verdict, v.role, v.direction"
 )
 _VERDICT_FROM = (
     "verdicts v LEFT JOIN verdicts r ON r.verdict = 'revoke' AND r.revokes = v.verdict_id"
@@ -117,6 +123,31 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.path!r})"
+
+    # ------------------------------------------------------------------ file paths
+
+    def _stored_path(self, path: str | None) -> str | None:
+        """A file under the project's folder is stored relative to it, so the folder can
+        be moved, copied or shared; anything else (URLs, other folders) as given."""
+        if not path or self.path == ":memory:" or "://" in path:
+            return path
+        return relative_to_folder(path, os.path.dirname(self.path))
+
+    def _full_path(self, stored: str | None) -> str | None:
+        """The absolute path of a stored one (relative ones are under the project's folder)."""
+        if not stored or self.path == ":memory:" or "://" in stored or os.path.isabs(stored):
+            return stored
+        return os.path.join(os.path.dirname(self.path), stored)
+
+    def _image(self, row: tuple) -> ImageRecord:
+        image = _image(row)
+        return replace(image, path=self._full_path(image.path))
+
+    def _model(self, row: tuple) -> ModelVersion:
+        version = _model(row)
+        if not version.ref.checkpoint:
+            return version
+        return replace(version, ref=replace(version.ref, checkpoint=self._full_path(version.ref.checkpoint)))
 
     # ------------------------------------------------------------------ transactions
 
@@ -178,7 +209,7 @@ class Store:
             _insert(cur, "images", {
                 "image_id": ("VARCHAR", [im.image_id for im in fresh]),
                 "sha256": ("VARCHAR", [im.sha256 for im in fresh]),
-                "path": ("VARCHAR", [im.path for im in fresh]),
+                "path": ("VARCHAR", [self._stored_path(im.path) for im in fresh]),
                 "width": ("INTEGER", [im.width for im in fresh]),
                 "height": ("INTEGER", [im.height for im in fresh]),
                 "title": ("VARCHAR", [im.title for im in fresh]),
@@ -241,7 +272,7 @@ class Store:
     def get_image(self, image_id: str) -> ImageRecord | None:
         rows = self._read(lambda cur: cur.execute(
             f"SELECT {_IMAGE_COLS} FROM images WHERE image_id = ?", [image_id]).fetchall())
-        return _image(rows[0]) if rows else None
+        return self._image(rows[0]) if rows else None
 
     def list_images(self, collection: str | None = None, source: str | None = None,
                     image_ids: Sequence[str] | None = None) -> list[ImageRecord]:
@@ -251,7 +282,7 @@ class Store:
                               list(image_ids) if image_ids is not None else None})
         rows = self._read(lambda cur: cur.execute(
             f"SELECT {_IMAGE_COLS} FROM images {where} ORDER BY path, image_id", args).fetchall())
-        return [_image(r) for r in rows]
+        return [self._image(r) for r in rows]
 
     def count_images(self) -> int:
         return self._read(lambda cur: cur.execute("SELECT count(*) FROM images").fetchone()[0])
@@ -282,7 +313,7 @@ class Store:
                 raise ValueError(f"parent model {ref.parent!r} of {ref.model_id!r} is not "
                                  f"in the project; add it first")
             cur.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [ref.model_id, ref.backbone, ref.parent, ref.checkpoint,
+                        [ref.model_id, ref.backbone, ref.parent, self._stored_path(ref.checkpoint),
                          checkpoint_sha256, round, _dumps(config or {}), _now()])
 
         self._write(work)
@@ -292,14 +323,14 @@ class Store:
         rows = self._read(lambda cur: cur.execute(
             "SELECT model_id, backbone, checkpoint, parent, checkpoint_sha256, round, "
             "config_json, created FROM models WHERE model_id = ?", [model_id]).fetchall())
-        return _model(rows[0]) if rows else None
+        return self._model(rows[0]) if rows else None
 
     def list_models(self) -> list[ModelVersion]:
         """All model versions, oldest first."""
         rows = self._read(lambda cur: cur.execute(
             "SELECT model_id, backbone, checkpoint, parent, checkpoint_sha256, round, "
             "config_json, created FROM models ORDER BY created, model_id").fetchall())
-        return [_model(r) for r in rows]
+        return [self._model(r) for r in rows]
 
     def set_active_model(self, model_id: str) -> None:
         """Make ``model_id`` the model the app and the next run use."""
@@ -442,12 +473,20 @@ class Store:
         return self._read(lambda cur: cur.execute(
             f"SELECT count(*) FROM link_status {where}", args).fetchone()[0])
 
-    def status_counts(self, model_id: str | None = None) -> dict[str, int]:
-        """Number of links per current status (every status present, zeros included)."""
-        where, args = _where({"model_id = ?": model_id})
+    def status_counts(self, model_id: str | None = None,
+                      since: datetime | None = None) -> dict[str, int]:
+        """Number of links per current status (every status present, zeros included).
+
+        The one count of the app: the sidebar, the review page and the training page all
+        read it, so they cannot disagree. ``since``: judged links count only if their
+        verdict in force was given at or after it (unreviewed ones always count).
+        """
+        where, args = _where({"model_id = ?": model_id,
+                              "(status = 'unreviewed' OR verdict_at >= ?)":
+                              _db_time(since) if since else None})
         rows = self._read(lambda cur: cur.execute(
             f"SELECT status, count(*) FROM link_status {where} GROUP BY status", args).fetchall())
-        counts = dict.fromkeys((*VERDICTS, UNREVIEWED), 0)
+        counts = dict.fromkeys((*VERDICTS, UNREVIEWED, DISPUTED), 0)
         counts.update(dict(rows))
         return counts
 
@@ -455,17 +494,25 @@ class Store:
 
     def add_verdict(self, target_id: int, verdict: str, annotator: str, *,
                     note: str | None = None, geometry: Mapping[str, Any] | None = None,
-                    target_kind: str = "link", created: datetime | None = None) -> int:
+                    target_kind: str = "link", created: datetime | None = None,
+                    role: str = REVIEW, direction: str | None = None) -> int:
         """Append an expert's verdict on a link or cluster; returns its ``verdict_id``.
 
         Args:
             verdict: ``confirm``, ``reject`` or ``unsure``.
             geometry: the boxes and affine as shown; defaults to the link's stored ones.
             created: when it was given (UTC); now by default. Set only when importing.
+            role: ``review``, or ``adjudication`` for a ruling that settles reviewers'
+                disagreement on a link (it is in force over theirs, which stay in the log).
+            direction: who copied whom (`db.records.DIRECTIONS`), for a link.
 
         Raises:
-            ValueError: unknown verdict, kind or target, or an empty annotator name.
+            ValueError: unknown verdict, kind, role or target, or an empty annotator name.
         """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        if direction is not None and direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
         if target_kind not in TARGET_KINDS:
@@ -485,15 +532,64 @@ class Store:
                 _require(cur, "clusters", "cluster_id", target_id, "cluster")
             return cur.execute(
                 "INSERT INTO verdicts (target_kind, target_id, verdict, annotator, created, note, "
-                "geometry_json) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING verdict_id",
+                "geometry_json, role, direction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING verdict_id",
                 [target_kind, target_id, verdict, annotator.strip(), _db_time(created), note,
-                 _dumps(shown) if shown is not None else None]).fetchone()[0]
+                 _dumps(shown) if shown is not None else None, role, direction]).fetchone()[0]
+
+        return self._write(work)
+
+    def add_cluster_verdict(self, cluster_id: int, verdict: str, annotator: str, *,
+                            note: str | None = None) -> tuple[int, list[int]]:
+        """A verdict on a cluster *and* on its member links still unreviewed, in one transaction.
+
+        Each member link gets a link verdict of its own whose ``origin_verdict`` is the
+        cluster verdict, so the links leave the review queue and count like any other;
+        links someone already judged one by one keep that judgement.
+
+        Returns:
+            ``(cluster_verdict_id, [link verdict ids])``.
+        """
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
+        if not annotator or not annotator.strip():
+            raise ValueError("a verdict needs the annotator's name")
+        who, now = annotator.strip(), _now()
+
+        def work(cur: duckdb.DuckDBPyConnection) -> tuple[int, list[int]]:
+            _require(cur, "clusters", "cluster_id", cluster_id, "cluster")
+            head = cur.execute(
+                "INSERT INTO verdicts (target_kind, target_id, verdict, annotator, created, note, "
+                "role) VALUES ('cluster', ?, ?, ?, ?, ?, 'review') RETURNING verdict_id",
+                [cluster_id, verdict, who, now, note]).fetchone()[0]
+            links = cur.execute(
+                "SELECT link_id, box_a, box_b, affine FROM link_status WHERE status = 'unreviewed' "
+                "AND link_id IN (SELECT link_id FROM regions WHERE cluster_id = ?) ORDER BY link_id",
+                [cluster_id]).fetchall()
+            ids = _next_ids(cur, "verdict_seq", len(links))
+            text = f"cluster #{cluster_id}" + (f": {note}" if note else "")
+            _insert(cur, "verdicts", {
+                "verdict_id": ("BIGINT", ids),
+                "target_kind": ("VARCHAR", ["link"] * len(ids)),
+                "target_id": ("BIGINT", [r[0] for r in links]),
+                "verdict": ("VARCHAR", [verdict] * len(ids)),
+                "annotator": ("VARCHAR", [who] * len(ids)),
+                "created": ("TIMESTAMP", [now] * len(ids)),
+                "note": ("VARCHAR", [text] * len(ids)),
+                "geometry_json": ("VARCHAR", [_dumps({"box_a": a, "box_b": b, "affine": _affine(f)})
+                                              for _, a, b, f in links]),
+                "origin_verdict": ("BIGINT", [head] * len(ids)),
+                "role": ("VARCHAR", [REVIEW] * len(ids)),
+            })
+            return head, ids
 
         return self._write(work)
 
     def undo_verdict(self, verdict_id: int, annotator: str, *, note: str | None = None,
                      created: datetime | None = None) -> int:
         """Append a revocation of verdict ``verdict_id``; returns the revocation's id.
+
+        Undoing a cluster verdict also revokes, in the same transaction, the link verdicts
+        still live that it gave (``origin_verdict``): the links return to the queue.
 
         Raises:
             ValueError: no such verdict, it is itself a revocation, or already revoked.
@@ -512,13 +608,65 @@ class Store:
                                "AND revokes = ?", [verdict_id]).fetchone()
             if done is not None:
                 raise ValueError(f"verdict {verdict_id} was already undone by {done[0]}")
-            return cur.execute(
+            undo = cur.execute(
                 "INSERT INTO verdicts (target_kind, target_id, verdict, revokes, annotator, "
                 "created, note) VALUES (?, ?, 'revoke', ?, ?, ?, ?) RETURNING verdict_id",
                 [row[0], row[1], verdict_id, annotator.strip(), _db_time(created), note],
             ).fetchone()[0]
+            derived = cur.execute(
+                "SELECT target_kind, target_id, verdict_id FROM live_verdicts "
+                "WHERE origin_verdict = ? ORDER BY verdict_id", [verdict_id]).fetchall()
+            ids = _next_ids(cur, "verdict_seq", len(derived))
+            _insert(cur, "verdicts", {
+                "verdict_id": ("BIGINT", ids),
+                "target_kind": ("VARCHAR", [d[0] for d in derived]),
+                "target_id": ("BIGINT", [d[1] for d in derived]),
+                "verdict": ("VARCHAR", [REVOKE] * len(ids)),
+                "revokes": ("BIGINT", [d[2] for d in derived]),
+                "annotator": ("VARCHAR", [annotator.strip()] * len(ids)),
+                "created": ("TIMESTAMP", [_db_time(created)] * len(ids)),
+                "note": ("VARCHAR", [f"undo of cluster verdict {verdict_id}"] * len(ids)),
+            })
+            return undo
 
         return self._write(work)
+
+    def plan_reviews(self, reviewers: Mapping[int, int]) -> int:
+        """Record ``link_id -> 1 | 2`` reviewers for links not planned yet; returns how many.
+
+        Like the held-out split, a link's plan is drawn once and never moves, so agreement
+        is measured on a fixed set even if the double-review share changes later.
+        """
+        bad = {n for n in reviewers.values() if n not in (1, 2)}
+        if bad:
+            raise ValueError(f"a link gets 1 or 2 reviewers, got {sorted(bad)}")
+
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            known = {r[0] for r in cur.execute("SELECT link_id FROM review_plan").fetchall()}
+            new = [(int(k), int(n)) for k, n in reviewers.items() if int(k) not in known]
+            _insert(cur, "review_plan", {
+                "link_id": ("BIGINT", [k for k, _ in new]),
+                "reviewers": ("INTEGER", [n for _, n in new]),
+                "planned": ("TIMESTAMP", [_now()] * len(new)),
+            })
+            return len(new)
+
+        return self._write(work)
+
+    def review_plan(self) -> dict[int, int]:
+        """Every planned link, ``link_id -> reviewers`` (1 or 2)."""
+        return dict(self._read(lambda cur: cur.execute(
+            "SELECT link_id, reviewers FROM review_plan").fetchall()))
+
+    def reviewer_verdicts(self, link_ids: Sequence[int] | None = None) -> list[Verdict]:
+        """Each reviewer's latest live verdict per link (no adjudications), by link then id."""
+        where, args = _where({"v.target_id IN (SELECT unnest(?::BIGINT[]))":
+                              list(link_ids) if link_ids is not None else None})
+        rows = self._read(lambda cur: cur.execute(
+            f"SELECT {_VERDICT_COLS} FROM reviewer_verdicts v LEFT JOIN verdicts r "
+            f"ON r.verdict = 'revoke' AND r.revokes = v.verdict_id {where} "
+            "ORDER BY v.target_id, v.verdict_id", args).fetchall())
+        return [_verdict(r) for r in rows]
 
     def get_verdict(self, verdict_id: int) -> Verdict | None:
         rows = self._read(lambda cur: cur.execute(
@@ -527,8 +675,11 @@ class Store:
         return _verdict(rows[0]) if rows else None
 
     def link_status(self, link_id: int) -> str:
-        """Current status of a link: its latest live verdict, or ``unreviewed``."""
-        return self._status("link", link_id)
+        """Current status of a link: the verdict in force (``link_status`` view of the schema),
+        ``disputed`` or ``unreviewed``."""
+        row = self._read(lambda cur: cur.execute(
+            "SELECT status FROM link_status WHERE link_id = ?", [link_id]).fetchone())
+        return row[0] if row else UNREVIEWED
 
     def cluster_status(self, cluster_id: int) -> str:
         return self._status("cluster", cluster_id)
@@ -551,11 +702,16 @@ class Store:
         return [_verdict(r) for r in rows]
 
     def last_verdict_by(self, annotator: str, target_kind: str | None = None) -> Verdict | None:
-        """The annotator's latest verdict still in force: what "undo my last" withdraws."""
+        """The annotator's latest verdict still in force: what "undo my last" withdraws.
+
+        Link verdicts given through a cluster verdict are not candidates: they are
+        undone with their cluster verdict.
+        """
         where, args = _where({"v.annotator = ?": annotator, "v.target_kind = ?": target_kind})
         rows = self._read(lambda cur: cur.execute(
             f"SELECT {_VERDICT_COLS} FROM {_VERDICT_FROM} {where} AND v.verdict <> 'revoke' "
-            "AND r.verdict_id IS NULL ORDER BY v.verdict_id DESC LIMIT 1", args).fetchall())
+            "AND v.origin_verdict IS NULL AND r.verdict_id IS NULL "
+            "ORDER BY v.verdict_id DESC LIMIT 1", args).fetchall())
         return _verdict(rows[0]) if rows else None
 
     def current_verdicts(self, target_kind: str = "link") -> dict[int, Verdict]:
@@ -840,15 +996,15 @@ class Store:
     def attach_annotations(self, path: str | os.PathLike, fmt: str,
                            label: str | None = None) -> None:
         """Attach a ground-truth file (e.g. ``fmt='brueghel'``) for evaluation."""
-        full = os.path.abspath(os.fspath(path))
+        stored = self._stored_path(os.path.abspath(os.fspath(path)))
         self._write(lambda cur: cur.execute(
             "INSERT OR REPLACE INTO annotation_files VALUES (?, ?, ?, ?)",
-            [full, fmt, label, _now()]))
+            [stored, fmt, label, _now()]))
 
     def list_annotations(self) -> list[AnnotationFile]:
         rows = self._read(lambda cur: cur.execute(
             "SELECT path, format, label, added FROM annotation_files ORDER BY added").fetchall())
-        return [AnnotationFile(p, f, label, _utc(a)) for p, f, label, a in rows]
+        return [AnnotationFile(self._full_path(p), f, label, _utc(a)) for p, f, label, a in rows]
 
     # ------------------------------------------------------------------ overview
 
@@ -1038,7 +1194,8 @@ def _link(r: tuple) -> Link:
 
 def _verdict(r: tuple) -> Verdict:
     geometry = json.loads(r[8]) if r[8] else None
-    return Verdict(r[0], r[1], r[2], r[3], r[4], _utc(r[5]), r[6], r[7], geometry, r[9])
+    return Verdict(r[0], r[1], r[2], r[3], r[4], _utc(r[5]), r[6], r[7], geometry, r[9], r[10],
+                   r[11] or REVIEW, r[12])
 
 
 def _region(r: tuple) -> RegionRecord:

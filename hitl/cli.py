@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,36 @@ def _parse_box(text: str) -> Box:
         return Box.parse(text)
     except ValueError as err:
         raise UsageError(str(err)) from err
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM (the app's Stop button, ``kill``) unwinds the round so it records ``stopped``."""
+    from hitl.rounds import RoundStopped
+
+    raise RoundStopped(f"signal {signal.Signals(signum).name}")
+
+
+def run_forwarding_signals(command: list[str], **popen) -> int:
+    """Run ``command`` and pass SIGTERM, SIGINT and SIGHUP on to it; returns its exit code
+    (128 + the signal's number when a signal ended it, as a shell reports it).
+
+    Without this, ``artminer app`` killed by SIGTERM (a service manager, a test
+    harness) dies alone and leaves its Streamlit child serving the port.
+    """
+    child = subprocess.Popen(command, **popen)
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum))
+                for s in forwarded}
+    try:
+        while True:
+            try:
+                code = child.wait()
+                return 128 - code if code < 0 else code
+            except KeyboardInterrupt:  # only if a handler was replaced under us
+                child.send_signal(signal.SIGINT)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # ------------------------------------------------------------------ verbs
@@ -251,9 +283,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.train import TrainConfig
-    from hitl.jobs import acquire_training_lock, release_training_lock
+    from hitl.jobs import acquire_training_lock, release_training_lock, settle_orphan_rounds
+    from hitl.progress import LineStream, phase_line
     from hitl.project import open_project
-    from hitl.rounds import RoundConfig, RoundRefused, run_round
+    from hitl.rounds import PHASES, RoundConfig, RoundRefused, run_round
 
     store, paths = open_project(args.project)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
@@ -264,23 +297,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = RoundConfig(iterations=args.iterations, sources=sources, seed=args.seed,
                          rediscover=not args.no_discover, train=train_config)
     acquire_training_lock(paths, args=sys.argv[1:])
+    settle_orphan_rounds(store, paths)  # we hold the lock: a 'running' round now is a killed one
+    if not sys.stderr.isatty():  # a log file: one line per progress refresh, no '\r' redraws
+        sys.stderr = LineStream(sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        bar = tqdm(total=args.iterations, desc="training", unit="it", disable=args.quiet)
+        bars: list = []  # the training bar, drawn when its phase starts (not before phase 1)
 
         def on_iteration(log, total) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{log.loss:.3f}", mined=log.n_mined, expert=log.n_used_expert)
+            if not bars:
+                bars.append(tqdm(total=total, desc="training", unit="it", disable=args.quiet))
+            bars[0].update(1)
+            bars[0].set_postfix(loss=f"{log.loss:.3f}", mined=log.n_mined, expert=log.n_used_expert)
             if args.quiet:  # a log file (the app's background round) gets one line per iteration
                 print(f"iteration {log.iteration + 1}/{total} loss {log.loss:.4f} mined {log.n_mined} "
                       f"expert {log.n_used_expert}", flush=True)
 
+        def on_phase(index: int, total: int, name: str) -> None:
+            print(phase_line(index, total, name), file=sys.stderr, flush=True)
+            if name == PHASES[3] and not bars:  # training: its bar shows 0/N at once
+                bars.append(tqdm(total=args.iterations, desc="training", unit="it", disable=args.quiet))
+
         try:
             report = run_round(store, paths, config, from_model=args.from_model, device=args.device,
-                               progress=on_iteration, show_progress=not args.quiet)
+                               progress=on_iteration, show_progress=not args.quiet, on_phase=on_phase)
         except RoundRefused as err:
             raise UsageError(str(err)) from err
-        bar.close()
+        for bar in bars:
+            bar.close()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         release_training_lock(paths)
     lines = [f"round {report.round_id}: {report.parent} -> {report.new_model} in {report.seconds:.0f} s"]
     for key in sorted(set(report.before) | set(report.after)):
@@ -308,7 +354,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the review app on a project."""
     import os
-    import subprocess
 
     project = Path(args.project)
     if not project.is_file():
@@ -327,7 +372,7 @@ def cmd_app(args: argparse.Namespace) -> int:
                "--browser.gatherUsageStats", "false"]
     print(f"ArtMiner app on http://{args.address}:{args.port} (project {project})", flush=True)
     # Streamlit reads .streamlit/config.toml from the working directory.
-    return subprocess.call(command, env=env, cwd=app.parent)
+    return run_forwarding_signals(command, env=env, cwd=app.parent)
 
 
 @verb("users")

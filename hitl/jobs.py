@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hitl.progress import STARTING, child_env, phase_line
 from hitl.project import ProjectPaths
 from hitl.roles import User, require
 
@@ -109,7 +110,11 @@ def _acquire(paths: ProjectPaths, name: str, pid: int | None, log_path: Path | N
                 raise error(
                     f"{what} is already running (pid {held.pid}, started "
                     f"{held.started:%Y-%m-%d %H:%M} UTC, lock {path})") from None
-            _write_lock(path, job)  # re-entrant, or a child taking over from its parent
+            # re-entrant, or a child taking over from its parent: the round's start and the
+            # log the app opened for it stay (else the page would follow no log at all)
+            job = Job(pid, held.started, log_path or held.log_path, tuple(args) or held.args,
+                      job.proc_start)
+            _write_lock(path, job)
             return job
         with os.fdopen(fd, "w") as f:
             f.write(_encode(job))
@@ -164,6 +169,24 @@ def running_job(paths: ProjectPaths, name: str = LOCK_NAME) -> Job | None:
     return None
 
 
+def settle_orphan_rounds(store, paths: ProjectPaths) -> list[int]:
+    """Mark rounds left ``running`` by a process that is gone as ``failed``; returns their ids.
+
+    A round killed outright (SIGKILL, power cut) cannot record its end. Whoever holds
+    the lock, or finds it free, knows no other process runs a round of this project, so
+    a ``running`` round then is an orphan. Rounds run without the lock (`run_round`
+    called directly) are not protected from this: go through ``artminer train``.
+    """
+    job = running_job(paths)
+    if job is not None and job.pid != os.getpid():
+        return []
+    orphans = [r.round_id for r in store.list_rounds() if r.status == "running"]
+    for round_id in orphans:
+        store.update_round(round_id, status="failed",
+                           error="ended without finishing: its process is gone (killed?)")
+    return orphans
+
+
 def train_command(project: Path, args: Sequence[str] = ()) -> list[str]:
     """The ``artminer train`` command line for ``project``."""
     return [sys.executable, "-m", "hitl.cli", "train", "--project", str(project), *args]
@@ -190,8 +213,12 @@ def start_training(project: str | os.PathLike, args: Sequence[str] = (),
         paths.logs.mkdir(parents=True, exist_ok=True)
         log_path = paths.logs / f"train-{_now():%Y%m%dT%H%M%S%fZ}.log"
         with open(log_path, "ab") as log:
+            # the page's first news, before the child has even imported its libraries
+            log.write((phase_line(0, 0, STARTING) + "\n").encode())
+            log.flush()
             child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=_REPO_ROOT,
+                                     env={**os.environ, **child_env()},  # bars as log lines
                                      start_new_session=True)  # outlives an app restart
     except BaseException:
         release_training_lock(paths)

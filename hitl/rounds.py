@@ -39,10 +39,17 @@ from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
 from hitl.evaluation import evaluate_oneshot, project_queries
 from hitl.oneshot import load_project_collection
 from hitl.positives import cluster_matches, expert_pairs
+from hitl.progress import STOPPED_PREFIX
 from hitl.project import ProjectPaths, load_model
 
 SOURCES = ("mined", "expert")
+PHASES = ("loading the parent model", "measuring the parent model", "loading the training images", "training",
+          "re-discovering with the new model", "measuring the new model")
 MIN_HELDOUT = 4  # held-out verdicts (of both kinds) needed to measure without annotations
+
+
+class RoundStopped(KeyboardInterrupt):
+    """The round was asked to stop (SIGTERM from the app's Stop button or ``kill``)."""
 
 
 class RoundRefused(ValueError):
@@ -116,9 +123,18 @@ def measure(store: Store, paths: ProjectPaths, backbone: Backbone, heldout: list
 
 def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConfig(), from_model: str | None = None,
               device: str = "auto", progress: Callable[[IterationLog, int], None] | None = None,
-              show_progress: bool = True) -> RoundReport:
+              show_progress: bool = True,
+              on_phase: Callable[[int, int, str], None] | None = None) -> RoundReport:
     """One training round (module doc). Raises :class:`RoundRefused` before any work when
-    there is nothing to learn from or too little held out to measure."""
+    there is nothing to learn from or too little held out to measure.
+
+    ``on_phase(index, total, name)`` is called as each of the round's `PHASES` starts
+    (the app's log shows it above the step's progress bar).
+    """
+    def phase(index: int) -> None:
+        if on_phase is not None:
+            on_phase(index + 1, len(PHASES), PHASES[index])
+
     start = time.perf_counter()
     unknown = set(config.sources) - set(SOURCES)
     if unknown or not config.sources:
@@ -127,16 +143,20 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
     confirmed_clusters = [c for c in store.list_clusters(status=CONFIRM)]
     _check_round(store, config, train_links, heldout, confirmed_clusters)
 
+    phase(0)
     parent = load_model(store, from_model, device)
     round_id = _resume_or_start(store, parent.model_id, config)
     try:
         features = config.train.features
+        phase(1)
         before = measure(store, paths, parent, heldout, DEFAULT_MIN_SCORE, show_progress, features)
         store.update_round(round_id, metrics={"before": before})
+        phase(2)
         images, sizes, bank, ids = _training_images(store, paths, parent, show_progress, features)
         expert = _expert_batch(config, train_links, confirmed_clusters, bank, ids) if "expert" in config.sources else None
         # Without mined pairs every batch is expert pairs (engine.train then mines nothing).
         train_config = config.train if "mined" in config.sources else replace(config.train, expert_ratio=1.0)
+        phase(3)
         result = train(parent, images, train_config, expert, paths.checkpoints / f"round-{round_id}",
                        progress=progress, image_sizes=sizes)
         new = load_checkpoint(result.model.checkpoint).to(next(parent.parameters()).device)
@@ -144,11 +164,15 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
                         config={"round": config.params()})
         store.set_active_model(new.model_id)
         if config.rediscover:
+            phase(4)
             run_discovery(store, paths, DiscoverConfig(features=features), backbone=new, progress=show_progress)
+        phase(5)
         after = measure(store, paths, new, heldout, DEFAULT_MIN_SCORE, show_progress, features)
         store.update_round(round_id, status="done", new_model=new.model_id, metrics={"after": after})
     except BaseException as err:
-        store.update_round(round_id, status="failed", error=f"{type(err).__name__}: {err}")
+        reason = (f"{STOPPED_PREFIX}: {err}" if isinstance(err, RoundStopped)
+                  else f"{type(err).__name__}: {err}")
+        store.update_round(round_id, status="failed", error=reason)
         raise
     return RoundReport(round_id, parent.model_id, new.model_id, before, after, time.perf_counter() - start)
 

@@ -16,14 +16,14 @@ from hitl.roles import User, acting_name
 
 def record_verdict(store: Store, link_id: int, verdict: str, annotator: str | None = None, *,
                    actor: User | None = None, note: str | None = None,
-                   geometry: dict[str, Any] | None = None) -> int:
+                   geometry: dict[str, Any] | None = None, direction: str | None = None) -> int:
     """A verdict on a link by ``actor`` (or, with no actor, by ``annotator``); its id.
 
     Raises:
         Forbidden: ``actor`` may not give verdicts, or ``annotator`` is someone else.
     """
     annotator = acting_name(actor, annotator, "verdict")
-    return store.add_verdict(link_id, verdict, annotator, note=note, geometry=geometry)
+    return store.add_verdict(link_id, verdict, annotator, note=note, geometry=geometry, direction=direction)
 
 
 def undo_last_verdict(store: Store, annotator: str | None = None, *,

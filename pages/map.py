@@ -3,16 +3,34 @@
 A WebGL scatter (`Scattergl`) of the active model's UMAP map, one trace per colour
 category. Hover shows the title; plotly cannot show pictures on hover, so clicking or
 lasso/box-selecting points opens their thumbnails and links in the side panel.
+
+The chart opens in Pan mode: Streamlit turns click selection off while the lasso or box
+tool is active (its plotly ``clickmode`` becomes ``event``), so a lasso default would
+make clicks do nothing. Lasso and box stay one click away in the chart's toolbar.
+
+*Thumbnails* draws the image map as an atlas (`hitl.views.atlas`): Streamlit's own
+``st.pydeck_chart`` with a deck.gl ``IconLayer`` over one sprite sheet. Why this means:
+deck.gl draws every picture on the GPU from one texture (plotly's layout images are DOM
+or SVG elements, one each, and crawl long before 10,000); pydeck ships with Streamlit,
+so there is no third-party component to break, and ``on_select`` reports clicks.
+Thumbnails come from the project's data folder (`hitl.thumbs`), made once.
 """
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import plotly.graph_objects as go
+import pydeck as pdk
 import streamlit as st
 
-from hitl.cluster_edits import current_clusters
-from hitl.map_view import (
+from db.records import UNREVIEWED
+from hitl.plot_text import plot_text
+from hitl.thumbs import ensure_thumbnails, open_thumbnail
+from hitl.views.atlas import build_atlas, cell_size, data_uri, view_state
+from hitl.views.cluster_edits import current_clusters
+from hitl.views.map_view import (
     COLOUR_BY,
     NONE_LABEL,
     OTHER_LABEL,
@@ -24,12 +42,17 @@ from hitl.map_view import (
     hover_texts,
     image_clusters,
     image_statuses,
+    judge_unreviewed,
+    kept_selection,
+    links_among,
     map_table,
 )
-from hitl.plot_text import plot_text
+from hitl.views.thumbnails import jpeg_bytes
+from hitl.views.view_export import export_view
 from pages import session
 
 MAX_SELECTED = 12
+ATLAS_WIDTH = 700  # px the atlas is framed for: about the chart column at 1366 px wide
 
 
 @st.cache_data(show_spinner="Loading the map…", max_entries=8)
@@ -48,6 +71,48 @@ def map_data(_store, path: str, model: str, kind: str, by: str, version: tuple) 
 def cached_figure(path: str, model: str, kind: str, by: str, version: tuple, _data: dict) -> go.Figure:
     """The chart, built once per map and colouring (plotly validates every point: slow at 10k)."""
     return figure(_data["table"], _data["values"], _data["hover"], by)
+
+
+@st.cache_data(show_spinner="Drawing the atlas…", max_entries=4)
+def atlas_data(_store, _paths, path: str, model: str, version: tuple) -> tuple[str, dict, int]:
+    """(atlas data URI, icon mapping, cell side) of the image map's points, in table order."""
+    table = map_data(_store, path, model, "image", "cluster", version)["table"]
+    images = session.image_index(_store)
+    files = ensure_thumbnails(_paths, [images[i] for i in table.image_ids if i in images])
+    cell = cell_size(len(table))
+    sheet, mapping = build_atlas([open_thumbnail(files.get(i)) for i in table.image_ids], cell)
+    return data_uri(jpeg_bytes(sheet, quality=80)), mapping, cell
+
+
+def atlas_deck(table: MapTable, uri: str, mapping: dict) -> pdk.Deck:
+    """The deck: one icon per image, sized in map units so pictures grow as you zoom in."""
+    images = session.image_index(store)
+    def text(image_id: str, field: str) -> str:  # deck.gl's tooltip is HTML: escape every value
+        return html.escape(str(getattr(images.get(image_id), field, None) or ""))
+    records = [{"position": [float(table.x[i]), float(table.y[i])], "icon": str(i), "point": i,
+                "title": text(image_id, "title") or html.escape(image_id),
+                "artist": text(image_id, "artist"), "date": text(image_id, "date")}
+               for i, image_id in enumerate(table.image_ids)]
+    span = max(float(np.ptp(table.x)), float(np.ptp(table.y)), 1e-9)
+    # pydeck reads a bare string as a data accessor: literal strings go in quotes
+    layer = pdk.Layer("IconLayer", id="atlas", data=records, get_icon="icon", get_position="position",
+                      icon_atlas=f'"{uri}"', icon_mapping=mapping,
+                      get_size=span / np.sqrt(len(table)) * 0.6, size_units='"common"',
+                      size_min_pixels=6, size_max_pixels=320, pickable=True,
+                      auto_highlight=True, highlight_color=[29, 120, 230, 90])
+    # the tooltip sits beside the pointer and lets clicks through to the picture under it
+    tooltip = {"html": "<b>{title}</b><br/>{artist} {date}",
+               "style": {"fontSize": "13px", "maxWidth": "280px", "pointerEvents": "none",
+                         "marginLeft": "16px", "marginTop": "16px"}}
+    return pdk.Deck(layers=[layer], views=[pdk.View(type="OrthographicView", controller=True)],
+                    initial_view_state=pdk.ViewState(**view_state(table.x.tolist(), table.y.tolist(),
+                                                                  ATLAS_WIDTH)),
+                    tooltip=tooltip, map_style=None)
+
+
+def atlas_selection(event) -> list[int]:
+    objects = (event.selection.get("objects", {}) if event and event.selection else {}) or {}
+    return sorted({int(o["point"]) for o in objects.get("atlas", []) if "point" in o})
 
 
 def figure(table: MapTable, values: np.ndarray, hover: list[str], by: str) -> go.Figure:
@@ -72,7 +137,7 @@ def figure(table: MapTable, values: np.ndarray, hover: list[str], by: str) -> go
             marker=dict(size=7 if len(table) < 2000 else 4, opacity=0.85, **marker)))
     # grey points first, so the named categories are drawn over them; the legend keeps its order
     fig.data = tuple(sorted(fig.data, key=lambda t: t.name not in (NONE_LABEL, OTHER_LABEL, "undated")))
-    fig.update_layout(height=640, margin=dict(l=10, r=10, t=30, b=10), dragmode="lasso",
+    fig.update_layout(height=640, margin=dict(l=10, r=10, t=30, b=10), dragmode="pan",
                       showlegend=True,  # also for a single category
                       legend=dict(title=plot_text(by), itemsizing="constant"),
                       xaxis=dict(visible=False), yaxis=dict(visible=False))
@@ -89,12 +154,34 @@ def selected_indices(event) -> list[int]:
     return sorted(set(found))
 
 
-def side_panel(store, table: MapTable, chosen: list[int]) -> None:
+def batch_ui(store, image_ids: list[str], annotator: str) -> None:
+    """Actions on the links among the chosen images: judge, open in Review, export."""
+    among = links_among(store.list_links(), image_ids) if len(image_ids) > 1 else []
+    if not among:
+        return
+    open_ids = [lk.link_id for lk in among if lk.status == UNREVIEWED]
+    st.text(f"{len(among)} link(s) among them, {len(open_ids)} unreviewed")
+    c1, c2 = st.columns(2)
+    c1.button(f"Confirm {len(open_ids)}", key="map_batch_confirm", disabled=not open_ids,
+              on_click=judge_unreviewed, args=(store, among, "confirm", annotator), width="stretch")
+    c2.button(f"Reject {len(open_ids)}", key="map_batch_reject", disabled=not open_ids,
+              on_click=judge_unreviewed, args=(store, among, "reject", annotator), width="stretch")
+    c3, c4 = st.columns(2)
+    if c3.button("Open in Review", key="map_batch_review", disabled=not open_ids, width="stretch"):
+        st.session_state.review_batch = open_ids
+        st.switch_page("pages/review.py")
+    c4.download_button("Export (CSV)", lambda: export_view(store, "csv", [lk.link_id for lk in among]),
+                       "map-selection-links.csv", "text/csv", key="map_batch_csv", width="stretch",
+                       help="The confirmed links among the chosen images")
+
+
+def side_panel(store, table: MapTable, chosen: list[int], annotator: str) -> None:
     if not chosen:
-        st.text("Click a point, or draw a lasso\nor box around several,\nto see them here.")
+        st.text("Click a point (or, drawn as dots,\nlasso several) to see them here.")
         return
     image_ids = list(dict.fromkeys(table.image_ids[i] for i in chosen if table.image_ids[i]))
     st.text(f"{len(chosen)} point(s) selected, {len(image_ids)} image(s)")
+    batch_ui(store, image_ids, annotator)
     links = []
     columns = st.columns(2)
     for i, image_id in enumerate(image_ids[:MAX_SELECTED]):
@@ -114,12 +201,16 @@ def side_panel(store, table: MapTable, chosen: list[int]) -> None:
 
 
 store = session.store()
+annotator = session.require_annotator()
 model = session.model_id(store)
 st.title("Map")
-c1, c2 = st.columns(2)
+c1, c2, c3 = st.columns(3)
 kind = c1.radio("Points", ("image", "region"), horizontal=True, key="map_kind",
                 format_func=lambda k: "images" if k == "image" else "detail regions")
-by = c2.selectbox("Colour by", COLOUR_BY, key="map_colour",
+draw = c3.radio("Draw as", ("dots", "thumbnails"), horizontal=True, key="map_draw",
+                disabled=kind != "image", help="Thumbnails: every image as its picture "
+                "(click or shift-click to choose); dots: colours and the lasso")
+by = c2.selectbox("Colour by", COLOUR_BY, key="map_colour", disabled=draw == "thumbnails",
                   format_func=lambda b: "HDBSCAN group" if b == "group" else b)
 summary = store.summary()
 version = (summary["verdicts"], summary["links"], summary["clusters"], summary["images"])
@@ -130,9 +221,23 @@ if len(table) == 0:
     st.stop()
 chart, panel = st.columns([3, 1])
 with chart:
-    event = st.plotly_chart(cached_figure(store.path, model, kind, by, version, data), key="map_chart",
-                            on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            config={"displaylogo": False})
-    st.text(f"{len(table)} points")
+    if draw == "thumbnails" and kind == "image":
+        uri, mapping, _ = atlas_data(store, session.project()[1], store.path, model, version)
+        event = st.pydeck_chart(atlas_deck(table, uri, mapping), key="map_atlas", height=640,
+                                on_select="rerun", selection_mode="multi-object")
+        found = atlas_selection(event)
+        st.text(f"{len(table)} points")
+        st.caption("Scroll to zoom, drag to pan; click a picture to open it, shift-click to add more.")
+    else:
+        event = st.plotly_chart(cached_figure(store.path, model, kind, by, version, data),
+                                key="map_chart", on_select="rerun",
+                                selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
+        found = selected_indices(event)
+        st.text(f"{len(table)} points")
+        st.caption("Click a point to open it; the lasso and box tools in the chart's toolbar "
+                   "choose several.")
+chosen = kept_selection(st.session_state.get("map_chosen", []), st.session_state.get("map_view"),
+                        found, (kind, by))
+st.session_state.map_chosen, st.session_state.map_view = chosen, (kind, by)
 with panel:
-    side_panel(store, table, selected_indices(event))
+    side_panel(store, table, chosen, annotator)

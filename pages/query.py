@@ -21,8 +21,8 @@ from engine.images import ImageReadError
 from engine.types import Box, Detection
 from hitl.oneshot import load_project_collection, query_collection
 from hitl.project import load_model
-from hitl.query_links import confirm_hit, start_query_run
-from hitl.thumbnails import jpeg_bytes
+from hitl.views.query_links import hits_above, judge_hit, other_images, start_query_run
+from hitl.views.thumbnails import jpeg_bytes
 from pages import session
 
 PICK_SIDE = 720
@@ -84,22 +84,33 @@ def box_ui(image: ImageRecord) -> Box | None:
 
 def run_query(store, model: str, image: ImageRecord, box: Box, top_k: int) -> None:
     backbone, collection = searcher(store.path, model)
-    hits = query_collection(backbone, collection, Path(image.path), box, DetectConfig(top_k=top_k),
+    # one more hit than asked for: the query's own image (always the best match) is left out
+    hits = query_collection(backbone, collection, Path(image.path), box, DetectConfig(top_k=top_k + 1),
                             query_id=image.image_id)
     st.session_state.query_results = {"image": image.image_id, "box": box.as_list(),
-                                      "hits": hits, "run": None, "confirmed": {}}
+                                      "hits": other_images(hits, image.image_id)[:top_k], "run": None,
+                                      "confirmed": {}, "judged": {}}
+
+
+def on_judge(store, model: str, indices: list[int], verdict: str, annotator: str) -> None:
+    """Store the hits as links with the verdict (reject: a hard negative for training)."""
+    if not session.can("confirm_hit"):
+        st.toast("Your role may search but not judge links.")
+        return
+    res = st.session_state.query_results
+    box = Box(*res["box"])
+    if res["run"] is None:
+        res["run"] = start_query_run(store, model, res["image"], box)
+    for index in indices:
+        done = judge_hit(store, res["run"], res["image"], box, res["hits"][index], verdict, annotator,
+                         actor=session.actor())
+        res.setdefault("judged", {})[index] = (verdict, done.link_id)
+        if verdict == "confirm":
+            res["confirmed"][index] = done.link_id
 
 
 def on_confirm(store, model: str, index: int, annotator: str) -> None:
-    if not session.can("confirm_hit"):
-        st.toast("Your role may search but not confirm links.")
-        return
-    res = st.session_state.query_results
-    box, hit = Box(*res["box"]), res["hits"][index]
-    if res["run"] is None:
-        res["run"] = start_query_run(store, model, res["image"], box)
-    done = confirm_hit(store, res["run"], res["image"], box, hit, annotator, actor=session.actor())
-    res["confirmed"][index] = done.link_id
+    on_judge(store, model, [index], "confirm", annotator)
 
 
 def results_ui(store, model: str, annotator: str) -> None:
@@ -111,17 +122,30 @@ def results_ui(store, model: str, annotator: str) -> None:
     if not hits:
         st.text("No detections.")
         return
+    judged = res.setdefault("judged", {})
+    low, button = st.columns([1, 1], vertical_alignment="bottom")
+    floor = low.number_input("Confirm every hit scoring at least", 0.0, 1.0,
+                             value=float(max(h.score for h in hits)), step=0.01, format="%.3f",
+                             key="query_floor")
+    above = hits_above(hits, floor, done=judged)
+    button.button(f"Confirm all {len(above)} above", key="query_confirm_above", disabled=not above,
+                  on_click=on_judge, args=(store, model, above, "confirm", annotator))
     columns = st.columns(COLUMNS)
     for i, hit in enumerate(hits):
         with columns[i % COLUMNS]:
             image = store.get_image(hit.image_id)
             session.show_image(image, (hit.box,), side=300)
             st.text(f"{i + 1}. score {hit.score:.3f}\n{session.label(image)}")
-            if i in res["confirmed"]:
-                st.text(f"confirmed as link #{res['confirmed'][i]}")
-            else:
-                st.button("Confirm as link", key=f"query_confirm_{i}", on_click=on_confirm,
-                          args=(store, model, i, annotator))
+            if i in judged:
+                verdict, link_id = judged[i]
+                st.text(f"{'confirmed' if verdict == 'confirm' else 'rejected'} as link #{link_id}")
+                continue
+            yes, no = st.columns(2)
+            yes.button("Confirm as link", key=f"query_confirm_{i}", on_click=on_confirm,
+                       args=(store, model, i, annotator))
+            no.button("Reject", key=f"query_reject_{i}", on_click=on_judge,
+                      args=(store, model, [i], "reject", annotator),
+                      help="Not the detail: kept as a hard negative for training")
 
 
 store = session.store()

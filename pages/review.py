@@ -2,6 +2,11 @@
 
 Every answer is written to the verdict log at once (a reload loses nothing) and the
 next candidate is drawn in the same script run, from pictures cached ahead of time.
+
+The evidence fits one 1366x768 laptop screen: a compact header (session progress,
+queue order, filters, previous link), the buttons, then one row with both images and
+their boxes, both enlarged regions and the aligned overlay, each work captioned with
+its title, artist, date, medium and collection.
 """
 
 from __future__ import annotations
@@ -10,22 +15,36 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from db.records import UNREVIEWED, Link
+from db.records import DIRECTIONS, UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
-from hitl.overlay import aligned_pair, crop_region
-from hitl.queue import STRATEGIES, next_links
-from hitl.thumbnails import jpeg_bytes
+from hitl.queue import STRATEGIES, link_clusters, next_links, order_links
+from hitl.team import is_blind, plan_new_links, review_state, second_reviews
 from hitl.verdicts import record_verdict, undo_last_verdict
+from hitl.views.cluster_edits import current_clusters
+from hitl.views.overlay import aligned_pair, crop_region
+from hitl.views.review_view import ReviewFilter, describe_affine, filter_links, session_progress
+from hitl.views.thumbnails import jpeg_bytes
 from pages import session
 
 DETAIL_SIDE = 1024  # decode side for enlarged regions: sharp crops of big scans
-SHOWN_SIDE = 480  # side of the two full images
+SHOWN_SIDE = 360  # side of the two full images (a fifth of a 1366-pixel screen, sharp at 2x)
 CROP_SIDE = 300
+# Streamlit's default top padding (6rem) and heading margins cost a laptop screen a
+# sixth of its height; our own constant CSS, no user text in it.
+COMPACT_CSS = """<style>
+.block-container {padding-top: 1.2rem; padding-bottom: 1rem;}
+.block-container h1 {padding: 0 0 0.2rem 0; font-size: 1.6rem;}
+.st-key-review_evidence [data-testid="stImage"] img {max-height: 260px; object-fit: contain;}
+.st-key-review_evidence [data-testid="stText"] {font-size: 0.85rem; line-height: 1.35;}
+</style>"""
 A_COLOUR, B_COLOUR = (230, 57, 70), (29, 120, 230)
+DIRECTION_WORDS = {None: "Direction: not said", "a_copies_b": "A copies B", "b_copies_a": "B copies A",
+                   "common_model": "Both from a common model", "unknown": "Direction unknown"}
 KEYS = {"confirm": "Y", "reject": "N", "unsure": "U", "skip": "S", "undo": "Z"}
 
-for key, default in (("review_skipped", []), ("review_focus", None), ("review_note", "")):
+for key, default in (("review_skipped", []), ("review_focus", None), ("review_note", ""),
+                     ("review_answered", [])):
     st.session_state.setdefault(key, default)
 
 
@@ -66,15 +85,28 @@ def prefetch(store, link: Link | None) -> None:
 
 def answer(store, link: Link, verdict: str, annotator: str) -> None:
     note = st.session_state.review_note.strip() or None
-    record_verdict(store, link.link_id, verdict, annotator, actor=session.actor(), note=note)
+    direction = st.session_state.get("review_direction") if verdict == "confirm" else None
+    record_verdict(store, link.link_id, verdict, annotator, actor=session.actor(), note=note, direction=direction)
     st.session_state.review_note = ""
+    st.session_state.review_direction = None
     st.session_state.review_focus = None
+    st.session_state.review_answered = [*st.session_state.review_answered, link.link_id]
     st.session_state.review_last = f"Link #{link.link_id}: {verdict}"
 
 
 def skip(link: Link) -> None:
     st.session_state.review_skipped = [*st.session_state.review_skipped, link.link_id]
     st.session_state.review_focus = None
+
+
+def previous(current: Link | None) -> None:
+    """Show the link answered before the one on screen (this session), to look or answer anew."""
+    answered = st.session_state.review_answered
+    at = answered.index(current.link_id) if current and current.link_id in answered else len(answered)
+    if at == 0:
+        st.session_state.review_last = "No earlier link in this session."
+        return
+    st.session_state.review_focus = answered[at - 1]
 
 
 def undo_last(store, annotator: str) -> None:
@@ -89,44 +121,106 @@ def undo_last(store, annotator: str) -> None:
 # ---------------------------------------------------------------------- drawing
 
 
-def controls_ui(store, model: str) -> tuple[str, float]:
-    left, right, count = st.columns([2, 2, 3], vertical_alignment="bottom")
+def controls_ui(store, model: str) -> tuple[str, float, ReviewFilter, st.delta_generator.DeltaGenerator]:
+    """One header row: session progress (a slot, filled once the queue is known), queue
+    order, threshold, filters."""
+    bar, left, right, filters = st.columns([4, 2, 2, 1], vertical_alignment="bottom")
     strategy = left.selectbox("Queue order", STRATEGIES, key="review_strategy",
                               help="score: best first · uncertainty: nearest the threshold · "
                                    "coverage: one per cluster first")
     threshold = right.number_input("Decision threshold", value=session.decision_threshold(store, model),
                                    min_value=0.0, step=0.005, format="%.3f", key="review_threshold",
                                    disabled=strategy != "uncertainty")
-    count.text(f"{store.count_links(model_id=model, status=UNREVIEWED)} links left to review")
-    return strategy, float(threshold)
+    with filters.popover("Filters", width="stretch"):
+        flt = filters_ui(store, model)
+    return strategy, float(threshold), flt, bar.empty()
+
+
+def filters_ui(store, model: str) -> ReviewFilter:
+    """Artist, medium, collection, score range, cluster and model of the links to review."""
+    images = session.image_index(store)
+    def options(field: str) -> list[str]:
+        return sorted({v for im in images.values() if (v := getattr(im, field))})
+    artists = st.multiselect("Artist", options("artist"), key="review_f_artist")
+    media = st.multiselect("Medium", options("medium"), key="review_f_medium")
+    collections = st.multiselect("Collection", options("collection"), key="review_f_collection")
+    low, high = st.slider("Score range", 0.0, 1.0, (0.0, 1.0), 0.005, key="review_f_score",
+                          format="%.3f")
+    clusters = {c.cluster_id: c for c in current_clusters(store, model)}
+    cluster = st.selectbox("Cluster", [None, *clusters], key="review_f_cluster",
+                           format_func=lambda c: "any" if c is None else
+                           f"#{c} ({len(clusters[c].images)} images)")
+    models = st.multiselect("Model", [m.model_id for m in store.list_models()], key="review_f_model",
+                            help=f"Links found by these models (default: the active one, {model})")
+    only = frozenset(clusters[cluster].link_ids) if cluster is not None else None
+    batch = st.session_state.get("review_batch")  # links of a map selection ("Open in Review")
+    if batch is not None:
+        only = frozenset(batch) if only is None else only & frozenset(batch)
+    return ReviewFilter(frozenset(artists), frozenset(media), frozenset(collections),
+                        low if low > 0 else None, high if high < 1 else None, only,
+                        frozenset(models))
+
+
+def review_queue(store, model: str, strategy: str, threshold: float, flt: ReviewFilter,
+                 annotator: str, limit: int = 2) -> tuple[list[Link], int]:
+    """The next ``limit`` links to review and how many are left, under the filters.
+
+    Double-reviewed links waiting for this annotator's blind second look come first.
+    """
+    skipped = st.session_state.review_skipped
+    second = [lk for lk in second_reviews(store, annotator, model) if lk.link_id not in skipped]
+    if flt.active:
+        second = filter_links(second, session.image_index(store), flt)
+    if not flt.active:
+        queue = next_links(store, strategy, threshold, limit=limit, model_id=model, exclude=skipped)
+        return (second + queue)[:limit], store.status_counts(model)[UNREVIEWED] + len(second)
+    links = [lk for lk in store.list_links(status=UNREVIEWED, order="link_id")
+             if (flt.models or lk.model_id == model)]
+    passed = filter_links(links, session.image_index(store), flt)
+    clusters = (link_clusters(store.list_clusters(status=UNREVIEWED)) if strategy == "coverage" else None)
+    sources = ({i: im.collection for i, im in session.image_index(store).items()}
+               if strategy == "cross-source" else None)
+    ordered = order_links([lk for lk in passed if lk.link_id not in skipped], strategy, threshold, clusters, sources)
+    return (second + ordered)[:limit], len(passed) + len(second)
+
+
+def sources_ui(store, model: str) -> None:
+    """Links within each source and across each pair of sources (``collection``), by status."""
+    images = session.image_index(store)
+    rows = source_summary(store.list_links(model_id=model), {i: im.collection for i, im in images.items()})
+    if len(rows) < 2:
+        return
+    with st.expander("Links by source"):
+        table = [{"source A": a, "source B": "(within)" if a == b else b,
+                  **{k: v for k, v in row.items() if k != "sources"}} for row in rows for a, b in [row["sources"]]]
+        st.dataframe(table, hide_index=True, width="stretch")
 
 
 def link_ui(store, link: Link) -> None:
-    """Row 1: A and B with their boxes, the aligned overlay; row 2: enlarged regions, metadata."""
+    """One row: A and B with their boxes and captions, both enlarged regions, the overlay."""
     a, b, regions = pictures_of(store, link)
-    full_a, full_b, overlay = st.columns(3)
-    for col, image, box, colour in ((full_a, a, link.box_a, A_COLOUR), (full_b, b, link.box_b, B_COLOUR)):
-        with col:
-            session.show_image(image, (box,), SHOWN_SIDE, colour=colour)
-    if regions is None:
-        st.warning("The regions cannot be shown: an image file is missing or unreadable.")
-        return
-    jpeg_a, jpeg_b, pixels_a, warped = regions
-    with overlay:
-        opacity = st.slider("B over A (aligned by the link's affine)", 0.0, 1.0, 0.5, 0.05,
-                            key="review_opacity", help="0: A's region only, 1: B's region only, "
-                                                       "warped onto A's frame")
-        mixed = (pixels_a * (1 - opacity) + warped * opacity).astype(np.uint8)
-        st.image(jpeg_bytes_of(mixed), width="stretch")
-    region_a, region_b, text_a, text_b = st.columns(4)
-    region_a.image(jpeg_a, width="stretch")
-    region_b.image(jpeg_b, width="stretch")
-    with text_a:
-        st.text("A (red)")
-        session.show_metadata(a)
-    with text_b:
-        st.text("B (blue)")
-        session.show_metadata(b)
+    with st.container(key="review_evidence"):
+        full_a, full_b, region_a, region_b, overlay = st.columns([5, 5, 4, 4, 4])
+        for col, image, box, colour, name in ((full_a, a, link.box_a, A_COLOUR, "A (red)"),
+                                              (full_b, b, link.box_b, B_COLOUR, "B (blue)")):
+            with col:
+                session.show_image(image, (box,), SHOWN_SIDE, colour=colour)
+                st.text(name)
+                session.show_metadata(image, with_file=False)
+        if regions is None:
+            st.warning("The regions cannot be shown: an image file is missing or unreadable.")
+            return
+        jpeg_a, jpeg_b, pixels_a, warped = regions
+        region_a.image(jpeg_a, width="stretch")
+        region_a.text("A's region")
+        region_b.image(jpeg_b, width="stretch")
+        region_b.text("B's region")
+        with overlay:
+            opacity = st.slider("B over A", 0.0, 1.0, 0.5, 0.05, key="review_opacity",
+                                help="Aligned by the link's affine. 0: A's region only, "
+                                     "1: B's region only, warped onto A's frame")
+            mixed = (pixels_a * (1 - opacity) + warped * opacity).astype(np.uint8)
+            st.image(jpeg_bytes_of(mixed), width="stretch")
 
 
 def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
@@ -136,9 +230,16 @@ def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
 def buttons_ui(store, link: Link | None, annotator: str) -> None:
     if link is not None:
         st.text(f"Link #{link.link_id}   score {link.score:.3f}   {link.match.n_inliers} inliers   "
-                f"status: {link.status}")
-    cols = st.columns([1, 1, 1, 1, 1, 3], vertical_alignment="bottom")
-    cols[5].text_input("Note (optional, saved with your answer)", key="review_note")
+                f"status: {review_state(store, link, annotator)}   "
+                f"B against A: {describe_affine(link.match.affine)}")
+    cols = st.columns([1.4, 1.2, 1.2, 1, 1, 1.2, 1.6, 1.6], vertical_alignment="bottom")
+    cols[6].text_input("Note (optional, saved with your answer)", key="review_note",
+                       label_visibility="collapsed", placeholder="Note (optional, saved with your answer)")
+    cols[7].selectbox("Direction (stored with a confirm)", [None, *DIRECTIONS], key="review_direction",
+                      label_visibility="collapsed", format_func=lambda d: DIRECTION_WORDS.get(d, d),
+                      help="Who copied whom: drawn as the arrow on the Propagation page")
+    cols[5].button("Previous", key="review_previous", on_click=previous, args=(link,),
+                   width="stretch", help="The link you answered before this one")
     if link is not None:
         for col, verdict, kind in ((cols[0], "confirm", "primary"), (cols[1], "reject", "secondary"),
                                    (cols[2], "unsure", "secondary")):
@@ -152,7 +253,10 @@ def buttons_ui(store, link: Link | None, annotator: str) -> None:
                "**Z** undo your last verdict")
 
 
-def history_ui(store, link: Link) -> None:
+def history_ui(store, link: Link, annotator: str) -> None:
+    if is_blind(store, link.link_id, annotator):
+        st.text("Double review: the other verdicts on this link are hidden until you answer.")
+        return
     rows = [{"when (UTC)": v.created.strftime("%Y-%m-%d %H:%M:%S"), "who": v.annotator,
              "verdict": v.verdict if v.verdict != "revoke" else f"undo of #{v.revokes}",
              "note": v.note or "", "id": v.verdict_id,
@@ -171,12 +275,20 @@ store = session.store()
 annotator = session.require_annotator()
 session.require_role("verdict")
 model = session.model_id(store)
+st.html(COMPACT_CSS)
 st.title("Review")
-strategy, threshold = controls_ui(store, model)
+strategy, threshold, flt, progress_slot = controls_ui(store, model)
+if st.session_state.get("review_batch") is not None:
+    note, clear = st.columns([4, 1], vertical_alignment="center")
+    note.text(f"Reviewing only the {len(st.session_state.review_batch)} links of your map selection.")
+    if clear.button("Review everything", key="review_batch_clear"):
+        del st.session_state["review_batch"]
+        st.rerun()
 if st.session_state.get("review_last"):
     st.toast(st.session_state.pop("review_last"))
-queue = next_links(store, strategy, threshold, limit=2, model_id=model,
-                   exclude=st.session_state.review_skipped)
+queue, left = review_queue(store, model, strategy, threshold, flt, annotator)
+fraction, words = session_progress(len(st.session_state.review_answered), left)
+progress_slot.progress(fraction, text=words)
 focus = st.session_state.review_focus
 current = store.get_link(focus) if focus is not None else (queue[0] if queue else None)
 if current is None:
@@ -185,8 +297,10 @@ if current is None:
                   if st.session_state.review_skipped else ""))
     buttons_ui(store, None, annotator)
     st.stop()
+plan_new_links(store, [current])  # double review: its draw is made when a link is first shown
 buttons_ui(store, current, annotator)
 link_ui(store, current)
-history_ui(store, current)
+history_ui(store, current, annotator)
+sources_ui(store, model)
 upcoming = [lk for lk in queue if lk.link_id != current.link_id]
 prefetch(store, upcoming[0] if upcoming else None)

@@ -25,10 +25,8 @@ from db.store import Store
 from engine.images import ImageReadError
 from engine.types import Box
 from hitl.discover import DEFAULT_MIN_SCORE
-from hitl.overlay import BOX_COLOURS, draw_boxes
 from hitl.project import ProjectPaths, active_model_id, open_project
 from hitl.roles import ACTIONS, User
-from hitl.thumbnails import jpeg_bytes, load_view
 from hitl.users import (
     AUTH_ENV,
     OIDC_DEFAULT_ROLE_SETTING,
@@ -38,6 +36,8 @@ from hitl.users import (
     oidc_user,
     users_file,
 )
+from hitl.views.overlay import BOX_COLOURS, crop_region, draw_boxes
+from hitl.views.thumbnails import jpeg_bytes, load_view
 
 PROJECT_ENV = "ARTMINER_PROJECT"
 PROJECTS_ENV = "ARTMINER_PROJECTS"  # `artminer app --projects DIR`: project files under DIR
@@ -131,6 +131,16 @@ def decision_threshold(store: Store, model: str) -> float:
     """The latest discovery run's clustering threshold, else discovery's default."""
     run = latest_run(store, model)
     return float(run.params.get("min_score", DEFAULT_MIN_SCORE)) if run else DEFAULT_MIN_SCORE
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _image_index(_store: Store, path: str, n_images: int) -> dict[str, ImageRecord]:
+    return {im.image_id: im for im in _store.list_images()}
+
+
+def image_index(store: Store) -> dict[str, ImageRecord]:
+    """Every image of the project by id (cached until images are added)."""
+    return _image_index(store, store.path, store.count_images())
 
 
 # ---------------------------------------------------------------------- annotator
@@ -284,6 +294,16 @@ def boxed_jpeg(path: str, boxes: tuple[tuple[float, float, float, float], ...],
     return jpeg_bytes(draw_boxes(picture, [Box(*b) for b in boxes], scale, colours))
 
 
+@st.cache_data(show_spinner=False, max_entries=512)
+def crop_jpeg(path: str, box: tuple[float, float, float, float], side: int = 200) -> bytes | None:
+    """JPEG of one region of an image, enlarged so its longer side is ``side``; None if unreadable."""
+    try:
+        picture, scale = view(path, 1024)
+    except ImageReadError:
+        return None
+    return jpeg_bytes(crop_region(picture, Box(*box), scale, side))
+
+
 def show_image(image: ImageRecord | None, boxes: tuple[Box, ...] = (), side: int = 320,
                width: int | str = "stretch", colour: tuple[int, int, int] | None = None) -> None:
     """An image with its boxes, or a text line saying why it cannot be shown."""
@@ -306,12 +326,12 @@ def label(image: ImageRecord | None) -> str:
     return f"{name} ({image.artist}, {image.date})" if image.artist and image.date else name
 
 
-def show_metadata(image: ImageRecord | None) -> None:
-    """Title, artist, date, medium and collection as plain text."""
+def show_metadata(image: ImageRecord | None, with_file: bool = True) -> None:
+    """Title, artist, date, medium and collection (and the file name) as plain text."""
     if image is None:
         st.text("(image missing from the project)")
         return
     fields = (("Title", image.title), ("Artist", image.artist), ("Date", image.date),
               ("Medium", image.medium), ("Collection", image.collection),
-              ("File", Path(image.path).name))
+              ("File", Path(image.path).name if with_file or not image.title else None))
     st.text("\n".join(f"{k}: {v}" for k, v in fields if v))

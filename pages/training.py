@@ -14,23 +14,27 @@ from hitl.jobs import (
     TrainingBusyError,
     latest_log,
     running_job,
+    settle_orphan_rounds,
     start_training,
     stop_training,
     tail_log,
 )
 from hitl.plot_text import plot_text
+from hitl.progress import Progress, latest_progress
 from hitl.project import make_active
 from hitl.roles import Forbidden
-from hitl.round_history import last_round_start, metric_rows, verdict_counts
+from hitl.views.round_history import last_round_start, metric_rows, round_state
 from pages import session
 
 SOURCES = ("mined", "expert")
 
 
-def counts_ui(store, rounds) -> None:
+def counts_ui(store, rounds, model: str) -> None:
     since = last_round_start(rounds)
-    counts = verdict_counts(store.list_verdicts(since=since))
-    st.subheader("Verdicts since the last round" if since else "Verdicts so far (no round yet)")
+    # the app's one count (the sidebar's too): links by the verdict in force, given since then
+    counts = store.status_counts(model, since=since)
+    st.subheader("Links judged since the last finished round" if since
+                 else "Links judged so far (no finished round yet)")
     for col, (name, n) in zip(st.columns(len(counts)), counts.items()):
         col.metric(name, n)
 
@@ -48,14 +52,31 @@ def start_ui(store, paths, model: str) -> None:
         if not sources:
             st.error("Choose at least one source of training pairs.")
             return
-        args = ["--iterations", str(int(iterations)), "--sources", ",".join(sources), "--from", parent,
-                "--quiet"]  # one plain line per iteration in the log, no progress bars
+        # no --quiet: every phase's progress bars reach the log as `hitl.progress` lines
+        args = ["--iterations", str(int(iterations)), "--sources", ",".join(sources), "--from", parent]
         try:
             start_training(paths.project, args, actor=session.actor())
         except (TrainingBusyError, Forbidden) as err:
             st.error(str(err))
             return
         st.rerun()
+
+
+def progress_ui(progress: Progress | None) -> None:
+    """Phase k/n, the step inside it with done/total and tqdm's ETA, as a bar."""
+    if progress is None:
+        st.progress(0.0, text="Starting…")
+        return
+    if progress.phases:
+        phase = f"Phase {progress.index}/{progress.phases}: {progress.phase}"
+    else:  # the line the app writes before the round's process has started
+        phase = (progress.phase or "preparing").capitalize()
+    step = ""
+    if progress.step:
+        total = progress.total if progress.total is not None else "?"
+        step = f" — {progress.step} {progress.done}/{total}"
+        step += f", ETA {progress.eta}" if progress.eta else ""
+    st.progress(progress.fraction or 0.0, text=phase + step)
 
 
 @st.fragment(run_every=2)
@@ -65,7 +86,11 @@ def live_job(paths) -> None:
     if job is None:
         st.rerun(scope="app")  # finished: refresh history and counts
     st.info(f"A training round is running (pid {job.pid}, since {job.started:%H:%M:%S} UTC).")
-    st.code(tail_log(job, 25) or "(no output yet)", language=None)
+    if job.log_path is None:
+        st.text("Started from the command line: its output is in that terminal.")
+    progress_ui(latest_progress(tail_log(job, 200)))
+    with st.expander("Log"):
+        st.code(tail_log(job, 25) or "(no output yet)", language=None)
     if st.button("Stop this round", key="train_stop", disabled=not session.can("stop_training")):
         stop_training(job, actor=session.actor())
 
@@ -76,7 +101,7 @@ def history_ui(rounds) -> None:
         st.text("No training round yet.")
         return
     st.dataframe([{"round": r.round_id, "from": r.parent_model, "new model": r.new_model or "",
-                   "status": r.status, "started (UTC)": f"{r.started:%Y-%m-%d %H:%M}",
+                   "status": round_state(r), "started (UTC)": f"{r.started:%Y-%m-%d %H:%M}",
                    "finished (UTC)": f"{r.finished:%Y-%m-%d %H:%M}" if r.finished else "",
                    "error": r.error or ""} for r in rounds], hide_index=True, width="stretch")
     rows = metric_rows(rounds)
@@ -110,8 +135,9 @@ def active_model_ui(store, model: str) -> None:
 store, paths = session.project()
 model = session.model_id(store)
 st.title("Training")
+settle_orphan_rounds(store, paths)  # a killed round is shown failed, never running forever
 rounds = store.list_rounds()
-counts_ui(store, rounds)
+counts_ui(store, rounds, model)
 if running_job(paths) is not None:
     live_job(paths)
 else:

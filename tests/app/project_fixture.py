@@ -26,7 +26,7 @@ from db.store import Store
 from engine.types import Box, Cluster, ModelRef, PairMatch, Region
 from hitl.demo import build_demo
 from hitl.ingest import ingest_paths
-from hitl.query_links import box_affine
+from hitl.views.query_links import box_affine
 
 MODEL = "effnet-lite0"
 HOSTILE_TITLE = "<script>alert('x')</script> **bold** <b>tag</b>"

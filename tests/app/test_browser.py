@@ -194,14 +194,59 @@ def test_review_query_and_every_page(server, browser, project):
     _shot(page, "query")
 
     _goto_page(page, "Clusters")
+    before = store.status_counts(model)["unreviewed"]
     page.locator("[class*='st-key-cluster_confirm_'] button").first.click()
-    page.get_by_text(re.compile(r"^Cluster #\d+: confirm$")).wait_for()
+    page.get_by_text(re.compile(r"^Cluster #\d+: confirm, with [1-9]\d* unreviewed link")).wait_for()
+    after = store.status_counts(model)["unreviewed"]
+    assert after < before  # its links left the queue, and the sidebar says so
+    page.get_by_text(f"Links: {after} to review", exact=False).wait_for()
     _images_loaded(page)
     _shot(page, "clusters")
+    page.locator(".st-key-clusters_undo button").click()
+    page.get_by_text(re.compile(r"^Undid your confirm on cluster #\d+")).wait_for()
+    assert store.status_counts(model)["unreviewed"] == before
+    page.get_by_text(f"Links: {before} to review", exact=False).wait_for()
+    page.locator("[class*='st-key-cluster_confirm_'] button").first.click()  # again, for Propagation
+    page.get_by_text(re.compile(r"^Cluster #\d+: confirm, with")).wait_for()
     for title in ("Map", "Training", "Propagation"):
         _goto_page(page, title)
         _shot(page, title.lower())
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_review_fits_one_laptop_screen(server, browser, project):
+    """At 1366x768 the whole evidence is on screen without scrolling; confirm -> next timed."""
+    store = Store(project)
+    queue = [lk.link_id for lk in next_links(store, "score", limit=2, model_id=active_model_id(store))]
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{server}/?annotator=Laptop")
+    _link_header(page, queue[0]).wait_for()
+    _settle(page)
+    evidence = page.locator(".st-key-review_evidence")
+    pictures = evidence.locator('[data-testid="stImage"] img')
+    assert pictures.count() == 5  # A, B, A's region, B's region, the overlay
+    for what in (pictures, evidence.locator('[data-testid="stText"]'),
+                 page.locator(".st-key-confirm button"), page.locator('[data-testid="stProgress"]')):
+        for i in range(what.count()):
+            box = what.nth(i).bounding_box()
+            assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 768, (what, i, box)
+    captions = evidence.inner_text()
+    image = store.get_image(store.get_link(queue[0]).image_a)
+    for value in (image.title, image.artist, image.date, image.medium, image.collection):
+        assert value in captions
+    page.get_by_text("0 answered this session", exact=False).wait_for()
+    _shot(page, "review-1366x768")
+    start = time.perf_counter()
+    page.locator(".st-key-confirm button").click()
+    _link_header(page, queue[1]).wait_for()
+    shown = time.perf_counter() - start
+    page.get_by_text("1 answered this session", exact=False).wait_for()
+    print(f"\n1366x768 layout: confirm -> next candidate shown: {shown * 1000:.0f} ms")
+    _settle(page)
+    page.locator(".st-key-review_previous button").first.click()  # back to the one just answered
+    _link_header(page, queue[0]).wait_for()
+    page.close()
 
 
 def _draw_query_box(page: Page) -> None:
@@ -216,6 +261,53 @@ def _draw_query_box(page: Page) -> None:
     page.mouse.up()
     page.wait_for_function(
         "Number(document.querySelector('.st-key-query_x1 input')?.value) > 0")
+
+
+def _point_position(page: Page, trace: int = 0, index: int = 0) -> tuple[float, float]:
+    """Page coordinates of one point of the map chart (plotly's own axis mapping)."""
+    page.locator(".js-plotly-plot .legend").wait_for()
+    return tuple(page.evaluate(
+        """([t, i]) => { const gd = document.querySelector('.js-plotly-plot');
+             const fl = gd._fullLayout, d = gd._fullData[t], box = gd.getBoundingClientRect();
+             return [box.left + fl.xaxis._offset + fl.xaxis.l2p(d.x[i]),
+                     box.top + fl.yaxis._offset + fl.yaxis.l2p(d.y[i])]; }""", [trace, index]))
+
+
+def test_map_click_opens_a_point_recolouring_keeps_it_and_lasso_batch(server, browser, tmp_path_factory):
+    project = build_app_project(tmp_path_factory.mktemp("mapclick"))
+    store = Store(project)
+    page = _new_page(browser)
+    page.goto(f"{server}/map?project={project}&annotator=Clicker")
+    page.get_by_role("heading", name="Map").wait_for()
+    _settle(page)
+    x, y = _point_position(page)
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)  # the default mode: no tool chosen first
+    page.get_by_text("1 point(s) selected", exact=False).wait_for()
+    page.locator(".st-key-map_colour").click()
+    page.get_by_role("option", name="artist").click()
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
+    page.wait_for_timeout(1500)  # let a redraw's own selection reset reach the server, if any
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
+    assert page.get_by_text("1 point(s) selected", exact=False).count() == 1
+
+    # lasso around the whole map: every image, then confirm the links among them at once
+    page.locator('.modebar-btn[data-val="lasso"]').first.click()
+    plot = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    corners = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
+    page.mouse.move(plot["x"] + plot["width"] * 0.02, plot["y"] + plot["height"] * 0.02)
+    page.mouse.down()
+    for fx, fy in corners:
+        page.mouse.move(plot["x"] + plot["width"] * fx, plot["y"] + plot["height"] * fy, steps=8)
+    page.mouse.up()
+    unreviewed = store.status_counts()["unreviewed"]
+    page.get_by_text(f"link(s) among them, {unreviewed} unreviewed", exact=False).wait_for()
+    page.locator(".st-key-map_batch_confirm button").click()
+    page.get_by_text(re.compile(r"link\(s\) among them, 0 unreviewed")).wait_for()
+    assert store.status_counts()["unreviewed"] == 0
+    assert {v.note for v in store.list_verdicts()} == {"map selection"}
+    _shot(page, "map")
+    assert page.locator('[data-testid="stException"]').count() == 0
 
 
 def test_map_renders_10k_points(server, browser, tmp_path_factory):
@@ -243,5 +335,146 @@ def test_map_renders_10k_points(server, browser, tmp_path_factory):
           f"{cold_served * 1000:.0f} ms), reload {warm * 1000:.0f} ms (script done at "
           f"{warm_served * 1000:.0f} ms), recolour {recolour * 1000:.0f} ms")
     _shot(page, "map-10k")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    shutil.rmtree(project.parent, ignore_errors=True)
+
+
+def _page_at(browser, url: str, width: int = 1366, height: int = 768):
+    """A page in a browser context of its own: another annotator, other cookies and session."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    return context, page
+
+
+def test_double_review_blind_two_annotators_agreement_and_adjudication(server, browser, tmp_path_factory):
+    from hitl.team import set_double_review_share
+
+    project = build_app_project(tmp_path_factory.mktemp("team"))
+    store = Store(project)
+    model = active_model_id(store)
+    # a scripted set with a known answer: 8 of 10 agreed, 4/4 each way -> κ = 0.60, α = 0.62
+    scripted = [lk.link_id for lk in store.list_links(order="score")][-10:]
+    ana = ["confirm"] * 5 + ["reject"] * 5
+    ben = ["confirm"] * 4 + ["reject"] + ["confirm"] + ["reject"] * 4
+    for link_id, a, b in zip(scripted, ana, ben):
+        store.add_verdict(link_id, a, "ana")
+        store.add_verdict(link_id, b, "ben")
+    set_double_review_share(store, 1.0)
+    head = next_links(store, "score", limit=1, model_id=model)[0].link_id
+    base = f"{server}/?project={project}"
+
+    ctx_c, cem = _page_at(browser, f"{server}/team?project={project}&annotator=cem")
+    cem.get_by_role("heading", name="Team").wait_for()
+    cem.get_by_text("0.62", exact=True).first.wait_for()  # Krippendorff's α
+    pairs = cem.locator('[data-testid="stTable"]').inner_text()
+    assert re.search(r"ana\s+ben\s+10\s+8\s+0\.60", pairs), pairs  # Cohen's κ, ana-ben
+    _shot(cem, "team-agreement")
+
+    ctx_a, page_a = _page_at(browser, f"{base}&annotator=ana")
+    _link_header(page_a, head).wait_for()
+    page_a.locator(".st-key-confirm button").click()
+    page_a.wait_for_function(f"!document.body.innerText.includes('Link #{head} ')")
+
+    ctx_b, page_b = _page_at(browser, f"{base}&annotator=ben")
+    _link_header(page_b, head).wait_for()  # ana's link first, for ben's blind second look
+    page_b.get_by_text("status: hidden", exact=False).wait_for()
+    page_b.get_by_text("hidden until you answer", exact=False).wait_for()
+    assert "confirm" not in page_b.locator(".st-key-review_evidence").inner_text()
+    page_b.locator(".st-key-reject button").click()
+    page_b.wait_for_function(f"!document.body.innerText.includes('Link #{head} ')")
+    assert store.link_status(head) == "disputed"
+
+    cem.reload()
+    cem.get_by_text("Disagreements to adjudicate (1)").wait_for()
+    cem.locator(f".st-key-adjudicate_reject_{head} button").click()
+    cem.get_by_text("Disagreements to adjudicate (0)").wait_for()
+    assert store.link_status(head) == "reject"
+    assert [(v.annotator, v.role) for v in store.link_history(head)] == [
+        ("ana", "review"), ("ben", "review"), ("cem", "adjudication")]
+    for ctx in (ctx_a, ctx_b, ctx_c):
+        ctx.close()
+
+
+def test_training_progress_shows_within_seconds_and_stop_marks_the_round(server, browser, tmp_path_factory):
+    """A real round on a tiny demo: its first phase and step reach the page, Stop ends it."""
+    from hitl.demo import DemoConfig, build_demo
+    from hitl.ingest import ingest_paths
+
+    root = tmp_path_factory.mktemp("train")
+    demo = build_demo(root, seed=2, n_images=8, n_motifs=2, config=DemoConfig(image_size=(240, 180)),
+                      progress=False)
+    project = root / "artminer.duckdb"
+    with Store(project) as store:
+        ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=False)
+        store.attach_annotations(root / "ground_truth.json", "artminer")
+    _, page = _page_at(browser, f"{server}/training?project={project}&annotator=Trainer", 1400, 1000)
+    page.get_by_role("heading", name="Training").wait_for()
+    start = time.perf_counter()
+    page.get_by_role("button", name="Start a training round").click()
+    page.get_by_text(re.compile(r"^Starting the round's process")).wait_for()
+    first = time.perf_counter() - start
+    page.get_by_text(re.compile(r"^Phase \d/6: ")).wait_for()
+    phase = time.perf_counter() - start
+    page.get_by_text(re.compile(r"^Phase \d/6: .* — \w.* \d+/\d+")).wait_for()  # a step's done/total
+    step = time.perf_counter() - start
+    print(f"\ntraining page after Start: first progress {first:.1f} s, first phase of the round's "
+          f"own {phase:.1f} s, first step with done/total {step:.1f} s")
+    _shot(page, "training-progress")
+    page.get_by_role("button", name="Stop this round").click()
+    page.get_by_text(re.compile(r"^stopped$")).first.wait_for(state="attached")  # rounds table
+    with Store(project) as store:
+        (rnd,) = store.list_rounds()
+    assert rnd.status == "failed" and rnd.error.startswith("stopped")
+    assert first < 10, f"progress took {first:.1f} s to show"
+
+
+def test_map_atlas_of_10k_thumbnails(server, browser, tmp_path_factory):
+    """First render, pan/zoom frame time and hover-to-preview of the atlas; a click opens a point."""
+    project = build_map_project(tmp_path_factory.mktemp("atlas10k"), n=10_000)
+    page = _new_page(browser)
+    page.goto(f"{server}/map?project={project}&annotator=Atlas")
+    page.get_by_text("10000 points").wait_for()
+    start = time.perf_counter()
+    page.locator(".st-key-map_draw").get_by_text("thumbnails").click()
+    canvas = page.locator('[data-testid="stDeckGlJsonChart"] canvas').first
+    canvas.wait_for()
+    page.get_by_text("Scroll to zoom", exact=False).wait_for()
+    page.wait_for_function("""() => { const c = document.querySelector('[data-testid="stDeckGlJsonChart"] canvas');
+        return c && c.width > 0; }""")
+    page.wait_for_timeout(300)  # the atlas texture decodes, the first frame is drawn
+    first = time.perf_counter() - start
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    # hover, then click: the view is centred on the middle of the map, where points are densest
+    page.mouse.move(cx - 40, cy - 40)
+    page.wait_for_timeout(300)
+    start = time.perf_counter()
+    page.mouse.move(cx, cy)
+    page.locator(".deck-tooltip").get_by_text("Artwork", exact=False).wait_for()
+    hover = time.perf_counter() - start
+    page.mouse.click(cx, cy)
+    page.get_by_text("1 point(s) selected", exact=False).wait_for()
+    # pan and zoom: mean time between animation frames while the view moves
+    page.evaluate("""() => { window.__frames = []; const tick = t => { window.__frames.push(t);
+        if (window.__frames.length < 100000) window.__raf = requestAnimationFrame(tick); };
+        window.__raf = requestAnimationFrame(tick); }""")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for k in range(20):
+        page.mouse.move(cx + 6 * k, cy + 3 * k)
+    page.mouse.up()
+    for _ in range(10):
+        page.mouse.wheel(0, -120)
+        page.wait_for_timeout(30)
+    frames = page.evaluate("() => { cancelAnimationFrame(window.__raf); return window.__frames; }")
+    gaps = sorted(b - a for a, b in zip(frames, frames[1:]))
+    frame_ms = gaps[len(gaps) // 2] if gaps else float("nan")
+
+    print(f"\natlas of 10,000 thumbnails: first render {first * 1000:.0f} ms, pan/zoom median frame "
+          f"{frame_ms:.0f} ms, hover to preview {hover * 1000:.0f} ms")
+    _shot(page, "map-atlas-10k")
     assert page.locator('[data-testid="stException"]').count() == 0
     shutil.rmtree(project.parent, ignore_errors=True)

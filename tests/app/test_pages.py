@@ -19,7 +19,7 @@ from tests.app.project_fixture import HOSTILE_TITLE, build_app_project
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 PAGES = ("pages/review.py", "pages/map.py", "pages/clusters.py", "pages/query.py",
-         "pages/training.py", "pages/propagation.py")
+         "pages/training.py", "pages/propagation.py", "pages/team.py")
 TIMEOUT = 60  # first run imports torch; later runs take well under a second
 
 
@@ -30,9 +30,11 @@ def template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(template, tmp_path) -> Path:
-    """A fresh copy of the project file per test (the images are shared)."""
+    """A fresh copy of the project file per test; the images are shared through a link to
+    their folder (paths under a project's folder are stored relative to it)."""
     copy = tmp_path / "artminer.duckdb"
     shutil.copyfile(template, copy)
+    (tmp_path / "demo").symlink_to(template.parent / "demo", target_is_directory=True)
     return copy
 
 
@@ -52,7 +54,7 @@ def _markdown(at: AppTest) -> str:
     return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.title, *at.subheader])
 
 
-TITLES = dict(zip(PAGES, ("Review", "Map", "Clusters", "Query", "Training", "Propagation")))
+TITLES = dict(zip(PAGES, ("Review", "Map", "Clusters", "Query", "Training", "Propagation", "Team")))
 
 
 def test_entry_shows_project_annotator_model_and_run(app, project):
@@ -136,18 +138,26 @@ def test_clusters_confirm_and_split(app, project):
     app.run()
     app.switch_page("pages/clusters.py").run()
     cluster = store.list_clusters()[0]
+    before = store.status_counts()["unreviewed"]
     app.button(key=f"cluster_confirm_{cluster.cluster_id}").click().run()
     assert not app.exception
     assert store.cluster_status(cluster.cluster_id) == "confirm"
+    # its links left the queue, and the undo button brings them back
+    assert {store.link_status(i) for i in cluster.link_ids} == {"confirm"}
+    assert store.status_counts()["unreviewed"] == before - len(cluster.link_ids)
+    app.button(key="clusters_undo").click().run()
+    assert store.cluster_status(cluster.cluster_id) == "unreviewed"
+    assert store.status_counts()["unreviewed"] == before
 
     other = store.list_clusters(status="unreviewed")[0]
-    first = other.regions[0]
-    app.checkbox(key=f"member_{other.cluster_id}_{first.region_id}").check().run()
+    first = other.regions[0].region.image_id
+    app.checkbox(key=f"member_{other.cluster_id}_{first}").check().run()
     app.button(key=f"split_{other.cluster_id}").click().run()
     assert not app.exception
     assert store.cluster_status(other.cluster_id) == "reject"
     geometry = store.history("cluster", other.cluster_id)[-1].geometry
-    assert len(geometry["split_into"]) == 2 and geometry["groups"][0] == [first.region_id]
+    assert len(geometry["split_into"]) == 2
+    assert geometry["groups"][0] == [r.region_id for r in other.regions if r.region.image_id == first]
 
 
 def test_propagation_of_a_confirmed_cluster(app, project):
@@ -216,3 +226,80 @@ def test_query_hit_confirmed_as_link(app, project):
         query.image_id, Box(5, 5, 40, 40), "query")
     assert store.link_history(link.link_id)[0].annotator == "tester"
     assert f"confirmed as link #{link.link_id}" in _texts(app)
+
+
+def test_query_hit_rejected_and_confirm_all_above(app, project):
+    from engine.types import Box, Detection
+
+    store = Store(project)
+    query, *others = store.list_images()[:4]
+    app.run()
+    app.switch_page("pages/query.py").run()
+    app.session_state["query_results"] = {
+        "image": query.image_id, "box": [10.0, 10.0, 60.0, 50.0], "run": None, "confirmed": {},
+        "hits": [Detection(im.image_id, Box(5, 5, 40, 40), score)
+                 for im, score in zip(others, (0.9, 0.8, 0.2))]}
+    app.run()
+    app.button(key="query_reject_1").click().run()
+    app.number_input(key="query_floor").set_value(0.5).run()
+    app.button(key="query_confirm_above").click().run()  # only hit 0: hit 1 is judged, hit 2 below
+    assert not app.exception
+    status = {lk.image_b: lk.status for lk in store.list_links(run_id=store.list_runs(kind="query")[0].run_id)}
+    assert status == {others[0].image_id: "confirm", others[1].image_id: "reject"}
+
+
+def _session(project, monkeypatch, name: str) -> AppTest:
+    monkeypatch.setenv("ARTMINER_PROJECT", str(project))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["annotator"] = name
+    return at
+
+
+def test_double_review_is_blind_and_a_dispute_is_adjudicated(project, monkeypatch):
+    from hitl.team import set_double_review_share
+
+    store = Store(project)
+    set_double_review_share(store, 1.0)
+    ana, ben = _session(project, monkeypatch, "ana"), _session(project, monkeypatch, "ben")
+    ana.run()
+    first = store.list_links(status="unreviewed", limit=1)[0]
+    ana.button(key="confirm").click().run()
+    assert store.link_status(first.link_id) == "confirm"
+    ben.run()  # ben's queue starts with ana's link, her verdict hidden
+    assert f"Link #{first.link_id}" in _texts(ben)
+    assert "status: hidden" in _texts(ben) and "ana" not in _texts(ben)
+    ben.button(key="reject").click().run()
+    assert store.link_status(first.link_id) == "disputed"
+
+    ben.switch_page("pages/team.py").run()
+    assert not ben.exception
+    assert "Disagreements to adjudicate (1)" in _markdown(ben)
+    ben.session_state["annotator"] = "cem"  # the adjudicator takes over this browser
+    ben.run()
+    ben.button(key=f"adjudicate_reject_{first.link_id}").click().run()
+    assert store.link_status(first.link_id) == "reject"
+    assert "Disagreements to adjudicate (0)" in _markdown(ben)
+    assert [(v.annotator, v.role) for v in store.link_history(first.link_id)] == [
+        ("ana", "review"), ("ben", "review"), ("cem", "adjudication")]
+
+
+def test_direction_is_stored_with_a_confirm(app, project):
+    store = Store(project)
+    app.run()
+    first = store.list_links(status="unreviewed", limit=1)[0]
+    app.selectbox(key="review_direction").set_value("a_copies_b").run()
+    app.button(key="confirm").click().run()
+    assert not app.exception
+    assert store.link_history(first.link_id)[-1].direction == "a_copies_b"
+    assert app.selectbox(key="review_direction").value is None  # not carried to the next link
+
+
+def test_map_draws_the_thumbnail_atlas(app, project):
+    from hitl.project import ProjectPaths
+
+    app.run()
+    app.switch_page("pages/map.py").run()
+    app.radio(key="map_draw").set_value("thumbnails").run()
+    assert not app.exception, app.exception
+    thumbs = ProjectPaths(project).data_dir / "thumbs"
+    assert len(list(thumbs.glob("*.jpg"))) == Store(project).count_images()  # made once, kept

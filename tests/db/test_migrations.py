@@ -29,9 +29,13 @@ def _write_v1(path: Path) -> None:
     """A version-1 file as ArtMiner 0.1 wrote it: no images.year, no verdict geometry."""
     conn = duckdb.connect(str(path))
     conn.execute(schema_sql())
-    conn.execute("DROP VIEW link_status; DROP VIEW current_verdicts; DROP VIEW live_verdicts")
+    conn.execute("DROP VIEW link_status; DROP VIEW link_disputes; DROP VIEW reviewer_verdicts; "
+                 "DROP VIEW current_verdicts; DROP VIEW live_verdicts; DROP TABLE review_plan")
     conn.execute("ALTER TABLE images DROP COLUMN year")
     conn.execute("ALTER TABLE verdicts DROP COLUMN geometry_json")
+    conn.execute("ALTER TABLE verdicts DROP COLUMN origin_verdict")
+    conn.execute("ALTER TABLE verdicts DROP COLUMN role")
+    conn.execute("ALTER TABLE verdicts DROP COLUMN direction")
     conn.execute("DELETE FROM schema_version; INSERT INTO schema_version VALUES (1, now())")
     conn.execute(
         "INSERT INTO images (image_id, sha256, path, width, height, date, source, added) VALUES "

@@ -33,7 +33,8 @@ def test_status_is_latest_live_verdict(store_links) -> None:
     assert store.link_status(l1) == "unreviewed"
     u = store.add_verdict(l2, "unsure", "ana")
     assert {k: v.verdict_id for k, v in store.current_verdicts().items()} == {l2: u}
-    assert store.status_counts() == {"confirm": 0, "reject": 0, "unsure": 1, "unreviewed": 2}
+    assert store.status_counts() == {"confirm": 0, "reject": 0, "unsure": 1, "unreviewed": 2,
+                                     "disputed": 0}
     assert [lk.link_id for lk in store.list_links(status=["unsure", "confirm"])] == [l2]
 
 

@@ -47,3 +47,33 @@ def test_eval_with_a_malformed_annotation_file(image_folder, tmp_path, capsys):
 def test_discover_on_missing_project(tmp_path, capsys):
     assert main(["discover", "--project", str(tmp_path / "none.duckdb")]) == 2
     assert "project file not found" in capsys.readouterr().err
+
+
+def test_app_forwards_sigterm_to_its_server(tmp_path):
+    """`artminer app` killed by SIGTERM must not leave its Streamlit child serving the port."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent_code = ("import sys; from hitl.cli import run_forwarding_signals; "
+                   f"sys.exit(run_forwarding_signals([sys.executable, '-c', {child!r}]))")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code],
+                              env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    end = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < end and parent.poll() is None
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM  # ended by the forwarded signal
+    try:
+        os.kill(child_pid, 0)
+        alive = Path(f"/proc/{child_pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    assert not alive

@@ -20,7 +20,7 @@ from hitl.formats.csv_safe import safe_cell
 from hitl.formats.image_files import MAX_PIXELS_SETTING
 from hitl.ingest import BadImage, ingest_paths, probe_image, via_regions
 from hitl.project import open_project
-from hitl.view_export import export_view
+from hitl.views.view_export import export_view
 
 
 def _picture(path: Path, size: tuple[int, int], fmt: str | None = None) -> Path:

@@ -20,10 +20,8 @@ from streamlit.testing.v1 import AppTest
 from db import Store
 from engine.types import Box, Detection
 from hitl.cli import main
-from hitl.cluster_edits import current_clusters, judge_cluster, split_cluster
 from hitl.jobs import lock_path, start_training, stop_training
 from hitl.project import ProjectPaths, make_active
-from hitl.query_links import confirm_hit, start_query_run
 from hitl.roles import ROLES, Forbidden, User, acting_name, require
 from hitl.users import (
     ScryptParams,
@@ -37,6 +35,8 @@ from hitl.users import (
     users_file,
 )
 from hitl.verdicts import record_verdict, undo_last_verdict
+from hitl.views.cluster_edits import current_clusters, judge_cluster, split_cluster
+from hitl.views.query_links import confirm_hit, start_query_run
 from tests.app.project_fixture import MODEL, build_app_project
 
 FAST = ScryptParams(n=2 ** 10)  # the real cost (2^17) is for passwords, not for tests

@@ -1,16 +1,19 @@
-"""One-shot query results an expert confirms become links, like discovered ones.
+"""One-shot query results an expert judges become links, like discovered ones.
 
-A confirmed hit is stored as a `PairMatch` from the query box to the hit's box, in a
+A judged hit is stored as a `PairMatch` from the query box to the hit's box, in a
 run of kind ``query`` (params: the query image and box), followed by the expert's
-``confirm`` verdict. Its affine is the scale-and-translation that maps one box onto the
+verdict: ``confirm`` (a positive for training) or ``reject`` (a hard negative: the
+model found it, the expert says it is not the detail). Its affine is the scale-and-translation that maps one box onto the
 other, the only geometry a detection gives. From then on it is an ordinary confirmed
 link: the training round learns from it and exports include it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from db.records import VERDICTS
 from db.store import Store
 from engine.types import Affine, Box, Detection, PairMatch
 from hitl.roles import User, acting_name
@@ -45,6 +48,16 @@ def start_query_run(store: Store, model_id: str, query_image: str, query_box: Bo
                            kind=QUERY_RUN_KIND)
 
 
+def other_images(hits: Sequence[Detection], query_image: str) -> list[Detection]:
+    """The hits outside the query's own image (its box is always the best hit of all)."""
+    return [h for h in hits if h.image_id != query_image]
+
+
+def hits_above(hits: Sequence[Detection], min_score: float, done: Collection[int] = ()) -> list[int]:
+    """Indices of the hits scoring at least ``min_score`` not judged yet ("confirm all above")."""
+    return [i for i, h in enumerate(hits) if h.score >= min_score and i not in done]
+
+
 def confirm_hit(store: Store, run_id: int, query_image: str, query_box: Box, hit: Detection,
                 annotator: str | None, note: str | None = None, *,
                 actor: User | None = None) -> ConfirmedHit:
@@ -53,8 +66,21 @@ def confirm_hit(store: Store, run_id: int, query_image: str, query_box: Box, hit
     Raises:
         Forbidden: ``actor`` may not give verdicts, or names someone else (`hitl.roles`).
     """
+    return judge_hit(store, run_id, query_image, query_box, hit, "confirm", annotator, note, actor=actor)
+
+
+def judge_hit(store: Store, run_id: int, query_image: str, query_box: Box, hit: Detection,
+              verdict: str, annotator: str | None, note: str | None = None, *,
+              actor: User | None = None) -> ConfirmedHit:
+    """Store the hit as a link of query run ``run_id`` with the expert's verdict on it.
+
+    Raises:
+        Forbidden: ``actor`` may not give verdicts, or names someone else (`hitl.roles`).
+    """
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
     annotator = acting_name(actor, annotator, "confirm_hit")
     link_id = store.add_links(run_id, [detection_match(query_image, query_box, hit)], mark_verified=False)[0]
-    verdict_id = store.add_verdict(link_id, "confirm", annotator, note=note)
+    verdict_id = store.add_verdict(link_id, verdict, annotator, note=note)
     store.finish_run(run_id)  # a query run is complete after each write; more may follow
     return ConfirmedHit(run_id, link_id, verdict_id)

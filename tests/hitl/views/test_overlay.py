@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from engine.types import IDENTITY_AFFINE, Box
-from hitl.overlay import aligned_pair, blend, crop_region, draw_boxes, fit_size, warp_onto
-from hitl.thumbnails import jpeg_bytes, load_view, thumbnail
+from hitl.views.overlay import aligned_pair, blend, crop_region, draw_boxes, fit_size, warp_onto
+from hitl.views.thumbnails import jpeg_bytes, load_view, thumbnail
 
 
 def _texture(w: int = 200, h: int = 150, seed: int = 0) -> Image.Image:

@@ -6,7 +6,14 @@ import pytest
 
 from db.records import ImageRecord, Link
 from engine.types import IDENTITY_AFFINE, Box, PairMatch
-from hitl.timeline import UNKNOWN_ROW, linked_component, links_within, timeline_layout
+from hitl.views.timeline import (
+    UNKNOWN_ROW,
+    date_span,
+    detail_boxes,
+    linked_component,
+    links_within,
+    timeline_layout,
+)
 
 BOX = Box(0, 0, 10, 10)
 
@@ -52,3 +59,37 @@ def test_linked_component_and_links_within():
     assert linked_component(links, ["a"]) == {"a", "b", "c"}
     assert linked_component(links, ["q"]) == {"q"}
     assert [lk.link_id for lk in links_within(links, {"a", "b", "x"})] == [1]
+
+
+
+@pytest.mark.parametrize("date, span", [
+    ("1623", (1623, 1623)), ("c. 1610", (1605, 1615)), ("ca 1610", (1605, 1615)),
+    ("1605-1610", (1605, 1610)), ("1605–10", (1605, 1610)), ("c. 1605-1610", (1600, 1615)),
+    ("1620s", (1620, 1629)), ("17th century", (1600, 1699)), ("undated", None), (None, None),
+])
+def test_date_span(date, span):
+    assert date_span(date) == span
+
+
+def test_arrows_follow_the_expert_else_time_and_spans_are_drawn():
+    images = [ImageRecord("a", "a", "/a", 1, 1, year=1600, date="c. 1600", artist="X"),
+              ImageRecord("b", "b", "/b", 1, 1, year=1620, date="1620", artist="Y"),
+              ImageRecord("c", "c", "/c", 1, 1, year=1620, date="1620s", artist="Z")]
+    links = [_link(1, "a", "b"), _link(2, "b", "c"), _link(3, "a", "c"), _link(4, "c", "b")]
+    layout = timeline_layout(images, links, "artist",
+                             directions={1: "a_copies_b", 3: "common_model", 4: "unknown"})
+    order = layout.image_ids  # a, b, c
+    named = [(order[m], order[c]) for m, c in layout.arrows]
+    # link 1: the expert says A (a) copies B (b); 2: same year, no arrow; 3: common model; 4: none
+    assert named == [("b", "a")]
+    assert layout.span_low.tolist() == [1595, 1620, 1620]
+    assert layout.span_high.tolist() == [1605, 1620, 1629]
+    later = timeline_layout(images[:2], [_link(5, "b", "a")], "artist")
+    assert [(later.image_ids[m], later.image_ids[c]) for m, c in later.arrows] == [("a", "b")]
+
+
+def test_detail_boxes_per_image():
+    other = Box(5, 5, 20, 20)
+    links = [_link(2, "a", "c"), _link(1, "a", "b"),
+             Link(3, 1, "m", PairMatch("c", "a", other, BOX, IDENTITY_AFFINE, 0.5, 3), "confirm")]
+    assert detail_boxes(links) == {"a": (BOX,), "b": (BOX,), "c": (BOX, other)}

@@ -7,12 +7,12 @@ dotted names (``holdout.ap``). Non-numeric values are left out of charts.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from db.records import REVOKE, VERDICTS, TrainingRound, Verdict
+from db.records import TrainingRound
+from hitl.progress import STOPPED_PREFIX
 
 
 def metric_rows(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
@@ -27,15 +27,19 @@ def metric_rows(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
     return rows
 
 
-def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
-    """How many confirm / reject / unsure / undo rows a stretch of the log holds."""
-    counts = Counter(v.verdict for v in verdicts)
-    return {**{k: counts.get(k, 0) for k in VERDICTS}, "undo": counts.get(REVOKE, 0)}
-
-
 def last_round_start(rounds: Sequence[TrainingRound]) -> datetime | None:
-    """When the latest round started: verdicts after it are new to training."""
-    return max((r.started for r in rounds), default=None)
+    """When the latest *finished* round started: verdicts after it are new to training.
+
+    A round that failed or was stopped taught nothing, so its start is no watermark.
+    """
+    return max((r.started for r in rounds if r.status == "done"), default=None)
+
+
+def round_state(rnd: TrainingRound) -> str:
+    """``running``, ``done``, ``failed`` or ``stopped`` (a failed round stopped on request)."""
+    if rnd.status == "failed" and (rnd.error or "").startswith(STOPPED_PREFIX):
+        return "stopped"
+    return rnd.status
 
 
 def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

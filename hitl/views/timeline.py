@@ -4,19 +4,58 @@ The propagation view places every artwork that carries a detail at x = its year 
 y = its artist (or collection), and joins confirmed links with lines, so a motif's
 path from workshop to workshop reads left to right. Artworks of one row and year are
 spread a little apart vertically so none hides another.
+
+Uncertain dates are spans (`date_span`: "c. 1610" is 1605-1615, "1620s" is 1620-1629),
+drawn as a bar around the point. An edge is an arrow from model to copy: the direction
+the expert stored with the verdict ("A copies B", "B copies A"), else from the earlier
+work to the later one; "both from a common model" and equal dates draw no arrowhead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from db.records import ImageRecord, Link
+from db.records import ImageRecord, Link, parse_year
+from engine.types import Box
 
 ROW_BY = ("artist", "collection")
 UNKNOWN_ROW = "(unknown)"
+CIRCA_YEARS = 5  # "c. 1610": ±5 years, the usual catalogue reading of circa for a single year
+
+_CIRCA = re.compile(r"\b(c\.|ca\.?|circa|about|around)\s*", re.IGNORECASE)
+_RANGE = re.compile(r"(?<!\d)(\d{3,4})\s*[-–—/]\s*(\d{2,4})(?!\d)")
+_DECADE = re.compile(r"(?<!\d)(\d{3})0s\b")
+_CENTURY = re.compile(r"(\d{1,2})(?:st|nd|rd|th)\s+century", re.IGNORECASE)
+
+
+def date_span(date: str | None) -> tuple[int, int] | None:
+    """The years a free-text date may mean, ``(first, last)``; None when it names no year.
+
+    ``"1623"`` -> (1623, 1623); ``"c. 1610"`` -> (1605, 1615); ``"1605-1610"`` or
+    ``"1605-10"`` -> (1605, 1610); ``"1620s"`` -> (1620, 1629); ``"17th century"`` ->
+    (1600, 1699); "c." before a range widens it by `CIRCA_YEARS` on both sides.
+    """
+    if not date:
+        return None
+    text = str(date)
+    circa = CIRCA_YEARS if _CIRCA.search(text) else 0
+    if found := _RANGE.search(text):
+        first, last = int(found[1]), found[2]
+        last = int(found[1][: len(found[1]) - len(last)] + last) if len(last) < len(found[1]) else int(last)
+        span = (min(first, last), max(first, last))
+    elif found := _DECADE.search(text):
+        span = (int(found[1]) * 10, int(found[1]) * 10 + 9)
+    elif found := _CENTURY.search(text):
+        span = ((int(found[1]) - 1) * 100, (int(found[1]) - 1) * 100 + 99)
+    elif (year := parse_year(text)) is not None:
+        span = (year, year)
+    else:
+        return None
+    return span[0] - circa, span[1] + circa
 
 
 @dataclass(frozen=True)
@@ -35,6 +74,9 @@ class TimelineLayout:
     edge_y: tuple[float | None, ...]
     edge_links: tuple[int, ...]  # link id of each drawn edge
     undated: tuple[str, ...]  # artworks without a year: listed, not placed
+    span_low: np.ndarray | None = None  # (N,) first year the date may mean (= x when exact)
+    span_high: np.ndarray | None = None  # (N,) last year
+    arrows: tuple[tuple[int, int], ...] = ()  # per drawn edge with a direction: (model, copy) indices
 
 
 def linked_component(links: Iterable[Link], seeds: Iterable[str]) -> set[str]:
@@ -57,13 +99,26 @@ def links_within(links: Iterable[Link], images: set[str]) -> list[Link]:
     return [lk for lk in links if lk.image_a in images and lk.image_b in images]
 
 
+def detail_boxes(links: Iterable[Link]) -> dict[str, tuple[Box, ...]]:
+    """Image id -> the boxes of the shared detail in it, from the links (each box once)."""
+    found: dict[str, list[Box]] = {}
+    for link in sorted(links, key=lambda lk: lk.link_id):
+        for image, box in ((link.image_a, link.box_a), (link.image_b, link.box_b)):
+            boxes = found.setdefault(image, [])
+            if box not in boxes:
+                boxes.append(box)
+    return {image: tuple(boxes) for image, boxes in found.items()}
+
+
 def timeline_layout(images: Sequence[ImageRecord], links: Sequence[Link], row_by: str = "artist",
-                    spread: float = 0.25) -> TimelineLayout:
+                    spread: float = 0.25, directions: Mapping[int, str] | None = None,
+                    ) -> TimelineLayout:
     """Positions of ``images`` on the timeline and the segments of ``links`` among them.
 
     Args:
         row_by: ``artist`` or ``collection``.
         spread: how far apart (in rows) artworks of one row and year are drawn.
+        directions: link id -> the direction stored with its verdict (`db.records.DIRECTIONS`).
 
     Raises:
         ValueError: unknown ``row_by``.
@@ -84,6 +139,7 @@ def timeline_layout(images: Sequence[ImageRecord], links: Sequence[Link], row_by
     edge_x: list[float | None] = []
     edge_y: list[float | None] = []
     drawn: list[int] = []
+    arrows: list[tuple[int, int]] = []
     for link in sorted(links, key=lambda lk: lk.link_id):
         ia, ib = where.get(link.image_a), where.get(link.image_b)
         if ia is None or ib is None:
@@ -91,8 +147,26 @@ def timeline_layout(images: Sequence[ImageRecord], links: Sequence[Link], row_by
         edge_x += [float(x[ia]), float(x[ib]), None]
         edge_y += [float(y[ia]), float(y[ib]), None]
         drawn.append(link.link_id)
+        arrow = _arrow(ia, ib, x, (directions or {}).get(link.link_id))
+        if arrow is not None:
+            arrows.append(arrow)
+    spans = [date_span(im.date) or (im.year, im.year) for im in dated]
+    low = np.array([min(lo, im.year) for (lo, _), im in zip(spans, dated)], dtype=np.float64)
+    high = np.array([max(hi, im.year) for (_, hi), im in zip(spans, dated)], dtype=np.float64)
     return TimelineLayout(tuple(im.image_id for im in dated), x, y, tuple(rows),
-                          tuple(edge_x), tuple(edge_y), tuple(drawn), undated)
+                          tuple(edge_x), tuple(edge_y), tuple(drawn), undated, low, high,
+                          tuple(arrows))
+
+
+def _arrow(ia: int, ib: int, x: np.ndarray, direction: str | None) -> tuple[int, int] | None:
+    """(model, copy) of an edge: the expert's direction, else earlier -> later; None for none."""
+    if direction == "a_copies_b":
+        return ib, ia
+    if direction == "b_copies_a":
+        return ia, ib
+    if direction == "common_model" or x[ia] == x[ib]:
+        return None
+    return (ia, ib) if x[ia] < x[ib] else (ib, ia)
 
 
 def _row(image: ImageRecord, row_by: str) -> str:

@@ -185,3 +185,34 @@ def _region_image(item_id: str, links: Mapping[int, Link]) -> str:
     if link is None:
         return ""
     return link.image_a if item_id.endswith(":a") else link.image_b
+
+
+def kept_selection(previous: Sequence[int], previous_view: tuple[str, str] | None,
+                   found: Sequence[int], view: tuple[str, str]) -> list[int]:
+    """The map's chosen points after a rerun (indices into the `MapTable`).
+
+    ``view`` is ``(kind, colour_by)``. Recolouring redraws the chart, which clears the
+    chart's own selection, but the rows of the table stay the same, so the previous
+    choice is kept; a new kind of point (images / regions) is a new table and starts
+    empty. Otherwise what the chart reports now is the choice.
+    """
+    if found or previous_view is None:
+        return sorted(set(found))
+    if previous_view[0] != view[0]:
+        return []
+    if previous_view[1] != view[1]:
+        return list(previous)
+    return []
+
+
+def links_among(links: Iterable[Link], image_ids: Iterable[str]) -> list[Link]:
+    """The links with both ends among the chosen images (a lasso's batch), by link id."""
+    chosen = set(image_ids)
+    return sorted((lk for lk in links if lk.image_a in chosen and lk.image_b in chosen),
+                  key=lambda lk: lk.link_id)
+
+
+def judge_unreviewed(store, links: Iterable[Link], verdict: str, annotator: str) -> list[int]:
+    """One verdict per still-unreviewed link of a batch (others' judgements stand); their ids."""
+    return [store.add_verdict(lk.link_id, verdict, annotator, note="map selection")
+            for lk in links if lk.status == UNREVIEWED]

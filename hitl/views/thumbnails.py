@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.images import image_size, load_rgb
 from engine.types import Box
-from hitl.overlay import draw_boxes
+from hitl.views.overlay import draw_boxes
 
 
 def load_view(path: str | Path, max_side: int) -> tuple[Image.Image, float]:

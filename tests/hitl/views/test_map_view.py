@@ -7,7 +7,7 @@ import pytest
 
 from db.records import ImageRecord, Link, MapPoint, RegionRecord, StoredCluster
 from engine.types import IDENTITY_AFFINE, Box, PairMatch, Region
-from hitl.map_view import (
+from hitl.views.map_view import (
     NO_LINKS,
     NONE_LABEL,
     OTHER_LABEL,
@@ -88,7 +88,7 @@ def test_hover_texts_are_escaped():
 
 
 def test_category_colours():
-    from hitl.map_view import PALETTE, STATUS_COLOURS, category_colours
+    from hitl.views.map_view import PALETTE, STATUS_COLOURS, category_colours
 
     colours = category_colours(["b", "a", NONE_LABEL, OTHER_LABEL], "artist")
     assert colours["b"] == PALETTE[0] and colours["a"] == PALETTE[1]
@@ -97,3 +97,33 @@ def test_category_colours():
         "confirm": STATUS_COLOURS["confirm"], NO_LINKS: STATUS_COLOURS[NO_LINKS]}
     with pytest.raises(ValueError, match="categories"):
         category_colours([str(i) for i in range(len(PALETTE) + 1)], "artist")
+
+
+def test_recolouring_keeps_the_selection_and_a_new_kind_clears_it():
+    from hitl.views.map_view import kept_selection
+
+    assert kept_selection([], None, [5, 3, 5], ("image", "cluster")) == [3, 5]
+    assert kept_selection([3, 5], ("image", "cluster"), [], ("image", "artist")) == [3, 5]
+    assert kept_selection([3, 5], ("image", "cluster"), [7], ("image", "artist")) == [7]
+    assert kept_selection([3, 5], ("image", "cluster"), [], ("region", "cluster")) == []
+    assert kept_selection([3, 5], ("image", "cluster"), [], ("image", "cluster")) == []  # cleared
+
+
+def test_batch_of_a_selection_judges_only_unreviewed_links_among_it():
+    from db.records import ImageRecord
+    from db.store import Store
+    from engine.types import IDENTITY_AFFINE, Box, ModelRef, PairMatch
+    from hitl.views.map_view import judge_unreviewed, links_among
+
+    store = Store(":memory:")
+    store.add_images([ImageRecord(i, i, f"/x/{i}.jpg", 10, 10) for i in "abcd"])
+    store.add_model(ModelRef("m", "m"))
+    run = store.start_run("m", {})
+    box = Box(0, 0, 5, 5)
+    store.add_links(run, [PairMatch(a, b, box, box, IDENTITY_AFFINE, 0.5, 4)
+                          for a, b in ("ab", "bc", "cd", "ac")])
+    store.add_verdict(4, "reject", "ana")
+    among = links_among(store.list_links(), ["a", "b", "c"])
+    assert [lk.link_id for lk in among] == [1, 2, 4]
+    assert len(judge_unreviewed(store, among, "confirm", "ben")) == 2
+    assert [store.link_status(i) for i in (1, 2, 3, 4)] == ["confirm", "confirm", "unreviewed", "reject"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from db.records import TrainingRound, Verdict
-from hitl.round_history import last_round_start, metric_rows, verdict_counts
+from db.records import TrainingRound
+from hitl.views.round_history import last_round_start, metric_rows
 
 T0, T1 = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
 
@@ -18,13 +18,5 @@ def test_metric_rows_flatten_before_and_after():
     assert metric_rows(rounds) == [
         {"round": 1, "metric": "holdout.ap", "before": 0.6, "after": 0.65},
         {"round": 1, "metric": "map", "before": 0.5, "after": 0.7}]
-    assert last_round_start(rounds) == T1
+    assert last_round_start(rounds) == T0  # round 2 is still running: counts start at round 1
     assert last_round_start([]) is None
-
-
-def test_verdict_counts():
-    def v(i: int, kind: str) -> Verdict:
-        return Verdict(i, "link", i, kind, "mk", T0, revokes=1 if kind == "revoke" else None)
-
-    log = [v(1, "confirm"), v(2, "confirm"), v(3, "reject"), v(4, "revoke")]
-    assert verdict_counts(log) == {"confirm": 2, "reject": 1, "unsure": 0, "undo": 1}

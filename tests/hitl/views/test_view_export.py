@@ -11,7 +11,7 @@ import pytest
 from db.records import ImageRecord
 from db.store import Store
 from engine.types import IDENTITY_AFFINE, Box, ModelRef, PairMatch
-from hitl.view_export import export_view
+from hitl.views.view_export import export_view
 
 BOX = Box(0, 0, 10, 10)
 
