@@ -18,7 +18,7 @@ from PIL import Image
 from db.records import DIRECTIONS, UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
-from hitl.queue import STRATEGIES, link_clusters, next_links, order_links
+from hitl.queue import STRATEGIES, link_clusters, next_links, order_links, source_summary
 from hitl.team import is_blind, plan_new_links, review_state, second_reviews
 from hitl.verdicts import record_verdict, undo_last_verdict
 from hitl.views.cluster_edits import current_clusters
