@@ -107,10 +107,12 @@ def test_app_round_writes_progress_lines_and_keeps_its_log_when_the_child_takes_
 
 def test_takeover_keeps_the_parents_log_and_start(tmp_path):
     paths = ProjectPaths((tmp_path / "p.duckdb").resolve())
-    parent_job = acquire_training_lock(paths, pid=os.getppid(), log_path=tmp_path / "train-x.log")
+    log = paths.logs / "train-x.log"  # a lock naming a log outside artminer-data/ is stale (hardening)
+    log.parent.mkdir(parents=True)
+    parent_job = acquire_training_lock(paths, pid=os.getppid(), log_path=log)
     child_job = acquire_training_lock(paths)  # we are the "child" of our parent process
-    assert child_job.pid == os.getpid() and child_job.log_path == tmp_path / "train-x.log"
-    assert read_lock(paths).log_path == tmp_path / "train-x.log"
+    assert child_job.pid == os.getpid() and child_job.log_path == log
+    assert read_lock(paths).log_path == log
     assert child_job.started == parent_job.started
     assert release_training_lock(paths)
 
