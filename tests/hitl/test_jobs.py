@@ -125,9 +125,12 @@ def test_child_started_by_the_app_takes_the_lock_over(project):
     code = ("import os, sys; from pathlib import Path; from hitl.jobs import *; "
             "from hitl.project import ProjectPaths; p = ProjectPaths(Path(sys.argv[1])); "
             "job = acquire_training_lock(p); print('got', job.pid == os.getpid(), flush=True); "
-            "import time; time.sleep(0.5); print('released', release_training_lock(p))")
+            "import time; time.sleep(0.5); print('released', release_training_lock(p), flush=True)")
     job = start_training(project, command=[*_python(code), str(paths.project)])
     _wait_gone(paths)
+    deadline = time.monotonic() + 20  # the lock goes a moment before the child's last line is written
+    while "released" not in tail_log(job) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "got True" in tail_log(job) and "released True" in tail_log(job)
     assert not lock_path(paths).exists()
 
