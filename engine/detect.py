@@ -10,7 +10,7 @@ one image are suppressed across levels (NMS), and the best ``top_k`` are returne
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -74,6 +74,7 @@ class FeatureBank:
     levels: list[torch.Tensor]
     valid: list[torch.Tensor]
     sizes: torch.Tensor
+    _compute: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, image_ids: Sequence[str], pyramids: Sequence[FeaturePyramid], device="cpu", dtype=None) -> FeatureBank:
@@ -97,6 +98,20 @@ class FeatureBank:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def compute_levels(self) -> list[torch.Tensor]:
+        """The levels in the dtype the convolutions run in, converted on first use only.
+
+        A float16 bank on the CPU is matched in float32 (the CPU has no fast float16
+        convolution); converting it once, not per query, keeps the half-precision copy
+        out of every query's time (issue 12).
+        The float32 copy replaces the float16 one, so memory does not triple.
+        """
+        if self._compute is None:
+            compute = torch.float32 if self.levels[0].device.type == "cpu" else self.levels[0].dtype
+            self.levels = [level.to(compute) for level in self.levels]
+            self._compute = self.levels
+        return self._compute
 
     def pyramid(self, index: int) -> FeaturePyramid:
         """The unpadded pyramid of image ``index`` (views into the bank, no copy)."""
@@ -151,7 +166,7 @@ def detect(query: torch.Tensor, bank: FeatureBank, config: DetectConfig = Detect
     qh, qw = query.shape[1:]
     query = query.to(bank.levels[0].device)
     boxes, scores, owners = [], [], []
-    for level, valid in zip(bank.levels, bank.valid):
+    for level, valid in zip(bank.compute_levels(), bank.valid):
         if level.shape[2] < qh or level.shape[3] < qw:
             continue
         for start in range(0, len(bank), config.chunk_images):

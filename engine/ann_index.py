@@ -1,0 +1,249 @@
+"""Candidate images for a one-shot query: an approximate-nearest-neighbour index over
+regional descriptors (issue 12, first stage of two-stage detection).
+
+The dense scan of :mod:`engine.detect` slides the query over every level of every
+image: exact, but linear in the collection (~18 min over 100,000 images on 2 cores).
+Here every image is summarised once by *regions the size of a query*:
+
+1. every pyramid level is mean-pooled over windows of ``window`` x ``window`` cells
+   (``DetectConfig.query_side`` = 8, so a region covers what a query window covers),
+   ``stride`` cells apart, and L2-normalised: ~100 regions per image at the paper's
+   pyramid (40 ... 10 cells);
+2. a query is its own cells mean-pooled and normalised. For a true copy the query's
+   cells equal the window's cells one by one, so the two means agree; the dense score
+   (mean of per-cell cosines) can only be high where this pooled cosine is high too;
+3. the regions go into a FAISS index; a query fetches its nearest regions and keeps the
+   images they belong to, best first, until ``candidates`` images; the dense scan then
+   runs on those images only.
+
+Why IVF-PQ, not HNSW: the index must hold ~100 regions for each of 100,000-1,000,000
+images in RAM. IVF-PQ stores a region in ``pq_m`` bytes (16 B + an 8 B id), HNSW keeps
+the full float vector plus ~2 x 32 graph links (~0.7 KB per region, ~9 GB at 100,000
+images). IVF also adds new images to its trained cells without any rebuild, which is
+what incremental ingest needs; exactness is restored by the dense re-scoring. Below
+``flat_below`` regions a collection is too small to train IVF-PQ (k-means wants ~39
+points per centroid): an exact flat inner-product index is used, same interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.detect import DetectConfig, FeatureBank, detect
+from engine.features import FeaturePyramid
+from engine.types import Box, Detection
+
+
+@dataclass(frozen=True)
+class AnnConfig:
+    window: int = 8  # region side in cells: DetectConfig.query_side (paper §5.2: 8)
+    stride: int = 4  # half a window: a detail anywhere is at most 2 cells off a region
+    candidates: int = 100  # images the dense scan re-scores (recall of the exact top-10, benchmarks.detect)
+    hits_per_candidate: int = 8  # regions fetched per wanted image: an image returns several regions
+    nlist: int = 1024  # IVF cells at full size (~sqrt of 10M regions / 3); fewer when trained on less
+    pq_m: int = 16  # PQ sub-quantizers: 112 channels / 16 = 7 dims each -> 16 bytes per region
+    pq_bits: int = 8  # bits per sub-quantizer code (256 centroids each)
+    nprobe: int = 48  # IVF cells visited per query
+    flat_below: int = 20_000  # regions: under this, an exact flat index (nothing to train)
+    regrow: float = 4.0  # retrain IVF-PQ when the index holds this many times what it was trained on
+
+    def key(self) -> str:
+        """What changes the stored regions or how they are indexed (not search-time knobs)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("candidates", "hits_per_candidate", "nprobe")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def region_descriptors(pyramid: FeaturePyramid, window: int = 8, stride: int = 4) -> torch.Tensor:
+    """Mean-pooled, L2-normalised windows of every level of one pyramid.
+
+    A level smaller than the window is pooled whole (one region).
+
+    Returns:
+        (R, C) float32 descriptors, levels in order, windows row-major within a level.
+    """
+    parts = []
+    for level in pyramid.levels:
+        x = level.float()[None]  # (1, C, h, w)
+        kh, kw = min(window, x.shape[2]), min(window, x.shape[3])
+        pooled = F.avg_pool2d(x, (kh, kw), stride=stride)  # (1, C, rows, cols)
+        parts.append(pooled[0].flatten(1).T)
+    return F.normalize(torch.cat(parts), dim=1)
+
+
+def query_descriptor(query: torch.Tensor) -> torch.Tensor:
+    """(C, qh, qw) query features -> (C,) mean of its cells, L2-normalised, float32."""
+    if query.ndim != 3:
+        raise ValueError(f"query features must be (C, qh, qw), got shape {tuple(query.shape)}")
+    return F.normalize(query.float().mean(dim=(1, 2)), dim=0)
+
+
+@dataclass
+class RegionIndex:
+    """A FAISS index of regions whose ids are positions in ``image_ids``.
+
+    Attributes:
+        index: the FAISS index (``IndexIDMap`` over flat, or IVF-PQ with ids).
+        image_ids: image of each id, in the order they were added.
+        config: how regions were made and indexed.
+        trained_on: regions the IVF-PQ was trained on (0 for a flat index).
+    """
+
+    index: object
+    image_ids: list[str]
+    config: AnnConfig
+    trained_on: int = 0
+    _positions: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._positions = {image_id: i for i, image_id in enumerate(self.image_ids)}
+
+    @classmethod
+    def build(cls, image_ids: Sequence[str], descriptors: Sequence[torch.Tensor], config: AnnConfig = AnnConfig()) -> RegionIndex:
+        """A new index over ``descriptors[i]`` (R_i, C) of ``image_ids[i]``; IVF-PQ when large enough."""
+        if len(image_ids) != len(descriptors):
+            raise ValueError(f"{len(image_ids)} image ids for {len(descriptors)} descriptor sets")
+        if not descriptors:
+            raise ValueError("an index needs at least one image")
+        vectors, labels = _stack(descriptors, 0)
+        index, trained = _new_index(vectors, config)
+        out = cls(index, [], config, trained)
+        out._add(list(image_ids), vectors, labels)
+        return out
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._positions
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def is_flat(self) -> bool:
+        return self.trained_on == 0
+
+    def add(self, image_ids: Sequence[str], descriptors: Sequence[torch.Tensor]) -> None:
+        """Add new images without retraining (IVF-PQ encodes them with its trained cells)."""
+        fresh = [(i, d) for i, d in zip(image_ids, descriptors) if i not in self._positions]
+        if not fresh:
+            return
+        vectors, labels = _stack([d for _, d in fresh], len(self.image_ids))
+        self._add([i for i, _ in fresh], vectors, labels)
+
+    def needs_retraining(self) -> bool:
+        """A flat index grown past ``flat_below``, or IVF-PQ holding ``regrow`` x its training set."""
+        if self.is_flat:
+            return self.n_regions >= self.config.flat_below
+        return self.n_regions >= self.config.regrow * self.trained_on
+
+    def search(self, query: torch.Tensor, candidates: int | None = None) -> list[tuple[str, float]]:
+        """Images whose best region is nearest to ``query`` (C,), best first, at most ``candidates``."""
+        import faiss
+
+        want = min(candidates or self.config.candidates, len(self.image_ids))
+        k = min(self.n_regions, want * self.config.hits_per_candidate)
+        if k == 0:
+            return []
+        if not self.is_flat:
+            faiss.extract_index_ivf(self.index).nprobe = self.config.nprobe
+        q = query.detach().float().cpu().numpy().reshape(1, -1)
+        scores, labels = self.index.search(np.ascontiguousarray(q), k)
+        order: dict[int, float] = {}
+        for label, score in zip(labels[0].tolist(), scores[0].tolist()):
+            if label >= 0 and label not in order:  # hits come best first: the first is the image's best
+                order[label] = score
+                if len(order) == want:
+                    break
+        return [(self.image_ids[label], score) for label, score in order.items()]
+
+    def nbytes(self) -> int:
+        """Bytes of the serialised index (what it costs in RAM and on disk)."""
+        import faiss
+
+        return int(faiss.serialize_index(self.index).size)
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        """``folder/regions.faiss`` + ``folder/meta.json``, each replaced atomically."""
+        import faiss
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "regions.faiss.tmp"
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(folder / "regions.faiss")
+        meta = {"image_ids": self.image_ids, "config": asdict(self.config), "trained_on": self.trained_on, **(extra or {})}
+        tmp = folder / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(folder / "meta.json")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> tuple[RegionIndex, dict]:
+        """The index saved in ``folder`` and its meta (with whatever ``extra`` was saved)."""
+        import faiss
+
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        index = faiss.read_index(str(folder / "regions.faiss"))
+        return cls(index, list(meta["image_ids"]), AnnConfig(**meta["config"]), int(meta["trained_on"])), meta
+
+    def _add(self, image_ids: list[str], vectors: np.ndarray, labels: np.ndarray) -> None:
+        self.index.add_with_ids(vectors, labels)
+        for image_id in image_ids:
+            self._positions[image_id] = len(self.image_ids)
+            self.image_ids.append(image_id)
+
+
+def _stack(descriptors: Sequence[torch.Tensor], first_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sum R_i, C) float32 vectors and (sum R_i,) int64 labels first_label + i."""
+    vectors = np.ascontiguousarray(torch.cat([d.float().cpu() for d in descriptors]).numpy())
+    counts = [len(d) for d in descriptors]
+    labels = np.repeat(np.arange(first_label, first_label + len(counts), dtype=np.int64), counts)
+    return vectors, labels
+
+
+def _new_index(vectors: np.ndarray, config: AnnConfig) -> tuple[object, int]:
+    """A flat index for few regions, else IVF-PQ trained on ``vectors``; and the training size."""
+    import faiss
+
+    dim = vectors.shape[1]
+    if len(vectors) < config.flat_below:
+        return faiss.IndexIDMap(faiss.IndexFlatIP(dim)), 0
+    if dim % config.pq_m:
+        raise ValueError(f"{dim} channels do not split into {config.pq_m} PQ sub-vectors")
+    # k-means wants ~39 points per centroid: a small training set gets fewer IVF cells.
+    nlist = max(1, min(config.nlist, len(vectors) // 39))
+    index = faiss.index_factory(dim, f"IVF{nlist},PQ{config.pq_m}x{config.pq_bits}", faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    return index, len(vectors)
+
+
+@torch.no_grad()
+def two_stage_detect(query: torch.Tensor, index: RegionIndex, pyramid_of: Callable[[str], FeaturePyramid],
+                     config: DetectConfig = DetectConfig(), candidates: int | None = None,
+                     exclude: tuple[str, Box] | None = None, device: torch.device | str = "cpu") -> list[Detection]:
+    """The index's candidate images, then the exact dense scan of :func:`engine.detect.detect` on them.
+
+    Args:
+        query: (C, qh, qw) query features (:func:`engine.detect.query_features`).
+        pyramid_of: image id -> its pyramid (e.g. a :class:`engine.features.CachedPyramids`),
+            so only the candidates' features are ever read.
+        candidates: images re-scored densely (default ``index.config.candidates``).
+    """
+    hits = index.search(query_descriptor(query), candidates)
+    if not hits:
+        return []
+    ids = [image_id for image_id, _ in hits]
+    device = torch.device(device)
+    dtype = torch.float32 if device.type == "cpu" else torch.float16
+    bank = FeatureBank.build(ids, [pyramid_of(i) for i in ids], device=device, dtype=dtype)
+    return detect(query, bank, config, exclude=exclude)
