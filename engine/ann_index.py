@@ -151,20 +151,23 @@ class RegionIndex:
         import faiss
 
         want = min(candidates or self.config.candidates, len(self.image_ids))
-        k = min(self.n_regions, want * self.config.hits_per_candidate)
-        if k == 0:
+        if want == 0 or self.n_regions == 0:
             return []
         if not self.is_flat:
             faiss.extract_index_ivf(self.index).nprobe = self.config.nprobe
-        q = query.detach().float().cpu().numpy().reshape(1, -1)
-        scores, labels = self.index.search(np.ascontiguousarray(q), k)
-        order: dict[int, float] = {}
-        for label, score in zip(labels[0].tolist(), scores[0].tolist()):
-            if label >= 0 and label not in order:  # hits come best first: the first is the image's best
-                order[label] = score
-                if len(order) == want:
-                    break
-        return [(self.image_ids[label], score) for label, score in order.items()]
+        q = np.ascontiguousarray(query.detach().float().cpu().numpy().reshape(1, -1))
+        k = want * self.config.hits_per_candidate
+        while True:  # a few images may own most of the nearest regions: widen until enough images
+            k = min(k, self.n_regions)
+            scores, labels = self.index.search(q, k)
+            order: dict[int, float] = {}
+            for label, score in zip(labels[0].tolist(), scores[0].tolist()):
+                if label >= 0 and label not in order:  # hits come best first: the first is the image's best
+                    order[label] = score
+            if len(order) >= want or k == self.n_regions:
+                break
+            k *= 4
+        return [(self.image_ids[label], score) for label, score in list(order.items())[:want]]
 
     def nbytes(self) -> int:
         """Bytes of the serialised index (what it costs in RAM and on disk)."""

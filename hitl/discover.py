@@ -26,6 +26,7 @@ from engine.graph import GraphConfig, build_clusters
 from engine.shortlist import ShortlistConfig, all_pairs, global_descriptors, knn_pairs
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
+from hitl.index import update_index
 from hitl.project import ProjectPaths, load_model
 
 # Links at or above this discovery score (paper eq. 2) count as found: they build the
@@ -80,6 +81,8 @@ def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = Di
                                     paths.features, progress=progress, hashes=hashes, keep=False)
         ids = feats.image_ids
         pyramids = CachedPyramids(FeatureCache(paths.features, model_id, config.features), hashes)
+        # issue 12: the one-shot region index follows the collection (new images only).
+        update_index(paths, model_id, ids, pyramids, config.features)
         desc = image_descriptors(ids, pyramids, config.shortlist)
         pairs = _shortlist(ids, desc, config)
         done = store.verified_pairs(model_id)
