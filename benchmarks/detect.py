@@ -111,18 +111,34 @@ class SyntheticBank:
             shapes.setdefault(tuple(t.shape for t in p.levels), []).append(i)
         self.same_shape = [shapes[tuple(t.shape for t in p.levels)] for p in real]
 
-    def __call__(self, index: int) -> FeaturePyramid:
-        n_real = len(self.real)
-        if index < n_real:
-            return self.real[index]
+        config = AnnConfig()
+        self.regions_of = [region_descriptors(p, config.window, config.stride) for p in self.real]
+        mirrored = [FeaturePyramid(tuple(t.flip(2) for t in p.levels), p.image_size) for p in self.real]
+        self.mirror_regions_of = [region_descriptors(p, config.window, config.stride) for p in mirrored]
+
+    def _draw(self, index: int) -> tuple[int, int, float, bool]:
         rng = np.random.default_rng(index)
-        a = int(rng.integers(n_real))
+        a = int(rng.integers(len(self.real)))
         b = int(rng.choice(self.same_shape[a]))
-        w = float(rng.uniform(0.3, 1.0))
-        flip = b == a  # an image alone in its shape mixes with its own mirror
+        return a, b, float(rng.uniform(0.3, 1.0)), b == a  # alone in its shape: mixed with its mirror
+
+    def __call__(self, index: int) -> FeaturePyramid:
+        if index < len(self.real):
+            return self.real[index]
+        a, b, w, flip = self._draw(index)
         levels = tuple(F.normalize(la + w * (lb.flip(2) if flip else lb), dim=0)
                        for la, lb in zip(self.real[a].levels, self.real[b].levels))
         return FeaturePyramid(levels, self.real[a].image_size)
+
+    def regions(self, index: int) -> torch.Tensor:
+        """Region descriptors: a real image's own; a synthetic image's mixed at the descriptor
+        level, normalize(r_a + w r_b) (its cells are mixed cell by cell: close, not equal;
+        pooling 100,000 mixed pyramids would take longer than the whole benchmark)."""
+        if index < len(self.real):
+            return self.regions_of[index]
+        a, b, w, flip = self._draw(index)
+        other = self.mirror_regions_of[a] if flip else self.regions_of[b]
+        return F.normalize(self.regions_of[a] + w * other, dim=1)
 
     def ids(self) -> list[str]:
         return [str(i) for i in range(self.n)]
@@ -166,7 +182,7 @@ def build_index(bank: SyntheticBank, config: AnnConfig, chunk: int = 2000) -> tu
     index = None
     for c0 in range(0, bank.n, chunk):
         ids = list(range(c0, min(bank.n, c0 + chunk)))
-        descs = [region_descriptors(bank(i), config.window, config.stride) for i in ids]
+        descs = [bank.regions(i) for i in ids]
         if index is None:
             index = RegionIndex.build([str(i) for i in ids], descs, config)
         else:

@@ -1,8 +1,8 @@
 """One-shot detection of a query detail over a whole collection (paper §5.2).
 
 The query box is resized so its longer side spans 8 feature cells; its (C, qh, qw)
-features are then slid over every level of every image as one convolution per level
-on a zero-padded batch of images. The score of a window is the mean cosine similarity
+features are then slid over every level of every image (a batched matmul and a strided
+window sum per level, equal to a convolution) on a zero-padded batch of images. The score of a window is the mean cosine similarity
 of its cells to the query's. Local maxima become boxes in original pixels, boxes of
 one image are suppressed across levels (NMS), and the best ``top_k`` are returned.
 """
@@ -109,7 +109,8 @@ class FeatureBank:
         """
         if self._compute is None:
             compute = torch.float32 if self.levels[0].device.type == "cpu" else self.levels[0].dtype
-            self.levels = [level.to(compute) for level in self.levels]
+            # channels-last: window_scores reads every cell's channels as one matmul row
+            self.levels = [level.to(dtype=compute, memory_format=torch.channels_last) for level in self.levels]
             self._compute = self.levels
         return self._compute
 
@@ -131,8 +132,16 @@ def window_scores(level: torch.Tensor, valid: torch.Tensor, query: torch.Tensor)
         (B, S - qh + 1, S - qw + 1) scores, -inf where the window leaves the image.
     """
     qh, qw = query.shape[1:]
+    b, c, height, width = level.shape
     compute = torch.float32 if level.device.type == "cpu" else level.dtype
-    scores = F.conv2d(level.to(compute), query[None].to(compute))[:, 0].float() / (qh * qw)
+    # Cell-to-query-cell cosines as one matmul, then each window sums its diagonal
+    # (image cell (y+i, x+j) against query cell (i, j)) through a strided view: the same
+    # numbers as a convolution with one output channel, ~4x faster on the CPU (issue 12).
+    cells = level.to(compute).permute(0, 2, 3, 1).reshape(b, height * width, c)  # a view when channels-last
+    sim = (cells @ query.to(compute).reshape(c, qh * qw)).view(b, height, width, qh, qw)
+    s_b, s_y, s_x, s_i, s_j = sim.stride()
+    windows = sim.as_strided((b, height - qh + 1, width - qw + 1, qh, qw), (s_b, s_y, s_x, s_y + s_i, s_x + s_j))
+    scores = windows.sum(dim=(3, 4)).float() / (qh * qw)
     rows = torch.arange(scores.shape[1], device=scores.device)
     cols = torch.arange(scores.shape[2], device=scores.device)
     inside = (rows[None, :, None] <= (valid[:, 0] - qh)[:, None, None]) & (
