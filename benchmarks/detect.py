@@ -161,16 +161,35 @@ def exact_scan(queries, bank: SyntheticBank, config: DetectConfig, chunk: int, d
     return merged, seconds
 
 
+def _old_window_scores(level: torch.Tensor, valid: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """engine.detect.window_scores before issue 12: float16 chunks converted per call, a convolution."""
+    qh, qw = query.shape[1:]
+    compute = torch.float32 if level.device.type == "cpu" else level.dtype
+    scores = F.conv2d(level.to(compute), query[None].to(compute))[:, 0].float() / (qh * qw)
+    rows = torch.arange(scores.shape[1], device=scores.device)
+    cols = torch.arange(scores.shape[2], device=scores.device)
+    inside = (rows[None, :, None] <= (valid[:, 0] - qh)[:, None, None]) & (
+        cols[None, None, :] <= (valid[:, 1] - qw)[:, None, None])
+    return scores.masked_fill(~inside, float("-inf"))
+
+
 def old_exact_scan(queries, real: list[FeaturePyramid], n: int, config: DetectConfig, device) -> list[float]:
-    """The old path over ``n`` images: a float16 bank converted to float32 inside every query."""
+    """The old path over ``n`` images: a float16 bank converted inside every query, convolved."""
+    import engine.detect
+
     bank = SyntheticBank(real, n)
     half = FeatureBank.build(bank.ids(), [bank(i) for i in range(n)], device=device, dtype=torch.float16)
     seconds = []
-    for query, exclude in queries:
-        fresh = FeatureBank(half.image_ids, half.levels, half.valid, half.sizes)  # nothing converted yet
-        t = time.perf_counter()
-        detect(query, fresh, config, exclude=exclude)
-        seconds.append(time.perf_counter() - t)
+    new_scores, engine.detect.window_scores = engine.detect.window_scores, _old_window_scores
+    try:
+        for query, exclude in queries:
+            fresh = FeatureBank(half.image_ids, half.levels, half.valid, half.sizes)
+            fresh._compute = half.levels  # the old code matched the float16 levels as they were
+            t = time.perf_counter()
+            detect(query, fresh, config, exclude=exclude)
+            seconds.append(time.perf_counter() - t)
+    finally:
+        engine.detect.window_scores = new_scores
     return seconds
 
 
@@ -261,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bank-size", type=int, action="append", help="images in the bank (repeat; default 1000)")
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--feature-images", type=int, default=20, help="images timed for features before/after")
-    parser.add_argument("--candidates", type=int, default=AnnConfig().candidates)
+    parser.add_argument("--candidates", type=int, action="append",
+                        help=f"images the dense scan re-scores (repeat to compare; default {AnnConfig().candidates})")
     parser.add_argument("--exact-max", type=int, default=10_000, help="largest bank the exact scan runs over")
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
     args = parser.parse_args(argv)
@@ -288,27 +308,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"per-cell cosine new vs old  mean {feat['cos_mean']:.4f}, min {feat['cos_min']:.4f}")
     print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
     print(f"query features              median {_median_ms(query_s)} ({len(queries)} queries, {len(real)} real images)")
-    read_s = args.candidates / feat["load"]
+    candidate_counts = args.candidates or [AnnConfig().candidates]
     per_image = float("nan")  # exact-scan seconds per image, from the first size
     for n in sizes:
         bank = SyntheticBank(real, n)
         tag = "" if n <= len(real) else f" ({n - len(real)} synthetic)"
-        index, build_s = build_index(bank, AnnConfig(candidates=args.candidates))
-        indexed, search_s, dense_s = indexed_scan(queries, index, bank, config, args.candidates, device)
+        index, build_s = build_index(bank, AnnConfig())
         print(f"--- bank of {n} images{tag}")
         print(f"index                       {'flat' if index.is_flat else 'IVF-PQ'}, {index.n_regions / n:.0f} regions "
               f"and {index.nbytes() / n / 1e3:.2f} kB per image, built in {build_s:.1f} s")
-        print(f"indexed query               search {_median_ms(search_s)} + dense scan of {args.candidates} "
-              f"{_median_ms(dense_s)} + cache reads ~{read_s * 1e3:.0f} ms (at {feat['load']:.0f} images/s)")
+        runs = {}
+        for count in candidate_counts:
+            runs[count] = indexed, search_s, dense_s = indexed_scan(queries, index, bank, config, count, device)
+            print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} + dense scan {_median_ms(dense_s)} "
+                  f"+ cache reads ~{count / feat['load'] * 1e3:.0f} ms (at {feat['load']:.0f} images/s)")
         if n == sizes[0] and n <= args.exact_max:
-            print(f"exact query, old path       median {_median_ms(old_exact_scan(queries, real, n, config, device))} "
-                  "(float16 bank converted per query)")
+            print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
+                  "(2 queries; float16 bank converted per query, convolution)")
         if n <= args.exact_max:
             exact, exact_s = exact_scan(queries, bank, config, args.chunk, device)
-            recall, top1 = agreement(exact, indexed)
             print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n})")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            print(f"indexed vs exact            recall of the exact top-10 images {recall:.3f}, top-1 same {top1:.2f}")
+            for count, (indexed, _, _) in runs.items():
+                recall, top1 = agreement(exact, indexed)
+                print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same {top1:.2f}")
         else:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")

@@ -2,8 +2,8 @@
 
 The query box is resized so its longer side spans 8 feature cells; its (C, qh, qw)
 features are then slid over every level of every image (a batched matmul and a strided
-window sum per level, equal to a convolution) on a zero-padded batch of images. The score of a window is the mean cosine similarity
-of its cells to the query's. Local maxima become boxes in original pixels, boxes of
+window sum per level, equal to a convolution) on a zero-padded batch of images. The
+score of a window is the mean cosine similarity of its cells to the query's. Local maxima become boxes in original pixels, boxes of
 one image are suppressed across levels (NMS), and the best ``top_k`` are returned.
 """
 
@@ -87,7 +87,8 @@ class FeatureBank:
         for k in range(n_levels):
             shapes = torch.tensor([p.levels[k].shape[1:] for p in pyramids])
             side = int(shapes.max())
-            bank = torch.zeros(len(pyramids), channels, side, side, dtype=dtype, device=device)
+            bank = torch.zeros(len(pyramids), channels, side, side, dtype=dtype, device=device).to(
+                memory_format=torch.channels_last)  # the layout the scan reads (no copy per query)
             for i, p in enumerate(pyramids):
                 h, w = p.levels[k].shape[1:]
                 bank[i, :, :h, :w] = p.levels[k]
