@@ -144,21 +144,23 @@ class SyntheticBank:
         return [str(i) for i in range(self.n)]
 
 
-def exact_scan(queries, bank: SyntheticBank, config: DetectConfig, chunk: int, device) -> tuple[list[list[Detection]], list[float]]:
+def exact_scan(queries, bank: SyntheticBank, config: DetectConfig, chunk: int,
+               device) -> tuple[list[list[Detection]], list[float], list[float]]:
     """The dense scan of every image for every query; a chunk's bank is built once (not timed)."""
     results: list[list[Detection]] = [[] for _ in queries]
-    seconds = [0.0] * len(queries)
+    seconds, cpu = [0.0] * len(queries), [0.0] * len(queries)
     for start in range(0, bank.n, chunk):
         ids = list(range(start, min(bank.n, start + chunk)))
         sub = FeatureBank.build([str(i) for i in ids], [bank(i) for i in ids], device=device, dtype=torch.float32)
         for q, (query, exclude) in enumerate(queries):
             _sync(device)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             results[q] += detect(query, sub, config, exclude=exclude)
             _sync(device)
             seconds[q] += time.perf_counter() - t
+            cpu[q] += time.process_time() - c
     merged = [sorted(r, key=lambda d: -d.score)[: config.top_k] for r in results]
-    return merged, seconds
+    return merged, seconds, cpu
 
 
 def _old_window_scores(level: torch.Tensor, valid: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -210,19 +212,21 @@ def build_index(bank: SyntheticBank, config: AnnConfig, chunk: int = 2000) -> tu
 
 
 def indexed_scan(queries, index: RegionIndex, bank: SyntheticBank, config: DetectConfig, candidates: int,
-                 device) -> tuple[list[list[Detection]], list[float], list[float]]:
-    results, search_s, dense_s = [], [], []
+                 device) -> tuple[list[list[Detection]], list[float], list[float], list[float]]:
+    results, search_s, dense_s, cpu_s = [], [], [], []
     for query, exclude in queries:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         hits = index.search(query_descriptor(query), candidates)
         search_s.append(time.perf_counter() - t)
+        cpu = time.process_time() - c
         pyramids = [bank(int(i)) for i, _ in hits]  # a project reads these from its cache (added below)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         sub = FeatureBank.build([i for i, _ in hits], pyramids, device=device, dtype=torch.float32)
         results.append(detect(query, sub, config, exclude=exclude))
         _sync(device)
         dense_s.append(time.perf_counter() - t)
-    return results, search_s, dense_s
+        cpu_s.append(cpu + time.process_time() - c)
+    return results, search_s, dense_s, cpu_s
 
 
 def _top_images(dets: list[Detection], k: int = 10) -> list[str]:
@@ -286,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
     args = parser.parse_args(argv)
     sizes = args.bank_size or [1000]
+    wall_start = time.perf_counter()
     device = resolve_device(args.device)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -319,22 +324,25 @@ def main(argv: list[str] | None = None) -> None:
               f"and {index.nbytes() / n / 1e3:.2f} kB per image, built in {build_s:.1f} s")
         runs = {}
         for count in candidate_counts:
-            runs[count] = indexed, search_s, dense_s = indexed_scan(queries, index, bank, config, count, device)
+            runs[count] = indexed, search_s, dense_s, cpu_s = indexed_scan(queries, index, bank, config, count, device)
             print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} + dense scan {_median_ms(dense_s)} "
-                  f"+ cache reads ~{count / feat['load'] * 1e3:.0f} ms (at {feat['load']:.0f} images/s)")
+                  f"+ cache reads ~{count / feat['load'] * 1e3:.0f} ms (at {feat['load']:.0f} images/s); "
+                  f"CPU time of search + scan {_median_ms(cpu_s)}")
         if n == sizes[0] and n <= args.exact_max:
             print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
                   "(2 queries; float16 bank converted per query, convolution)")
         if n <= args.exact_max:
-            exact, exact_s = exact_scan(queries, bank, config, args.chunk, device)
-            print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n})")
+            exact, exact_s, exact_cpu = exact_scan(queries, bank, config, args.chunk, device)
+            print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}); CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for count, (indexed, _, _) in runs.items():
+            for count, (indexed, *_) in runs.items():
                 recall, top1 = agreement(exact, indexed)
                 print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same {top1:.2f}")
         else:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")
+    print(f"this process                {time.process_time():.0f} s CPU in {time.perf_counter() - wall_start:.0f} s wall "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 def _demo_images(tmp: Path) -> Path:
