@@ -263,3 +263,64 @@ def two_stage_detect(query: torch.Tensor, index: RegionIndex, pyramid_of: Callab
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     bank = FeatureBank.build(ids, [pyramid_of(i) for i in ids], device=device, dtype=dtype)
     return detect(query, bank, config, exclude=exclude)
+
+
+# ---------------------------------------------------------------- shortlist at scale (issue 12, item 6)
+
+
+def ann_knn_graph(desc: torch.Tensor, k: int, config: AnnConfig = AnnConfig(), hits_per_region: int = 32,
+                  chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate :func:`engine.shortlist.knn_graph`: the k most similar images of every image,
+    image similarity being the max cosine over region pairs, found through a FAISS index of
+    all regions (IVF-PQ above ``config.flat_below`` regions) instead of every region pair.
+
+    Each region of an image fetches its ``hits_per_region`` nearest regions; an image's
+    neighbours are the other images among those hits, ranked by their best hit.
+
+    Args:
+        desc: (N, R, C) L2-normalised regional descriptors (:func:`engine.shortlist.global_descriptors`).
+
+    Returns:
+        (N, k) neighbour indices (-1 where fewer were found) and similarities (-inf there), best first.
+    """
+    if desc.ndim != 3:
+        raise ValueError(f"descriptors must be (N, R, C), got shape {tuple(desc.shape)}")
+    n, r, c = desc.shape
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    vectors = np.ascontiguousarray(desc.reshape(n * r, c).float().numpy())
+    labels = np.repeat(np.arange(n, dtype=np.int64), r)
+    index, trained = _new_index(vectors, config)
+    index.add_with_ids(vectors, labels)
+    if trained:
+        import faiss
+
+        faiss.extract_index_ivf(index).nprobe = config.nprobe
+    out_idx = np.full((n, k), -1, dtype=np.int64)
+    out_sim = np.full((n, k), -np.inf, dtype=np.float32)
+    hits = min(hits_per_region, n * r)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        scores, ids = index.search(vectors[start * r : stop * r], hits)  # (rows * R, hits)
+        rows = np.repeat(np.arange(start, stop), r * hits)
+        _best_per_row(rows, ids.reshape(-1), scores.reshape(-1), k, out_idx, out_sim)
+    return torch.from_numpy(out_idx), torch.from_numpy(out_sim)
+
+
+def _best_per_row(rows: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int,
+                  out_idx: np.ndarray, out_sim: np.ndarray) -> None:
+    """For each row, the k best other ids by their best score (vectorised group-by)."""
+    keep = (ids >= 0) & (ids != rows)  # no padding, an image is not its own neighbour
+    rows, ids, scores = rows[keep], ids[keep], scores[keep]
+    order = np.lexsort((-scores, ids, rows))  # by row, then id, best score first
+    rows, ids, scores = rows[order], ids[order], scores[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])
+    rows, ids, scores = rows[first], ids[first], scores[first]  # one (row, id) each, its best score
+    order = np.lexsort((ids, -scores, rows))  # by row, best first (ties by id: deterministic)
+    rows, ids, scores = rows[order], ids[order], scores[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    rank = np.arange(len(rows)) - starts
+    top = rank < k
+    out_idx[rows[top], rank[top]] = ids[top]
+    out_sim[rows[top], rank[top]] = scores[top]

@@ -19,15 +19,21 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from db.store import Store
+from engine.ann_index import ann_knn_graph
 from engine.backbone import Backbone
 from engine.embed import density_groups, image_descriptor_matrix, map_2d
 from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
 from engine.graph import GraphConfig, build_clusters
-from engine.shortlist import ShortlistConfig, all_pairs, global_descriptors, knn_pairs
+from engine.shortlist import ShortlistConfig, all_pairs, global_descriptors, knn_pairs, unique_pairs
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
 from hitl.index import update_index
 from hitl.project import ProjectPaths, load_model
+
+# issue 12: from this many images on, the shortlist comes from the FAISS region index
+# instead of the exact k-NN over all region pairs, whose N^2 cost is ~20 s of one core
+# at 1,000 images and ~1.2 h at 10,000 (python -m benchmarks.shortlist).
+ANN_SHORTLIST_FROM = 3000
 
 # Links at or above this discovery score (paper eq. 2) count as found: they build the
 # clusters and are the default threshold of precision/recall and the review queue.
@@ -110,6 +116,9 @@ def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig) -> li
         return []
     if config.pairs == "all":
         index_pairs = all_pairs(len(ids))
+    elif config.pairs == "knn" and len(ids) >= ANN_SHORTLIST_FROM:
+        pairs, _ = unique_pairs(*ann_knn_graph(desc, config.k))
+        index_pairs = [(int(i), int(j)) for i, j in pairs.tolist()]
     elif config.pairs == "knn":
         index_pairs = [(i, j) for i, j, _ in knn_pairs(desc, config.k)]
     else:

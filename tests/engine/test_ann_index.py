@@ -121,3 +121,29 @@ def test_half_precision_bank_is_converted_once():
     assert all(level.dtype == torch.float32 for level in converted) and bank.levels is converted
     assert bank.compute_levels() is converted  # the second query converts nothing
     assert detect(query, bank) == first and first[0].image_id in ("img000", "img002")
+
+
+def test_ann_knn_graph_with_all_hits_equals_the_exact_knn():
+    from engine.ann_index import ann_knn_graph
+    from engine.shortlist import knn_graph
+
+    g = torch.Generator().manual_seed(5)
+    desc = F.normalize(torch.randn(30, 4, C, generator=g), dim=2)
+    exact_idx, exact_sim = knn_graph(desc, 5, device="cpu")
+    idx, sim = ann_knn_graph(desc, 5, hits_per_region=30 * 4)
+    assert torch.equal(idx, exact_idx)
+    assert torch.allclose(sim, exact_sim, atol=1e-5)
+
+
+def test_ann_knn_graph_ivf_pq_finds_planted_neighbours():
+    from engine.ann_index import ann_knn_graph
+
+    g = torch.Generator().manual_seed(6)
+    base = F.normalize(torch.randn(20, 4, C, generator=g), dim=2)
+    twins = F.normalize(base + 0.05 * torch.randn(20, 4, C, generator=g), dim=2)  # image i + 20 is i's twin
+    idx, sim = ann_knn_graph(torch.cat([base, twins]), 3, AnnConfig(flat_below=0, nlist=4, pq_m=4, pq_bits=4, nprobe=4))
+    assert idx.shape == (40, 3) and (idx != torch.arange(40)[:, None]).all()
+    found = [(idx[i, 0] == (i + 20) % 40).item() for i in range(40)]
+    assert sum(found) >= 36  # PQ is approximate: nearly every twin is the first neighbour
+    with pytest.raises(ValueError, match=r"\(N, R, C\)"):
+        ann_knn_graph(torch.zeros(3, C), 2)

@@ -99,3 +99,20 @@ def test_cli_detect_over_a_project_indexed_and_exact(tiny_project, capsys):
     assert indexed and indexed[0] == exact[0]
     assert main(["detect", image, "--box", box, "--quiet"]) == 2
     assert "--collection DIR or --project FILE" in capsys.readouterr().err
+
+
+def test_large_collections_take_the_shortlist_from_the_index(monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    import hitl.discover as discover
+
+    g = torch.Generator().manual_seed(0)
+    desc = F.normalize(torch.randn(12, 5, 16, generator=g), dim=2)
+    desc[6:] = F.normalize(desc[:6] + 0.05 * torch.randn(6, 5, 16, generator=g), dim=2)  # i and i + 6 are twins
+    ids = [f"im{i}" for i in range(12)]
+    config = DiscoverConfig(k=1)
+    exact = discover._shortlist(ids, desc, config)
+    monkeypatch.setattr(discover, "ANN_SHORTLIST_FROM", 10)
+    indexed = discover._shortlist(ids, desc, config)
+    assert sorted(indexed) == sorted(exact) == sorted((f"im{i}", f"im{i + 6}") for i in range(6))
