@@ -195,19 +195,11 @@ def old_exact_scan(queries, real: list[FeaturePyramid], n: int, config: DetectCo
     return seconds
 
 
-def build_index(bank: SyntheticBank, config: AnnConfig, chunk: int = 2000) -> tuple[RegionIndex, float]:
-    """The region index of the bank: built (trained) on the first ``chunk`` images, the rest
-    added a chunk at a time, as a growing project would (and so 100,000 images' regions
-    never sit in memory at once)."""
+def build_index(bank: SyntheticBank, config: AnnConfig) -> tuple[RegionIndex, float]:
+    """The region index of the bank, as a project builds it: trained on the first 2,000
+    images, the rest added a chunk at a time (100,000 images' regions never sit in memory)."""
     start = time.perf_counter()
-    index = None
-    for c0 in range(0, bank.n, chunk):
-        ids = list(range(c0, min(bank.n, c0 + chunk)))
-        descs = [bank.regions(i) for i in ids]
-        if index is None:
-            index = RegionIndex.build([str(i) for i in ids], descs, config)
-        else:
-            index.add([str(i) for i in ids], descs)
+    index = RegionIndex.build_streamed(bank.ids(), lambda image_id: bank.regions(int(image_id)), config)
     return index, time.perf_counter() - start
 
 

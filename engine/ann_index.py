@@ -97,7 +97,7 @@ class RegionIndex:
         index: the FAISS index (``IndexIDMap`` over flat, or IVF-PQ with ids).
         image_ids: image of each id, in the order they were added.
         config: how regions were made and indexed.
-        trained_on: regions the IVF-PQ was trained on (0 for a flat index).
+        trained_on: regions the IVF-PQ was built for (0 for a flat index).
     """
 
     index: object
@@ -120,6 +120,28 @@ class RegionIndex:
         index, trained = _new_index(vectors, config)
         out = cls(index, [], config, trained)
         out._add(list(image_ids), vectors, labels)
+        return out
+
+    @classmethod
+    def build_streamed(cls, image_ids: Sequence[str], describe: Callable[[str], torch.Tensor],
+                       config: AnnConfig = AnnConfig(), chunk: int = 2000) -> RegionIndex:
+        """Like :meth:`build` without holding every image's regions at once (100,000 images
+        are ~6 GB of float32 regions): IVF-PQ trains on the first ``chunk`` images, the rest
+        are added ``chunk`` at a time. ``describe`` gives an image's (R, C) regions."""
+        ids = list(image_ids)
+        if not ids:
+            raise ValueError("an index needs at least one image")
+        first = [describe(i) for i in ids[:chunk]]
+        expected = sum(len(d) for d in first) * len(ids) / len(first)  # regions of the whole collection
+        vectors, labels = _stack(first, 0)
+        index, _ = _new_index(vectors, config, flat=expected < config.flat_below)
+        out = cls(index, [], config, 0 if expected < config.flat_below else 1)
+        out._add(ids[:chunk], vectors, labels)
+        for start in range(chunk, len(ids), chunk):
+            part = ids[start : start + chunk]
+            out.add(part, [describe(i) for i in part])
+        if not out.is_flat:
+            out.trained_on = out.n_regions  # retrain once the collection has grown regrow x from here
         return out
 
     def __contains__(self, image_id: str) -> bool:
@@ -218,12 +240,13 @@ def _stack(descriptors: Sequence[torch.Tensor], first_label: int) -> tuple[np.nd
     return vectors, labels
 
 
-def _new_index(vectors: np.ndarray, config: AnnConfig) -> tuple[object, int]:
-    """A flat index for few regions, else IVF-PQ trained on ``vectors``; and the training size."""
+def _new_index(vectors: np.ndarray, config: AnnConfig, flat: bool | None = None) -> tuple[object, int]:
+    """A flat index for few regions (or when ``flat``), else IVF-PQ trained on ``vectors``;
+    and the number of regions it was trained for (0 for flat)."""
     import faiss
 
     dim = vectors.shape[1]
-    if len(vectors) < config.flat_below:
+    if flat if flat is not None else len(vectors) < config.flat_below:
         return faiss.IndexIDMap(faiss.IndexFlatIP(dim)), 0
     if dim % config.pq_m:
         raise ValueError(f"{dim} channels do not split into {config.pq_m} PQ sub-vectors")

@@ -53,8 +53,7 @@ def update_index(paths: ProjectPaths, model_id: str, image_ids: Sequence[str],
         if index.needs_retraining():
             index = None  # grown past its training: retrain on everything below
     if index is None or index.needs_retraining():
-        ids = list(image_ids)
-        index = RegionIndex.build(ids, [region_descriptors(pyramid_of(i), ann.window, ann.stride) for i in ids], ann)
+        index = RegionIndex.build_streamed(image_ids, lambda i: region_descriptors(pyramid_of(i), ann.window, ann.stride), ann)
     index.save(folder, extra={"model_id": model_id, "feature_key": features.key()})
     return index
 

@@ -147,3 +147,16 @@ def test_ann_knn_graph_ivf_pq_finds_planted_neighbours():
     assert sum(found) >= 36  # PQ is approximate: nearly every twin is the first neighbour
     with pytest.raises(ValueError, match=r"\(N, R, C\)"):
         ann_knn_graph(torch.zeros(3, C), 2)
+
+
+def test_streamed_build_trains_on_the_first_chunk_and_holds_everything():
+    ids, pyramids = _collection(60, copy_into=45)
+    regions = {i: region_descriptors(p) for i, p in zip(ids, pyramids)}
+    config = AnnConfig(flat_below=100, nlist=4, pq_m=4, pq_bits=4, nprobe=4)  # 7 regions per image
+    index = RegionIndex.build_streamed(ids, regions.__getitem__, config, chunk=25)
+    assert not index.is_flat and len(index) == 60 and index.image_ids == ids
+    assert index.trained_on == index.n_regions and not index.needs_retraining()  # no rebuild on the next call
+    query = pyramids[0].levels[0][:, 2:8, 3:11]
+    assert "img045" in [h[0] for h in index.search(query_descriptor(query), candidates=5)]
+    small = RegionIndex.build_streamed(ids[:3], regions.__getitem__, AnnConfig(), chunk=2)
+    assert small.is_flat and len(small) == 3
