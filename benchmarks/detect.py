@@ -1,29 +1,52 @@
-"""Feature-extraction throughput and one-shot query latency.
+"""Feature extraction and one-shot detection: before/after issue 12, exact vs indexed.
 
-    python -m benchmarks.detect [--device cpu|cuda] [--images DIR] [--bank-size 1000]
+    python -m benchmarks.detect [--device cpu|cuda] [--images DIR] [--bank-size 1000 --bank-size 10000 ...]
 
-Extracts the pyramids of a folder (default: the demo collection, built in a temporary
-folder), then times queries over a bank of ``--bank-size`` cached images. When the
-folder has fewer images, its pyramids are repeated to reach that size: the cost of a
-query depends only on how many feature maps it slides over, not on their content.
-Prints medians over ``--queries`` queries.
+1. Features: the pyramids of ``--feature-images`` images of the folder (default: a fresh
+   demo collection) with the old path (float32, NCHW) and the new one (channels-last,
+   bf16 autocast where the CPU has native bf16): images/s of both, and the per-cell
+   cosine of the new features to the old; then the cache's load rate and size.
+2. Detection over banks of ``--bank-size`` images. The folder's images are real; above
+   their number, the bank is filled with *synthetic* images, each the per-cell
+   normalised mix of two real pyramids (``a + w b``, w in [0.3, 1)): real feature
+   statistics, distinct content, and hard distractors for the index (a mix of an image
+   holding the motif still holds it, weaker). Queries are the annotation file's query
+   boxes (the demo's ground truth) when there is one. Per bank size:
+
+   - exact: the dense scan of every image (:func:`engine.detect.detect`) over a float32
+     bank, streamed in chunks of ``--chunk`` images so 10,000 images fit in RAM; above
+     ``--exact-max`` images it is not run (reported as extrapolated from the per-image
+     cost). At the first size also the old path: a float16 bank converted per query;
+   - indexed: region index (:mod:`engine.ann_index`) search, then the dense scan of the
+     ``--candidates`` images it returns. Their pyramids are synthesised, not read, so the
+     cache reads a project would do are added from the measured cache load rate;
+   - recall: the share of the exact scan's top-10 images among the indexed top-10, and
+     how often the top-1 detection (image and box) is the same;
+   - index: build time, regions, bytes per image.
+
+Prints medians over the queries. Synthetic figures are marked as such.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
+import engine.features as features
+from engine.ann_index import AnnConfig, RegionIndex, query_descriptor, region_descriptors
 from engine.backbone import create_backbone, resolve_device
 from engine.detect import DetectConfig, FeatureBank, detect, query_features
-from engine.features import FeatureConfig, collection_features
+from engine.features import FeatureConfig, FeaturePyramid, collection_features
 from engine.images import load_rgb
-from engine.types import Box
+from engine.types import Box, Detection
 from hitl.oneshot import list_images
 
 
@@ -32,57 +55,286 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _median_ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1e3:.0f} ms" if values else "-"
+
+
+# ---------------------------------------------------------------- features, before and after
+
+
+def time_features(model: str, items, device: torch.device, cache: Path) -> tuple[list[FeaturePyramid], dict]:
+    """Old path (float32, NCHW) and new path on the same images; the new pyramids are cached."""
+    config = FeatureConfig()
+    old = create_backbone(model).to(device)
+    features.CHANNELS_LAST = False
+    os.environ["ARTMINER_PRECISION"] = "fp32"
+    try:
+        start = time.perf_counter()
+        before = collection_features(old, items, config, None, progress=False)
+        before_s = time.perf_counter() - start
+    finally:
+        features.CHANNELS_LAST = True
+        os.environ.pop("ARTMINER_PRECISION")
+    new = create_backbone(model).to(device)
+    features.embed_cells(new, torch.rand(1, 3, 64, 64), (2, 2))  # precision choice (timed once) and warm-up
+    _sync(device)
+    start = time.perf_counter()
+    after = collection_features(new, items, config, cache, progress=False)
+    _sync(device)
+    after_s = time.perf_counter() - start
+    start = time.perf_counter()
+    collection_features(new, items, config, cache, progress=False)
+    load_s = time.perf_counter() - start
+    cos = torch.cat([(a.float() * b.float()).sum(0).flatten() for p, q in zip(before.pyramids, after.pyramids)
+                     for a, b in zip(p.levels, q.levels)])
+    n = len(after.pyramids)
+    figures = {
+        "n": n, "before": n / before_s, "after": n / after_s, "load": n / load_s,
+        "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+        "precision": features.autocast_dtype(new, device), "cache_mb": sum(p.stat().st_size for p in cache.rglob("*.npz")) / n / 1e6,
+    }
+    return after.pyramids, figures
+
+
+# ---------------------------------------------------------------- synthetic bank
+
+
+class SyntheticBank:
+    """Pyramids of ``n`` images: the real ones first, then deterministic mixes of two real ones."""
+
+    def __init__(self, real: list[FeaturePyramid], n: int):
+        self.real = [FeaturePyramid(tuple(t.float() for t in p.levels), p.image_size) for p in real]
+        self.n = n
+        # b is drawn among images of a's shape (no resampling: ~1 ms per synthetic image)
+        shapes: dict[tuple, list[int]] = {}
+        for i, p in enumerate(real):
+            shapes.setdefault(tuple(t.shape for t in p.levels), []).append(i)
+        self.same_shape = [shapes[tuple(t.shape for t in p.levels)] for p in real]
+
+        config = AnnConfig()
+        self.regions_of = [region_descriptors(p, config.window, config.stride) for p in self.real]
+        mirrored = [FeaturePyramid(tuple(t.flip(2) for t in p.levels), p.image_size) for p in self.real]
+        self.mirror_regions_of = [region_descriptors(p, config.window, config.stride) for p in mirrored]
+
+    def _draw(self, index: int) -> tuple[int, int, float, bool]:
+        rng = np.random.default_rng(index)
+        a = int(rng.integers(len(self.real)))
+        b = int(rng.choice(self.same_shape[a]))
+        return a, b, float(rng.uniform(0.3, 1.0)), b == a  # alone in its shape: mixed with its mirror
+
+    def __call__(self, index: int) -> FeaturePyramid:
+        if index < len(self.real):
+            return self.real[index]
+        a, b, w, flip = self._draw(index)
+        levels = tuple(F.normalize(la + w * (lb.flip(2) if flip else lb), dim=0)
+                       for la, lb in zip(self.real[a].levels, self.real[b].levels))
+        return FeaturePyramid(levels, self.real[a].image_size)
+
+    def regions(self, index: int) -> torch.Tensor:
+        """Region descriptors: a real image's own; a synthetic image's mixed at the descriptor
+        level, normalize(r_a + w r_b) (its cells are mixed cell by cell: close, not equal;
+        pooling 100,000 mixed pyramids would take longer than the whole benchmark)."""
+        if index < len(self.real):
+            return self.regions_of[index]
+        a, b, w, flip = self._draw(index)
+        other = self.mirror_regions_of[a] if flip else self.regions_of[b]
+        return F.normalize(self.regions_of[a] + w * other, dim=1)
+
+    def ids(self) -> list[str]:
+        return [str(i) for i in range(self.n)]
+
+
+def exact_scan(queries, bank: SyntheticBank, config: DetectConfig, chunk: int,
+               device) -> tuple[list[list[Detection]], list[float], list[float]]:
+    """The dense scan of every image for every query; a chunk's bank is built once (not timed)."""
+    results: list[list[Detection]] = [[] for _ in queries]
+    seconds, cpu = [0.0] * len(queries), [0.0] * len(queries)
+    for start in range(0, bank.n, chunk):
+        ids = list(range(start, min(bank.n, start + chunk)))
+        sub = FeatureBank.build([str(i) for i in ids], [bank(i) for i in ids], device=device, dtype=torch.float32)
+        for q, (query, exclude) in enumerate(queries):
+            _sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            results[q] += detect(query, sub, config, exclude=exclude)
+            _sync(device)
+            seconds[q] += time.perf_counter() - t
+            cpu[q] += time.process_time() - c
+    merged = [sorted(r, key=lambda d: -d.score)[: config.top_k] for r in results]
+    return merged, seconds, cpu
+
+
+def _old_window_scores(level: torch.Tensor, valid: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """engine.detect.window_scores before issue 12: float16 chunks converted per call, a convolution."""
+    qh, qw = query.shape[1:]
+    compute = torch.float32 if level.device.type == "cpu" else level.dtype
+    scores = F.conv2d(level.to(compute), query[None].to(compute))[:, 0].float() / (qh * qw)
+    rows = torch.arange(scores.shape[1], device=scores.device)
+    cols = torch.arange(scores.shape[2], device=scores.device)
+    inside = (rows[None, :, None] <= (valid[:, 0] - qh)[:, None, None]) & (
+        cols[None, None, :] <= (valid[:, 1] - qw)[:, None, None])
+    return scores.masked_fill(~inside, float("-inf"))
+
+
+def old_exact_scan(queries, real: list[FeaturePyramid], n: int, config: DetectConfig, device) -> list[float]:
+    """The old path over ``n`` images: a float16 bank converted inside every query, convolved."""
+    import engine.detect
+
+    bank = SyntheticBank(real, n)
+    half = FeatureBank.build(bank.ids(), [bank(i) for i in range(n)], device=device, dtype=torch.float16)
+    seconds = []
+    new_scores, engine.detect.window_scores = engine.detect.window_scores, _old_window_scores
+    try:
+        for query, exclude in queries:
+            fresh = FeatureBank(half.image_ids, half.levels, half.valid, half.sizes)
+            fresh._compute = half.levels  # the old code matched the float16 levels as they were
+            t = time.perf_counter()
+            detect(query, fresh, config, exclude=exclude)
+            seconds.append(time.perf_counter() - t)
+    finally:
+        engine.detect.window_scores = new_scores
+    return seconds
+
+
+def build_index(bank: SyntheticBank, config: AnnConfig) -> tuple[RegionIndex, float]:
+    """The region index of the bank, as a project builds it: trained on the first 2,000
+    images, the rest added a chunk at a time (100,000 images' regions never sit in memory)."""
+    start = time.perf_counter()
+    index = RegionIndex.build_streamed(bank.ids(), lambda image_id: bank.regions(int(image_id)), config)
+    return index, time.perf_counter() - start
+
+
+def indexed_scan(queries, index: RegionIndex, bank: SyntheticBank, config: DetectConfig, candidates: int,
+                 device) -> tuple[list[list[Detection]], list[float], list[float], list[float]]:
+    results, search_s, dense_s, cpu_s = [], [], [], []
+    for query, exclude in queries:
+        t, c = time.perf_counter(), time.process_time()
+        hits = index.search(query_descriptor(query), candidates)
+        search_s.append(time.perf_counter() - t)
+        cpu = time.process_time() - c
+        pyramids = [bank(int(i)) for i, _ in hits]  # a project reads these from its cache (added below)
+        t, c = time.perf_counter(), time.process_time()
+        sub = FeatureBank.build([i for i, _ in hits], pyramids, device=device, dtype=torch.float32)
+        results.append(detect(query, sub, config, exclude=exclude))
+        _sync(device)
+        dense_s.append(time.perf_counter() - t)
+        cpu_s.append(cpu + time.process_time() - c)
+    return results, search_s, dense_s, cpu_s
+
+
+def _top_images(dets: list[Detection], k: int = 10) -> list[str]:
+    seen: list[str] = []
+    for d in dets:
+        if d.image_id not in seen:
+            seen.append(d.image_id)
+        if len(seen) == k:
+            break
+    return seen
+
+
+def agreement(exact: list[list[Detection]], indexed: list[list[Detection]]) -> tuple[float, float]:
+    """Mean recall of the exact top-10 images in the indexed top-10, and top-1 agreement (image, IoU > 0.9)."""
+    recalls, same = [], []
+    for e, i in zip(exact, indexed):
+        top = _top_images(e)
+        recalls.append(len(set(top) & set(_top_images(i))) / max(1, len(top)))
+        same.append(bool(e and i and e[0].image_id == i[0].image_id and e[0].box.iou(i[0].box) > 0.9))
+    return float(np.mean(recalls)), float(np.mean(same))
+
+
+# ---------------------------------------------------------------- main
+
+
+def load_queries(backbone, folder: Path, annotations: Path | None, n: int, ids: list[str],
+                 device) -> tuple[list[tuple[torch.Tensor, tuple[str, Box]]], list[float]]:
+    """(query features, (own image id, box)) for ``n`` queries, and the seconds each took to embed."""
+    boxes: list[tuple[str, Box]] = []
+    if annotations and annotations.is_file():
+        from engine.evaluate import load_annotations
+
+        boxes = [(q.query.image, q.query.box) for q in load_annotations(annotations)]
+    if not boxes:
+        for image_id in ids:
+            w, h = load_rgb(folder / image_id).shape[1::-1]
+            boxes.append((image_id, Box(w * 0.25, h * 0.25, w * 0.6, h * 0.65)))
+    step = max(1, len(boxes) // n)
+    out, seconds = [], []
+    for image_id, box in boxes[::step][:n]:
+        rgb = load_rgb(folder / image_id)
+        t = time.perf_counter()
+        query = query_features(backbone, rgb, box)
+        seconds.append(time.perf_counter() - t)
+        out.append((query.to(device), (str(ids.index(image_id)), box)))
+    return out, seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default="effnet-lite0")
     parser.add_argument("--images", help="folder of images (default: a fresh demo collection)")
-    parser.add_argument("--bank-size", type=int, default=1000)
+    parser.add_argument("--annotations", help="query boxes (default: ground_truth.json beside the folder)")
+    parser.add_argument("--bank-size", type=int, action="append", help="images in the bank (repeat; default 1000)")
     parser.add_argument("--queries", type=int, default=10)
+    parser.add_argument("--feature-images", type=int, default=20, help="images timed for features before/after")
+    parser.add_argument("--candidates", type=int, action="append",
+                        help=f"images the dense scan re-scores (repeat to compare; default {AnnConfig().candidates})")
+    parser.add_argument("--exact-max", type=int, default=10_000, help="largest bank the exact scan runs over")
+    parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
     args = parser.parse_args(argv)
-
+    sizes = args.bank_size or [1000]
+    wall_start = time.perf_counter()
     device = resolve_device(args.device)
-    backbone = create_backbone(args.model).to(device)
+    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.images) if args.images else _demo_images(Path(tmp))
+        annotations = Path(args.annotations) if args.annotations else folder.parent / "ground_truth.json"
         items = list_images(folder)
-        config = FeatureConfig()
-        _sync(device)
-        start = time.perf_counter()
-        feats = collection_features(backbone, items, config, Path(tmp) / "cache", progress=False)
-        _sync(device)
-        extract_s = time.perf_counter() - start
-        start = time.perf_counter()
-        collection_features(backbone, items, config, Path(tmp) / "cache", progress=False)
-        load_s = time.perf_counter() - start
-        cache_bytes = sum(p.stat().st_size for p in (Path(tmp) / "cache").rglob("*.npz"))
+        timed = items[: args.feature_images]
+        _, feat = time_features(args.model, timed, device, Path(tmp) / "cache")
+        backbone = create_backbone(args.model).to(device)
+        real = collection_features(backbone, items, FeatureConfig(), Path(tmp) / "cache", progress=False).pyramids
+    ids = [image_id for image_id, _ in items]
+    queries, query_s = load_queries(backbone, folder, annotations, args.queries, ids, device)
+    config = DetectConfig()
 
-    n = len(feats.pyramids)
-    reps = -(-args.bank_size // n)
-    ids = [f"{i}:{r}" for r in range(reps) for i in feats.image_ids][: args.bank_size]
-    pyramids = (feats.pyramids * reps)[: args.bank_size]
-    bank = FeatureBank.build(ids, pyramids, device=device, dtype=torch.float16)
-
-    latencies = []
-    for q in range(args.queries):
-        image_id, path = items[q % n]
-        rgb = load_rgb(path)
-        h, w = rgb.shape[:2]
-        box = Box(w * 0.25, h * 0.25, w * 0.6, h * 0.65)
-        _sync(device)
-        start = time.perf_counter()
-        dets = detect(query_features(backbone, rgb, box), bank, DetectConfig())
-        _sync(device)
-        latencies.append(time.perf_counter() - start)
-    assert dets, "a query over a non-empty bank returns detections"
-
-    print(f"device                      {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
-    print(f"model                       {backbone.model_id}, scales {config.sides()}")
-    print(f"feature extraction          {n / extract_s:.2f} images/s ({n} images, {extract_s:.1f} s)")
-    print(f"feature load from cache     {n / load_s:.1f} images/s")
-    print(f"cache on disk               {cache_bytes / n / 1e6:.3f} MB per image")
-    print(f"query over {len(bank)} images    median {statistics.median(latencies) * 1e3:.0f} ms "
-          f"(min {min(latencies) * 1e3:.0f}, max {max(latencies) * 1e3:.0f}, {args.queries} queries)")
+    threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device                      {device} ({threads}), native bf16: {features.cpu_has_native_bf16()}, "
+          f"features in {feat['precision'] or 'float32'}")
+    print(f"features, old path          {feat['before']:.2f} images/s ({feat['n']} images, float32 NCHW)")
+    print(f"features, new path          {feat['after']:.2f} images/s  ({feat['after'] / feat['before']:.1f}x)")
+    print(f"per-cell cosine new vs old  mean {feat['cos_mean']:.4f}, min {feat['cos_min']:.4f}")
+    print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
+    print(f"query features              median {_median_ms(query_s)} ({len(queries)} queries, {len(real)} real images)")
+    candidate_counts = args.candidates or [AnnConfig().candidates]
+    per_image = float("nan")  # exact-scan seconds per image, from the first size
+    for n in sizes:
+        bank = SyntheticBank(real, n)
+        tag = "" if n <= len(real) else f" ({n - len(real)} synthetic)"
+        index, build_s = build_index(bank, AnnConfig())
+        print(f"--- bank of {n} images{tag}")
+        print(f"index                       {'flat' if index.is_flat else 'IVF-PQ'}, {index.n_regions / n:.0f} regions "
+              f"and {index.nbytes() / n / 1e3:.2f} kB per image, built in {build_s:.1f} s")
+        runs = {}
+        for count in candidate_counts:
+            runs[count] = indexed, search_s, dense_s, cpu_s = indexed_scan(queries, index, bank, config, count, device)
+            print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} + dense scan {_median_ms(dense_s)} "
+                  f"+ cache reads ~{count / feat['load'] * 1e3:.0f} ms (at {feat['load']:.0f} images/s); "
+                  f"CPU time of search + scan {_median_ms(cpu_s)}")
+        if n == sizes[0] and n <= args.exact_max:
+            print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
+                  "(2 queries; float16 bank converted per query, convolution)")
+        if n <= args.exact_max:
+            exact, exact_s, exact_cpu = exact_scan(queries, bank, config, args.chunk, device)
+            print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}); CPU time {_median_ms(exact_cpu)}")
+            per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
+            for count, (indexed, *_) in runs.items():
+                recall, top1 = agreement(exact, indexed)
+                print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same {top1:.2f}")
+        else:
+            print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
+                  "recall not measured")
+    print(f"this process                {time.process_time():.0f} s CPU in {time.perf_counter() - wall_start:.0f} s wall "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 def _demo_images(tmp: Path) -> Path:

@@ -1,16 +1,16 @@
 """One-shot detection of a query detail over a whole collection (paper §5.2).
 
 The query box is resized so its longer side spans 8 feature cells; its (C, qh, qw)
-features are then slid over every level of every image as one convolution per level
-on a zero-padded batch of images. The score of a window is the mean cosine similarity
-of its cells to the query's. Local maxima become boxes in original pixels, boxes of
+features are then slid over every level of every image (a batched matmul and a strided
+window sum per level, equal to a convolution) on a zero-padded batch of images. The
+score of a window is the mean cosine similarity of its cells to the query's. Local maxima become boxes in original pixels, boxes of
 one image are suppressed across levels (NMS), and the best ``top_k`` are returned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -74,6 +74,7 @@ class FeatureBank:
     levels: list[torch.Tensor]
     valid: list[torch.Tensor]
     sizes: torch.Tensor
+    _compute: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, image_ids: Sequence[str], pyramids: Sequence[FeaturePyramid], device="cpu", dtype=None) -> FeatureBank:
@@ -86,7 +87,8 @@ class FeatureBank:
         for k in range(n_levels):
             shapes = torch.tensor([p.levels[k].shape[1:] for p in pyramids])
             side = int(shapes.max())
-            bank = torch.zeros(len(pyramids), channels, side, side, dtype=dtype, device=device)
+            bank = torch.zeros(len(pyramids), channels, side, side, dtype=dtype, device=device).to(
+                memory_format=torch.channels_last)  # the layout the scan reads (no copy per query)
             for i, p in enumerate(pyramids):
                 h, w = p.levels[k].shape[1:]
                 bank[i, :, :h, :w] = p.levels[k]
@@ -97,6 +99,21 @@ class FeatureBank:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def compute_levels(self) -> list[torch.Tensor]:
+        """The levels in the dtype the convolutions run in, converted on first use only.
+
+        A float16 bank on the CPU is matched in float32 (the CPU has no fast float16
+        convolution); converting it once, not per query, keeps the half-precision copy
+        out of every query's time (issue 12).
+        The float32 copy replaces the float16 one, so memory does not triple.
+        """
+        if self._compute is None:
+            compute = torch.float32 if self.levels[0].device.type == "cpu" else self.levels[0].dtype
+            # channels-last: window_scores reads every cell's channels as one matmul row
+            self.levels = [level.to(dtype=compute, memory_format=torch.channels_last) for level in self.levels]
+            self._compute = self.levels
+        return self._compute
 
     def pyramid(self, index: int) -> FeaturePyramid:
         """The unpadded pyramid of image ``index`` (views into the bank, no copy)."""
@@ -116,8 +133,16 @@ def window_scores(level: torch.Tensor, valid: torch.Tensor, query: torch.Tensor)
         (B, S - qh + 1, S - qw + 1) scores, -inf where the window leaves the image.
     """
     qh, qw = query.shape[1:]
+    b, c, height, width = level.shape
     compute = torch.float32 if level.device.type == "cpu" else level.dtype
-    scores = F.conv2d(level.to(compute), query[None].to(compute))[:, 0].float() / (qh * qw)
+    # Cell-to-query-cell cosines as one matmul, then each window sums its diagonal
+    # (image cell (y+i, x+j) against query cell (i, j)) through a strided view: the same
+    # numbers as a convolution with one output channel, ~4x faster on the CPU (issue 12).
+    cells = level.to(compute).permute(0, 2, 3, 1).reshape(b, height * width, c)  # a view when channels-last
+    sim = (cells @ query.to(compute).reshape(c, qh * qw)).view(b, height, width, qh, qw)
+    s_b, s_y, s_x, s_i, s_j = sim.stride()
+    windows = sim.as_strided((b, height - qh + 1, width - qw + 1, qh, qw), (s_b, s_y, s_x, s_y + s_i, s_x + s_j))
+    scores = windows.sum(dim=(3, 4)).float() / (qh * qw)
     rows = torch.arange(scores.shape[1], device=scores.device)
     cols = torch.arange(scores.shape[2], device=scores.device)
     inside = (rows[None, :, None] <= (valid[:, 0] - qh)[:, None, None]) & (
@@ -151,7 +176,7 @@ def detect(query: torch.Tensor, bank: FeatureBank, config: DetectConfig = Detect
     qh, qw = query.shape[1:]
     query = query.to(bank.levels[0].device)
     boxes, scores, owners = [], [], []
-    for level, valid in zip(bank.levels, bank.valid):
+    for level, valid in zip(bank.compute_levels(), bank.valid):
         if level.shape[2] < qh or level.shape[3] < qw:
             continue
         for start in range(0, len(bank), config.chunk_images):

@@ -138,7 +138,7 @@ def triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, mask: torch.Tensor, l
 
 def level_shapes(image_sizes: Sequence[tuple[int, int]], config: FeatureConfig) -> list[list[tuple[int, int]]]:
     """(h, w) cells of every image at every level: ``[image][level]``."""
-    return [[level_shape(size, side) for side in config.sides()] for size in image_sizes]
+    return [[level_shape(size, side) for side in config.image_sides(size)] for size in image_sizes]
 
 
 def image_sizes_of(images: Sequence[torch.Tensor]) -> list[tuple[int, int]]:

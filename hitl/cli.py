@@ -91,7 +91,7 @@ def run_forwarding_signals(command: list[str], **popen) -> int:
 
 @verb("detect")
 def cmd_detect(args: argparse.Namespace) -> int:
-    """One-shot detection of a boxed detail over a folder of images."""
+    """One-shot detection of a boxed detail over a folder of images or a project."""
     from engine.detect import DetectConfig
     from engine.images import image_size
     from hitl import oneshot
@@ -103,7 +103,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     width, height = image_size(query)
     if not box.inside(width, height):
         raise UsageError(f"box {args.box} is outside the {width}x{height} image {query}")
-    backbone = _load_backbone(args.model, args.device, args.weights)
+    if args.project:
+        return _detect_in_project(args, query, box)
+    if not args.collection:
+        raise UsageError("detect needs --collection DIR or --project FILE")
+    backbone = _load_backbone(args.model or "effnet-lite0", args.device, args.weights)
     items = oneshot.list_images(args.collection)
     if not items:
         raise UsageError(f"no images found in {args.collection}")
@@ -118,6 +122,34 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
         dets = rerank_detections(backbone, collection, query, box, dets, args.rerank_top, query_id)
     rows = [{"image": str(collection.paths[d.image_id]), "box": [round(v, 1) for v in d.box.as_list()],
+             "score": round(d.score, 4)} for d in dets]
+    text = "\n".join(f"{i + 1:>3}  {r['score']:.3f}  {r['image']}  {r['box']}" for i, r in enumerate(rows))
+    _print(rows, args.json, text or "no detections")
+    return 0
+
+
+def _detect_in_project(args: argparse.Namespace, query: Path, box: Box) -> int:
+    """Detection over a project's images: the region index's candidates, then the dense
+    scan (issue 12); ``--exact`` scans every image densely."""
+    from engine.detect import DetectConfig
+    from engine.images import load_rgb
+    from hitl import oneshot
+    from hitl.index import open_project_index, query_project
+    from hitl.project import load_model, open_project
+
+    store, paths = open_project(args.project)
+    backbone = load_model(store, args.model, args.device)  # default: the project's active model
+    resolved = query.resolve()
+    query_id = next((img.image_id for img in store.list_images() if Path(img.path).resolve() == resolved), None)
+    config = DetectConfig(top_k=args.top_k)
+    if args.exact:
+        collection = oneshot.load_project_collection(store, paths, backbone, progress=not args.quiet)
+        dets = oneshot.query_collection(backbone, collection, query, box, config, query_id=query_id)
+    else:
+        project = open_project_index(store, paths, backbone, progress=not args.quiet)
+        dets = query_project(backbone, project, load_rgb(query), box, config, query_id, args.candidates)
+    where = {img.image_id: img.path for img in store.list_images()}
+    rows = [{"image": str(where.get(d.image_id, d.image_id)), "box": [round(v, 1) for v in d.box.as_list()],
              "score": round(d.score, 4)} for d in dets]
     text = "\n".join(f"{i + 1:>3}  {r['score']:.3f}  {r['image']}  {r['box']}" for i, r in enumerate(rows))
     _print(rows, args.json, text or "no detections")
@@ -479,8 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("detect", "one-shot detection of a boxed detail over a collection", model=True)
     p.add_argument("image", help="query image")
     p.add_argument("--box", required=True, help="x0,y0,x1,y1 in the query image's pixels")
-    p.add_argument("--collection", required=True, help="folder of images to search")
-    p.add_argument("--model", default="effnet-lite0", help="backbone name or checkpoint path")
+    p.add_argument("--collection", help="folder of images to search (dense scan of every image)")
+    p.add_argument("--project", help="search a project's images: region index first, then the dense scan")
+    p.add_argument("--exact", action="store_true", help="with --project: dense scan of every image, no index")
+    p.add_argument("--candidates", type=_positive_int, help="with --project: images the dense scan re-scores (default 100)")
+    p.add_argument("--model", help="backbone name or checkpoint path (default effnet-lite0; a project's active model)")
     p.add_argument("--top-k", type=_positive_int, default=20)
     p.add_argument("--rerank", action="store_true", help="re-rank the top hits by the discovery score")
     p.add_argument("--rerank-top", type=_positive_int, default=50, help="how many top hits to re-rank")

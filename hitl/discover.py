@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from db.store import Store
+from engine.ann_index import ann_knn_graph
 from engine.backbone import Backbone
 from engine.embed import density_groups, image_descriptor_matrix, map_2d
 from engine.features import (
@@ -38,13 +39,20 @@ from engine.shortlist import (
     global_descriptors,
     look_alike_groups,
     shortlist_pairs,
+    unique_pairs,
     vote_scores,
 )
 from engine.texture import TextureConfig, collection_counts, combined_weights
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
+from hitl.index import update_index
 from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.project import ProjectPaths, load_model
+
+# issue 12: from this many images on, the shortlist comes from the FAISS region index
+# instead of the exact k-NN over all region pairs, whose N^2 cost is ~20 s of one core
+# at 1,000 images and ~1.2 h at 10,000 (python -m benchmarks.shortlist).
+ANN_SHORTLIST_FROM = 3000
 
 # Links at or above this discovery score (paper eq. 2) count as found: they build the
 # clusters and are the default threshold of precision/recall and the review queue.
@@ -115,6 +123,8 @@ def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, mo
                                     paths.features, progress=progress, hashes=hashes, keep=False)
         ids = feats.image_ids
         pyramids = CachedPyramids(FeatureCache(paths.features, model_id, config.features), hashes)
+        # The one-shot region index follows the collection (new images only).
+        update_index(paths, model_id, ids, pyramids, config.features)
         weights = texture_weights(pyramids, config.verify.texture, ids if config.verify.texture_weight else ())
         desc = image_descriptors(ids, pyramids, config.shortlist, weights=weights)
         groups = _groups(ids, desc, config, {img.image_id: img.collection for img in images})
@@ -203,6 +213,9 @@ def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig, group
         return []
     if config.pairs == "all":
         index_pairs = all_pairs(len(ids))
+    elif config.pairs == "knn" and len(ids) >= ANN_SHORTLIST_FROM:
+        pairs, _ = unique_pairs(*ann_knn_graph(desc, config.k))
+        index_pairs = [(int(i), int(j)) for i, j in pairs.tolist()]
     elif config.pairs == "knn":
         shortlist = replace(config.shortlist, k=config.k)
         scores = votes() if (shortlist.scoring == "votes" and votes is not None) else None
