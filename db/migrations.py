@@ -22,7 +22,7 @@ import duckdb
 
 from db.records import parse_year
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaVersionError(RuntimeError):
@@ -59,9 +59,17 @@ def _add_verdict_geometry(cur: duckdb.DuckDBPyConnection) -> None:
         cur.executemany("UPDATE verdicts SET geometry_json = ? WHERE verdict_id = ?", updates)
 
 
+def _add_link_mirrored(cur: duckdb.DuckDBPyConnection) -> None:
+    """v4 (issue 14): links say whether B holds a mirror image of A's region; links
+    found before mirror-aware verification were all direct."""
+    cur.execute("ALTER TABLE links ADD COLUMN IF NOT EXISTS mirrored BOOLEAN DEFAULT false")
+    cur.execute("UPDATE links SET mirrored = false WHERE mirrored IS NULL")
+
+
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     2: _add_image_year,
     3: _add_verdict_geometry,
+    4: _add_link_mirrored,
 }
 
 

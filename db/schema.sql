@@ -1,4 +1,4 @@
--- ArtMiner HITL project file, schema version 3 (db/migrations.py: SCHEMA_VERSION).
+-- ArtMiner HITL project file, schema version 4 (db/migrations.py: SCHEMA_VERSION).
 --
 -- Run on every first open of a file in a process: every statement is idempotent, so a
 -- file upgraded by db/migrations.py gets any table it lacked. Changes to existing tables
@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS links (
     box_b      DOUBLE[] NOT NULL,
     affine     DOUBLE[] NOT NULL,
     score      DOUBLE NOT NULL,
-    n_inliers  INTEGER NOT NULL
+    n_inliers  INTEGER NOT NULL,
+    mirrored   BOOLEAN DEFAULT false     -- B holds A's region mirrored (affine det < 0)
 );
 
 CREATE SEQUENCE IF NOT EXISTS cluster_seq START 1;

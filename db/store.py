@@ -57,7 +57,7 @@ _IMAGE_COLS = (
     "image_id, sha256, path, width, height, title, artist, date, year, medium, collection, "
     "extra_json, source, iiif_canvas, iiif_manifest, source_url, canvas_width, canvas_height, added"
 )
-_LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers"
+_LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers, mirrored"
 _VERDICT_COLS = (
     "v.verdict_id, v.target_kind, v.target_id, v.verdict, v.annotator, v.created, v.note, "
     "v.revokes, v.geometry_json, r.verdict_id AS revoked_by"
@@ -410,6 +410,7 @@ class Store:
                 "affine": ("DOUBLE[]", [_flat_affine(m.affine) for m in matches]),
                 "score": ("DOUBLE", [float(m.score) for m in matches]),
                 "n_inliers": ("INTEGER", [int(m.n_inliers) for m in matches]),
+                "mirrored": ("BOOLEAN", [bool(m.mirrored) for m in matches]),
             })
             found = [(m.image_a, m.image_b) for m in matches] if mark_verified else []
             _mark_pairs(cur, run_id, model_id, pairs + found)
@@ -1006,8 +1007,8 @@ def _round(r: tuple) -> TrainingRound:
 
 
 def _link(r: tuple) -> Link:
-    match = PairMatch(r[3], r[4], Box(*r[5]), Box(*r[6]), _affine(r[7]), r[8], r[9])
-    return Link(r[0], r[1], r[2], match, r[10])
+    match = PairMatch(r[3], r[4], Box(*r[5]), Box(*r[6]), _affine(r[7]), r[8], r[9], bool(r[10]))
+    return Link(r[0], r[1], r[2], match, r[11])
 
 
 def _verdict(r: tuple) -> Verdict:

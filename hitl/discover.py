@@ -10,6 +10,7 @@ has verified, with or without links).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,21 @@ from tqdm import tqdm
 from db.store import Store
 from engine.backbone import Backbone
 from engine.embed import density_groups, image_descriptor_matrix, map_2d
-from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
+from engine.features import (
+    CachedPyramids,
+    FeatureCache,
+    FeatureConfig,
+    FeaturePyramid,
+    collection_features,
+)
 from engine.graph import GraphConfig, build_clusters
+from engine.mirror import (
+    MIRROR_MODES,
+    cache_mirrored_features,
+    flip_pyramid,
+    mirror_hash,
+    verify_pairs_mirrored,
+)
 from engine.shortlist import ShortlistConfig, all_pairs, global_descriptors, knn_pairs
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
@@ -44,6 +58,14 @@ class DiscoverConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     shortlist: ShortlistConfig = field(default_factory=ShortlistConfig)
+    # Mirrored copies (prints reverse their model): "image" verifies each pair against
+    # the features of the flipped image too, "flip" against the flipped feature maps
+    # (cheaper, approximate), "off" not at all. engine/mirror.py; benchmarks/mirror.py.
+    mirror: str = "image"
+
+    def __post_init__(self) -> None:
+        if self.mirror not in MIRROR_MODES:
+            raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {self.mirror!r}")
 
     def params(self) -> dict:
         """What makes two runs the same run (stored with it; resume keys on it)."""
@@ -80,11 +102,12 @@ def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = Di
                                     paths.features, progress=progress, hashes=hashes, keep=False)
         ids = feats.image_ids
         pyramids = CachedPyramids(FeatureCache(paths.features, model_id, config.features), hashes)
+        mirrored = _mirrored_pyramids(backbone, images, hashes, pyramids, config, paths)
         desc = image_descriptors(ids, pyramids, config.shortlist)
         pairs = _shortlist(ids, desc, config)
         done = store.verified_pairs(model_id)
         todo = [p for p in pairs if tuple(sorted(p)) not in done]
-        n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress)
+        n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress, mirrored)
         links = [lk for lk in store.list_links(model_id=model_id) if lk.score >= config.min_score]
         n_clusters = _store_clusters(store, run_id, links, config.graph)
         _store_maps(store, model_id, ids, desc, links, pyramids)
@@ -114,8 +137,22 @@ def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig) -> li
     return [(ids[i], ids[j]) for i, j in index_pairs]
 
 
+def _mirrored_pyramids(backbone: Backbone, images, hashes: dict[str, str], pyramids: CachedPyramids,
+                       config: DiscoverConfig, paths: ProjectPaths) -> Callable[[str], FeaturePyramid] | None:
+    """Pyramids of the mirror images for ``config.mirror`` (None when off)."""
+    if config.mirror == "flip":
+        return lambda image_id: flip_pyramid(pyramids(image_id))
+    if config.mirror == "image":
+        cache_mirrored_features(backbone, [(i.image_id, i.path) for i in images if i.image_id in hashes],
+                                hashes, config.features, paths.features)
+        cache = FeatureCache(paths.features, backbone.model_id, config.features)
+        return CachedPyramids(cache, {i: mirror_hash(h) for i, h in hashes.items()})
+    return None
+
+
 def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], pyramids: CachedPyramids,
-                      config: DiscoverConfig, backbone: Backbone, progress: bool) -> int:
+                      config: DiscoverConfig, backbone: Backbone, progress: bool,
+                      mirrored: Callable[[str], FeaturePyramid] | None = None) -> int:
     """Verify pairs in both directions, in batches; a batch's links and pairs commit together.
 
     Verification searches A's reference level across B's scales, so it finds a copy only
@@ -130,7 +167,11 @@ def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], py
         chunk = todo[start : start + config.commit_every]
         ordered = chunk + [(b, a) for a, b in chunk]
         found: dict[tuple[str, str], list[PairMatch]] = {}
-        for pair, matches in verify_pairs(ordered, pyramids, config.verify, device, config.batch_size):
+        if mirrored is None:
+            verified = verify_pairs(ordered, pyramids, config.verify, device, config.batch_size)
+        else:
+            verified = verify_pairs_mirrored(ordered, pyramids, mirrored, config.verify, device, config.batch_size)
+        for pair, matches in verified:
             found[pair] = [m for m in matches if m.score >= config.min_score / 2]
             bar.update(1)
         links = [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]

@@ -170,7 +170,7 @@ def _training_text(rows: list[_Row]) -> str:
         "link_id": row.link.link_id, "image_a": row.link.image_a, "image_b": row.link.image_b,
         "path_a": row.image_a.path, "path_b": row.image_b.path,
         "box_a": row.link.box_a.as_list(), "box_b": row.link.box_b.as_list(),
-        "affine": [list(r) for r in row.link.match.affine],
+        "affine": [list(r) for r in row.link.match.affine], "mirrored": row.link.match.mirrored,
         "label": 1 if row.link.status == "confirm" else 0,
     } for row in rows]
     return json.dumps(items, indent=1) + "\n"
@@ -220,7 +220,7 @@ def _link_json(store: Store, link: Link) -> dict[str, Any]:
         "image_a": link.image_a, "image_b": link.image_b,
         "box_a": link.box_a.as_list(), "box_b": link.box_b.as_list(),
         "affine": [list(r) for r in link.match.affine], "score": link.score,
-        "n_inliers": link.match.n_inliers, "status": link.status,
+        "n_inliers": link.match.n_inliers, "mirrored": link.match.mirrored, "status": link.status,
         "verdicts": [{"verdict_id": v.verdict_id, "verdict": v.verdict, "annotator": v.annotator,
                       "created": _iso_precise(v.created), "note": v.note, "revokes": v.revokes,
                       "geometry": v.geometry} for v in store.link_history(link.link_id)],
@@ -279,7 +279,8 @@ def _import_link_rows(store: Store, entries: list[dict], source: str) -> tuple[l
     fresh: dict[str, list[tuple[int, PairMatch]]] = {}
     for i, e in enumerate(entries):
         match = PairMatch(e["image_a"], e["image_b"], Box(*e["box_a"]), Box(*e["box_b"]),
-                          tuple(tuple(r) for r in e["affine"]), e["score"], e["n_inliers"])
+                          tuple(tuple(r) for r in e["affine"]), e["score"], e["n_inliers"],
+                          bool(e.get("mirrored", False)))
         ids.append(known.get(_link_key(e["model_id"], match)))
         if ids[-1] is None:
             fresh.setdefault(e["model_id"], []).append((i, match))
@@ -356,7 +357,8 @@ def _w3c_annotation(row: _Row) -> dict[str, Any]:
     link, v = row.link, row.verdict
     bodies = [{"type": "TextualBody", "purpose": "assessing", "value": link.status}]
     bodies.append({"type": "TextualBody", "purpose": "describing",
-                   "value": f"score {link.score:.4f}, {link.match.n_inliers} inliers"})
+                   "value": f"score {link.score:.4f}, {link.match.n_inliers} inliers"
+                            + (", mirrored copy" if link.match.mirrored else "")})
     if v is not None and v.note:
         bodies.append({"type": "TextualBody", "purpose": "commenting", "value": v.note})
     annotation = {

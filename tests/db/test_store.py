@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,14 @@ def test_links_and_verified_pairs_commit_together(store: Store) -> None:
     assert store.list_links(limit=1, offset=1)[0].link_id == ids[1]
     with pytest.raises(ValueError, match="run 99"):
         store.add_links(99, [_match("a", "b")])
+
+
+def test_mirrored_links_round_trip(store: Store) -> None:
+    run = store.start_run("m", {})
+    flipped = replace(_match("a", "b"), affine=((-1.0, 0.0, 12.0), (0.0, 1.0, 3.0)), mirrored=True)
+    direct, mirrored = store.add_links(run, [_match("a", "c"), flipped])
+    assert store.get_link(mirrored).match == flipped and store.get_link(mirrored).match.mirrored
+    assert store.get_link(direct).match.mirrored is False
 
 
 def test_run_lifecycle_and_resume(store: Store) -> None:

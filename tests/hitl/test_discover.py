@@ -39,15 +39,16 @@ def test_killed_run_resumes_without_reverifying(tiny_project, monkeypatch):
             yield pair, found
 
     monkeypatch.setattr(discover, "verify_pairs", dying)
+    config = replace(CONFIG, mirror="off")  # one verify_pairs call per batch, as counted above
     with pytest.raises(KeyboardInterrupt):
-        run_discovery(store, paths, CONFIG, progress=False)
+        run_discovery(store, paths, config, progress=False)
     (failed,) = store.list_runs()
     assert failed.status == "failed"
     committed = store.verified_pairs(failed.model_id)
     assert len(committed) == 8  # two batches of 4 committed; the third was cut
 
     monkeypatch.setattr(discover, "verify_pairs", real)
-    resumed = run_discovery(store, paths, CONFIG, progress=False)
+    resumed = run_discovery(store, paths, config, progress=False)
     assert resumed.run_id == failed.run_id  # the same run continues
     assert resumed.n_verified_now == 28 - 8
     assert store.get_run(failed.run_id).status == "done"
@@ -67,6 +68,17 @@ def test_new_images_only_add_their_pairs(tiny_project, tiny_demo):
     ingest_paths(store, [new], progress=False)
     report = run_discovery(store, paths, CONFIG, progress=False)
     assert report.n_verified_now == 8  # the new image against the 8 old ones
+    # The new image is the first one mirrored: their best link says so.
+    first = next(im.image_id for im in store.list_images() if im.path.endswith(sorted(
+        p.name for p in (tiny_demo / "images").iterdir())[0]))
+    flipped = next(im.image_id for im in store.list_images() if im.path.endswith("flipped.png"))
+    best = next(lk for lk in store.list_links() if {lk.image_a, lk.image_b} == {first, flipped})
+    assert best.match.mirrored
+
+
+def test_unknown_mirror_mode_is_refused():
+    with pytest.raises(ValueError, match="mirror"):
+        replace(CONFIG, mirror="both")
 
 
 def test_unknown_pair_mode_is_refused(tiny_project):
