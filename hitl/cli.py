@@ -80,14 +80,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
     _report_failures(collection.failures)
     query_id = _id_in_collection(query, Path(args.collection))
     config = DetectConfig(top_k=args.top_k)
-    dets = oneshot.query_collection(backbone, collection, query, box, config, query_id=query_id)
+    dets = oneshot.query_collection(backbone, collection, query, box, config, query_id=query_id,
+                                    mirror=not args.no_mirror)
     if args.rerank:
         from hitl.rerank import rerank_detections
 
         dets = rerank_detections(backbone, collection, query, box, dets, args.rerank_top, query_id)
     rows = [{"image": str(collection.paths[d.image_id]), "box": [round(v, 1) for v in d.box.as_list()],
-             "score": round(d.score, 4)} for d in dets]
-    text = "\n".join(f"{i + 1:>3}  {r['score']:.3f}  {r['image']}  {r['box']}" for i, r in enumerate(rows))
+             "score": round(d.score, 4), "mirrored": d.mirrored} for d in dets]
+    text = "\n".join(f"{i + 1:>3}  {r['score']:.3f}  {r['image']}  {r['box']}" + ("  mirrored" if r["mirrored"] else "")
+                     for i, r in enumerate(rows))
     _print(rows, args.json, text or "no detections")
     return 0
 
@@ -340,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--rerank", action="store_true", help="re-rank the top hits by the discovery score")
     p.add_argument("--rerank-top", type=int, default=50, help="how many top hits to re-rank")
+    p.add_argument("--no-mirror", action="store_true", help="do not also search the query's mirror image")
 
     p = add("eval", "one-shot detection mAP with the paper's protocol", model=True)
     p.add_argument("--annotations", help="ArtMiner JSON (e.g. brueghelTest.json) or VIA 2 file")

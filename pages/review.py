@@ -136,7 +136,7 @@ def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
 def buttons_ui(store, link: Link | None, annotator: str) -> None:
     if link is not None:
         st.text(f"Link #{link.link_id}   score {link.score:.3f}   {link.match.n_inliers} inliers   "
-                f"status: {link.status}")
+                f"status: {link.status}" + ("   mirrored copy" if link.match.mirrored else ""))
     cols = st.columns([1, 1, 1, 1, 1, 3], vertical_alignment="bottom")
     cols[5].text_input("Note (optional, saved with your answer)", key="review_note")
     if link is not None:
