@@ -13,6 +13,7 @@ from PIL import Image
 from db.records import UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
+from hitl.difference import difference_view, flicker_gif, swipe
 from hitl.overlay import aligned_pair, crop_region
 from hitl.queue import STRATEGIES, next_links
 from hitl.thumbnails import jpeg_bytes
@@ -127,6 +128,45 @@ def link_ui(store, link: Link) -> None:
     with text_b:
         st.text("B (blue)")
         session.show_metadata(b)
+    difference_ui(a, b, link)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def difference_pictures(path_a: str, path_b: str, box_a: tuple, affine: tuple,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes, bool] | None:
+    """(A region, aligned B, A with differences in red, flicker GIF, flow kept?)."""
+    try:
+        view_a, scale_a = session.view(path_a, DETAIL_SIDE)
+        view_b, scale_b = session.view(path_b, DETAIL_SIDE)
+    except ImageReadError:
+        return None
+    found = difference_view(np.asarray(view_a.convert("RGB")), np.asarray(view_b.convert("RGB")), Box(*box_a),
+                            affine, scale_a, scale_b)
+    return (np.asarray(found.a), np.asarray(found.b), np.asarray(found.highlight),
+            flicker_gif(found.a, found.b), found.alignment.refined)
+
+
+def difference_ui(a, b, link: Link) -> None:
+    """Aligned B over A (affine + regularised flow) and what differs: changes, additions, omissions."""
+    if a is None or b is None:
+        return
+    with st.expander("Difference view: B finely aligned over A", expanded=False):
+        pictures = difference_pictures(a.path, b.path, tuple(link.box_a.as_list()), link.match.affine)
+        if pictures is None:
+            st.text("(an image is not readable)")
+            return
+        crop_a, aligned, marked, gif, refined = pictures
+        mode = st.radio("Show", ("differences", "flicker", "swipe"), horizontal=True, key="review_diff_mode")
+        if mode == "differences":
+            st.image(jpeg_bytes_of(marked), caption="A in grey; red: where aligned B differs", width=CROP_SIDE * 2)
+        elif mode == "flicker":
+            st.image(gif, caption="A and aligned B in turn", width=CROP_SIDE * 2)
+        else:
+            split = st.slider("Swipe: A left, B right", 0.0, 1.0, 0.5, 0.01, key="review_swipe")
+            st.image(jpeg_bytes_of(np.asarray(swipe(Image.fromarray(crop_a), Image.fromarray(aligned), split))),
+                     width=CROP_SIDE * 2)
+        st.caption("aligned by the link's affine and a local flow" if refined else
+                   "aligned by the link's affine (no local flow passed the consistency checks)")
 
 
 def jpeg_bytes_of(pixels: np.ndarray) -> bytes:

@@ -119,6 +119,18 @@ def test_review_confirm_reject_undo_write_the_log(app, project):
     assert store.link_status(first.link_id) == "confirm"
 
 
+def test_review_difference_view_modes_render(app):
+    app.run()
+    assert not app.exception
+    assert any("aligned by the link's affine" in c.value for c in app.caption)
+    for mode in ("flicker", "swipe", "differences"):
+        app.radio(key="review_diff_mode").set_value(mode).run()
+        assert not app.exception, mode
+        if mode == "swipe":
+            app.slider(key="review_swipe").set_value(0.2).run()
+            assert not app.exception
+
+
 def test_review_shows_hostile_metadata_as_text_only(app, project):
     store = Store(project)
     hostile = next(im for im in store.list_images() if im.title == HOSTILE_TITLE)
