@@ -44,6 +44,7 @@ class AlignConfig:
     max_shift: float = 0.08  # largest refinement, share of ``side`` (~ a feature cell at typical sizes)
     min_gain: float = 0.01  # the refinement must raise the structure correlation by this much ...
     min_correlation: float = 0.15  # ... to at least this: a flow can always fit noise a little
+    min_prior: float = 0.05  # and the affine alone must already correlate at the flow's scale
 
     def __post_init__(self) -> None:
         if self.side < 16:
@@ -186,7 +187,11 @@ def refine_alignment(image_a: np.ndarray, image_b: np.ndarray, box_a: Box, affin
     warped = cv2.remap(sb, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR)
     after = correlation(sa, warped, inside_b)
     gain = after - correlation(sa, sb, inside_b)
-    refined = gain >= config.min_gain and after >= config.min_correlation
+    # Unrelated crops correlate near 0 once the flow's freedom is blurred away; a flow
+    # can still raise their fine correlation (it hallucinates), so the prior must agree.
+    blur = config.smooth * max(h, w) / 2
+    prior = correlation(cv2.GaussianBlur(sa, (0, 0), blur), cv2.GaussianBlur(sb, (0, 0), blur), inside_b)
+    refined = gain >= config.min_gain and after >= config.min_correlation and prior >= config.min_prior
     if not refined:
         flow = np.zeros_like(flow)
     # Working pixel p looks at A's p + flow: its B position is the affine of that A point.
