@@ -90,6 +90,17 @@ CREATE TABLE IF NOT EXISTS links (
     mirrored   BOOLEAN DEFAULT false     -- B holds A's region mirrored (affine det < 0)
 );
 
+-- The shared detail of a link (engine/cosegment.py): polygons [x0, y0, x1, y1, ...] in
+-- A's and B's original pixels, empty when nothing was segmented. A new table, so old
+-- files get it from this script without a migration.
+CREATE TABLE IF NOT EXISTS link_masks (
+    link_id    BIGINT PRIMARY KEY,
+    polygon_a  DOUBLE[] NOT NULL,
+    polygon_b  DOUBLE[] NOT NULL,
+    refined    BOOLEAN NOT NULL,
+    created    TIMESTAMP NOT NULL
+);
+
 CREATE SEQUENCE IF NOT EXISTS cluster_seq START 1;
 CREATE TABLE IF NOT EXISTS clusters (
     cluster_id  BIGINT PRIMARY KEY DEFAULT nextval('cluster_seq'),

@@ -34,6 +34,7 @@ import duckdb
 from db import migrations
 from db.connection import BUSY_TIMEOUT_S, ConnectionGate, StoreBusyError, backoff, is_lock_error
 from db.records import (
+    LinkMaskRecord,
     REVOKE,
     TARGET_KINDS,
     UNREVIEWED,
@@ -417,6 +418,43 @@ class Store:
             return ids
 
         return self._write(work)
+
+    def save_link_masks(self, masks: Sequence[LinkMaskRecord]) -> int:
+        """Store (or replace) the shared-detail masks of links; returns how many."""
+        masks = list(masks)
+
+        def flat(polygon) -> list[float]:
+            return [float(v) for point in polygon for v in point]
+
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            ids = [m.link_id for m in masks]
+            if ids:
+                cur.execute(f"DELETE FROM link_masks WHERE link_id IN ({', '.join('?' * len(ids))})", ids)
+            _insert(cur, "link_masks", {
+                "link_id": ("BIGINT", ids),
+                "polygon_a": ("DOUBLE[]", [flat(m.polygon_a) for m in masks]),
+                "polygon_b": ("DOUBLE[]", [flat(m.polygon_b) for m in masks]),
+                "refined": ("BOOLEAN", [bool(m.refined) for m in masks]),
+                "created": ("TIMESTAMP", [_now()] * len(masks)),
+            })
+            return len(masks)
+
+        return self._write(work)
+
+    def link_masks(self, link_ids: Sequence[int] | None = None) -> dict[int, LinkMaskRecord]:
+        """Stored masks by link id (all, or those of ``link_ids``)."""
+        where, args = "", []
+        if link_ids is not None:
+            if not link_ids:
+                return {}
+            where, args = f"WHERE link_id IN ({', '.join('?' * len(link_ids))})", [int(i) for i in link_ids]
+        rows = self._read(lambda cur: cur.execute(
+            f"SELECT link_id, polygon_a, polygon_b, refined FROM link_masks {where}", args).fetchall())
+
+        def points(flat) -> tuple[tuple[float, float], ...]:
+            return tuple((flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2))
+
+        return {r[0]: LinkMaskRecord(r[0], points(r[1]), points(r[2]), r[3]) for r in rows}
 
     def get_link(self, link_id: int) -> Link | None:
         found = self.list_links(link_ids=[link_id])

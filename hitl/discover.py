@@ -40,6 +40,7 @@ from engine.mirror import (
 from engine.shortlist import ShortlistConfig, all_pairs, global_descriptors, knn_pairs
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
+from hitl.masks import compute_link_masks
 from hitl.project import ProjectPaths, load_model
 
 # Links at or above this discovery score (paper eq. 2) count as found: they build the
@@ -62,10 +63,16 @@ class DiscoverConfig:
     # the features of the flipped image too, "flip" against the flipped feature maps
     # (cheaper, approximate), "off" not at all. engine/mirror.py; benchmarks/mirror.py.
     mirror: str = "image"
+    # Shared-detail masks of found links (hitl/masks.py, engine/cosegment.py): "features"
+    # adds the backbone's finer-scale similarity to the structure correlation, which
+    # "structure" uses alone (fast); "off" stores none.
+    masks: str = "features"
 
     def __post_init__(self) -> None:
         if self.mirror not in MIRROR_MODES:
             raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {self.mirror!r}")
+        if self.masks not in ("off", "structure", "features"):
+            raise ValueError(f"masks must be off, structure or features, not {self.masks!r}")
 
     def params(self) -> dict:
         """What makes two runs the same run (stored with it; resume keys on it)."""
@@ -109,6 +116,8 @@ def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = Di
         todo = [p for p in pairs if tuple(sorted(p)) not in done]
         n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress, mirrored)
         links = [lk for lk in store.list_links(model_id=model_id) if lk.score >= config.min_score]
+        if config.masks != "off":
+            compute_link_masks(store, links, backbone if config.masks == "features" else None, progress=progress)
         n_clusters = _store_clusters(store, run_id, links, config.graph)
         _store_maps(store, model_id, ids, desc, links, pyramids)
         store.finish_run(run_id, "done")

@@ -193,3 +193,17 @@ def test_file_store_persists_across_instances(tmp_path: Path) -> None:
         first.add_images([_image(1)])
     assert Store(path).count_images() == 1
     assert Store(str(path)).summary()["images"] == 1
+
+
+def test_link_masks_round_trip_and_replace(store: Store) -> None:
+    from db.records import LinkMaskRecord
+
+    run = store.start_run("m", {})
+    first, second = store.add_links(run, [_match("a", "b"), _match("a", "c")])
+    square = ((0.0, 0.0), (10.0, 0.0), (10.0, 12.5), (0.0, 12.5))
+    masks = [LinkMaskRecord(first, square, square[::-1], True), LinkMaskRecord(second, (), (), False)]
+    assert store.save_link_masks(masks) == 2
+    assert store.link_masks() == {first: masks[0], second: masks[1]}
+    again = LinkMaskRecord(first, square[:3], square[:3], False)
+    store.save_link_masks([again])
+    assert store.link_masks([first]) == {first: again} and store.link_masks([]) == {}

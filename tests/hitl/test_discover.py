@@ -9,7 +9,8 @@ from hitl.project import open_project
 
 SMALL_FEATURES = FeatureConfig(max_side=16, n_scales=3)
 
-CONFIG = DiscoverConfig(pairs="all", features=SMALL_FEATURES, commit_every=4, min_score=0.0)
+# Masks from structure alone: the backbone's finer features per link would triple the time.
+CONFIG = DiscoverConfig(pairs="all", features=SMALL_FEATURES, commit_every=4, min_score=0.0, masks="structure")
 
 
 def test_discovery_writes_run_links_clusters_and_map(tiny_project):
@@ -21,6 +22,9 @@ def test_discovery_writes_run_links_clusters_and_map(tiny_project):
     assert store.count_links(run_id=report.run_id) == report.n_links > 0
     assert len(store.load_map(report.model_id, "image")) == 8
     assert len(store.list_clusters(run_id=report.run_id)) == report.n_clusters
+    masks = store.link_masks()  # every found link has its shared-detail mask (maybe empty)
+    assert set(masks) == {lk.link_id for lk in store.list_links(run_id=report.run_id)}
+    assert any(len(m.polygon_a) >= 3 and len(m.polygon_b) == len(m.polygon_a) for m in masks.values())
     # a second run with the same model verifies nothing again
     again = run_discovery(store, paths, CONFIG, progress=False)
     assert again.n_verified_now == 0 and again.n_links == report.n_links
@@ -76,9 +80,11 @@ def test_new_images_only_add_their_pairs(tiny_project, tiny_demo):
     assert best.match.mirrored
 
 
-def test_unknown_mirror_mode_is_refused():
+def test_unknown_mirror_or_mask_mode_is_refused():
     with pytest.raises(ValueError, match="mirror"):
         replace(CONFIG, mirror="both")
+    with pytest.raises(ValueError, match="masks"):
+        replace(CONFIG, masks="yes")
 
 
 def test_unknown_pair_mode_is_refused(tiny_project):
