@@ -89,7 +89,7 @@ def pairs_benchmark(demo: Path, workdir: Path, modes: list[str], k: int, device:
         shutil.copytree(demo / "artminer-data", target / "artminer-data")
         store, paths = open_project(target / "artminer.duckdb")
         start = time.perf_counter()
-        run_discovery(store, paths, DiscoverConfig(k=k, mirror=mode), progress=False, backbone=backbone)
+        run_discovery(store, paths, DiscoverConfig(k=k, mirror=mode, masks="off"), progress=False, backbone=backbone)
         seconds = time.perf_counter() - start
         names = {im.image_id: Path(im.path).name for im in store.list_images()}
         links = store.list_links(min_score=DEFAULT_MIN_SCORE)

@@ -8,7 +8,8 @@ review page or any other caller:
 - ``a``, ``b``: A's region and B resampled onto it (link affine + regularised flow);
 - ``highlight``: A in grey with the differing places in red;
 - :func:`swipe`: A left of a split, aligned B right of it;
-- :func:`flicker_gif`: an animated GIF alternating A and aligned B.
+- :func:`flicker_gif`: an animated GIF alternating A and aligned B;
+- :func:`outline`: a link's shared-detail polygon drawn on a crop of its region.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from engine.align import AlignConfig, Alignment, refine_alignment, sample, structure, warp_b_onto_a
 from engine.types import Affine, Box
@@ -69,6 +70,18 @@ def difference_view(view_a: np.ndarray, view_b: np.ndarray, box_a: Box, affine: 
     diff = difference_map(crop_a, aligned, reach, config.contrast_sigma)
     return DifferenceView(Image.fromarray(crop_a), Image.fromarray(aligned), Image.fromarray(highlight(crop_a, diff)),
                           diff, alignment)
+
+
+def outline(picture: Image.Image, box: Box, polygon, colour: tuple[int, int, int], width: int = 3) -> Image.Image:
+    """A copy of ``picture`` (the crop of ``box``, any size) with ``polygon`` (original
+    pixels of the same image) drawn on it; unchanged when the polygon is empty."""
+    out = picture.convert("RGB").copy()
+    if len(polygon) < 3:
+        return out
+    sx, sy = out.width / box.width, out.height / box.height
+    points = [((x - box.x0) * sx, (y - box.y0) * sy) for x, y in polygon]
+    ImageDraw.Draw(out).line([*points, points[0]], fill=colour, width=width, joint="curve")
+    return out
 
 
 def swipe(a: Image.Image, b: Image.Image, position: float) -> Image.Image:

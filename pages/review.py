@@ -13,7 +13,7 @@ from PIL import Image
 from db.records import UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
-from hitl.difference import difference_view, flicker_gif, swipe
+from hitl.difference import difference_view, flicker_gif, outline, swipe
 from hitl.overlay import aligned_pair, crop_region
 from hitl.queue import STRATEGIES, next_links
 from hitl.thumbnails import jpeg_bytes
@@ -128,6 +128,7 @@ def link_ui(store, link: Link) -> None:
     with text_b:
         st.text("B (blue)")
         session.show_metadata(b)
+    mask_ui(store, a, b, link)
     difference_ui(a, b, link)
 
 
@@ -144,6 +145,38 @@ def difference_pictures(path_a: str, path_b: str, box_a: tuple, affine: tuple,
                             affine, scale_a, scale_b)
     return (np.asarray(found.a), np.asarray(found.b), np.asarray(found.highlight),
             flicker_gif(found.a, found.b), found.alignment.refined)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def mask_pictures(path_a: str, path_b: str, box_a: tuple, box_b: tuple, polygon_a: tuple, polygon_b: tuple,
+                  ) -> tuple[bytes, bytes] | None:
+    """JPEGs of the two regions with the shared detail outlined."""
+    try:
+        view_a, scale_a = session.view(path_a, DETAIL_SIDE)
+        view_b, scale_b = session.view(path_b, DETAIL_SIDE)
+    except ImageReadError:
+        return None
+    pictures = []
+    for view, scale, box, polygon, colour in ((view_a, scale_a, box_a, polygon_a, A_COLOUR),
+                                              (view_b, scale_b, box_b, polygon_b, B_COLOUR)):
+        crop = crop_region(view, Box(*box), scale, CROP_SIDE)
+        pictures.append(jpeg_bytes(outline(crop, Box(*box), polygon, colour)))
+    return pictures[0], pictures[1]
+
+
+def mask_ui(store, a, b, link: Link) -> None:
+    """The shared detail (engine/cosegment.py) outlined in both regions, when stored."""
+    mask = store.link_masks([link.link_id]).get(link.link_id)
+    if a is None or b is None or mask is None or len(mask.polygon_a) < 3:
+        return
+    pictures = mask_pictures(a.path, b.path, tuple(link.box_a.as_list()), tuple(link.box_b.as_list()),
+                             mask.polygon_a, mask.polygon_b)
+    if pictures is not None:
+        left, right, note = st.columns([1, 1, 2])
+        left.image(pictures[0], width="stretch")
+        right.image(pictures[1], width="stretch")
+        note.caption("Outlined: the shared detail in A and in B (its mask)"
+                     + ("" if mask.refined else "; aligned by the affine only"))
 
 
 def difference_ui(a, b, link: Link) -> None:

@@ -131,6 +131,21 @@ def test_review_difference_view_modes_render(app):
             assert not app.exception
 
 
+def test_review_outlines_a_stored_shared_detail(app, project):
+    from db.records import LinkMaskRecord
+
+    store = Store(project)
+    first = store.list_links(status="unreviewed", limit=1)[0]
+    app.run()
+    assert not any("shared detail" in c.value for c in app.caption)
+    box = first.box_a
+    square = ((box.x0 + 2, box.y0 + 2), (box.x1 - 2, box.y0 + 2), (box.x1 - 2, box.y1 - 2))
+    store.save_link_masks([LinkMaskRecord(first.link_id, square, square, True)])
+    app.run()
+    assert not app.exception
+    assert any("the shared detail in A and in B" in c.value for c in app.caption)
+
+
 def test_review_shows_hostile_metadata_as_text_only(app, project):
     store = Store(project)
     hostile = next(im for im in store.list_images() if im.title == HOSTILE_TITLE)

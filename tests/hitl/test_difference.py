@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from engine.types import Box
-from hitl.difference import difference_view, flicker_gif, swipe
+from hitl.difference import difference_view, flicker_gif, outline, swipe
 from tests.conftest import textured
 
 AFFINE = np.array([[1.1, 0.0, 20.0], [0.0, 1.1, 15.0]])  # A -> B
@@ -50,3 +50,11 @@ def test_swipe_and_flicker():
         swipe(a, b.resize((5, 4)), 0.5)
     gif = Image.open(io.BytesIO(flicker_gif(a, b)))
     assert gif.n_frames == 2 and gif.info["loop"] == 0
+
+
+def test_outline_draws_the_polygon_in_crop_coordinates():
+    crop = Image.new("RGB", (100, 50), (0, 0, 0))  # the crop of box (200, 100)-(400, 200): 0.5 px per px
+    box = Box(200, 100, 400, 200)
+    drawn = np.asarray(outline(crop, box, [(220, 110), (380, 110), (380, 190), (220, 190)], (255, 0, 0), width=1))
+    assert drawn[5, 50, 0] == 255 and drawn[25, 50, 0] == 0  # the top edge at y = (110-100)/2, not inside
+    assert (np.asarray(outline(crop, box, [], (255, 0, 0))) == 0).all()
