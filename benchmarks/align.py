@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     ea, er = np.array(errors_affine), np.array(errors_refined)
     print(f"ground-truth links: {len(ea)} ({sum(mirrored)} mirrored); flow kept on {sum(refined)}")
-    print(f"alignment error, px at original resolution (median over links of per-link medians; mean):")
+    print("alignment error, px at original resolution (median over links of per-link medians; mean):")
     print(f"  affine only : {np.median(ea):6.2f}  ({ea.mean():.2f})")
     print(f"  refined     : {np.median(er):6.2f}  ({er.mean():.2f})")
     print(f"  links improved / worsened by > 0.5 px: {(er < ea - 0.5).sum()} / {(er > ea + 0.5).sum()}")

@@ -34,7 +34,6 @@ import duckdb
 from db import migrations
 from db.connection import BUSY_TIMEOUT_S, ConnectionGate, StoreBusyError, backoff, is_lock_error
 from db.records import (
-    LinkMaskRecord,
     REVOKE,
     TARGET_KINDS,
     UNREVIEWED,
@@ -42,6 +41,7 @@ from db.records import (
     AnnotationFile,
     ImageRecord,
     Link,
+    LinkMaskRecord,
     MapPoint,
     ModelVersion,
     RegionRecord,

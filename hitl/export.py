@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from db import VERDICTS, ImageRecord, Link, Store, Verdict
+from db.records import LinkMaskRecord
 from engine.types import Box, ModelRef, PairMatch
 
 FORMATS = ("csv", "json", "w3c", "iiif", "training")
@@ -77,6 +78,7 @@ class _Row:
     image_a: ImageRecord
     image_b: ImageRecord
     verdict: Verdict | None
+    mask: LinkMaskRecord | None = None  # the shared detail's polygons, when computed
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,10 @@ def _rows(store: Store, statuses: Iterable[str]) -> list[_Row]:
     current = store.current_verdicts("link")
     ids = sorted({i for lk in links for i in (lk.image_a, lk.image_b)})
     images = {im.image_id: im for im in store.list_images(image_ids=ids)}
+    masks = store.link_masks([lk.link_id for lk in links])
     return [_Row(lk, images.get(lk.image_a) or _unknown(lk.image_a),
-                 images.get(lk.image_b) or _unknown(lk.image_b), current.get(lk.link_id))
+                 images.get(lk.image_b) or _unknown(lk.image_b), current.get(lk.link_id),
+                 masks.get(lk.link_id))
             for lk in links]
 
 
@@ -340,11 +344,19 @@ def xywh(box: Box, sx: float = 1.0, sy: float = 1.0) -> str:
     return f"xywh={x},{y},{w},{h}"
 
 
-def _specific(image: ImageRecord, box: Box) -> dict[str, Any]:
+def _specific(image: ImageRecord, box: Box, polygon: tuple = ()) -> dict[str, Any]:
     iri, sx, sy = _source(image)
-    return {"type": "SpecificResource", "source": iri,
-            "selector": {"type": "FragmentSelector", "conformsTo": MEDIA_FRAGMENTS,
-                         "value": xywh(box, sx, sy)}}
+    selector = {"type": "FragmentSelector", "conformsTo": MEDIA_FRAGMENTS, "value": xywh(box, sx, sy)}
+    if len(polygon) >= 3:  # the shared detail's outline, within the box (W3C "refinedBy")
+        selector["refinedBy"] = {"type": "SvgSelector", "value": svg_polygon(polygon, box, sx, sy)}
+    return {"type": "SpecificResource", "source": iri, "selector": selector}
+
+
+def svg_polygon(polygon, box: Box, sx: float = 1.0, sy: float = 1.0) -> str:
+    """An SVG polygon in the coordinates of ``box``'s media fragment (its corner at 0, 0)."""
+    x0, y0 = round(box.x0 * sx), round(box.y0 * sy)
+    points = " ".join(f"{x * sx - x0:.1f},{y * sy - y0:.1f}" for x, y in polygon)
+    return f"<svg xmlns='http://www.w3.org/2000/svg'><polygon points='{points}'/></svg>"
 
 
 def _annotation_id(link: Link) -> str:
@@ -364,7 +376,8 @@ def _w3c_annotation(row: _Row) -> dict[str, Any]:
     annotation = {
         "id": _annotation_id(link), "type": "Annotation", "motivation": "linking",
         "body": bodies,
-        "target": [_specific(row.image_a, link.box_a), _specific(row.image_b, link.box_b)],
+        "target": [_specific(row.image_a, link.box_a, row.mask.polygon_a if row.mask else ()),
+                   _specific(row.image_b, link.box_b, row.mask.polygon_b if row.mask else ())],
     }
     if v is not None:
         annotation["creator"] = {"type": "Person", "name": v.annotator}
@@ -388,15 +401,16 @@ def _iiif_annotations(rows: list[_Row]) -> dict[str, tuple[int, list[dict[str, A
     """Per manifest: (presentation version, annotations on its canvases)."""
     pages: dict[str, tuple[int, list[dict[str, Any]]]] = {}
     for row in rows:
-        sides = ((row.image_a, row.link.box_a, row.image_b, row.link.box_b),
-                 (row.image_b, row.link.box_b, row.image_a, row.link.box_a))
-        for n, (here, box, there, other_box) in enumerate(sides):
+        poly_a, poly_b = (row.mask.polygon_a, row.mask.polygon_b) if row.mask else ((), ())
+        sides = ((row.image_a, row.link.box_a, row.image_b, row.link.box_b, poly_b),
+                 (row.image_b, row.link.box_b, row.image_a, row.link.box_a, poly_a))
+        for n, (here, box, there, other_box, other_polygon) in enumerate(sides):
             if not (here.iiif_canvas and here.iiif_manifest):
                 continue
             version = int(here.extra.get("iiif_version", 3))
             _, sx, sy = _source(here)
             target = f"{here.iiif_canvas}#{xywh(box, sx, sy)}"
-            body = _specific(there, other_box)
+            body = _specific(there, other_box, other_polygon)
             ann_id = f"{_annotation_id(row.link)}-{n}"
             if version == 2:
                 other = f"{body['source']}#{body['selector']['value']}"

@@ -254,3 +254,26 @@ def test_bad_format_and_bad_import_are_clear_errors(project, tmp_path: Path) -> 
         import_links(store, tmp_path / "other.json")
     with pytest.raises(ValueError, match="cannot read links export"):
         import_links(store, tmp_path / "absent.json")
+
+
+def test_w3c_and_iiif_carry_the_shared_detail_polygon(project, tmp_path: Path) -> None:
+    from db.records import LinkMaskRecord
+
+    store, ids = project
+    triangle_a = ((12.0, 12.0), (18.0, 12.0), (18.0, 18.0))
+    triangle_b = ((15.0, 10.0), (21.0, 10.0), (21.0, 16.0))
+    store.save_link_masks([LinkMaskRecord(ids["confirmed"], triangle_a, triangle_b, True),
+                           LinkMaskRecord(ids["iiif3"], triangle_a, triangle_b, False)])
+    export_links(store, "w3c", tmp_path / "links.jsonld")
+    doc = json.loads((tmp_path / "links.jsonld").read_text())
+    validate_web_annotation_page(doc)  # the box stays the selector; the polygon refines it
+    first = next(a for a in doc["items"] if a["target"][0]["source"] == "file:///collection/a.jpg")
+    refined = first["target"][0]["selector"]["refinedBy"]
+    assert refined["type"] == "SvgSelector" and "points='2.0,2.0 8.0,2.0 8.0,8.0'" in refined["value"]
+    assert "points='2.0,2.0 8.0,2.0 8.0,8.0'" in first["target"][1]["selector"]["refinedBy"]["value"]
+    unmasked = [a for a in doc["items"] if "refinedBy" not in a["target"][0]["selector"]]
+    assert len(unmasked) == len(doc["items"]) - 2
+    export_links(store, "iiif", tmp_path / "iiif.json")
+    index = json.loads((tmp_path / "iiif.json").read_text())["artminer_iiif_export"]
+    v3 = json.loads((tmp_path / next(e["file"] for e in index if e["iiif_version"] == 3)).read_text())
+    assert v3["items"][0]["body"]["selector"]["refinedBy"]["type"] == "SvgSelector"
