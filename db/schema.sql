@@ -132,6 +132,17 @@ CREATE TABLE IF NOT EXISTS map_points (
     PRIMARY KEY (model_id, kind, item_id)
 );
 
+-- The style map (engine/style.py): images laid out by early-layer statistics, with
+-- their HDBSCAN style group. A new table, so old files get it without a migration.
+CREATE TABLE IF NOT EXISTS style_points (
+    model_id  VARCHAR NOT NULL,
+    image_id  VARCHAR NOT NULL,
+    x         DOUBLE NOT NULL,
+    y         DOUBLE NOT NULL,
+    grp       INTEGER NOT NULL,
+    PRIMARY KEY (model_id, image_id)
+);
+
 CREATE SEQUENCE IF NOT EXISTS round_seq START 1;
 CREATE TABLE IF NOT EXISTS rounds (
     round_id      BIGINT PRIMARY KEY DEFAULT nextval('round_seq'),

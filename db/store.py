@@ -789,6 +789,32 @@ class Store:
 
         return self._write(work)
 
+    def save_style_map(self, model_id: str, image_ids: Sequence[str], xy: Iterable[Sequence[float]],
+                       groups: Sequence[int]) -> int:
+        """Replace ``model_id``'s style map: (N, 2) points and style group per image."""
+        points = [(float(p[0]), float(p[1])) for p in xy]
+        ids, groups = [str(i) for i in image_ids], [int(g) for g in groups]
+        if not (len(ids) == len(points) == len(groups)):
+            raise ValueError(f"style map of {len(ids)} images got {len(points)} points, {len(groups)} groups")
+
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            cur.execute("DELETE FROM style_points WHERE model_id = ?", [model_id])
+            _insert(cur, "style_points", {
+                "model_id": ("VARCHAR", [model_id] * len(ids)), "image_id": ("VARCHAR", ids),
+                "x": ("DOUBLE", [p[0] for p in points]), "y": ("DOUBLE", [p[1] for p in points]),
+                "grp": ("INTEGER", groups),
+            })
+            return len(ids)
+
+        return self._write(work)
+
+    def load_style_map(self, model_id: str) -> list[MapPoint]:
+        """The style map as image points (``kind`` "image"), its groups the style groups."""
+        rows = self._read(lambda cur: cur.execute(
+            "SELECT 'image', image_id, x, y, grp FROM style_points WHERE model_id = ? ORDER BY image_id",
+            [model_id]).fetchall())
+        return [MapPoint(*r) for r in rows]
+
     def load_map(self, model_id: str, kind: str = "image") -> list[MapPoint]:
         rows = self._read(lambda cur: cur.execute(
             "SELECT kind, item_id, x, y, grp FROM map_points WHERE model_id = ? AND kind = ? "

@@ -42,6 +42,7 @@ from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, verify_pairs
 from hitl.masks import compute_link_masks
 from hitl.project import ProjectPaths, load_model
+from hitl.style_map import store_style_map
 
 # Links at or above this discovery score (paper eq. 2) count as found: they build the
 # clusters and are the default threshold of precision/recall and the review queue.
@@ -67,6 +68,7 @@ class DiscoverConfig:
     # adds the backbone's finer-scale similarity to the structure correlation, which
     # "structure" uses alone (fast); "off" stores none.
     masks: str = "features"
+    style: bool = True  # also the style map: images by early-layer statistics (hitl/style_map.py)
 
     def __post_init__(self) -> None:
         if self.mirror not in MIRROR_MODES:
@@ -120,6 +122,8 @@ def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = Di
             compute_link_masks(store, links, backbone if config.masks == "features" else None, progress=progress)
         n_clusters = _store_clusters(store, run_id, links, config.graph)
         _store_maps(store, model_id, ids, desc, links, pyramids)
+        if config.style:
+            store_style_map(store, backbone, progress=progress)
         store.finish_run(run_id, "done")
     except BaseException as err:
         store.finish_run(run_id, "failed", error=f"{type(err).__name__}: {err}")

@@ -200,6 +200,20 @@ def test_map_colourings(app, colour):
     assert not app.exception
 
 
+def test_map_style_mode_shows_the_style_map(app, project):
+    store = Store(project)
+    ids = [im.image_id for im in store.list_images()]
+    app.run()
+    app.switch_page("pages/map.py").run()
+    app.radio(key="map_kind").set_value("style").run()
+    assert any("No style map" in i.value for i in app.info)
+    store.save_style_map("effnet-lite0", ids, [(float(i), float(i % 3)) for i in range(len(ids))],
+                         [i % 2 for i in range(len(ids))])
+    app.selectbox(key="map_colour").select("group").run()
+    assert not app.exception
+    assert f"{len(ids)} points" in _texts(app)
+
+
 def test_training_page_follows_a_running_round(app, project):
     from hitl.jobs import running_job, start_training, stop_training
     from hitl.project import ProjectPaths

@@ -207,3 +207,14 @@ def test_link_masks_round_trip_and_replace(store: Store) -> None:
     again = LinkMaskRecord(first, square[:3], square[:3], False)
     store.save_link_masks([again])
     assert store.link_masks([first]) == {first: again} and store.link_masks([]) == {}
+
+
+def test_style_map_round_trip_and_replace(store: Store) -> None:
+    assert store.save_style_map("m", ["b", "a"], [(1.0, 2.0), (3.0, 4.0)], [0, -1]) == 2
+    points = store.load_style_map("m")
+    assert [(p.item_id, p.x, p.y, p.group, p.kind) for p in points] == [
+        ("a", 3.0, 4.0, -1, "image"), ("b", 1.0, 2.0, 0, "image")]
+    store.save_style_map("m", ["c"], [(0.0, 0.0)], [1])
+    assert [p.item_id for p in store.load_style_map("m")] == ["c"] and store.load_style_map("x") == []
+    with pytest.raises(ValueError, match="style map"):
+        store.save_style_map("m", ["a"], [(0.0, 0.0)], [])

@@ -21,6 +21,7 @@ def test_discovery_writes_run_links_clusters_and_map(tiny_project):
     assert run.status == "done" and run.params["pairs"] == "all"
     assert store.count_links(run_id=report.run_id) == report.n_links > 0
     assert len(store.load_map(report.model_id, "image")) == 8
+    assert len(store.load_style_map(report.model_id)) == 8
     assert len(store.list_clusters(run_id=report.run_id)) == report.n_clusters
     masks = store.link_masks()  # every found link has its shared-detail mask (maybe empty)
     assert set(masks) == {lk.link_id for lk in store.list_links(run_id=report.run_id)}
