@@ -222,7 +222,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     store, paths = open_project(args.project)
     if store.count_images() == 0:
         raise UsageError(f"{args.project} has no images; run `artminer ingest` first")
-    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size)
+    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size, mirror=args.mirror,
+                            masks=args.masks, style=not args.no_style)
     if args.min_score is not None:
         config = replace(config, min_score=args.min_score)
     if args.graph != "paper":
@@ -370,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, help="discovery score threshold for links")
     p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
     p.add_argument("--batch-size", type=int, default=32, help="pairs verified together")
+    p.add_argument("--mirror", default="image", choices=["image", "flip", "off"],
+                   help="mirrored copies: features of the flipped image, flipped feature maps, or none")
+    p.add_argument("--masks", default="features", choices=["features", "structure", "off"],
+                   help="shared-detail masks of found links")
+    p.add_argument("--no-style", action="store_true", help="skip the style map")
 
     p = add("train", "a training round: fine-tune on mined pairs and expert verdicts", model=True, project=True)
     p.add_argument("--iterations", type=int, default=200, help="mining + gradient-step iterations (paper: 200)")

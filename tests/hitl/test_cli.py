@@ -63,3 +63,11 @@ def test_eval_with_a_malformed_annotation_file(image_folder, tmp_path, capsys):
 def test_discover_on_missing_project(tmp_path, capsys):
     assert main(["discover", "--project", str(tmp_path / "none.duckdb")]) == 2
     assert "project file not found" in capsys.readouterr().err
+
+
+def test_discover_refuses_an_unknown_mirror_mode(tmp_path, capsys):
+    try:
+        code = main(["discover", "--project", str(tmp_path / "p.duckdb"), "--mirror", "both"])
+    except SystemExit as exit_:  # argparse's own usage error
+        code = exit_.code
+    assert code == 2 and "--mirror" in capsys.readouterr().err
