@@ -183,7 +183,11 @@ def difference_ui(a, b, link: Link) -> None:
     """Aligned B over A (affine + regularised flow) and what differs: changes, additions, omissions."""
     if a is None or b is None:
         return
-    with st.expander("Difference view: B finely aligned over A", expanded=False):
+    # A toggle, not an expander: Streamlit runs a collapsed expander's code too, and the
+    # alignment would slow every answer -> next candidate step.
+    if not st.toggle("Difference view: B finely aligned over A", key="review_diff_on"):
+        return
+    with st.container(border=True):
         pictures = difference_pictures(a.path, b.path, tuple(link.box_a.as_list()), link.match.affine)
         if pictures is None:
             st.text("(an image is not readable)")

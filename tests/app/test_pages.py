@@ -122,6 +122,8 @@ def test_review_confirm_reject_undo_write_the_log(app, project):
 def test_review_difference_view_modes_render(app):
     app.run()
     assert not app.exception
+    assert not any("aligned by the link's affine" in c.value for c in app.caption)  # off: no cost
+    app.toggle(key="review_diff_on").set_value(True).run()
     assert any("aligned by the link's affine" in c.value for c in app.caption)
     for mode in ("flicker", "swipe", "differences"):
         app.radio(key="review_diff_mode").set_value(mode).run()
