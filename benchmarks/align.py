@@ -14,6 +14,9 @@ lie mostly on two copies of one motif is a ground-truth pair; for it:
   flow (engine/align.py); median per link, then median (and mean) over links;
 - mask IoU: the shared-detail polygon (engine/cosegment.py) rasterised in A against
   A's copy mask, and in B against B's; beside it the IoU of the link's plain box.
+
+``--montage PNG`` also draws the first four links: A's region with the mask outlined
+in green, B finely aligned onto it, and A in grey with the differences in red.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from engine.cosegment import link_mask, rasterise
 from engine.images import load_rgb
 from engine.types import Box
 from hitl.demo import DemoInstance, load_copies
+from hitl.difference import difference_view, outline
 from hitl.discover import DEFAULT_MIN_SCORE
 
 
@@ -76,13 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo", required=True, help="the demo folder (ground_truth_copies.json, masks/)")
     parser.add_argument("--limit", type=int, default=200, help="at most this many ground-truth links")
     parser.add_argument("--no-features", action="store_true", help="masks from structure correlation only")
+    parser.add_argument("--montage", help="also write a PNG of the first 4 links: A, aligned B, differences")
     args = parser.parse_args(argv)
     store = Store(args.project)
     copies = load_copies(args.demo)
     paths = {im.image_id: im.path for im in store.list_images()}
     backbone = None if args.no_features else create_backbone("effnet-lite0")
     errors_affine, errors_refined, refined, iou_a, iou_b, iou_box, mirrored = [], [], [], [], [], [], []
-    seconds = 0.0
+    seconds, rows = 0.0, []
     for n, (link, (copy_a, mask_a), (copy_b, mask_b)) in enumerate(ground_truth_links(store, copies)):
         if n >= args.limit:
             break
@@ -104,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
         refined.append(alignment.refined)
         mirrored.append(link.match.mirrored)
         found = link_mask(image_a, image_b, box, link.match.affine, backbone=backbone)
+        if args.montage and len(rows) < 4:
+            view = difference_view(image_a, image_b, box, link.match.affine)
+            a = outline(view.a, found.alignment.region, found.polygon_a, (40, 170, 90), width=3)
+            rows.append(np.concatenate([np.asarray(p.resize((256, 256))) for p in (a, view.b, view.highlight)], 1))
         height, width = truth_a.shape
         iou_a.append(_iou(rasterise(found.polygon_a, width, height), truth_a))
         iou_b.append(_iou(rasterise(found.polygon_b, *truth_b.shape[::-1]), truth_b))
@@ -111,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         box_mask[int(box.y0) : int(np.ceil(box.y1)), int(box.x0) : int(np.ceil(box.x1))] = True
         iou_box.append(_iou(box_mask, truth_a))
     store.close()
+    if rows:
+        Image.fromarray(np.concatenate(rows, 0)).save(args.montage)
     if not errors_affine:
         print("no ground-truth links found")
         return
