@@ -89,7 +89,7 @@ def pairs_benchmark(demo: Path, workdir: Path, modes: list[str], k: int, device:
         shutil.copytree(demo / "artminer-data", target / "artminer-data")
         store, paths = open_project(target / "artminer.duckdb")
         start = time.perf_counter()
-        run_discovery(store, paths, DiscoverConfig(k=k, mirror=mode, masks="off"), progress=False, backbone=backbone)
+        run_discovery(store, paths, DiscoverConfig(k=k, mirror=mode, masks="off", style=False), progress=False, backbone=backbone)
         seconds = time.perf_counter() - start
         names = {im.image_id: Path(im.path).name for im in store.list_images()}
         links = store.list_links(min_score=DEFAULT_MIN_SCORE)
@@ -140,11 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=20, help="shortlist neighbours per image")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-pairs", action="store_true")
+    parser.add_argument("--skip-oneshot", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     workdir = Path(args.workdir)
     demo = ensure_demo(workdir)
-    oneshot_benchmark(demo, args.device)
+    if not args.skip_oneshot:
+        oneshot_benchmark(demo, args.device)
     if not args.skip_pairs:
         pairs_benchmark(demo, workdir, args.modes.split(","), args.k, args.device)
 
