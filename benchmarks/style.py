@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -48,10 +49,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"style map  : {len(set(groups) - {-1})} HDBSCAN groups ({np.mean(groups == -1):.0%} noise), "
           f"ARI vs medium {adjusted_rand_score(media, groups):.3f}; k-means(k={len(set(media))}) "
           f"ARI {adjusted_rand_score(media, kmeans):.3f}")
+    _crosstab("style groups", groups, media)
     if content:
         labels = [content.get(i, -1) for i in ids]
         print(f"content map: {len(set(labels) - {-1})} HDBSCAN groups, ARI vs medium "
               f"{adjusted_rand_score(media, labels):.3f}")
+        _crosstab("content groups", labels, media)
+
+
+def _crosstab(title: str, groups, media: list[str]) -> None:
+    """Images per (group, medium): which media a group gathers."""
+    print(f"  {title}:")
+    for g in sorted(set(groups)):
+        counts = Counter(m for m, h in zip(media, groups) if h == g)
+        print(f"    {g:>3}: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()))
 
 
 if __name__ == "__main__":
