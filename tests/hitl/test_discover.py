@@ -9,8 +9,11 @@ from hitl.project import open_project
 
 SMALL_FEATURES = FeatureConfig(max_side=16, n_scales=3)
 
-# Masks from structure alone: the backbone's finer features per link would triple the time.
-CONFIG = DiscoverConfig(pairs="all", features=SMALL_FEATURES, commit_every=4, min_score=0.0, masks="structure")
+# Cheap variants of the extra steps: masks from structure alone (the backbone's finer
+# features per link would triple the time) and flipped feature maps for mirrors (no
+# second feature extraction); the test of a mirrored copy uses the default "image".
+CONFIG = DiscoverConfig(pairs="all", features=SMALL_FEATURES, commit_every=4, min_score=0.0, masks="structure",
+                        mirror="flip")
 
 
 def test_discovery_writes_run_links_clusters_and_map(tiny_project):
@@ -65,13 +68,14 @@ def test_new_images_only_add_their_pairs(tiny_project, tiny_demo):
     from hitl.ingest import ingest_paths
 
     store, paths = open_project(tiny_project)
-    run_discovery(store, paths, CONFIG, progress=False)
+    config = replace(CONFIG, mirror="image")
+    run_discovery(store, paths, config, progress=False)
     new = paths.project.parent / "more"
     new.mkdir()
     Image.open(tiny_demo / "images" / sorted((tiny_demo / "images").iterdir())[0].name).transpose(
         Image.Transpose.FLIP_LEFT_RIGHT).save(new / "flipped.png")
     ingest_paths(store, [new], progress=False)
-    report = run_discovery(store, paths, CONFIG, progress=False)
+    report = run_discovery(store, paths, config, progress=False)
     assert report.n_verified_now == 8  # the new image against the 8 old ones
     # The new image is the first one mirrored: their best link says so.
     first = next(im.image_id for im in store.list_images() if im.path.endswith(sorted(
