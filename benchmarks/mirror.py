@@ -1,6 +1,7 @@
 """Mirrored copies on the demo: recall of mirrored ground-truth copies and the time it costs.
 
     python -m benchmarks.mirror [--workdir DIR] [--modes off,flip,image] [--k 20] [--device cpu]
+    python -m benchmarks.mirror [--workdir DIR] --cost 60     # CPU time per pair and image
 
 Builds the 60-image demo (seed 0, as ``artminer demo``) in ``DIR/demo`` unless it is
 there, whose ``ground_truth_copies.json`` says which copies are flipped. A pair of copies
@@ -133,6 +134,46 @@ def oneshot_benchmark(demo: Path, device: str) -> None:
               f"{m_ap:>6.3f} {ms:>9.0f}")
 
 
+def cost_benchmark(demo: Path, n_pairs: int, n_images: int, device: str) -> None:
+    """CPU seconds (process time, robust to a shared machine) of mirror awareness:
+    verifying ``n_pairs`` shortlist pairs plain, with flipped feature maps and with the
+    flipped images' features, and extracting the flipped features of ``n_images``."""
+    from engine.features import CachedPyramids, FeatureCache, FeatureConfig, extract_pyramid
+    from engine.images import load_rgb
+    from engine.mirror import flip_pyramid, verify_pairs_mirrored
+    from engine.verify import verify_pairs
+
+    store, paths = open_project(demo / "artminer.duckdb")
+    backbone = load_model(store, None, device)
+    images = store.list_images()
+    store.close()
+    hashes = {im.image_id: im.sha256 for im in images}
+    pyramids = CachedPyramids(FeatureCache(paths.features, backbone.model_id, FeatureConfig()), hashes)
+    ids = [im.image_id for im in images]
+    pairs = [(ids[i], ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids))][:: max(1, len(ids) // 2)]
+    pairs = pairs[:n_pairs]
+    start = time.process_time()
+    for im in images[:n_images]:  # as cache_mirrored_features: decode, flip, extract
+        flipped = load_rgb(im.path, max_side=1280)[:, ::-1].copy()
+        extract_pyramid(backbone, flipped, FeatureConfig())
+    per_image = (time.process_time() - start) / n_images
+    mirrored = {i: flip_pyramid(pyramids(i)) for i in ids}  # stands in for the cached flipped features
+    for i in ids:
+        pyramids(i)
+    runs = {
+        "plain": lambda: list(verify_pairs(pairs, pyramids, device=device)),
+        "mirror": lambda: list(verify_pairs_mirrored(pairs, pyramids, mirrored.__getitem__, device=device)),
+    }
+    cost = {}
+    for name, run in runs.items():
+        start = time.process_time()
+        run()
+        cost[name] = 1000 * (time.process_time() - start) / len(pairs)
+    print(f"CPU time: verification {cost['plain']:.0f} ms per pair plain, {cost['mirror']:.0f} ms with its "
+          f"mirror ({len(pairs)} pairs, either mirror mode: the same work once the pyramid is there); "
+          f"features of a flipped image {per_image:.2f} s (mode image only; {n_images} images)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/artminer-mirror-bench")
@@ -141,10 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-pairs", action="store_true")
     parser.add_argument("--skip-oneshot", action="store_true")
+    parser.add_argument("--cost", type=int, default=0, help="only the CPU cost on this many pairs")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     workdir = Path(args.workdir)
     demo = ensure_demo(workdir)
+    if args.cost:
+        cost_benchmark(demo, args.cost, 8, args.device)
+        return
     if not args.skip_oneshot:
         oneshot_benchmark(demo, args.device)
     if not args.skip_pairs:
