@@ -6,6 +6,8 @@ standardised and reduced by PCA, UMAP to 2D, HDBSCAN style groups, stored per mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 from tqdm import tqdm
 
@@ -41,3 +43,13 @@ def store_style_map(store: Store, backbone: Backbone, config: StyleConfig = Styl
         return 0
     xy = map_2d(descriptors)
     return store.save_style_map(backbone.model_id, ids, xy, density_groups(xy))
+
+
+def in_style_groups(images_of: Sequence[Sequence[str]], style_group: Mapping[str, int],
+                    groups: Sequence[int]) -> list[bool]:
+    """Per item (a cluster's or a link's images): does any image belong to one of
+    ``groups``? Images without a style point belong to none. No groups: all pass."""
+    if not groups:
+        return [True] * len(images_of)
+    wanted = set(groups)
+    return [any(style_group.get(i) in wanted for i in images) for images in images_of]

@@ -18,6 +18,7 @@ from hitl.cluster_edits import (
     split_cluster,
     split_of,
 )
+from hitl.style_map import in_style_groups
 from pages import session
 
 PER_PAGE = 5
@@ -70,6 +71,19 @@ def filters_ui(clusters: list[StoredCluster]) -> list[StoredCluster]:
     return filter_clusters(clusters, statuses or None, low, high)
 
 
+def style_filter_ui(store, model: str, clusters: list[StoredCluster]) -> list[StoredCluster]:
+    """Keep clusters touching the chosen style groups (the style map's HDBSCAN groups)."""
+    style_group = {p.item_id: p.group for p in store.load_style_map(model)}
+    if not style_group:
+        return clusters
+    options = sorted(set(style_group.values()))
+    chosen = st.multiselect("Style group", options, key="clusters_style",
+                            format_func=lambda g: "no group" if g < 0 else f"style group {g}",
+                            help="clusters with an image in these groups (the map's 'images by style')")
+    keep = in_style_groups([c.images for c in clusters], style_group, chosen)
+    return [c for c, k in zip(clusters, keep) if k]
+
+
 def cluster_ui(store, cluster: StoredCluster, annotator: str) -> None:
     with st.container(border=True):
         parts = split_of(store, cluster.cluster_id) if cluster.status == "reject" else None
@@ -108,7 +122,7 @@ clusters = current_clusters(store, model)
 if not clusters:
     st.info(f"No clusters for model {model} yet: `artminer discover` finds them.")
     st.stop()
-shown = filters_ui(clusters)
+shown = style_filter_ui(store, model, filters_ui(clusters))
 pages = max(1, -(-len(shown) // PER_PAGE))
 page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="clusters_page") if pages > 1 else 1
 st.text(f"{len(shown)} of {len(clusters)} clusters")

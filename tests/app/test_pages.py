@@ -216,6 +216,20 @@ def test_map_style_mode_shows_the_style_map(app, project):
     assert f"{len(ids)} points" in _texts(app)
 
 
+def test_clusters_filter_by_style_group(app, project):
+    store = Store(project)
+    app.run()
+    app.switch_page("pages/clusters.py").run()
+    shown = next(t.value for t in app.text if t.value.endswith(" clusters"))
+    one = store.list_clusters()[0]
+    store.save_style_map("effnet-lite0", list(one.images), [(0.0, 0.0)] * len(one.images), [7] * len(one.images))
+    app.run()
+    app.multiselect(key="clusters_style").select(7).run()
+    assert not app.exception
+    filtered = next(t.value for t in app.text if t.value.endswith(" clusters"))
+    assert filtered != shown and filtered.startswith(("1 of", "2 of", "3 of"))
+
+
 def test_training_page_follows_a_running_round(app, project):
     from hitl.jobs import running_job, start_training, stop_training
     from hitl.project import ProjectPaths
