@@ -156,7 +156,7 @@ def discovery_table(store: Store, paths: ProjectPaths, demo: Path, config: Disco
     start = time.perf_counter()
     report = run_discovery(store, paths, config, device=device, progress=True)
     seconds = time.perf_counter() - start
-    return {"config": {"pairs": config.pairs, "scoring": config.shortlist.scoring, "groups": config.groups, "k": config.k,
+    return {"config": {"mirror": config.mirror, "pairs": config.pairs, "scoring": config.shortlist.scoring, "groups": config.groups, "k": config.k,
                        "texture_weight": config.verify.texture_weight, "min_score": config.min_score},
             "pairs_verified": report.n_pairs, "seconds": seconds, "seconds_per_image": seconds / report.n_images,
             "quality": quality_table(store, demo, report.model_id)}
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--texture-weight", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--pairs", default="knn", choices=("knn", "all"), help="all: verify every pair (the ceiling)")
+    ap.add_argument("--mirror", default=DiscoverConfig.mirror, choices=("image", "flip", "off"),
+                    help="mirror-aware verification (engine/mirror.py)")
     ap.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE)
     ap.add_argument("--first-version", action="store_true",
                     help="the first version's discovery: max-region shortlist on grids 1+8x8, no look-alike cap, "
@@ -235,11 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         with Store(project) as store:
             result = {"shortlist": shortlist_table(store, paths, work, args.device)}
             if not args.shortlist_only:
-                config = DiscoverConfig(pairs=args.pairs, k=args.k, groups=args.groups, min_score=args.min_score)
+                config = DiscoverConfig(pairs=args.pairs, k=args.k, groups=args.groups, min_score=args.min_score,
+                                        mirror=args.mirror)
                 config = replace(config, shortlist=replace(config.shortlist, scoring=args.scoring),
                                  verify=replace(config.verify, texture_weight=args.texture_weight))
                 if args.first_version:
                     config = replace(config, groups="none", verify=replace(config.verify, texture_weight=False),
+                                     mirror="off", masks="off", style=False,
                                      shortlist=SHORTLISTS["max region (first version)"][0])
                 result["discovery"] = discovery_table(store, paths, work, config, args.device)
     if args.json:

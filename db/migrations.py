@@ -23,7 +23,7 @@ import duckdb
 
 from db.records import parse_year
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class SchemaVersionError(RuntimeError):
@@ -102,10 +102,18 @@ def _relative_paths(cur: duckdb.DuckDBPyConnection) -> None:
             cur.executemany(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", moved)
 
 
+def _add_link_mirrored(cur: duckdb.DuckDBPyConnection) -> None:
+    """v5 (issue 14): links say whether B holds a mirror image of A's region; links
+    found before mirror-aware verification were all direct."""
+    cur.execute("ALTER TABLE links ADD COLUMN IF NOT EXISTS mirrored BOOLEAN DEFAULT false")
+    cur.execute("UPDATE links SET mirrored = false WHERE mirrored IS NULL")
+
+
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     2: _add_image_year,
     3: _add_verdict_geometry,
-    4: _add_verdict_origin_and_role,  # issue 13; renumber freely when merging
+    4: _add_verdict_origin_and_role,  # issue 13
+    5: _add_link_mirrored,  # issue 14
 }
 
 

@@ -243,3 +243,17 @@ def parse_year(date: str | None) -> int | None:
         return None
     found = _YEAR.search(str(date))
     return int(found.group(1)) if found else None
+
+
+Polygon = tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class LinkMaskRecord:
+    """The shared detail of a link as polygons in A's and B's original pixels
+    (engine/cosegment.py); ``refined``: the alignment kept its local flow."""
+
+    link_id: int
+    polygon_a: Polygon
+    polygon_b: Polygon
+    refined: bool

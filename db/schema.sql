@@ -86,7 +86,19 @@ CREATE TABLE IF NOT EXISTS links (
     box_b      DOUBLE[] NOT NULL,
     affine     DOUBLE[] NOT NULL,
     score      DOUBLE NOT NULL,
-    n_inliers  INTEGER NOT NULL
+    n_inliers  INTEGER NOT NULL,
+    mirrored   BOOLEAN DEFAULT false     -- B holds A's region mirrored (affine det < 0)
+);
+
+-- The shared detail of a link (engine/cosegment.py): polygons [x0, y0, x1, y1, ...] in
+-- A's and B's original pixels, empty when nothing was segmented. A new table, so old
+-- files get it from this script without a migration.
+CREATE TABLE IF NOT EXISTS link_masks (
+    link_id    BIGINT PRIMARY KEY,
+    polygon_a  DOUBLE[] NOT NULL,
+    polygon_b  DOUBLE[] NOT NULL,
+    refined    BOOLEAN NOT NULL,
+    created    TIMESTAMP NOT NULL
 );
 
 CREATE SEQUENCE IF NOT EXISTS cluster_seq START 1;
@@ -118,6 +130,17 @@ CREATE TABLE IF NOT EXISTS map_points (
     y         DOUBLE NOT NULL,
     grp       INTEGER NOT NULL,
     PRIMARY KEY (model_id, kind, item_id)
+);
+
+-- The style map (engine/style.py): images laid out by early-layer statistics, with
+-- their HDBSCAN style group. A new table, so old files get it without a migration.
+CREATE TABLE IF NOT EXISTS style_points (
+    model_id  VARCHAR NOT NULL,
+    image_id  VARCHAR NOT NULL,
+    x         DOUBLE NOT NULL,
+    y         DOUBLE NOT NULL,
+    grp       INTEGER NOT NULL,
+    PRIMARY KEY (model_id, image_id)
 );
 
 CREATE SEQUENCE IF NOT EXISTS round_seq START 1;

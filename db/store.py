@@ -47,6 +47,7 @@ from db.records import (
     AnnotationFile,
     ImageRecord,
     Link,
+    LinkMaskRecord,
     MapPoint,
     ModelVersion,
     RegionRecord,
@@ -63,7 +64,7 @@ _IMAGE_COLS = (
     "image_id, sha256, path, width, height, title, artist, date, year, medium, collection, "
     "extra_json, source, iiif_canvas, iiif_manifest, source_url, canvas_width, canvas_height, added"
 )
-_LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers"
+_LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers, mirrored"
 _VERDICT_COLS = (
     "v.verdict_id, v.target_kind, v.target_id, v.verdict, v.annotator, v.created, v.note, "
     "v.revokes, v.geometry_json, r.verdict_id AS revoked_by, v.origin_verdict, v.role, v.direction"
@@ -439,6 +440,43 @@ class Store:
 
         matches = list(matches)
         return self._write(work)
+
+    def save_link_masks(self, masks: Sequence[LinkMaskRecord]) -> int:
+        """Store (or replace) the shared-detail masks of links; returns how many."""
+        masks = list(masks)
+
+        def flat(polygon) -> list[float]:
+            return [float(v) for point in polygon for v in point]
+
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            ids = [m.link_id for m in masks]
+            if ids:
+                cur.execute(f"DELETE FROM link_masks WHERE link_id IN ({', '.join('?' * len(ids))})", ids)
+            _insert(cur, "link_masks", {
+                "link_id": ("BIGINT", ids),
+                "polygon_a": ("DOUBLE[]", [flat(m.polygon_a) for m in masks]),
+                "polygon_b": ("DOUBLE[]", [flat(m.polygon_b) for m in masks]),
+                "refined": ("BOOLEAN", [bool(m.refined) for m in masks]),
+                "created": ("TIMESTAMP", [_now()] * len(masks)),
+            })
+            return len(masks)
+
+        return self._write(work)
+
+    def link_masks(self, link_ids: Sequence[int] | None = None) -> dict[int, LinkMaskRecord]:
+        """Stored masks by link id (all, or those of ``link_ids``)."""
+        where, args = "", []
+        if link_ids is not None:
+            if not link_ids:
+                return {}
+            where, args = f"WHERE link_id IN ({', '.join('?' * len(link_ids))})", [int(i) for i in link_ids]
+        rows = self._read(lambda cur: cur.execute(
+            f"SELECT link_id, polygon_a, polygon_b, refined FROM link_masks {where}", args).fetchall())
+
+        def points(flat) -> tuple[tuple[float, float], ...]:
+            return tuple((flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2))
+
+        return {r[0]: LinkMaskRecord(r[0], points(r[1]), points(r[2]), r[3]) for r in rows}
 
     def get_link(self, link_id: int) -> Link | None:
         found = self.list_links(link_ids=[link_id])
@@ -898,6 +936,32 @@ class Store:
 
         return self._write(work)
 
+    def save_style_map(self, model_id: str, image_ids: Sequence[str], xy: Iterable[Sequence[float]],
+                       groups: Sequence[int]) -> int:
+        """Replace ``model_id``'s style map: (N, 2) points and style group per image."""
+        points = [(float(p[0]), float(p[1])) for p in xy]
+        ids, groups = [str(i) for i in image_ids], [int(g) for g in groups]
+        if not (len(ids) == len(points) == len(groups)):
+            raise ValueError(f"style map of {len(ids)} images got {len(points)} points, {len(groups)} groups")
+
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            cur.execute("DELETE FROM style_points WHERE model_id = ?", [model_id])
+            _insert(cur, "style_points", {
+                "model_id": ("VARCHAR", [model_id] * len(ids)), "image_id": ("VARCHAR", ids),
+                "x": ("DOUBLE", [p[0] for p in points]), "y": ("DOUBLE", [p[1] for p in points]),
+                "grp": ("INTEGER", groups),
+            })
+            return len(ids)
+
+        return self._write(work)
+
+    def load_style_map(self, model_id: str) -> list[MapPoint]:
+        """The style map as image points (``kind`` "image"), its groups the style groups."""
+        rows = self._read(lambda cur: cur.execute(
+            "SELECT 'image', image_id, x, y, grp FROM style_points WHERE model_id = ? ORDER BY image_id",
+            [model_id]).fetchall())
+        return [MapPoint(*r) for r in rows]
+
     def load_map(self, model_id: str, kind: str = "image") -> list[MapPoint]:
         rows = self._read(lambda cur: cur.execute(
             "SELECT kind, item_id, x, y, grp FROM map_points WHERE model_id = ? AND kind = ? "
@@ -1110,6 +1174,7 @@ def _insert_links(cur: duckdb.DuckDBPyConnection, run_id: int, model_id: str,
         "affine": ("DOUBLE[]", [_flat_affine(m.affine) for m in matches]),
         "score": ("DOUBLE", [float(m.score) for m in matches]),
         "n_inliers": ("INTEGER", [int(m.n_inliers) for m in matches]),
+        "mirrored": ("BOOLEAN", [bool(m.mirrored) for m in matches]),
     })
     found = [(m.image_a, m.image_b) for m in matches] if mark_verified else []
     _mark_pairs(cur, run_id, model_id, pairs + found)
@@ -1188,8 +1253,8 @@ def _round(r: tuple) -> TrainingRound:
 
 
 def _link(r: tuple) -> Link:
-    match = PairMatch(r[3], r[4], Box(*r[5]), Box(*r[6]), _affine(r[7]), r[8], r[9])
-    return Link(r[0], r[1], r[2], match, r[10])
+    match = PairMatch(r[3], r[4], Box(*r[5]), Box(*r[6]), _affine(r[7]), r[8], r[9], bool(r[10]))
+    return Link(r[0], r[1], r[2], match, r[11])
 
 
 def _verdict(r: tuple) -> Verdict:

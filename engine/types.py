@@ -86,13 +86,15 @@ class Detection:
     box: Box
     score: float
     scale_index: int = -1
+    mirrored: bool = False  # found by the mirrored query: the hit is a mirror image of it
 
 
 @dataclass(frozen=True)
 class PairMatch:
     """A repeated region found between two images by pair verification (paper §4).
 
-    ``affine`` maps pixels of ``box_a`` in image A onto image B.
+    ``affine`` maps pixels of ``box_a`` in image A onto image B; a ``mirrored`` copy (a
+    print reverses its model) has an affine of negative determinant.
     """
 
     image_a: str
@@ -102,6 +104,7 @@ class PairMatch:
     affine: Affine
     score: float
     n_inliers: int
+    mirrored: bool = False
 
 
 @dataclass(frozen=True)

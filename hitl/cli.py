@@ -116,14 +116,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
     _report_failures(collection.failures)
     query_id = _id_in_collection(query, Path(args.collection))
     config = DetectConfig(top_k=args.top_k)
-    dets = oneshot.query_collection(backbone, collection, query, box, config, query_id=query_id)
+    dets = oneshot.query_collection(backbone, collection, query, box, config, query_id=query_id,
+                                    mirror=not args.no_mirror)
     if args.rerank:
         from hitl.rerank import rerank_detections
 
         dets = rerank_detections(backbone, collection, query, box, dets, args.rerank_top, query_id)
     rows = [{"image": str(collection.paths[d.image_id]), "box": [round(v, 1) for v in d.box.as_list()],
-             "score": round(d.score, 4)} for d in dets]
-    text = "\n".join(f"{i + 1:>3}  {r['score']:.3f}  {r['image']}  {r['box']}" for i, r in enumerate(rows))
+             "score": round(d.score, 4), "mirrored": d.mirrored} for d in dets]
+    text = "\n".join(f"{i + 1:>3}  {r['score']:.3f}  {r['image']}  {r['box']}" + ("  mirrored" if r["mirrored"] else "")
+                     for i, r in enumerate(rows))
     _print(rows, args.json, text or "no detections")
     return 0
 
@@ -292,7 +294,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     store, paths = open_project(args.project)
     if store.count_images() == 0:
         raise UsageError(f"{args.project} has no images; run `artminer ingest` first")
-    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size, groups=args.groups)
+    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size, groups=args.groups,
+                            mirror=args.mirror, masks=args.masks, style=not args.no_style)
     if args.min_score is not None:
         config = replace(config, min_score=args.min_score)
     if args.graph != "paper":
@@ -519,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive_int, default=20)
     p.add_argument("--rerank", action="store_true", help="re-rank the top hits by the discovery score")
     p.add_argument("--rerank-top", type=_positive_int, default=50, help="how many top hits to re-rank")
+    p.add_argument("--no-mirror", action="store_true", help="do not also search the query's mirror image")
 
     p = add("eval", "one-shot detection mAP with the paper's protocol", model=True)
     p.add_argument("--annotations", help="ArtMiner JSON (e.g. brueghelTest.json) or VIA 2 file")
@@ -556,6 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, help="discovery score threshold for links")
     p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="pairs verified together")
+    p.add_argument("--mirror", default="image", choices=["image", "flip", "off"],
+                   help="mirrored copies: features of the flipped image, flipped feature maps, or none")
+    p.add_argument("--masks", default="features", choices=["features", "structure", "off"],
+                   help="shared-detail masks of found links")
+    p.add_argument("--no-style", action="store_true", help="skip the style map")
 
     p = add("train", "a training round: fine-tune on mined pairs and expert verdicts", model=True, project=True)
     p.add_argument("--iterations", type=_positive_int, default=200, help="mining + gradient-step iterations (paper: 200)")

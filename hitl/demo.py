@@ -46,7 +46,7 @@ class DemoConfig:
     scale_jitter: tuple[float, float] = (0.8, 1.25)  # per copy, times the class's base size
     max_rotation_deg: float = 10.0
     max_shear: float = 0.15  # x-shear factor
-    flip_prob: float = 0.3  # mirrored copies; the ground truth does not mark them
+    flip_prob: float = 0.3  # mirrored copies; marked only in ground_truth_copies.json
     occlusion_prob: float = 0.3  # copies partly hidden by a foreground shape
     max_occlusion: float = 0.25  # at most this share of a copy's pixels is hidden
     two_motif_share: float = 0.25  # of the images holding a motif, this share holds two
@@ -66,6 +66,11 @@ class DemoInstance:
     box: tuple[int, int, int, int]
     flipped: bool
     occluded: float  # share of the copy's pixels hidden by an occluder, 0..max_occlusion
+    # The copy's true geometry: motif-patch pixel (x, y) -> image pixel, a 2x3 affine
+    # (a, b, c, d, e, f), and the patch's (w, h); composing two copies' transforms gives
+    # the exact map between them (the reference for alignment errors).
+    transform: tuple[float, ...] = ()
+    patch_size: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -477,6 +482,14 @@ def _warp(
     Returns:
         rgb (h, w, 3) and alpha (h, w) float32 on the smallest canvas that holds the copy.
     """
+    rgb, alpha, _ = _warp_with_transform(rng, source, long_side, config, flip)
+    return rgb, alpha
+
+
+def _warp_with_transform(
+    rng: np.random.Generator, source: PatchSource, long_side: float, config: DemoConfig, flip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_warp` plus its (2, 3) affine, patch pixel -> pixel of the returned canvas."""
     rgb, alpha = _patch(source)
     ph, pw = alpha.shape
     s = long_side / max(ph, pw)
@@ -498,7 +511,9 @@ def _warp(
             (out_w, out_h), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR
         )
         warped.append(np.asarray(out))
-    return np.stack(warped[:3], axis=2), np.clip(warped[3], 0.0, 1.0)
+    # Inverse of PIL's map: canvas = m (patch - offset), in continuous pixel coordinates.
+    forward = np.hstack([m, (-m @ offset)[:, None]])
+    return np.stack(warped[:3], axis=2), np.clip(warped[3], 0.0, 1.0), forward
 
 
 def _find_spot(
@@ -534,13 +549,14 @@ def _occlude(
     alpha: np.ndarray,
     at: tuple[int, int],
     limit: float,
-) -> float:
+) -> tuple[float, np.ndarray]:
     """Draw a foreground shape (branch, column or blob) over a pasted copy.
 
     The shape shrinks until it hides at most ``limit`` of the copy's pixels.
 
     Returns:
-        The share of the copy's alpha that ended up hidden.
+        The share of the copy's alpha that ended up hidden, and the shape's (H, W)
+        coverage in [0, 1] (zeros when none was drawn).
     """
     h, w = canvas.shape[:2]
     x, y = at
@@ -566,11 +582,11 @@ def _occlude(
             break
         size *= 0.75
     else:
-        return 0.0
+        return 0.0, np.zeros((h, w), np.float32)
     shade = 0.7 + 0.5 * _noise(rng, (h, w), 30)[..., None]
     m = mask[..., None]
     canvas[...] = canvas * (1 - m) + np.clip(colour * shade, 0, 1) * m
-    return hidden
+    return hidden, mask
 
 
 # ---------------------------------------------------------------------------- media
@@ -722,10 +738,17 @@ class _Copy:
     alpha: np.ndarray  # (h, w)
     at: tuple[int, int]
     flipped: bool
+    warp: np.ndarray  # (2, 3) patch pixel -> pixel of ``rgb``
 
     @property
     def box(self) -> tuple[int, int, int, int]:
         return _alpha_box(self.alpha, self.at)
+
+    @property
+    def transform(self) -> tuple[float, ...]:
+        """Patch pixel -> image pixel, flattened 2x3."""
+        shifted = self.warp + np.array([[0, 0, self.at[0]], [0, 0, self.at[1]]], dtype=float)
+        return tuple(float(v) for v in shifted.ravel())
 
 
 def render_image(
@@ -738,14 +761,33 @@ def render_image(
     Returns:
         The finished RGB image and its ground-truth motif copies.
     """
-    image, instances, _ = render_picture(plan, seed, config)
-    return image, instances
+    page = render_picture(plan, seed, config)
+    return page.image, page.instances
 
 
-def render_picture(
+def render_truth(
     plan: ImagePlan, seed: int, config: DemoConfig
-) -> tuple[Image.Image, tuple[DemoInstance, ...], tuple[DemoInstance, ...]]:
-    """:func:`render_image`, plus where its distractors went (same fields, never ground truth).
+) -> tuple[Image.Image, tuple[DemoInstance, ...], tuple[np.ndarray, ...]]:
+    """:func:`render_image` plus each copy's visible mask, (H, W) bool per instance:
+    its alpha above one half, less what an occluder hides (the shared detail's truth)."""
+    page = render_picture(plan, seed, config)
+    return page.image, page.instances, page.masks
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    """One finished image: its motif copies (ground truth) with their visible masks, its
+    distractors and its template regions ``(kind, box)``, all in page pixels."""
+
+    image: Image.Image
+    instances: tuple[DemoInstance, ...]
+    distractors: tuple[DemoInstance, ...]
+    template: list[tuple[str, tuple[int, int, int, int]]]
+    masks: tuple[np.ndarray, ...] = ()
+
+
+def render_picture(plan: ImagePlan, seed: int, config: DemoConfig) -> RenderedPage:
+    """The picture alone (no page), with its copies, their masks and its distractors.
 
     A distractor is the same photo crop wherever it is pasted, so two images holding the
     same distractor do share a detail: evaluation can count such links apart.
@@ -754,46 +796,59 @@ def render_picture(
     canvas = _background(rng, plan.size)
     copies = _place_motifs(rng, plan, config)
     distractors = _paste_distractors(rng, canvas, plan, config, [c.box for c in copies])
-    instances = []
+    instances, masks = [], []
     for c in copies:  # pasted after the distractors so nothing covers them but occluders
         _paste(canvas, c.rgb, c.alpha, c.at)
+        visible = np.zeros(canvas.shape[:2], bool)
+        h, w = c.alpha.shape
+        visible[c.at[1] : c.at[1] + h, c.at[0] : c.at[0] + w] = c.alpha > 0.5
         hidden = 0.0
         if rng.random() < config.occlusion_prob:
-            hidden = _occlude(rng, canvas, c.alpha, c.at, config.max_occlusion)
-        instances.append(DemoInstance(c.name, plan.file, c.box, c.flipped, round(hidden, 3)))
+            hidden, cover = _occlude(rng, canvas, c.alpha, c.at, config.max_occlusion)
+            visible &= cover <= 0.5
+        patch_h, patch_w = _patch(_motif(c.name))[1].shape
+        instances.append(DemoInstance(c.name, plan.file, c.box, c.flipped, round(hidden, 3),
+                                      c.transform, (patch_w, patch_h)))
+        masks.append(visible)
+    # Later copies never overlap earlier ones (_find_spot), but occluders of later copies may.
     canvas = np.clip(canvas, 0, 1)
     drawn = np.clip(MEDIA[plan.medium](rng, canvas), 0, 1)
     s = config.medium_strength
     out = s * drawn + (1 - s) * canvas
-    return Image.fromarray((out * 255 + 0.5).astype(np.uint8)), tuple(instances), tuple(distractors)
-
-
-@dataclass(frozen=True)
-class RenderedPage:
-    """One finished image: its motif copies (ground truth), its distractors and its
-    template regions ``(kind, box)``, all in page pixels."""
-
-    image: Image.Image
-    instances: tuple[DemoInstance, ...]
-    distractors: tuple[DemoInstance, ...]
-    template: list[tuple[str, tuple[int, int, int, int]]]
+    return RenderedPage(Image.fromarray((out * 255 + 0.5).astype(np.uint8)), tuple(instances),
+                        tuple(distractors), [], tuple(masks))
 
 
 def render_page(plan: ImagePlan, seed: int, config: DemoConfig) -> RenderedPage:
     """The planned picture on its source's page (the picture alone for museum photos)."""
-    picture, instances, distractors = render_picture(plan, seed, config)
+    picture = render_picture(plan, seed, config)
     if plan.layout is None:
-        return RenderedPage(picture, instances, distractors, [])
+        return picture
     source = next(s for s in STYLES if s.name == plan.source)
     page, template = draw_page(np.random.default_rng((seed, 4, plan.index)), source, plan.layout,
-                               np.asarray(picture, np.float32) / 255.0, plan.index)
+                               np.asarray(picture.image, np.float32) / 255.0, plan.index)
     dx, dy = plan.layout.frame[:2]
 
     def moved(found: tuple[DemoInstance, ...]) -> tuple[DemoInstance, ...]:
-        return tuple(replace(i, box=(i.box[0] + dx, i.box[1] + dy, i.box[2] + dx, i.box[3] + dy)) for i in found)
+        return tuple(replace(i, box=(i.box[0] + dx, i.box[1] + dy, i.box[2] + dx, i.box[3] + dy),
+                             transform=_shifted(i.transform, dx, dy)) for i in found)
 
-    return RenderedPage(Image.fromarray((page * 255 + 0.5).astype(np.uint8)), moved(instances),
-                        moved(distractors), template)
+    width, height = plan.layout.page_size
+    masks = []
+    for mask in picture.masks:
+        full = np.zeros((height, width), bool)
+        full[dy : dy + mask.shape[0], dx : dx + mask.shape[1]] = mask
+        masks.append(full)
+    return RenderedPage(Image.fromarray((page * 255 + 0.5).astype(np.uint8)), moved(picture.instances),
+                        moved(picture.distractors), template, tuple(masks))
+
+
+def _shifted(transform: tuple[float, ...], dx: int, dy: int) -> tuple[float, ...]:
+    """A patch -> picture affine (a, b, c, d, e, f) as patch -> page, the picture at (dx, dy)."""
+    if not transform:
+        return transform
+    a, b, c, d, e, f = transform
+    return (a, b, c + dx, d, e, f + dy)
 
 
 def _place_motifs(rng: np.random.Generator, plan: ImagePlan, config: DemoConfig) -> list[_Copy]:
@@ -803,14 +858,14 @@ def _place_motifs(rng: np.random.Generator, plan: ImagePlan, config: DemoConfig)
         flip = bool(rng.random() < config.flip_prob)
         target = span * rng.uniform(*config.scale_jitter) * max(plan.size)
         for _ in range(6):  # shrink until it fits beside the copies already placed
-            rgb, alpha = _warp(rng, _motif(name), target, config, flip)
+            rgb, alpha, warp = _warp_with_transform(rng, _motif(name), target, config, flip)
             spot = _find_spot(rng, plan.size, alpha.shape[::-1], [c.box for c in copies])
             if spot is not None:
                 break
             target *= 0.85
         else:
             raise RuntimeError(f"{plan.file}: no room for motif {name} at image size {plan.size}")
-        copies.append(_Copy(name, rgb, alpha, spot, flip))
+        copies.append(_Copy(name, rgb, alpha, spot, flip, warp))
     return copies
 
 
@@ -888,9 +943,13 @@ def build_demo(
         from tqdm import tqdm
 
         iterator = tqdm(plans, desc="drawing demo collection", unit="img")
+    masks_dir = root / "masks"
+    masks_dir.mkdir(parents=True, exist_ok=True)
     for plan in iterator:
         page = render_page(plan, seed, config)
         _save(page.image, images_dir / plan.file, plan.medium, config)
+        for k, mask in enumerate(page.masks):
+            Image.fromarray(mask).save(masks_dir / mask_name(plan.file, k), optimize=False)
         instances.extend(page.instances)
         distractors.extend(page.distractors)
         templates[plan.file] = [[kind, list(box)] for kind, box in page.template]
@@ -918,7 +977,46 @@ def build_demo(
     )
     collection.ground_truth_via.write_text(json.dumps(via) + "\n")
     _write_metadata(collection.metadata, plans)
+    copies = [{**asdict(inst), "mask": f"masks/{mask_name(inst.file, k)}"}
+              for inst, k in zip(collection.instances, _ranks(collection.instances))]
+    (root / COPIES_FILE).write_text(json.dumps(copies) + "\n")
     return collection
+
+
+COPIES_FILE = "ground_truth_copies.json"
+"""Every copy with what the brueghelTest format cannot hold: mirrored or not, its true
+patch -> image affine and its visible mask (``masks/<image stem>_<k>.png``)."""
+
+
+def mask_name(file: str, k: int) -> str:
+    return f"{Path(file).stem}_{k}.png"
+
+
+def _ranks(instances: tuple[DemoInstance, ...]) -> list[int]:
+    """Each instance's index among the instances of its image."""
+    seen: dict[str, int] = {}
+    out = []
+    for inst in instances:
+        out.append(seen.get(inst.file, 0))
+        seen[inst.file] = out[-1] + 1
+    return out
+
+
+def load_copies(root: str | Path) -> list[tuple[DemoInstance, Path]]:
+    """The copies of a demo written by :func:`build_demo`, with their mask files.
+
+    Raises:
+        FileNotFoundError: the demo predates ``ground_truth_copies.json``; rebuild it.
+    """
+    path = Path(root) / COPIES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: rebuild the demo with `artminer demo`")
+    out = []
+    for rec in json.loads(path.read_text()):
+        mask = Path(root) / rec.pop("mask")
+        rec["box"], rec["transform"], rec["patch_size"] = (tuple(rec[k]) for k in ("box", "transform", "patch_size"))
+        out.append((DemoInstance(**rec), mask))
+    return out
 
 
 def _check_images_dir(images_dir: Path) -> None:

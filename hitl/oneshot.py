@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -19,7 +20,12 @@ from engine.detect import DetectConfig, FeatureBank, detect, query_features
 from engine.evaluate import EvalResult, Query, evaluate
 from engine.features import FeatureConfig, FeatureFailure, collection_features
 from engine.images import IMAGE_SUFFIXES, load_rgb
+from engine.mirror import detect_mirrored, mirror_box
 from engine.types import Box, Detection
+
+# Prints reverse their model: by default a query also searches its mirror image
+# (engine/mirror.py; benchmarks/mirror.py measures what it gains and costs).
+MIRROR_QUERIES = True
 
 
 def default_cache_root() -> Path:
@@ -57,12 +63,18 @@ def load_collection(backbone: Backbone, items: list[tuple[str, Path]], cache_roo
 
 
 def query_collection(backbone: Backbone, collection: LoadedCollection, query_path: Path, box: Box,
-                     config: DetectConfig = DetectConfig(), query_id: str | None = None) -> list[Detection]:
-    """Detections of the detail ``box`` of ``query_path`` over the collection."""
+                     config: DetectConfig = DetectConfig(), query_id: str | None = None,
+                     mirror: bool = MIRROR_QUERIES) -> list[Detection]:
+    """Detections of the detail ``box`` of ``query_path`` over the collection; with
+    ``mirror`` its mirror image is searched too (hits marked ``mirrored``)."""
     rgb = load_rgb(query_path)
     query = query_features(backbone, rgb, box, config.query_side)
     exclude = (query_id, box) if query_id is not None else None
-    return detect(query, collection.bank, config, exclude=exclude)
+    if not mirror:
+        return detect(query, collection.bank, config, exclude=exclude)
+    flipped = np.ascontiguousarray(rgb[:, ::-1])
+    query_mirror = query_features(backbone, flipped, mirror_box(box, rgb.shape[1]), config.query_side)
+    return detect_mirrored(query, query_mirror, collection.bank, config, exclude=exclude)
 
 
 Reranker = Callable[[Query, list[Detection]], list[Detection]]
@@ -70,7 +82,7 @@ Reranker = Callable[[Query, list[Detection]], list[Detection]]
 
 def evaluate_collection(backbone: Backbone, collection: LoadedCollection, queries: list[Query],
                         config: DetectConfig = DetectConfig(), progress: bool = True,
-                        rerank: Reranker | None = None) -> EvalResult:
+                        rerank: Reranker | None = None, mirror: bool = MIRROR_QUERIES) -> EvalResult:
     """The paper's one-shot protocol over ``queries`` whose files are in the collection."""
     missing = sorted({q.query.image for q in queries} - set(collection.paths))
     if missing:
@@ -79,7 +91,7 @@ def evaluate_collection(backbone: Backbone, collection: LoadedCollection, querie
 
     def run(q: Query) -> list[Detection]:
         dets = query_collection(backbone, collection, collection.paths[q.query.image], q.query.box, config,
-                                query_id=q.query.image)
+                                query_id=q.query.image, mirror=mirror)
         bar.update(1)
         return rerank(q, dets) if rerank else dets
 

@@ -7,12 +7,14 @@ verified region that lands on it, and hits are ranked by S, then by cosine simil
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from engine.backbone import Backbone
 from engine.evaluate import Query
 from engine.features import FeatureConfig, FeaturePyramid, extract_pyramids
 from engine.images import image_size, load_rgb
+from engine.mirror import flip_pyramid, mirror_box
 from engine.types import Box, Detection
 from engine.verify import VerifyConfig, verify_pair
 from hitl.oneshot import LoadedCollection
@@ -24,15 +26,18 @@ def rerank(query_pyramid: FeaturePyramid, box: Box, detections: list[Detection],
     index = {image_id: i for i, image_id in enumerate(collection.bank.image_ids)}
     device = collection.bank.levels[0].device
     head, tail = detections[:top_n], detections[top_n:]
-    verified: dict[str, list] = {}
-    for image_id in dict.fromkeys(d.image_id for d in head):
+    verified: dict[tuple[str, bool], list] = {}
+    # A mirrored hit is verified from the mirror image of the query (its feature maps
+    # flipped: engine/mirror.py's cheap mode), since verification fits direct affines only.
+    mirrored_query = flip_pyramid(query_pyramid) if any(d.mirrored for d in head) else None
+    mirrored_box = mirror_box(box, query_pyramid.image_size[0])
+    for image_id, mirrored in dict.fromkeys((d.image_id, d.mirrored) for d in head):
         target = collection.bank.pyramid(index[image_id])
-        verified[image_id] = verify_pair(query_pyramid, target, "query", image_id, config, box, device)
-    rescored = [(_score_on(d, verified[d.image_id]), d) for d in head]
+        source, region = (mirrored_query, mirrored_box) if mirrored else (query_pyramid, box)
+        verified[image_id, mirrored] = verify_pair(source, target, "query", image_id, config, region, device)
+    rescored = [(_score_on(d, verified[d.image_id, d.mirrored]), d) for d in head]
     rescored.sort(key=lambda pair: (-pair[0], -pair[1].score))
-    return [Detection(d.image_id, d.box, s if s > 0 else 0.0) for s, d in rescored] + [
-        Detection(d.image_id, d.box, 0.0) for d in tail
-    ]
+    return [replace(d, score=s if s > 0 else 0.0) for s, d in rescored] + [replace(d, score=0.0) for d in tail]
 
 
 def _score_on(detection: Detection, matches) -> float:

@@ -14,6 +14,7 @@ import streamlit as st
 
 from db.records import UNREVIEWED, VERDICTS, StoredCluster
 from hitl.roles import Forbidden
+from hitl.style_map import in_style_groups
 from hitl.views.cluster_edits import (
     STRICT_CAP,
     boxes_per_image,
@@ -110,6 +111,19 @@ def filters_ui(clusters: list[StoredCluster]) -> list[StoredCluster]:
     return filter_clusters(clusters, statuses or None, low, high)
 
 
+def style_filter_ui(store, model: str, clusters: list[StoredCluster]) -> list[StoredCluster]:
+    """Keep clusters touching the chosen style groups (the style map's HDBSCAN groups)."""
+    style_group = {p.item_id: p.group for p in store.load_style_map(model)}
+    if not style_group:
+        return clusters
+    options = sorted(set(style_group.values()))
+    chosen = st.multiselect("Style group", options, key="clusters_style",
+                            format_func=lambda g: "no group" if g < 0 else f"style group {g}",
+                            help="clusters with an image in these groups (the map's 'images by style')")
+    keep = in_style_groups([c.images for c in clusters], style_group, chosen)
+    return [c for c, k in zip(clusters, keep) if k]
+
+
 def on_select_all(cluster: StoredCluster) -> None:
     everything = all(st.session_state.get(_choice_key(cluster, i)) for i in cluster.images)
     for image_id in cluster.images:  # a second press clears the choice
@@ -184,7 +198,7 @@ clusters = current_clusters(store, model)
 if not clusters:
     st.info(f"No clusters for model {model} yet: `artminer discover` finds them.")
     st.stop()
-shown = filters_ui(clusters)
+shown = style_filter_ui(store, model, filters_ui(clusters))
 pages = max(1, -(-len(shown) // PER_PAGE))
 page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="clusters_page") if pages > 1 else 1
 st.text(f"{len(shown)} of {len(clusters)} clusters")

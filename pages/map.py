@@ -59,7 +59,8 @@ ATLAS_WIDTH = 700  # px the atlas is framed for: about the chart column at 1366 
 def map_data(_store, path: str, model: str, kind: str, by: str, version: tuple) -> dict:
     """Everything the chart needs, as plain arrays (``version`` invalidates on new verdicts)."""
     links = {lk.link_id: lk for lk in _store.list_links(model_id=model, order="link_id")}
-    table = map_table(_store.load_map(model, kind), links)
+    points = _store.load_style_map(model) if kind == "style" else _store.load_map(model, kind)
+    table = map_table(points, links)
     images = {im.image_id: im for im in _store.list_images()}
     values = colour_values(table, by, images, statuses=image_statuses(links.values()),
                            clusters=image_clusters(current_clusters(_store, model)),
@@ -205,8 +206,10 @@ annotator = session.require_annotator()
 model = session.model_id(store)
 st.title("Map")
 c1, c2, c3 = st.columns(3)
-kind = c1.radio("Points", ("image", "region"), horizontal=True, key="map_kind",
-                format_func=lambda k: "images" if k == "image" else "detail regions")
+KIND_LABELS = {"image": "images", "region": "detail regions", "style": "images by style"}
+kind = c1.radio("Points", tuple(KIND_LABELS), horizontal=True, key="map_kind", format_func=KIND_LABELS.get,
+                help="images by style: laid out by early-layer statistics (how they are drawn); "
+                     "its HDBSCAN groups are style groups")
 draw = c3.radio("Draw as", ("dots", "thumbnails"), horizontal=True, key="map_draw",
                 disabled=kind != "image", help="Thumbnails: every image as its picture "
                 "(click or shift-click to choose); dots: colours and the lasso")

@@ -18,6 +18,7 @@ from PIL import Image
 from db.records import DIRECTIONS, UNREVIEWED, Link
 from engine.images import ImageReadError
 from engine.types import Box
+from hitl.difference import difference_view, flicker_gif, outline, swipe
 from hitl.queue import STRATEGIES, link_clusters, next_links, order_links, source_summary
 from hitl.team import is_blind, plan_new_links, review_state, second_reviews
 from hitl.verdicts import record_verdict, undo_last_verdict
@@ -221,6 +222,82 @@ def link_ui(store, link: Link) -> None:
                                      "1: B's region only, warped onto A's frame")
             mixed = (pixels_a * (1 - opacity) + warped * opacity).astype(np.uint8)
             st.image(jpeg_bytes_of(mixed), width="stretch")
+    mask_ui(store, a, b, link)
+    difference_ui(a, b, link)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def difference_pictures(path_a: str, path_b: str, box_a: tuple, affine: tuple,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes, bool] | None:
+    """(A region, aligned B, A with differences in red, flicker GIF, flow kept?)."""
+    try:
+        view_a, scale_a = session.view(path_a, DETAIL_SIDE)
+        view_b, scale_b = session.view(path_b, DETAIL_SIDE)
+    except ImageReadError:
+        return None
+    found = difference_view(np.asarray(view_a.convert("RGB")), np.asarray(view_b.convert("RGB")), Box(*box_a),
+                            affine, scale_a, scale_b)
+    return (np.asarray(found.a), np.asarray(found.b), np.asarray(found.highlight),
+            flicker_gif(found.a, found.b), found.alignment.refined)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def mask_pictures(path_a: str, path_b: str, box_a: tuple, box_b: tuple, polygon_a: tuple, polygon_b: tuple,
+                  ) -> tuple[bytes, bytes] | None:
+    """JPEGs of the two regions with the shared detail outlined."""
+    try:
+        view_a, scale_a = session.view(path_a, DETAIL_SIDE)
+        view_b, scale_b = session.view(path_b, DETAIL_SIDE)
+    except ImageReadError:
+        return None
+    pictures = []
+    for view, scale, box, polygon, colour in ((view_a, scale_a, box_a, polygon_a, A_COLOUR),
+                                              (view_b, scale_b, box_b, polygon_b, B_COLOUR)):
+        crop = crop_region(view, Box(*box), scale, CROP_SIDE)
+        pictures.append(jpeg_bytes(outline(crop, Box(*box), polygon, colour)))
+    return pictures[0], pictures[1]
+
+
+def mask_ui(store, a, b, link: Link) -> None:
+    """The shared detail (engine/cosegment.py) outlined in both regions, when stored."""
+    mask = store.link_masks([link.link_id]).get(link.link_id)
+    if a is None or b is None or mask is None or len(mask.polygon_a) < 3:
+        return
+    pictures = mask_pictures(a.path, b.path, tuple(link.box_a.as_list()), tuple(link.box_b.as_list()),
+                             mask.polygon_a, mask.polygon_b)
+    if pictures is not None:
+        left, right, note = st.columns([1, 1, 2])
+        left.image(pictures[0], width="stretch")
+        right.image(pictures[1], width="stretch")
+        note.caption("Outlined: the shared detail in A and in B (its mask)"
+                     + ("" if mask.refined else "; aligned by the affine only"))
+
+
+def difference_ui(a, b, link: Link) -> None:
+    """Aligned B over A (affine + regularised flow) and what differs: changes, additions, omissions."""
+    if a is None or b is None:
+        return
+    # A toggle, not an expander: Streamlit runs a collapsed expander's code too, and the
+    # alignment would slow every answer -> next candidate step.
+    if not st.toggle("Difference view: B finely aligned over A", key="review_diff_on"):
+        return
+    with st.container(border=True):
+        pictures = difference_pictures(a.path, b.path, tuple(link.box_a.as_list()), link.match.affine)
+        if pictures is None:
+            st.text("(an image is not readable)")
+            return
+        crop_a, aligned, marked, gif, refined = pictures
+        mode = st.radio("Show", ("differences", "flicker", "swipe"), horizontal=True, key="review_diff_mode")
+        if mode == "differences":
+            st.image(jpeg_bytes_of(marked), caption="A in grey; red: where aligned B differs", width=CROP_SIDE * 2)
+        elif mode == "flicker":
+            st.image(gif, caption="A and aligned B in turn", width=CROP_SIDE * 2)
+        else:
+            split = st.slider("Swipe: A left, B right", 0.0, 1.0, 0.5, 0.01, key="review_swipe")
+            st.image(jpeg_bytes_of(np.asarray(swipe(Image.fromarray(crop_a), Image.fromarray(aligned), split))),
+                     width=CROP_SIDE * 2)
+        st.caption("aligned by the link's affine and a local flow" if refined else
+                   "aligned by the link's affine (no local flow passed the consistency checks)")
 
 
 def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
@@ -231,7 +308,8 @@ def buttons_ui(store, link: Link | None, annotator: str) -> None:
     if link is not None:
         st.text(f"Link #{link.link_id}   score {link.score:.3f}   {link.match.n_inliers} inliers   "
                 f"status: {review_state(store, link, annotator)}   "
-                f"B against A: {describe_affine(link.match.affine)}")
+                f"B against A: {describe_affine(link.match.affine)}"
+                + ("   mirrored copy" if link.match.mirrored else ""))
     cols = st.columns([1.4, 1.2, 1.2, 1, 1, 1.2, 1.6, 1.6], vertical_alignment="bottom")
     cols[6].text_input("Note (optional, saved with your answer)", key="review_note",
                        label_visibility="collapsed", placeholder="Note (optional, saved with your answer)")

@@ -17,15 +17,16 @@ def _iiif_annotations(rows: list[Row]) -> dict[str, tuple[int, list[dict[str, An
     """Per manifest: (presentation version, annotations on its canvases)."""
     pages: dict[str, tuple[int, list[dict[str, Any]]]] = {}
     for row in rows:
-        sides = ((row.image_a, row.link.box_a, row.image_b, row.link.box_b),
-                 (row.image_b, row.link.box_b, row.image_a, row.link.box_a))
-        for n, (here, box, there, other_box) in enumerate(sides):
+        poly_a, poly_b = (row.mask.polygon_a, row.mask.polygon_b) if row.mask else ((), ())
+        sides = ((row.image_a, row.link.box_a, row.image_b, row.link.box_b, poly_b),
+                 (row.image_b, row.link.box_b, row.image_a, row.link.box_a, poly_a))
+        for n, (here, box, there, other_box, other_polygon) in enumerate(sides):
             if not (here.iiif_canvas and here.iiif_manifest):
                 continue
             version = int(here.extra.get("iiif_version", 3))
             _, sx, sy = region_source(here)
             target = f"{here.iiif_canvas}#{xywh(box, sx, sy)}"
-            body = specific_resource(there, other_box)
+            body = specific_resource(there, other_box, other_polygon)
             ann_id = f"{annotation_id(row.link)}-{n}"
             if version == 2:
                 other = f"{body['source']}#{body['selector']['value']}"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from db import ImageRecord, Link, Store, Verdict
+from db.records import LinkMaskRecord
 from engine.types import PairMatch
 
 
@@ -19,7 +20,7 @@ class Row:
     image_a: ImageRecord
     image_b: ImageRecord
     verdict: Verdict | None
-
+    mask: LinkMaskRecord | None = None  # the shared detail's polygons, when computed
 
 
 def link_rows(store: Store, statuses: Iterable[str]) -> list[Row]:
@@ -27,8 +28,10 @@ def link_rows(store: Store, statuses: Iterable[str]) -> list[Row]:
     current = store.current_verdicts("link")
     ids = sorted({i for lk in links for i in (lk.image_a, lk.image_b)})
     images = {im.image_id: im for im in store.list_images(image_ids=ids)}
+    masks = store.link_masks([lk.link_id for lk in links])
     return [Row(lk, images.get(lk.image_a) or unknown_image(lk.image_a),
-                 images.get(lk.image_b) or unknown_image(lk.image_b), current.get(lk.link_id))
+                images.get(lk.image_b) or unknown_image(lk.image_b), current.get(lk.link_id),
+                masks.get(lk.link_id))
             for lk in links]
 
 

@@ -69,7 +69,7 @@ def _link_json(store: Store, link: Link) -> dict[str, Any]:
         "image_a": link.image_a, "image_b": link.image_b,
         "box_a": link.box_a.as_list(), "box_b": link.box_b.as_list(),
         "affine": [list(r) for r in link.match.affine], "score": link.score,
-        "n_inliers": link.match.n_inliers, "status": link.status,
+        "n_inliers": link.match.n_inliers, "mirrored": link.match.mirrored, "status": link.status,
         "verdicts": [{"verdict_id": v.verdict_id, "verdict": v.verdict, "annotator": v.annotator,
                       "created": _iso_precise(v.created), "note": v.note, "revokes": v.revokes,
                       "geometry": v.geometry} for v in store.link_history(link.link_id)],
@@ -126,7 +126,8 @@ def _parse_export(doc: dict[str, Any]) -> tuple[list[ImageRecord], list[tuple[Mo
             raise ValueError("affine must be 2 x 3")
         matches.append(PairMatch(_typed(e["image_a"], str), _typed(e["image_b"], str),
                                  Box(*map(_num, e["box_a"])), Box(*map(_num, e["box_b"])),
-                                 affine, _num(e["score"]), _typed(e["n_inliers"], int)))
+                                 affine, _num(e["score"]), _typed(e["n_inliers"], int),
+                                 _flag(e.get("mirrored", False))))
         _check_verdicts(e["verdicts"])
     return records, models, matches
 
@@ -161,6 +162,12 @@ def _typed(value: Any, kind: type, *optional: None) -> Any:
     if (value is None and optional) or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
     raise TypeError(f"{value!r} is not a {kind.__name__}")
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r} is not true or false")
+    return value
 
 
 def _num(value: Any) -> float:

@@ -12,7 +12,7 @@ def training_text(rows: list[Row]) -> str:
         "link_id": row.link.link_id, "image_a": row.link.image_a, "image_b": row.link.image_b,
         "path_a": row.image_a.path, "path_b": row.image_b.path,
         "box_a": row.link.box_a.as_list(), "box_b": row.link.box_b.as_list(),
-        "affine": [list(r) for r in row.link.match.affine],
+        "affine": [list(r) for r in row.link.match.affine], "mirrored": row.link.match.mirrored,
         "label": 1 if row.link.status == "confirm" else 0,
     } for row in rows]
     return json.dumps(items, indent=1) + "\n"

@@ -39,11 +39,19 @@ def xywh(box: Box, sx: float = 1.0, sy: float = 1.0) -> str:
     return f"xywh={x},{y},{w},{h}"
 
 
-def specific_resource(image: ImageRecord, box: Box) -> dict[str, Any]:
+def specific_resource(image: ImageRecord, box: Box, polygon: tuple = ()) -> dict[str, Any]:
     iri, sx, sy = region_source(image)
-    return {"type": "SpecificResource", "source": iri,
-            "selector": {"type": "FragmentSelector", "conformsTo": MEDIA_FRAGMENTS,
-                         "value": xywh(box, sx, sy)}}
+    selector = {"type": "FragmentSelector", "conformsTo": MEDIA_FRAGMENTS, "value": xywh(box, sx, sy)}
+    if len(polygon) >= 3:  # the shared detail's outline, within the box (W3C "refinedBy")
+        selector["refinedBy"] = {"type": "SvgSelector", "value": svg_polygon(polygon, box, sx, sy)}
+    return {"type": "SpecificResource", "source": iri, "selector": selector}
+
+
+def svg_polygon(polygon, box: Box, sx: float = 1.0, sy: float = 1.0) -> str:
+    """An SVG polygon in the coordinates of ``box``'s media fragment (its corner at 0, 0)."""
+    x0, y0 = round(box.x0 * sx), round(box.y0 * sy)
+    points = " ".join(f"{x * sx - x0:.1f},{y * sy - y0:.1f}" for x, y in polygon)
+    return f"<svg xmlns='http://www.w3.org/2000/svg'><polygon points='{points}'/></svg>"
 
 
 def annotation_id(link: Link) -> str:
@@ -56,13 +64,15 @@ def _w3c_annotation(row: Row) -> dict[str, Any]:
     link, v = row.link, row.verdict
     bodies = [{"type": "TextualBody", "purpose": "assessing", "value": link.status}]
     bodies.append({"type": "TextualBody", "purpose": "describing",
-                   "value": f"score {link.score:.4f}, {link.match.n_inliers} inliers"})
+                   "value": f"score {link.score:.4f}, {link.match.n_inliers} inliers"
+                            + (", mirrored copy" if link.match.mirrored else "")})
     if v is not None and v.note:
         bodies.append({"type": "TextualBody", "purpose": "commenting", "value": v.note})
     annotation = {
         "id": annotation_id(link), "type": "Annotation", "motivation": "linking",
         "body": bodies,
-        "target": [specific_resource(row.image_a, link.box_a), specific_resource(row.image_b, link.box_b)],
+        "target": [specific_resource(row.image_a, link.box_a, row.mask.polygon_a if row.mask else ()),
+                   specific_resource(row.image_b, link.box_b, row.mask.polygon_b if row.mask else ())],
     }
     if v is not None:
         annotation["creator"] = {"type": "Person", "name": v.annotator}

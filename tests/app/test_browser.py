@@ -478,3 +478,30 @@ def test_map_atlas_of_10k_thumbnails(server, browser, tmp_path_factory):
     _shot(page, "map-atlas-10k")
     assert page.locator('[data-testid="stException"]').count() == 0
     shutil.rmtree(project.parent, ignore_errors=True)
+
+
+def test_review_difference_view_and_shared_detail(server, browser, project):
+    """The shared detail outlined, the difference view toggled on, flicker and swipe."""
+    from db.records import LinkMaskRecord
+
+    store = Store(project)
+    model = active_model_id(store)
+    link = next_links(store, "score", limit=1, model_id=model)[0]
+    box = link.box_a
+    inset = ((box.x0 + 0.2 * box.width, box.y0 + 0.2 * box.height), (box.x1 - 0.2 * box.width, box.y0 + 0.3 * box.height),
+             (box.x0 + 0.5 * box.width, box.y1 - 0.2 * box.height))
+    if link.link_id not in store.link_masks([link.link_id]):  # a real discovery run stores its own
+        store.save_link_masks([LinkMaskRecord(link.link_id, inset, inset, True)])
+    page = _new_page(browser)
+    page.goto(f"{server}/?annotator=Diff%20Tester")
+    _link_header(page, link.link_id).wait_for()
+    page.get_by_text("the shared detail in A and in B").wait_for()
+    page.get_by_text("Difference view: B finely aligned over A").click()
+    page.get_by_text("A in grey; red: where aligned B differs").scroll_into_view_if_needed()
+    _shot(page, "review-difference")
+    page.get_by_text("flicker", exact=True).click()
+    page.get_by_text("A and aligned B in turn").wait_for()
+    page.get_by_text("swipe", exact=True).click()
+    page.get_by_text("Swipe: A left, B right").scroll_into_view_if_needed()
+    _shot(page, "review-swipe")
+    assert page.locator('[data-testid="stException"]').count() == 0

@@ -121,6 +121,35 @@ def test_review_confirm_reject_undo_write_the_log(app, project):
     assert store.link_status(first.link_id) == "confirm"
 
 
+def test_review_difference_view_modes_render(app):
+    app.run()
+    assert not app.exception
+    assert not any("aligned by the link's affine" in c.value for c in app.caption)  # off: no cost
+    app.toggle(key="review_diff_on").set_value(True).run()
+    assert any("aligned by the link's affine" in c.value for c in app.caption)
+    for mode in ("flicker", "swipe", "differences"):
+        app.radio(key="review_diff_mode").set_value(mode).run()
+        assert not app.exception, mode
+        if mode == "swipe":
+            app.slider(key="review_swipe").set_value(0.2).run()
+            assert not app.exception
+
+
+def test_review_outlines_a_stored_shared_detail(app, project):
+    from db.records import LinkMaskRecord
+
+    store = Store(project)
+    first = store.list_links(status="unreviewed", limit=1)[0]
+    app.run()
+    assert not any("shared detail" in c.value for c in app.caption)
+    box = first.box_a
+    square = ((box.x0 + 2, box.y0 + 2), (box.x1 - 2, box.y0 + 2), (box.x1 - 2, box.y1 - 2))
+    store.save_link_masks([LinkMaskRecord(first.link_id, square, square, True)])
+    app.run()
+    assert not app.exception
+    assert any("the shared detail in A and in B" in c.value for c in app.caption)
+
+
 def test_review_shows_hostile_metadata_as_text_only(app, project):
     store = Store(project)
     hostile = next(im for im in store.list_images() if im.title == HOSTILE_TITLE)
@@ -181,6 +210,34 @@ def test_map_colourings(app, colour):
     assert not app.exception
     app.radio(key="map_kind").set_value("region").run()
     assert not app.exception
+
+
+def test_map_style_mode_shows_the_style_map(app, project):
+    store = Store(project)
+    ids = [im.image_id for im in store.list_images()]
+    app.run()
+    app.switch_page("pages/map.py").run()
+    app.radio(key="map_kind").set_value("style").run()
+    assert any("No style map" in i.value for i in app.info)
+    store.save_style_map("effnet-lite0", ids, [(float(i), float(i % 3)) for i in range(len(ids))],
+                         [i % 2 for i in range(len(ids))])
+    app.selectbox(key="map_colour").select("group").run()
+    assert not app.exception
+    assert f"{len(ids)} points" in _texts(app)
+
+
+def test_clusters_filter_by_style_group(app, project):
+    store = Store(project)
+    app.run()
+    app.switch_page("pages/clusters.py").run()
+    shown = next(t.value for t in app.text if t.value.endswith(" clusters"))
+    one = store.list_clusters()[0]
+    store.save_style_map("effnet-lite0", list(one.images), [(0.0, 0.0)] * len(one.images), [7] * len(one.images))
+    app.run()
+    app.multiselect(key="clusters_style").select(7).run()
+    assert not app.exception
+    filtered = next(t.value for t in app.text if t.value.endswith(" clusters"))
+    assert filtered != shown and filtered.startswith(("1 of", "2 of", "3 of"))
 
 
 def test_training_page_follows_a_running_round(app, project):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,14 @@ def test_links_and_verified_pairs_commit_together(store: Store) -> None:
     assert store.list_links(limit=1, offset=1)[0].link_id == ids[1]
     with pytest.raises(ValueError, match="run 99"):
         store.add_links(99, [_match("a", "b")])
+
+
+def test_mirrored_links_round_trip(store: Store) -> None:
+    run = store.start_run("m", {})
+    flipped = replace(_match("a", "b"), affine=((-1.0, 0.0, 12.0), (0.0, 1.0, 3.0)), mirrored=True)
+    direct, mirrored = store.add_links(run, [_match("a", "c"), flipped])
+    assert store.get_link(mirrored).match == flipped and store.get_link(mirrored).match.mirrored
+    assert store.get_link(direct).match.mirrored is False
 
 
 def test_run_lifecycle_and_resume(store: Store) -> None:
@@ -184,3 +193,28 @@ def test_file_store_persists_across_instances(tmp_path: Path) -> None:
         first.add_images([_image(1)])
     assert Store(path).count_images() == 1
     assert Store(str(path)).summary()["images"] == 1
+
+
+def test_link_masks_round_trip_and_replace(store: Store) -> None:
+    from db.records import LinkMaskRecord
+
+    run = store.start_run("m", {})
+    first, second = store.add_links(run, [_match("a", "b"), _match("a", "c")])
+    square = ((0.0, 0.0), (10.0, 0.0), (10.0, 12.5), (0.0, 12.5))
+    masks = [LinkMaskRecord(first, square, square[::-1], True), LinkMaskRecord(second, (), (), False)]
+    assert store.save_link_masks(masks) == 2
+    assert store.link_masks() == {first: masks[0], second: masks[1]}
+    again = LinkMaskRecord(first, square[:3], square[:3], False)
+    store.save_link_masks([again])
+    assert store.link_masks([first]) == {first: again} and store.link_masks([]) == {}
+
+
+def test_style_map_round_trip_and_replace(store: Store) -> None:
+    assert store.save_style_map("m", ["b", "a"], [(1.0, 2.0), (3.0, 4.0)], [0, -1]) == 2
+    points = store.load_style_map("m")
+    assert [(p.item_id, p.x, p.y, p.group, p.kind) for p in points] == [
+        ("a", 3.0, 4.0, -1, "image"), ("b", 1.0, 2.0, 0, "image")]
+    store.save_style_map("m", ["c"], [(0.0, 0.0)], [1])
+    assert [p.item_id for p in store.load_style_map("m")] == ["c"] and store.load_style_map("x") == []
+    with pytest.raises(ValueError, match="style map"):
+        store.save_style_map("m", ["a"], [(0.0, 0.0)], [])

@@ -15,9 +15,25 @@ def test_detect_prints_json_hits(image_folder, capsys):
                  str(image_folder), "--top-k", "3", "--json", "--quiet"])
     assert code == 0
     hits = json.loads(capsys.readouterr().out)
-    assert len(hits) == 3 and set(hits[0]) == {"image", "box", "score"}
-    assert hits[0]["image"].endswith("img4.jpg")
+    assert len(hits) == 3 and set(hits[0]) == {"image", "box", "score", "mirrored"}
+    assert hits[0]["image"].endswith("img4.jpg") and not hits[0]["mirrored"]
     assert hits == sorted(hits, key=lambda h: -h["score"])
+
+
+def test_detect_finds_a_mirrored_copy_and_says_so(image_folder, capsys):
+    from PIL import Image
+
+    Image.open(image_folder / "img4.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+        image_folder / "img6.jpg", quality=95)
+    args = ["detect", str(image_folder / "img1.jpg"), "--box", "30,20,94,68", "--collection",
+            str(image_folder), "--top-k", "3", "--json", "--quiet"]
+    assert main(args) == 0
+    hits = json.loads(capsys.readouterr().out)
+    flipped = next(h for h in hits if h["image"].endswith("img6.jpg"))
+    assert flipped["mirrored"]  # img4's motif (x 80-144) mirrored in a 160 px wide image
+    assert abs(flipped["box"][0] - 16) <= 16 and abs(flipped["box"][2] - 80) <= 16
+    assert main([*args, "--no-mirror"]) == 0
+    assert not any(h["mirrored"] for h in json.loads(capsys.readouterr().out))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -77,3 +93,11 @@ def test_app_forwards_sigterm_to_its_server(tmp_path):
     except (ProcessLookupError, FileNotFoundError):
         alive = False
     assert not alive
+
+
+def test_discover_refuses_an_unknown_mirror_mode(tmp_path, capsys):
+    try:
+        code = main(["discover", "--project", str(tmp_path / "p.duckdb"), "--mirror", "both"])
+    except SystemExit as exit_:  # argparse's own usage error
+        code = exit_.code
+    assert code == 2 and "--mirror" in capsys.readouterr().err

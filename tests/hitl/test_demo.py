@@ -20,9 +20,11 @@ from hitl.demo import (
     _patch,
     _warp,
     build_demo,
+    load_copies,
     plan_demo,
     render_image,
     render_page,
+    render_truth,
 )
 
 SMALL = {"n_images": 12, "n_motifs": 3, "progress": False}
@@ -240,3 +242,37 @@ def test_multi_source_demo_writes_templates_instances_and_collections(tmp_path):
 def test_bad_source_count_is_refused():
     with pytest.raises(ValueError, match="n_sources"):
         plan_demo(0, 12, 2, DemoConfig(), n_sources=9)
+
+
+def test_copy_transform_and_mask_are_the_pasted_geometry():
+    """The recorded patch -> image affine maps the patch's opaque pixels into the copy's
+    mask, mirrored copies have a negative determinant, and the mask is the visible copy."""
+    config = DemoConfig(flip_prob=0.5, occlusion_prob=0)
+    plans = [p for p in plan_demo(3, 8, 3, config) if p.motifs]
+    seen_flip = set()
+    for plan in plans[:4]:
+        _, instances, masks = render_truth(plan, 3, config)
+        for inst, mask in zip(instances, masks):
+            affine = np.array(inst.transform).reshape(2, 3)
+            assert (np.linalg.det(affine[:, :2]) < 0) == inst.flipped
+            seen_flip.add(inst.flipped)
+            alpha = _patch(next(m for m in MOTIFS if m.name == inst.motif))[1]
+            assert alpha.shape == inst.patch_size[::-1]
+            ys, xs = np.nonzero(alpha > 0.9)
+            pts = np.stack([xs + 0.5, ys + 0.5, np.ones(len(xs))], 1) @ affine.T
+            cols = np.clip(pts[:, 0].astype(int), 0, mask.shape[1] - 1)
+            rows = np.clip(pts[:, 1].astype(int), 0, mask.shape[0] - 1)
+            assert mask[rows, cols].mean() > 0.97
+            x0, y0, x1, y1 = inst.box
+            assert mask.any() and not mask[:, :x0].any() and not mask[:y0].any()
+            assert not mask[:, x1:].any() and not mask[y1:].any()
+    assert seen_flip == {True, False}
+
+
+def test_copies_file_round_trips(tmp_path):
+    demo = build_demo(tmp_path, seed=1, n_images=4, n_motifs=2, progress=False)
+    copies = load_copies(tmp_path)
+    assert [inst for inst, _ in copies] == list(demo.instances)
+    for inst, mask_path in copies:
+        mask = np.asarray(Image.open(mask_path))
+        assert mask.shape == Image.open(demo.images_dir / inst.file).size[::-1] and mask.any()

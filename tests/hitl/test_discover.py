@@ -9,7 +9,11 @@ from hitl.project import open_project
 
 SMALL_FEATURES = FeatureConfig(max_side=16, n_scales=3)
 
-CONFIG = DiscoverConfig(pairs="all", features=SMALL_FEATURES, commit_every=4, min_score=0.0)
+# Cheap variants of the extra steps: masks from structure alone (the backbone's finer
+# features per link would triple the time) and flipped feature maps for mirrors (no
+# second feature extraction); the test of a mirrored copy uses the default "image".
+CONFIG = DiscoverConfig(pairs="all", features=SMALL_FEATURES, commit_every=4, min_score=0.0, masks="structure",
+                        mirror="flip")
 
 
 def test_discovery_writes_run_links_clusters_and_map(tiny_project):
@@ -20,7 +24,11 @@ def test_discovery_writes_run_links_clusters_and_map(tiny_project):
     assert run.status == "done" and run.params["pairs"] == "all"
     assert store.count_links(run_id=report.run_id) == report.n_links > 0
     assert len(store.load_map(report.model_id, "image")) == 8
+    assert len(store.load_style_map(report.model_id)) == 8
     assert len(store.list_clusters(run_id=report.run_id)) == report.n_clusters
+    masks = store.link_masks()  # every found link has its shared-detail mask (maybe empty)
+    assert set(masks) == {lk.link_id for lk in store.list_links(run_id=report.run_id)}
+    assert any(len(m.polygon_a) >= 3 and len(m.polygon_b) == len(m.polygon_a) for m in masks.values())
     # a second run with the same model verifies nothing again
     again = run_discovery(store, paths, CONFIG, progress=False)
     assert again.n_verified_now == 0 and again.n_links == report.n_links
@@ -39,15 +47,16 @@ def test_killed_run_resumes_without_reverifying(tiny_project, monkeypatch):
             yield pair, found
 
     monkeypatch.setattr(discover, "verify_pairs", dying)
+    config = replace(CONFIG, mirror="off")  # one verify_pairs call per batch, as counted above
     with pytest.raises(KeyboardInterrupt):
-        run_discovery(store, paths, CONFIG, progress=False)
+        run_discovery(store, paths, config, progress=False)
     (failed,) = store.list_runs()
     assert failed.status == "failed"
     committed = store.verified_pairs(failed.model_id)
     assert len(committed) == 8  # two batches of 4 committed; the third was cut
 
     monkeypatch.setattr(discover, "verify_pairs", real)
-    resumed = run_discovery(store, paths, CONFIG, progress=False)
+    resumed = run_discovery(store, paths, config, progress=False)
     assert resumed.run_id == failed.run_id  # the same run continues
     assert resumed.n_verified_now == 28 - 8
     assert store.get_run(failed.run_id).status == "done"
@@ -59,14 +68,28 @@ def test_new_images_only_add_their_pairs(tiny_project, tiny_demo):
     from hitl.ingest import ingest_paths
 
     store, paths = open_project(tiny_project)
-    run_discovery(store, paths, CONFIG, progress=False)
+    config = replace(CONFIG, mirror="image")
+    run_discovery(store, paths, config, progress=False)
     new = paths.project.parent / "more"
     new.mkdir()
     Image.open(tiny_demo / "images" / sorted((tiny_demo / "images").iterdir())[0].name).transpose(
         Image.Transpose.FLIP_LEFT_RIGHT).save(new / "flipped.png")
     ingest_paths(store, [new], progress=False)
-    report = run_discovery(store, paths, CONFIG, progress=False)
+    report = run_discovery(store, paths, config, progress=False)
     assert report.n_verified_now == 8  # the new image against the 8 old ones
+    # The new image is the first one mirrored: their best link says so.
+    first = next(im.image_id for im in store.list_images() if im.path.endswith(sorted(
+        p.name for p in (tiny_demo / "images").iterdir())[0]))
+    flipped = next(im.image_id for im in store.list_images() if im.path.endswith("flipped.png"))
+    best = next(lk for lk in store.list_links() if {lk.image_a, lk.image_b} == {first, flipped})
+    assert best.match.mirrored
+
+
+def test_unknown_mirror_or_mask_mode_is_refused():
+    with pytest.raises(ValueError, match="mirror"):
+        replace(CONFIG, mirror="both")
+    with pytest.raises(ValueError, match="masks"):
+        replace(CONFIG, masks="yes")
 
 
 def test_unknown_pair_mode_is_refused(tiny_project):

@@ -51,7 +51,9 @@ def project() -> tuple[Store, dict[str, int]]:
     aff = ((1.0, 0.0, 3.0), (0.0, 1.0, -2.0))
 
     def match(a: str, b: str, score: float) -> PairMatch:
-        return PairMatch(a * 16, b * 16, Box(10, 10, 20.5, 20), Box(13, 8, 23.5, 18), aff, score, 11)
+        # The confirmed link (a, b) is a mirrored copy: exports must say so.
+        return PairMatch(a * 16, b * 16, Box(10, 10, 20.5, 20), Box(13, 8, 23.5, 18), aff, score, 11,
+                         mirrored=(a, b) == ("a", "b"))
 
     names = ["confirmed", "rejected", "unsure", "unreviewed", "undone", "iiif3", "iiif2"]
     pairs = [("a", "b"), ("a", "c"), ("b", "c"), ("a", "d"), ("b", "d"), ("c", "a"), ("d", "b")]
@@ -153,6 +155,8 @@ def test_w3c_annotations_validate(project, tmp_path: Path) -> None:
     assert first["creator"]["name"] == "ana"
     assert {"type": "TextualBody", "purpose": "commenting",
             "value": "same dog, mirrored"} in first["body"]
+    assert first["body"][1]["value"].endswith(", mirrored copy")
+    assert not any(b["value"].endswith("mirrored copy") for a in doc["items"][1:] for b in a["body"])
     iiif = [a for a in doc["items"] if a["target"][0]["source"] == "https://x.org/canvas/1"][0]
     assert iiif["target"][0]["selector"]["value"] == "xywh=100,100,105,100"  # canvas = 10x image
     # ids are stable: a second export names the same annotations
@@ -200,7 +204,7 @@ def test_training_export_labels_confirmed_and_rejected(project, tmp_path: Path) 
         ids["confirmed"]: 1, ids["rejected"]: 0, ids["iiif3"]: 1, ids["iiif2"]: 1}
     first = items[0]
     assert set(first) == {"link_id", "image_a", "image_b", "path_a", "path_b", "box_a", "box_b",
-                          "affine", "label"}
+                          "affine", "mirrored", "label"}
     assert first["box_a"] == [10, 10, 20.5, 20] and first["affine"] == [[1, 0, 3], [0, 1, -2]]
 
 
@@ -223,6 +227,7 @@ def test_json_round_trip_keeps_links_and_verdicts(project, tmp_path: Path) -> No
         return found
 
     assert snapshot(fresh) == snapshot(store)
+    assert [lk.match.mirrored for lk in fresh.list_links(status="confirm")].count(True) == 1
     assert [replace(im, added=None) for im in fresh.list_images()] == [
         replace(im, added=None) for im in store.list_images()]
     assert fresh.get_model("m@1").ref.parent == "m"
@@ -249,3 +254,26 @@ def test_bad_format_and_bad_import_are_clear_errors(project, tmp_path: Path) -> 
         import_links(store, tmp_path / "other.json")
     with pytest.raises(ValueError, match="cannot read links export"):
         import_links(store, tmp_path / "absent.json")
+
+
+def test_w3c_and_iiif_carry_the_shared_detail_polygon(project, tmp_path: Path) -> None:
+    from db.records import LinkMaskRecord
+
+    store, ids = project
+    triangle_a = ((12.0, 12.0), (18.0, 12.0), (18.0, 18.0))
+    triangle_b = ((15.0, 10.0), (21.0, 10.0), (21.0, 16.0))
+    store.save_link_masks([LinkMaskRecord(ids["confirmed"], triangle_a, triangle_b, True),
+                           LinkMaskRecord(ids["iiif3"], triangle_a, triangle_b, False)])
+    export_links(store, "w3c", tmp_path / "links.jsonld")
+    doc = json.loads((tmp_path / "links.jsonld").read_text())
+    validate_web_annotation_page(doc)  # the box stays the selector; the polygon refines it
+    first = next(a for a in doc["items"] if a["target"][0]["source"] == "file:///collection/a.jpg")
+    refined = first["target"][0]["selector"]["refinedBy"]
+    assert refined["type"] == "SvgSelector" and "points='2.0,2.0 8.0,2.0 8.0,8.0'" in refined["value"]
+    assert "points='2.0,2.0 8.0,2.0 8.0,8.0'" in first["target"][1]["selector"]["refinedBy"]["value"]
+    unmasked = [a for a in doc["items"] if "refinedBy" not in a["target"][0]["selector"]]
+    assert len(unmasked) == len(doc["items"]) - 2
+    export_links(store, "iiif", tmp_path / "iiif.json")
+    index = json.loads((tmp_path / "iiif.json").read_text())["artminer_iiif_export"]
+    v3 = json.loads((tmp_path / next(e["file"] for e in index if e["iiif_version"] == 3)).read_text())
+    assert v3["items"][0]["body"]["selector"]["refinedBy"]["type"] == "SvgSelector"
