@@ -106,12 +106,14 @@ def test_large_collections_take_the_shortlist_from_the_index(monkeypatch):
     import torch.nn.functional as F
 
     import hitl.discover as discover
+    from engine.shortlist import ShortlistConfig
 
     g = torch.Generator().manual_seed(0)
     desc = F.normalize(torch.randn(12, 5, 16, generator=g), dim=2)
     desc[6:] = F.normalize(desc[:6] + 0.05 * torch.randn(6, 5, 16, generator=g), dim=2)  # i and i + 6 are twins
     ids = [f"im{i}" for i in range(12)]
-    config = DiscoverConfig(k=1)
+    # The index stands in for the exact regional k-NN (the cell-vote shortlist needs pyramids).
+    config = DiscoverConfig(k=1, shortlist=ShortlistConfig(scoring="max"))
     exact = discover._shortlist(ids, desc, config)
     monkeypatch.setattr(discover, "ANN_SHORTLIST_FROM", 10)
     indexed = discover._shortlist(ids, desc, config)
