@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -86,19 +86,24 @@ def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int],
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Resize ``image`` (B, 3, H, W) so the backbone yields exactly ``shape`` = (h, w) cells.
 
+    Args:
+        forward: run instead of the whole backbone, its output returned as is (the
+            frozen trunk cache of :mod:`engine.trunk_cache` stores a stage's input).
+
     Returns:
-        (B, C, h, w) features, L2-normalised per location, float32.
+        (B, C, h, w) features, L2-normalised per location (unless ``forward``), float32.
     """
     h, w = shape
     pixels = F.interpolate(image, size=(h * STRIDE, w * STRIDE), mode="bilinear", antialias=True, align_corners=False)
     device = next(backbone.parameters()).device
     pixels = pixels.to(device)
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        feats = backbone(pixels)
-    return F.normalize(feats.float(), dim=1)
+        feats = (forward or backbone)(pixels)
+    return feats.float() if forward is not None else F.normalize(feats.float(), dim=1)
 
 
 def extract_pyramid(backbone: Backbone, rgb: np.ndarray, config: FeatureConfig = FeatureConfig()) -> FeaturePyramid:
@@ -116,11 +121,13 @@ def extract_pyramids(
     images: Sequence[np.ndarray],
     config: FeatureConfig,
     image_sizes: Sequence[tuple[int, int]],
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[FeaturePyramid]:
     """Pyramids for a batch of images; images of equal level shape run as one batch.
 
     ``image_sizes`` are the original (W, H) sizes, which define the level shapes (the
-    arrays may have been decoded at reduced size to save time).
+    arrays may have been decoded at reduced size to save time). ``forward``: see
+    :func:`embed_cells`.
     """
     sides = config.sides()
     tensors = [rgb_to_tensor(rgb) for rgb in images]
@@ -134,7 +141,7 @@ def extract_pyramids(
             batch = torch.cat(
                 [F.interpolate(tensors[i], size=(shape[0] * STRIDE, shape[1] * STRIDE), mode="bilinear", antialias=True, align_corners=False) for i in members]
             )
-            feats = embed_cells(backbone, batch, shape).cpu()
+            feats = embed_cells(backbone, batch, shape, forward).cpu()
             for j, i in enumerate(members):
                 levels[i][k] = feats[j]
     for i, size in enumerate(image_sizes):

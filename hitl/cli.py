@@ -237,8 +237,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 @verb("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    """One training round: fine-tune, save a new model, re-discover, measure before/after."""
-    from dataclasses import replace
+    """One training round: collect positives, fine-tune, save a new model, re-discover, measure."""
+    import time
 
     from tqdm import tqdm
 
@@ -247,37 +247,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hitl.project import open_project
     from hitl.rounds import RoundConfig, RoundRefused, run_round
 
+    if args.steps < 1 or (args.minutes is not None and args.minutes <= 0):
+        raise UsageError("--steps must be >= 1 and --minutes > 0")
     store, paths = open_project(args.project)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
-    train_config = TrainConfig(iterations=args.iterations, seed=args.seed)
-    if args.refresh_every:
-        train_config = replace(train_config, refresh_every=args.refresh_every,
-                               checkpoint_every=max(args.refresh_every, train_config.checkpoint_every // args.refresh_every * args.refresh_every))
-    config = RoundConfig(iterations=args.iterations, sources=sources, seed=args.seed,
-                         rediscover=not args.no_discover, train=train_config)
+    train_config = TrainConfig(steps=args.steps, minutes=args.minutes, seed=args.seed, freeze=args.freeze)
+    config = RoundConfig(sources=sources, seed=args.seed, rediscover=not args.no_discover, train=train_config)
     acquire_training_lock(paths, args=sys.argv[1:])
     try:
-        bar = tqdm(total=args.iterations, desc="training", unit="it", disable=args.quiet)
+        bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet)
+        began: list[float] = []
 
-        def on_iteration(log, total) -> None:
+        def on_step(log, total) -> None:
+            began.append(began[0] if began else time.perf_counter() - log.step_s)
             bar.update(1)
-            bar.set_postfix(loss=f"{log.loss:.3f}", mined=log.n_mined, expert=log.n_used_expert)
-            if args.quiet:  # a log file (the app's background round) gets one line per iteration
-                print(f"iteration {log.iteration + 1}/{total} loss {log.loss:.4f} mined {log.n_mined} "
-                      f"expert {log.n_used_expert}", flush=True)
+            bar.set_postfix(loss=f"{log.loss:.3f}", mined=log.n_used_mined, expert=log.n_used_expert)
+            if args.quiet:  # a log file (the app's background round) gets one line per step
+                elapsed = time.perf_counter() - began[0]
+                left = elapsed / (log.iteration + 1) * (total - log.iteration - 1)
+                if args.minutes is not None:
+                    left = min(left, max(0.0, 60 * args.minutes - elapsed))
+                print(f"step {log.iteration + 1}/{total} loss {log.loss:.4f} mined {log.n_used_mined} "
+                      f"expert {log.n_used_expert} elapsed {elapsed:.0f} s eta {left:.0f} s", flush=True)
+
+        def say(line: str) -> None:  # stage lines between the bar's updates
+            if args.quiet:
+                print(line, flush=True)
+            else:
+                tqdm.write(line)
 
         try:
             report = run_round(store, paths, config, from_model=args.from_model, device=args.device,
-                               progress=on_iteration, show_progress=not args.quiet)
+                               progress=on_step, show_progress=not args.quiet, log=say)
         except RoundRefused as err:
             raise UsageError(str(err)) from err
         bar.close()
     finally:
         release_training_lock(paths)
-    lines = [f"round {report.round_id}: {report.parent} -> {report.new_model} in {report.seconds:.0f} s"]
+    lines = [f"round {report.round_id}: {report.parent} -> {report.new_model}, {report.steps} steps in {report.seconds:.0f} s"]
     for key in sorted(set(report.before) | set(report.after)):
         if key != "model":
             lines.append(f"  {key:<26} before {report.before.get(key, float('nan')):.3f}   after {report.after.get(key, float('nan')):.3f}")
+    for name, figures in report.positives.items():
+        if "pairs" in figures:
+            precision = f"   precision {figures['precision']:.3f}" if "precision" in figures else ""
+            lines.append(f"  positives {name:<16} {figures['pairs']:>6} pairs{precision}")
     _print(report.__dict__, args.json, "\n".join(lines))
     return 0
 
@@ -368,11 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", default="paper", choices=["paper", "strict"], help="correspondence graph mode")
     p.add_argument("--batch-size", type=int, default=32, help="pairs verified together")
 
-    p = add("train", "a training round: fine-tune on mined pairs and expert verdicts", model=True, project=True)
-    p.add_argument("--iterations", type=int, default=200, help="mining + gradient-step iterations (paper: 200)")
-    p.add_argument("--sources", default="mined,expert", help="mined, expert, or both (comma-separated)")
+    p = add("train", "a training round: fine-tune on mined pairs, discovery links and expert verdicts", model=True, project=True)
+    p.add_argument("--steps", "--iterations", dest="steps", type=int, default=300,
+                   help="Adam steps of the round (authors' code: 50 per mining round, ~15k in all)")
+    p.add_argument("--minutes", type=float, help="time budget of the steps; the round stops at whichever comes first")
+    p.add_argument("--sources", default="mined,discovery,expert", help="mined, discovery, expert (comma-separated)")
+    p.add_argument("--freeze", default="last-stage", choices=["last-stage", "none"],
+                   help="train only the last stage on the cached frozen trunk (default), or every layer")
     p.add_argument("--from", dest="from_model", help="model to start from (default: the active model)")
-    p.add_argument("--refresh-every", type=int, help="re-extract collection features every N iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-discover", action="store_true", help="skip re-discovery with the new model")
 
