@@ -60,7 +60,7 @@ def query_collection(backbone: Backbone, collection: LoadedCollection, query_pat
                      config: DetectConfig = DetectConfig(), query_id: str | None = None) -> list[Detection]:
     """Detections of the detail ``box`` of ``query_path`` over the collection."""
     rgb = load_rgb(query_path)
-    query = query_features(backbone, rgb, box, config.query_side)
+    query = query_features(backbone, rgb, box, config.query_side, config.query_context, config.score)
     exclude = (query_id, box) if query_id is not None else None
     return detect(query, collection.bank, config, exclude=exclude)
 

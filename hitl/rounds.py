@@ -256,12 +256,13 @@ def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_link
     return PairBatch.cat(parts), (stats[0] if stats else None)
 
 
-def _latest_links(store: Store, min_score: float) -> list:
-    """Unrejected, unconfirmed links of the latest discovery run at or above ``min_score``."""
-    runs = store.list_runs(kind="discovery", status="done")
-    if not runs:
-        return []
-    return store.list_links(run_id=runs[-1].run_id, status=[UNREVIEWED, UNSURE], min_score=min_score)
+def _latest_links(store: Store, min_score: float, model_id: str | None = None) -> list:
+    """Unrejected, unconfirmed links at or above ``min_score`` of the latest discovery run
+    (of ``model_id`` when given) that stored links; a run cut short still verified them."""
+    for run in reversed(store.list_runs(model_id=model_id, kind="discovery")):
+        if store.count_links(run_id=run.run_id):
+            return store.list_links(run_id=run.run_id, status=[UNREVIEWED, UNSURE], min_score=min_score)
+    return []
 
 
 def _expert_batch(train_links, clusters, bank: FeatureBank, index: dict[str, int]) -> PairBatch | None:

@@ -18,10 +18,10 @@ from hitl.jobs import (
     stop_training,
     tail_log,
 )
-from hitl.round_history import last_round_start, metric_rows, verdict_counts
+from hitl.round_history import last_round_start, metric_rows, round_table, verdict_counts
 from pages import session
 
-SOURCES = ("mined", "expert")
+SOURCES = ("mined", "discovery", "expert")
 
 
 def counts_ui(store, rounds) -> None:
@@ -36,7 +36,8 @@ def start_ui(store, paths, model: str) -> None:
     models = [m.model_id for m in store.list_models()] or [model]
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        iterations = c1.number_input("Iterations", 1, 10_000, 200, key="train_iterations")
+        steps = c1.number_input("Steps", 1, 100_000, 300, key="train_steps")
+        minutes = c1.number_input("At most (minutes, 0: no limit)", 0.0, 1440.0, 0.0, key="train_minutes")
         sources = c2.multiselect("Learn from", SOURCES, default=list(SOURCES), key="train_sources")
         parent = c3.selectbox("Start from model", models, index=models.index(model)
                               if model in models else 0, key="train_from")
@@ -45,8 +46,10 @@ def start_ui(store, paths, model: str) -> None:
         if not sources:
             st.error("Choose at least one source of training pairs.")
             return
-        args = ["--iterations", str(int(iterations)), "--sources", ",".join(sources), "--from", parent,
-                "--quiet"]  # one plain line per iteration in the log, no progress bars
+        args = ["--steps", str(int(steps)), "--sources", ",".join(sources), "--from", parent,
+                "--quiet"]  # one plain line per step in the log, no progress bars
+        if minutes > 0:
+            args += ["--minutes", f"{minutes:g}"]
         try:
             start_training(paths.project, args)
         except TrainingBusyError as err:
@@ -76,6 +79,9 @@ def history_ui(rounds) -> None:
                    "status": r.status, "started (UTC)": f"{r.started:%Y-%m-%d %H:%M}",
                    "finished (UTC)": f"{r.finished:%Y-%m-%d %H:%M}" if r.finished else "",
                    "error": r.error or ""} for r in rounds], hide_index=True, width="stretch")
+    st.caption("What each round measured about itself: figures before -> after, and the pairs and "
+               "precision (against attached ground truth) of each source of positives it learned from.")
+    st.dataframe(round_table(rounds), hide_index=True, width="stretch")
     rows = metric_rows(rounds)
     if not rows:
         st.text("No metrics recorded yet.")

@@ -66,7 +66,7 @@ def test_config_rejects_a_square_that_cannot_be_centred():
 
 
 def test_paper_geometry_p12_corners_and_verification_ring():
-    config = MiningConfig()
+    config = MiningConfig(positive_square=12)
     assert corner_offsets(config).tolist() == [[-5, -5], [-5, 6], [6, -5], [6, 6]]
     ring = verification_offsets(config)
     assert len(ring) == 36  # the border of the 10x10 square from -4 to +5
@@ -104,7 +104,7 @@ def test_top_matches_known_answer():
 
 def test_mined_pairs_follow_the_known_transform():
     bank = _known_pair_bank()
-    config = MiningConfig(n_proposals=60, n_negatives=8)
+    config = MiningConfig(n_proposals=60, n_negatives=8, positive_square=12)
     batch = mine_pairs(bank, 0, config)
     assert len(batch) >= 8
     assert batch.anchor[:, :2].unique(dim=0).tolist() == [[0, 0]]  # A, level 0
@@ -164,9 +164,10 @@ def test_real_features_mine_a_known_shift(effnet):
 
 
 def test_vote_floor_is_a_share_of_the_ring_and_cuts_the_top_fraction():
-    assert MiningConfig().min_votes == 18  # half of the 36 ring cells
+    assert MiningConfig().min_votes == 22  # 0.6 of the 36 ring cells
+    assert MiningConfig(min_vote_share=0.5).min_votes == 18
     assert MiningConfig(min_vote_share=0.0).min_votes == 1  # a candidate nobody votes for never passes
-    config = MiningConfig(verified_fraction=0.5)  # top 5 of these 10 candidates, then the floor
+    config = MiningConfig(verified_fraction=0.5, min_vote_share=0.5)  # top 5 of these 10, then the floor of 18
     votes = torch.tensor([30, 2, 17, 18, 0, 25, 1, 3, 4, 5])
     chosen = select_verified(votes, torch.zeros(10), config)
     assert chosen.tolist() == [0, 5, 3]  # 17 is in the top half but under the floor of 18

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from db.records import TrainingRound, Verdict
-from hitl.round_history import last_round_start, metric_rows, verdict_counts
+from hitl.round_history import last_round_start, metric_rows, round_table, verdict_counts
 
 T0, T1 = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
 
@@ -28,3 +28,15 @@ def test_verdict_counts():
 
     log = [v(1, "confirm"), v(2, "confirm"), v(3, "reject"), v(4, "revoke")]
     assert verdict_counts(log) == {"confirm": 2, "reject": 1, "unsure": 0, "undo": 1}
+
+
+def test_round_table_shows_each_rounds_own_figures():
+    rounds = [TrainingRound(1, "m0", "done", {}, T0, "m1",
+                            {"before": {"oneshot_map": 0.369}, "after": {"oneshot_map": 0.41, "heldout_link_ap": 0.5},
+                             "steps": 60, "positives": {"mined": {"pairs": 96, "precision": 0.44}, "expert": {"pairs": 8}}}),
+              TrainingRound(2, "m1", "failed", {}, T1)]
+    first, second = round_table(rounds)
+    assert first == {"round": 1, "status": "done", "steps": 60, "oneshot_map": "0.369 -> 0.410",
+                     "heldout_link_ap": "- -> 0.500", "expert pairs": 8, "expert precision": None,
+                     "mined pairs": 96, "mined precision": 0.44}
+    assert second == {"round": 2, "status": "failed", "steps": None}
