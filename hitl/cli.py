@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="pairs verified together")
 
     p = add("train", "a training round: fine-tune on mined pairs, discovery links and expert verdicts", model=True, project=True)
-    p.add_argument("--steps", "--iterations", dest="steps", type=int, default=300,
+    p.add_argument("--steps", "--iterations", dest="steps", type=int, default=100,
                    help="Adam steps of the round (authors' code: 50 per mining round, ~15k in all)")
     p.add_argument("--minutes", type=float, help="time budget of the steps; the round stops at whichever comes first")
     p.add_argument("--sources", default="mined,discovery,expert", help="mined, discovery, expert (comma-separated)")

@@ -140,7 +140,11 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
     """One training round (module doc). Raises :class:`RoundRefused` before any work when
     there is nothing to learn from. ``log`` receives one line per stage (default: none)."""
     start = time.perf_counter()
-    say = log or (lambda _line: None)
+
+    def say(line: str) -> None:  # stage lines with the time since the round started
+        if log is not None:
+            log(f"[{time.perf_counter() - start:5.0f} s] {line}")
+
     unknown = set(config.sources) - set(SOURCES)
     if unknown or not config.sources:
         raise RoundRefused(f"--sources must name some of {', '.join(SOURCES)}, got {', '.join(config.sources) or 'none'}")
@@ -173,6 +177,7 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
         store.set_active_model(new.model_id)
         if isinstance(source, TrunkInputs):  # the refresh runs only the last stage
             fill_feature_cache(new, source, paths.features, features, hashes)
+        say(f"round {round_id}: new model {new.model_id} saved, its features refreshed")
         if config.rediscover:
             run_discovery(store, paths, DiscoverConfig(features=features), backbone=new, progress=show_progress)
         after = measure(store, paths, new, heldout, DEFAULT_MIN_SCORE, show_progress, features)

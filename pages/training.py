@@ -36,7 +36,7 @@ def start_ui(store, paths, model: str) -> None:
     models = [m.model_id for m in store.list_models()] or [model]
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        steps = c1.number_input("Steps", 1, 100_000, 300, key="train_steps")
+        steps = c1.number_input("Steps", 1, 100_000, 100, key="train_steps")
         minutes = c1.number_input("At most (minutes, 0: no limit)", 0.0, 1440.0, 0.0, key="train_minutes")
         sources = c2.multiselect("Learn from", SOURCES, default=list(SOURCES), key="train_sources")
         parent = c3.selectbox("Start from model", models, index=models.index(model)
