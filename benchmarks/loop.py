@@ -2,7 +2,7 @@
 
     python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
                               [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--images N]
-                              [--strategy score|uncertainty|coverage] [--[no-]rediscover]
+                              [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
 
 Builds the demo collection (:mod:`hitl.demo`) with its ground truth attached, discovers
@@ -48,6 +48,7 @@ from db.store import Store
 from engine.features import FeatureConfig
 from engine.mining import MiningConfig
 from engine.train import IterationLog, TrainConfig
+from engine.trunk_cache import trunk_inputs
 from hitl.demo import DemoConfig, build_demo
 from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
 from hitl.ingest import ingest_paths
@@ -125,21 +126,30 @@ class Row:
     seconds: float
 
 
-def prepare_base(folder: Path, config: LoopConfig, device: str) -> Path:
-    """The demo project, discovered with the ImageNet default; reused when already there."""
+def prepare_base(folder: Path, config: LoopConfig, device: str, copy_from: Path | None = None) -> Path:
+    """The demo project, discovered with the ImageNet default; reused when already there.
+
+    ``copy_from``: a ready discovered demo folder (``artminer demo --out DIR``) copied
+    instead of building one (its feature cache comes along).
+    """
     project = folder / PROJECT
+    if copy_from is not None and not project.exists():
+        shutil.copytree(copy_from, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock"))
     folder.mkdir(parents=True, exist_ok=True)
     with Store(project) as store:
-        if any(r.status == "done" for r in store.list_runs(kind="discovery")):
-            return project
-        if store.count_images() == 0:
-            demo = build_demo(folder, config.seed, config.images, config.motifs, config.demo, progress=False)
-            ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=False)
-            store.attach_annotations(demo.ground_truth, "artminer", label="demo ground truth")
         paths = ProjectPaths(project.resolve())
         pin_threads(config.threads)
-        backbone = load_model(store, None, device)
-        run_discovery(store, paths, DiscoverConfig(features=config.features), backbone=backbone, progress=False)
+        if not any(r.status == "done" for r in store.list_runs(kind="discovery")):
+            if store.count_images() == 0:
+                demo = build_demo(folder, config.seed, config.images, config.motifs, config.demo, progress=False)
+                ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=False)
+                store.attach_annotations(demo.ground_truth, "artminer", label="demo ground truth")
+            run_discovery(store, paths, DiscoverConfig(features=config.features), backbone=load_model(store, None, device),
+                          progress=False)
+        if config.train.freeze == "last-stage":  # every arm's copy then reads the frozen trunk's cache
+            images = store.list_images()
+            trunk_inputs(load_model(store, None, device), [(img.image_id, img.path) for img in images], config.features,
+                         paths.features, {img.image_id: img.sha256 for img in images}, progress=False)
     return project
 
 
@@ -211,10 +221,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def run_loop(out: Path, config: LoopConfig, arms: Sequence[str], device: str) -> list[Row]:
+def run_loop(out: Path, config: LoopConfig, arms: Sequence[str], device: str, copy_from: Path | None = None) -> list[Row]:
     """The whole benchmark under ``out``: base project, then each arm in its own folder."""
     start = time.perf_counter()
-    base = prepare_base(out / "base", config, device)
+    base = prepare_base(out / "base", config, device, copy_from)
     print(f"base project ready in {time.perf_counter() - start:.0f} s: {base}", flush=True)
     rows: list[Row] = []
     for arm in arms:
@@ -241,6 +251,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     parser.add_argument("--small", action="store_true", help="CPU-sized features and training (see small_config)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--out", help="working folder, kept (default: a temporary one, removed)")
+    parser.add_argument("--base", help="a ready discovered demo folder to start from (default: build one)")
     parser.add_argument("--threads", type=int, default=LoopConfig.threads, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))
     out.mkdir(parents=True, exist_ok=True)
     try:
-        rows = run_loop(out, config, args.arms, args.device)
+        rows = run_loop(out, config, args.arms, args.device, Path(args.base) if args.base else None)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
