@@ -1,12 +1,12 @@
 """Precision of each source of training positives on a project with ground truth attached.
 
-    python -m benchmarks.positives --project DEMO/artminer.duckdb [--proposals 1000]
+    python -m benchmarks.positives --project DEMO/artminer.duckdb [--seeds 0,1,2]
                                    [--shares 0,0.25,0.5,0.6] [--link-scores 0.02,0.03,0.05]
 
 With the project's active model: mines once per vote floor (``min_vote_share``, a share
 of the 36 ring votes) among shortlist neighbours, then once with the pre-issue-10
-settings (floor of 1 vote, exact-cell positive, 3x3 negative exclusion, every image a
-candidate), and builds weak positives from the latest discovery's unrejected links at
+settings (1,000 proposals, floor of 1 vote, P12 exact-cell positives, 3x3 negative
+exclusion, every image a candidate), pooling the pairs of every seed, and builds weak positives from the latest discovery's unrejected links at
 each score threshold. Prints pairs and precision per setting: a pair is right when both
 cells lie on copies of one same motif (:mod:`hitl.positive_precision`). Also the mean
 share of pairs whose positive beats the mean of its negatives (the loss then pulls the
@@ -28,7 +28,8 @@ from hitl.positives import expert_pairs
 from hitl.project import load_model, open_project
 from hitl.rounds import _latest_links, shortlist_neighbours
 
-OLD = dict(min_vote_share=0.0, positive_search=0, negative_exclusion=1)  # the settings before issue 10
+# The mining settings before issue 10 (searched in every image, not the shortlist).
+OLD = dict(n_proposals=1000, min_vote_share=0.0, positive_square=12, positive_search=0, negative_exclusion=1)
 
 
 def _line(name: str, batch: PairBatch, right: torch.Tensor, bank, seconds: float | None = None) -> str:
@@ -36,7 +37,7 @@ def _line(name: str, batch: PairBatch, right: torch.Tensor, bank, seconds: float
     precision = float(right.float().mean()) if n else float("nan")
     pos_beats = _positive_beats_negatives(batch, bank) if n else float("nan")
     took = f"  {seconds:6.1f} s" if seconds is not None else ""
-    return f"{name:<44} {n:>7} {precision:>9.3f} {pos_beats:>10.3f}{took}"
+    return f"{name:<52} {n:>7} {precision:>9.3f} {pos_beats:>10.3f}{took}"
 
 
 def _positive_beats_negatives(batch: PairBatch, bank) -> float:
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", required=True)
     parser.add_argument("--proposals", type=int, default=MiningConfig.n_proposals)
+    parser.add_argument("--seeds", default="0,1,2", help="mining rounds pooled per setting (seeds)")
     parser.add_argument("--shares", default="0,0.25,0.5,0.6", help="vote floors to try (share of the ring)")
     parser.add_argument("--link-scores", default="0.02,0.03,0.05", help="discovery-link thresholds to try")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     store, paths = open_project(args.project)
     truth = ground_truth_copies(store)
@@ -70,19 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     bank = load_project_collection(store, paths, model, progress=False).bank
     bank.levels = [lv.float() for lv in bank.levels]
     neighbours = shortlist_neighbours(bank, 20)
-    print(f"{store.count_images()} images, model {model.model_id}, {args.proposals} proposals, seed {args.seed}")
-    print(f"{'source':<44} {'pairs':>7} {'precision':>9} {'pos>negs':>10}")
+    seeds = [int(v) for v in args.seeds.split(",")]
+    print(f"{store.count_images()} images, model {model.model_id}, {args.proposals} proposals, seeds {seeds}")
+    print(f"{'source':<52} {'pairs':>7} {'precision':>9} {'pos>negs':>10}")
     base = MiningConfig(n_proposals=args.proposals)
-    for share in (float(s) for s in args.shares.split(",")):
-        config = replace(base, min_vote_share=share)
+    settings = [(f"mined, floor {replace(base, min_vote_share=float(v)).min_votes} votes (share {float(v):g}), k=20",
+                 replace(base, min_vote_share=float(v)), neighbours) for v in args.shares.split(",")]
+    settings.append((f"mined, floor {base.min_votes} votes, P12 (paper's square), k=20", replace(base, positive_square=12),
+                     neighbours))
+    settings.append(("mined, before issue 10 (P12, floor 1, exact cell, 3x3)", replace(base, **OLD), None))
+    for name, config, nbrs in settings:
         start = time.perf_counter()
-        batch = mine_pairs(bank, args.seed, config, neighbours=neighbours)
-        name = f"mined, floor {config.min_votes} votes (share {share:g}), k=20"
+        batch = PairBatch.cat([mine_pairs(bank, seed, config, neighbours=nbrs) for seed in seeds])
         print(_line(name, batch, right_pairs(batch, bank, truth), bank, time.perf_counter() - start), flush=True)
-    start = time.perf_counter()
-    old = mine_pairs(bank, args.seed, replace(base, **OLD))
-    print(_line("mined, before issue 10 (floor 1, exact cell, 3x3)", old, right_pairs(old, bank, truth), bank,
-                time.perf_counter() - start), flush=True)
     index = {image_id: i for i, image_id in enumerate(bank.image_ids)}
     for score in (float(s) for s in args.link_scores.split(",")):
         links = [lk.match for lk in _latest_links(store, score) if lk.image_a in index and lk.image_b in index]
