@@ -286,7 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         release_training_lock(paths)
     lines = [f"round {report.round_id}: {report.parent} -> {report.new_model}, {report.steps} steps in {report.seconds:.0f} s"]
     for key in sorted(set(report.before) | set(report.after)):
-        if key != "model":
+        if key not in ("model", "oneshot_queries"):
             lines.append(f"  {key:<26} before {report.before.get(key, float('nan')):.3f}   after {report.after.get(key, float('nan')):.3f}")
     for name, figures in report.positives.items():
         if "pairs" in figures:

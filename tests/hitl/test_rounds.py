@@ -94,3 +94,7 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
         assert 0.0 <= recorded.metrics["positives"][source]["precision"] <= 1.0
     # The refresh ran the last stage into the new model's feature cache.
     assert any((paths.features / report.new_model.replace("@", "-")).rglob("*.npz"))
+    # The next round starts from the new model: its one-shot figures are not measured twice.
+    second = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False, seed=1), show_progress=False)
+    assert second.parent == report.new_model
+    assert second.before["oneshot_map"] == report.after["oneshot_map"]
