@@ -44,7 +44,7 @@ from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
 from hitl.evaluation import evaluate_oneshot, project_queries
 from hitl.oneshot import load_project_collection
 from hitl.positive_precision import ground_truth_copies, precision_by_source
-from hitl.positives import cluster_matches, expert_pairs
+from hitl.positives import ExpertPairConfig, cluster_matches, expert_pairs
 from hitl.project import ProjectPaths, load_model
 
 SOURCES = ("mined", "discovery", "expert")
@@ -255,7 +255,7 @@ def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_link
     n_neg = config.train.n_negatives
     parts, stats = [PairBatch.empty(n_neg)], []
     if "expert" in config.sources:
-        expert = _expert_batch(train_links, clusters, bank, index)
+        expert = _expert_batch(train_links, clusters, bank, index, n_neg)
         if expert is not None:
             parts.append(expert.tagged(PairBatch.EXPERT, config.weights.expert))
     if "discovery" in config.sources:
@@ -263,7 +263,7 @@ def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_link
         links = [lk.match for lk in _latest_links(store, config.link_min_score)
                  if lk.link_id not in held and lk.image_a in index and lk.image_b in index]
         if links:
-            batch = expert_pairs(links, [], bank, image_index=index)
+            batch = expert_pairs(links, [], bank, ExpertPairConfig(n_negatives=n_neg), image_index=index)
             parts.append(batch.tagged(PairBatch.DISCOVERY, config.weights.discovery))
     if "mined" in config.sources:
         neighbours = shortlist_neighbours(bank, config.shortlist_k)
@@ -282,14 +282,14 @@ def _latest_links(store: Store, min_score: float, model_id: str | None = None) -
     return []
 
 
-def _expert_batch(train_links, clusters, bank: FeatureBank, index: dict[str, int]) -> PairBatch | None:
+def _expert_batch(train_links, clusters, bank: FeatureBank, index: dict[str, int], n_negatives: int) -> PairBatch | None:
     confirmed = [lk.match for lk in train_links if lk.status == CONFIRM and lk.image_a in index and lk.image_b in index]
     rejected = [lk.match for lk in train_links if lk.status == REJECT and lk.image_a in index and lk.image_b in index]
     for c in clusters:
         confirmed += [m for m in cluster_matches([r.region for r in c.regions]) if m.image_a in index and m.image_b in index]
     if not confirmed and not rejected:
         return None
-    batch = expert_pairs(confirmed, rejected, bank, image_index=index)
+    batch = expert_pairs(confirmed, rejected, bank, ExpertPairConfig(n_negatives=n_negatives), image_index=index)
     return batch if len(batch) else None
 
 
