@@ -9,9 +9,8 @@ Builds the demo collection (:mod:`hitl.demo`) with its ground truth attached, di
 repeated details with the ImageNet default model, then runs three arms from fresh copies
 of that project, with the same seed:
 
-* ``mined+expert``: training rounds learn from self-mined pairs, unrejected discovery
-  links and expert verdicts;
-* ``mined``: self-supervised, mined pairs and unrejected discovery links (no verdict);
+* ``mined+expert``: training rounds learn from self-mined pairs and expert verdicts;
+* ``mined``: self-supervised, mined pairs alone (no verdict);
 * ``expert``: expert verdicts alone.
 
 In every arm a simulated expert answers the review queue from the ground truth before
@@ -59,7 +58,7 @@ from hitl.rounds import RoundConfig, RoundReport, run_round
 
 PROJECT = "artminer.duckdb"
 ANNOTATOR = "simulated-expert"
-ARMS = {"mined+expert": ("mined", "discovery", "expert"), "mined": ("mined", "discovery"), "expert": ("expert",)}
+ARMS = {"mined+expert": ("mined", "expert"), "mined": ("mined",), "expert": ("expert",)}
 
 
 @dataclass(frozen=True)

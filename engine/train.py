@@ -53,7 +53,10 @@ class TrainConfig:
     steps: int = 100  # Adam steps per round (authors' code: 50 per mining round, ~15k in all)
     minutes: float | None = None  # time budget of the steps; the round stops at whichever comes first
     lambda_: float = 0.8  # paper: λ = 0.8 in the triplet loss
-    lr: float = 1e-5  # paper and authors' code: Adam, learning rate 1e-5 ...
+    # Paper and authors' code: Adam at 1e-5 over ~15k steps of the whole trunk. Here a
+    # round takes ~100 steps of the last stage only: on the demo one round with 100
+    # simulated verdicts reached mAP 0.542 at 1e-4 against 0.472 at 1e-5 (from 0.455).
+    lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)  # ... and β = [0.9, 0.99] (paper)
     # Feature pairs per step: 4 verified candidates x 4 corners (authors' code). A step costs
     # per map it touches (two per candidate): ~1.5 s on two loaded CPU cores.

@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", "--iterations", dest="steps", type=int, default=100,
                    help="Adam steps of the round (authors' code: 50 per mining round, ~15k in all)")
     p.add_argument("--minutes", type=float, help="time budget of the steps; the round stops at whichever comes first")
-    p.add_argument("--sources", default="mined,discovery,expert", help="mined, discovery, expert (comma-separated)")
+    p.add_argument("--sources", default="mined,expert",
+                   help="mined, discovery, expert (comma-separated); discovery links are weak positives, off by default")
     p.add_argument("--freeze", default="last-stage", choices=["last-stage", "none"],
                    help="train only the last stage on the cached frozen trunk (default), or every layer")
     p.add_argument("--from", dest="from_model", help="model to start from (default: the active model)")

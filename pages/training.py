@@ -38,7 +38,7 @@ def start_ui(store, paths, model: str) -> None:
         c1, c2, c3 = st.columns(3)
         steps = c1.number_input("Steps", 1, 100_000, 100, key="train_steps")
         minutes = c1.number_input("At most (minutes, 0: no limit)", 0.0, 1440.0, 0.0, key="train_minutes")
-        sources = c2.multiselect("Learn from", SOURCES, default=list(SOURCES), key="train_sources")
+        sources = c2.multiselect("Learn from", SOURCES, default=["mined", "expert"], key="train_sources")
         parent = c3.selectbox("Start from model", models, index=models.index(model)
                               if model in models else 0, key="train_from")
         submitted = st.form_submit_button("Start a training round", type="primary")
