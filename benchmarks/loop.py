@@ -1,8 +1,8 @@
 """The review/retrain loop on the demo collection, scripted: does expert review make the model better?
 
     python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
-                              [--iterations N] [--lr X] [--batch-pairs N] [--images N]
-                              [--strategy score|uncertainty|coverage] [--[no-]rediscover]
+                              [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--images N]
+                              [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
 
 Builds the demo collection (:mod:`hitl.demo`) with its ground truth attached, discovers
@@ -10,7 +10,7 @@ repeated details with the ImageNet default model, then runs three arms from fres
 of that project, with the same seed:
 
 * ``mined+expert``: training rounds learn from self-mined pairs and expert verdicts;
-* ``mined``: self-supervised mining alone (the paper's fine-tuning);
+* ``mined``: self-supervised, mined pairs alone (no verdict);
 * ``expert``: expert verdicts alone.
 
 In every arm a simulated expert answers the review queue from the ground truth before
@@ -47,11 +47,11 @@ from db.store import Store
 from engine.features import FeatureConfig
 from engine.mining import MiningConfig
 from engine.train import IterationLog, TrainConfig
-from engine.types import Box
+from engine.trunk_cache import trunk_inputs
 from hitl.demo import DemoConfig, build_demo
 from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
-from hitl.evaluation import project_queries
 from hitl.ingest import ingest_paths
+from hitl.positive_precision import Copy, ground_truth_copies, motifs_at
 from hitl.project import ProjectPaths, load_model
 from hitl.queue import STRATEGIES, next_links
 from hitl.rounds import RoundConfig, RoundReport, run_round
@@ -59,7 +59,6 @@ from hitl.rounds import RoundConfig, RoundReport, run_round
 PROJECT = "artminer.duckdb"
 ANNOTATOR = "simulated-expert"
 ARMS = {"mined+expert": ("mined", "expert"), "mined": ("mined",), "expert": ("expert",)}
-TRUE_IOU = 0.3  # the paper's one-shot protocol threshold, reused for the simulated expert
 
 
 @dataclass(frozen=True)
@@ -84,53 +83,17 @@ def small_config() -> LoopConfig:
 
     30 demo images; features with a 24-cell reference side over 5 scales (the one-shot
     query keeps its 8 cells, so a much smaller side loses the demo's smaller copies);
-    20 iterations a round of 200 proposals and 128 pairs per step (a step recomputes
-    every feature map its pairs touch, its main cost on a CPU), features refreshed every
-    10; lr 1e-4, ten times the paper's, since 20 steps replace its ~200 (at 1e-5 one
-    round left mAP where it was). Re-discovery is skipped: the held-out metrics
-    recompute what they need with each new model.
+    the paper's squares scaled to the map (verification 6, positives 6 cells apart: at
+    10 and 12 they span half of a 24-cell map and the corners land off the motif);
+    re-discovery skipped: the held-out metrics recompute what they need with each model.
     """
     features = FeatureConfig(max_side=24, n_scales=5)
-    # The paper's squares (verification 10, positives 12 cells apart) span half of a
-    # 24-cell map: corners then land off the motif and mining teaches the scenery (one
-    # mined round took the demo's mAP from 0.515 to 0.281). Scaled to the map: 6 and 6.
-    mining = MiningConfig(n_proposals=200, verification_size=6, positive_square=6)
-    train = TrainConfig(iterations=20, lr=1e-4, batch_pairs=128, refresh_every=10, checkpoint_every=20,
-                        chunk_maps=64, mining=mining, features=features)
+    mining = MiningConfig(n_proposals=500, verification_size=6, positive_square=6)
+    train = TrainConfig(steps=200, features=features, mining=mining)
     return LoopConfig(images=30, rediscover=False, features=features, train=train)
 
 
-def _checkpoint_every(iterations: int, refresh_every: int) -> int:
-    """A multiple of ``refresh_every`` (as TrainConfig requires) near the end of the round."""
-    return refresh_every * max(1, iterations // refresh_every)
-
-
 # ---------------------------------------------------------------- the simulated expert
-
-
-@dataclass(frozen=True)
-class Copy:
-    """A ground-truth copy of a motif in a project image."""
-
-    image_id: str
-    motif: str
-    box: Box
-
-
-def ground_truth_copies(store: Store) -> dict[str, list[Copy]]:
-    """Image id -> the ground-truth copies it holds, from the attached annotation files."""
-    copies: dict[str, set[Copy]] = {}
-    for q in project_queries(store):
-        for inst in (q.query, *q.targets):
-            copies.setdefault(inst.image, set()).add(Copy(inst.image, q.motif, inst.box))
-    return {image: sorted(found, key=lambda c: (c.motif, c.box.as_list())) for image, found in copies.items()}
-
-
-def motifs_at(box: Box, copies: Sequence[Copy]) -> set[str]:
-    """Motifs of the copies ``box`` covers: IoU above 0.3, or its centre inside the copy."""
-    cx, cy = box.center
-    return {c.motif for c in copies
-            if box.iou(c.box) > TRUE_IOU or (c.box.x0 <= cx < c.box.x1 and c.box.y0 <= cy < c.box.y1)}
 
 
 def is_true_link(link: Link, truth: dict[str, list[Copy]]) -> bool:
@@ -162,21 +125,30 @@ class Row:
     seconds: float
 
 
-def prepare_base(folder: Path, config: LoopConfig, device: str) -> Path:
-    """The demo project, discovered with the ImageNet default; reused when already there."""
+def prepare_base(folder: Path, config: LoopConfig, device: str, copy_from: Path | None = None) -> Path:
+    """The demo project, discovered with the ImageNet default; reused when already there.
+
+    ``copy_from``: a ready discovered demo folder (``artminer demo --out DIR``) copied
+    instead of building one (its feature cache comes along).
+    """
     project = folder / PROJECT
+    if copy_from is not None and not project.exists():
+        shutil.copytree(copy_from, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock"))
     folder.mkdir(parents=True, exist_ok=True)
     with Store(project) as store:
-        if any(r.status == "done" for r in store.list_runs(kind="discovery")):
-            return project
-        if store.count_images() == 0:
-            demo = build_demo(folder, config.seed, config.images, config.motifs, config.demo, progress=False)
-            ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=False)
-            store.attach_annotations(demo.ground_truth, "artminer", label="demo ground truth")
         paths = ProjectPaths(project.resolve())
         pin_threads(config.threads)
-        backbone = load_model(store, None, device)
-        run_discovery(store, paths, DiscoverConfig(features=config.features), backbone=backbone, progress=False)
+        if not any(r.status == "done" for r in store.list_runs(kind="discovery")):
+            if store.count_images() == 0:
+                demo = build_demo(folder, config.seed, config.images, config.motifs, config.demo, progress=False)
+                ingest_paths(store, [demo.images_dir], metadata_csv=demo.metadata, progress=False)
+                store.attach_annotations(demo.ground_truth, "artminer", label="demo ground truth")
+            run_discovery(store, paths, DiscoverConfig(features=config.features), backbone=load_model(store, None, device),
+                          progress=False)
+        if config.train.freeze == "last-stage":  # every arm's copy then reads the frozen trunk's cache
+            images = store.list_images()
+            trunk_inputs(load_model(store, None, device), [(img.image_id, img.path) for img in images], config.features,
+                         paths.features, {img.image_id: img.sha256 for img in images}, progress=False)
     return project
 
 
@@ -192,8 +164,7 @@ def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str)
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(base.parent, folder)
-    round_config = RoundConfig(iterations=config.train.iterations, sources=ARMS[arm], seed=config.seed,
-                               rediscover=config.rediscover, train=config.train)
+    round_config = RoundConfig(sources=ARMS[arm], seed=config.seed, rediscover=config.rediscover, train=config.train)
     rows: list[Row] = []
     given = confirmed = 0
     with Store(folder / PROJECT) as store:
@@ -217,13 +188,15 @@ def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str)
 def _progress_line(row: Row, report: RoundReport, logs: Sequence[IterationLog]) -> str:
     before, after = report.before, report.after
     nan = float("nan")
-    refresh, mine, step = (sum(getattr(log, k) for log in logs) for k in ("refresh_s", "mine_s", "step_s"))
+    step = sum(log.step_s for log in logs)
+    sources = ", ".join(f"{name} {p['pairs']}" + (f" @ {p['precision']:.2f}" if "precision" in p else "")
+                        for name, p in report.positives.items() if "pairs" in p)
     pairs = sum(log.n_used_mined + log.n_used_expert for log in logs) / max(1, len(logs))
     expert = sum(log.n_used_expert for log in logs) / max(1, len(logs))
     loss = [log.loss for log in logs] or [nan]
     return (f"[{row.arm} round {row.round}] {row.verdicts} verdicts ({row.confirmed} confirmed); "
-            f"training {refresh + mine + step:.0f} s (refresh {refresh:.0f}, mining {mine:.0f}, steps {step:.0f}; "
-            f"{len(logs)} it, {pairs:.0f} pairs/it of which {expert:.0f} expert, "
+            f"positives {sources or 'none'}; steps {step:.0f} s ("
+            f"{len(logs)} steps, {pairs:.0f} pairs/step of which {expert:.0f} expert/discovery, "
             f"loss {loss[0]:.3f} -> {loss[-1]:.3f}); "
             f"mAP {before.get('oneshot_map', nan):.3f} -> {after.get('oneshot_map', nan):.3f}, "
             f"held-out link AP {before.get('heldout_link_ap', nan):.3f} -> {after.get('heldout_link_ap', nan):.3f}; "
@@ -247,10 +220,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def run_loop(out: Path, config: LoopConfig, arms: Sequence[str], device: str) -> list[Row]:
+def run_loop(out: Path, config: LoopConfig, arms: Sequence[str], device: str, copy_from: Path | None = None) -> list[Row]:
     """The whole benchmark under ``out``: base project, then each arm in its own folder."""
     start = time.perf_counter()
-    base = prepare_base(out / "base", config, device)
+    base = prepare_base(out / "base", config, device, copy_from)
     print(f"base project ready in {time.perf_counter() - start:.0f} s: {base}", flush=True)
     rows: list[Row] = []
     for arm in arms:
@@ -266,9 +239,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--verdicts-per-round", type=int, default=50)
-    parser.add_argument("--iterations", type=int, help="training iterations per round (default 200, --small 20)")
-    parser.add_argument("--batch-pairs", type=int, help="feature pairs per gradient step (default 1024, --small 128)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5, the paper's; --small 1e-4)")
+    parser.add_argument("--steps", type=int, help="Adam steps per round (default: TrainConfig's)")
+    parser.add_argument("--minutes", type=float, help="time budget of each round's steps")
+    parser.add_argument("--batch-pairs", type=int, help="feature pairs per gradient step (default: TrainConfig's)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5, the paper's)")
     parser.add_argument("--images", type=int, help="demo collection size (default 60, --small 30)")
     parser.add_argument("--rediscover", action=argparse.BooleanOptionalAction,
                         help="discover again with each new model (default: yes, --small: no)")
@@ -276,6 +250,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     parser.add_argument("--small", action="store_true", help="CPU-sized features and training (see small_config)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--out", help="working folder, kept (default: a temporary one, removed)")
+    parser.add_argument("--base", help="a ready discovered demo folder to start from (default: build one)")
     parser.add_argument("--threads", type=int, default=LoopConfig.threads, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -289,11 +264,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     args.arms = arms
     config = small_config() if args.small else LoopConfig()
     train = config.train
-    if args.iterations is not None:
-        if args.iterations < 1:
-            parser.error("--iterations must be >= 1")
-        train = replace(train, iterations=args.iterations,
-                        checkpoint_every=_checkpoint_every(args.iterations, train.refresh_every))
+    if args.steps is not None:
+        if args.steps < 1:
+            parser.error("--steps must be >= 1")
+        train = replace(train, steps=args.steps)
+    if args.minutes is not None:
+        if args.minutes <= 0:
+            parser.error("--minutes must be > 0")
+        train = replace(train, minutes=args.minutes)
     if args.lr is not None:
         train = replace(train, lr=args.lr)
     if args.batch_pairs is not None:
@@ -315,14 +293,15 @@ def main(argv: list[str] | None = None) -> None:
     args, config = parse_args(argv)
     t = config.train
     print(f"loop: {config.images} demo images, features {config.features.sides()}, {config.rounds} rounds x "
-          f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.iterations} iterations/round, lr {t.lr:g}, "
-          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, refresh every {t.refresh_every}, "
+          f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.steps} steps/round"
+          f"{f' (at most {t.minutes:g} min)' if t.minutes else ''}, lr {t.lr:g}, freeze {t.freeze}, "
+          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, "
           f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
     start = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))
     out.mkdir(parents=True, exist_ok=True)
     try:
-        rows = run_loop(out, config, args.arms, args.device)
+        rows = run_loop(out, config, args.arms, args.device, Path(args.base) if args.base else None)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)

@@ -18,7 +18,7 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -176,25 +176,36 @@ def _channels_last(backbone: Backbone) -> None:
 
 
 @torch.no_grad()
-def embed_pixels(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 16h, 16w) pixels in [0, 1] -> (B, C, h, w) features, L2-normalised per location, float32."""
+def embed_pixels(backbone: Backbone, pixels: torch.Tensor,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(B, 3, 16h, 16w) pixels in [0, 1] -> (B, C, h, w) features, L2-normalised per location, float32.
+
+    ``forward``: run instead of the whole backbone, its output returned as is (not normalised).
+    """
     device = next(backbone.parameters()).device
     _channels_last(backbone)
     layout = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
     pixels = pixels.to(device).contiguous(memory_format=layout)
     dtype = autocast_dtype(backbone, device)
     with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        feats = backbone(pixels)
+        feats = (forward or backbone)(pixels)
+    if forward is not None:
+        return feats.float().contiguous()
     return F.normalize(feats.float(), dim=1).contiguous()
 
 
-def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int],
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Resize ``image`` (B, 3, H, W) so the backbone yields exactly ``shape`` = (h, w) cells.
 
+    Args:
+        forward: run instead of the whole backbone, its output returned as is (the
+            frozen trunk cache of :mod:`engine.trunk_cache` stores a stage's input).
+
     Returns:
-        (B, C, h, w) features, L2-normalised per location, float32.
+        (B, C, h, w) features, L2-normalised per location (unless ``forward``), float32.
     """
-    return embed_pixels(backbone, resize_to_cells(image, shape))
+    return embed_pixels(backbone, resize_to_cells(image, shape), forward)
 
 
 def extract_pyramid(backbone: Backbone, rgb: np.ndarray, config: FeatureConfig = FeatureConfig()) -> FeaturePyramid:
@@ -212,11 +223,13 @@ def extract_pyramids(
     images: Sequence[np.ndarray],
     config: FeatureConfig,
     image_sizes: Sequence[tuple[int, int]],
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[FeaturePyramid]:
     """Pyramids for a batch of images; images of equal level shape run as one batch.
 
     ``image_sizes`` are the original (W, H) sizes, which define the level shapes (the
-    arrays may have been decoded at reduced size to save time).
+    arrays may have been decoded at reduced size to save time). ``forward``: see
+    :func:`embed_cells`.
     """
     tensors = [rgb_to_tensor(rgb) for rgb in images]
     sides = [config.image_sides(size) for size in image_sizes]
@@ -228,7 +241,7 @@ def extract_pyramids(
         for shape, members in groups.items():
             # Each image is resized once, to the group's pixel size, then run together.
             batch = torch.cat([resize_to_cells(tensors[i], shape) for i in members])
-            feats = embed_pixels(backbone, batch).cpu()
+            feats = embed_pixels(backbone, batch, forward).cpu()
             for j, i in enumerate(members):
                 levels[i][k] = feats[j]
     for i, size in enumerate(image_sizes):

@@ -1,30 +1,39 @@
-"""Self-supervised mining of hard-positive feature pairs (paper §3.1).
+"""Self-supervised mining of hard-positive feature pairs (paper §3.1, authors' code).
 
 One mining round over a collection's feature bank:
 
 1. **Proposals**: random 2x2 cell squares at the reference level, placed so the
    verification region and the positive square around them stay inside the image.
-2. **Candidates**: every proposal is slid over every level of every *other* image as one
-   convolution whose output channels are the proposals (the batched matching of
-   one-shot detection, many queries at once); each proposal keeps its best window per
-   image and then its top K = 10 images.
-3. **Verification**: each feature of the 10x10 square around the proposal is matched
-   (nearest neighbour) in the candidate's map; it votes when it lands within one cell of
-   where the candidate's displacement puts it. The top 10% of all candidates by votes are
-   verified.
-4. **Pairs**: the 4 corners of the 12x12 square around a verified proposal (P12) and the
-   cells the same displacement gives in the candidate's map are positive pairs; the
-   hard negatives of a pair are the top 20 matches of P1 in P2's map away from P2.
+2. **Candidates**: every proposal is slid over every level of its candidate images as
+   one convolution per (image, level) whose output channels are the proposals. The
+   candidate images are the proposal image's shortlist neighbours when given (O(P·k),
+   not O(P·N)), else every other image. Each proposal keeps its best window per image,
+   then its top K = 10 images.
+3. **Verification**: each feature of the ring of the 10x10 square around the proposal
+   is matched (nearest neighbour) in the candidate's map; it votes when it lands within
+   one cell of where the candidate's displacement puts it. Verified: the top 10% of all
+   candidates by votes *and* at least ``min_vote_share`` of the ring's cells. The top
+   fraction alone let near-unverified candidates through (on the demo: precision ~1%
+   below 4 of 36 votes, ~46% at 12-19 votes).
+4. **Pairs**: the 4 corners of the square around a verified proposal (P12 in the paper,
+   6x6 by default here, see ``MiningConfig.positive_square``) and,
+   in the candidate's map, the best match of each within 3x3 of where the displacement
+   puts it (the authors' ``PosCosineSimilaritytop1``); the hard negatives of a pair are
+   the top 20 matches of P1 in P2's map outside a 7x7 neighbourhood of P2, so true
+   correspondents a few cells away never become negatives.
 
 A correspondence is a translation in cells between the proposal's map (level
 ``proposal_level`` of image A) and the candidate's map (the level of B where it matched
 best): the choice of level absorbs the scale, as in the paper.
+
+Steps 3 and 4 run per candidate image and level: the candidates of one map are matched
+against that map at once, so no map is ever copied per candidate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -37,28 +46,39 @@ from engine.features import FeaturePyramid
 
 @dataclass(frozen=True)
 class MiningConfig:
-    n_proposals: int = 1000  # proposals per round (reference code: 2000 per epoch); the speed knob of mining
+    n_proposals: int = 2000  # proposals per round (authors' code: 2000 per epoch); the speed knob of mining
     proposal_size: int = 2  # paper: 2x2 proposal regions
     proposal_level: int = 0  # proposals are cut from the reference (largest) level
     top_k: int = 10  # paper: K = 10 candidate images per proposal
     verification_size: int = 10  # paper: the 10x10 square centred on the proposal votes
-    # The reference code votes with the 36 cells on the ring of that square only: they are
+    # The authors' code votes with the 36 cells on the ring of that square only: they are
     # the furthest from the proposal, so the most independent of it (paper §3.1).
     verify_ring_only: bool = True
-    vote_tolerance: int = 1  # a vote lands within this many cells (both axes) of the prediction
+    vote_tolerance: int = 1  # authors' code: a vote lands within 1 cell (both axes) of the prediction
     verified_fraction: float = 0.1  # paper: top 10% of candidates by votes are verified
-    min_votes: int = 1  # not in the paper: a candidate nobody votes for is never verified
-    positive_square: int = 12  # paper: P12, 4 positive pairs at the corners of a 12x12 square
+    # Absolute floor: a verified candidate also has at least this share of the voting
+    # cells' votes (the authors' code: 0.6 of the ring, commented out there). On the demo
+    # (benchmarks/positives.py) precision of mined pairs is 0.41 at 0.5, 0.55 at 0.6.
+    min_vote_share: float = 0.6
+    # Paper: P12, the corners of a 12x12 square. Corners 6 apart here: on the demo, whose
+    # motifs span ~8-12 cells at the reference level, P12 corners land on the scenery
+    # around a motif (precision 0.20 against 0.41 at 6, same floor; benchmarks/positives.py).
+    positive_square: int = 6
+    positive_search: int = 1  # authors' code: P2 is P1's best match within 3x3 of the predicted cell
     n_negatives: int = 20  # paper: N_neg = 20 hard negatives per positive pair
-    negative_exclusion: int = 1  # cells this close (both axes) to P2 are not negatives
-    chunk_images: int = 64  # images per batched convolution (bounds memory)
-    chunk_candidates: int = 512  # candidates per verification matmul (bounds memory)
+    # Cells this close (both axes) to P2 are not negatives: a 7x7 square, since true
+    # correspondents 2-3 cells from P2 made hard negatives with a 3x3 one.
+    negative_exclusion: int = 3
+    chunk_candidates: int = 2048  # candidates of one map matched together (bounds memory)
 
     def __post_init__(self) -> None:
         for name in ("n_proposals", "proposal_size", "top_k", "verification_size", "positive_square",
-                     "n_negatives", "chunk_images", "chunk_candidates"):
+                     "n_negatives", "chunk_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MiningConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("positive_search", "negative_exclusion", "vote_tolerance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MiningConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("verification_size", "positive_square"):
             size = getattr(self, name)
             if size < self.proposal_size or (size - self.proposal_size) % 2:
@@ -68,6 +88,13 @@ class MiningConfig:
                 )
         if not 0.0 < self.verified_fraction <= 1.0:
             raise ValueError(f"MiningConfig.verified_fraction must be in (0, 1], got {self.verified_fraction}")
+        if not 0.0 <= self.min_vote_share <= 1.0:
+            raise ValueError(f"MiningConfig.min_vote_share must be in [0, 1], got {self.min_vote_share}")
+
+    @property
+    def min_votes(self) -> int:
+        """The vote floor in cells (22 of the 36 ring cells at the defaults; at least 1)."""
+        return max(1, math.ceil(self.min_vote_share * len(verification_offsets(self)) - 1e-9))
 
     @property
     def span(self) -> int:
@@ -86,7 +113,9 @@ class PairBatch:
         positive: (P, 4) long, P2; rows are -1 where ``positive_mask`` is False.
         negatives: (P, N, 4) long, hard negatives of P1.
         positive_mask: (P,) bool, False for pairs that only push apart (expert-rejected).
-        source: (P,) long, ``MINED`` or ``EXPERT``.
+        source: (P,) long, ``MINED``, ``EXPERT`` or ``DISCOVERY`` (see ``SOURCE_NAMES``).
+        weight: (P,) float, the pair's weight in the loss (default 1): expert pairs weigh
+            more than discovery links, which weigh more than mined pairs.
     """
 
     anchor: torch.Tensor
@@ -94,22 +123,28 @@ class PairBatch:
     negatives: torch.Tensor
     positive_mask: torch.Tensor
     source: torch.Tensor
+    weight: torch.Tensor | None = None
 
     MINED: ClassVar[int] = 0
     EXPERT: ClassVar[int] = 1
+    DISCOVERY: ClassVar[int] = 2  # unrejected discovery links above a score (weak positives)
+    SOURCE_NAMES: ClassVar[tuple[str, ...]] = ("mined", "expert", "discovery")
 
     def __post_init__(self) -> None:
         p = self.anchor.shape[0]
+        if self.weight is None:
+            object.__setattr__(self, "weight", torch.ones(p, device=self.anchor.device))
         ok = (
             self.anchor.shape == (p, 4) and self.positive.shape == (p, 4)
             and self.negatives.dim() == 3 and self.negatives.shape[0] == p and self.negatives.shape[2] == 4
-            and self.positive_mask.shape == (p,) and self.source.shape == (p,)
+            and self.positive_mask.shape == (p,) and self.source.shape == (p,) and self.weight.shape == (p,)
         )
         if not ok:
             raise ValueError(
                 f"inconsistent PairBatch shapes: anchor {tuple(self.anchor.shape)}, positive "
                 f"{tuple(self.positive.shape)}, negatives {tuple(self.negatives.shape)}, mask "
-                f"{tuple(self.positive_mask.shape)}, source {tuple(self.source.shape)}"
+                f"{tuple(self.positive_mask.shape)}, source {tuple(self.source.shape)}, weight "
+                f"{tuple(self.weight.shape)}"
             )
 
     def __len__(self) -> int:
@@ -127,8 +162,12 @@ class PairBatch:
 
     def select(self, index: torch.Tensor) -> PairBatch:
         """The pairs at ``index`` (a long index or a bool mask over P)."""
-        return PairBatch(self.anchor[index], self.positive[index], self.negatives[index],
-                         self.positive_mask[index], self.source[index])
+        return PairBatch(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def tagged(self, source: int, weight: float) -> PairBatch:
+        """The same pairs, all from ``source`` and weighing ``weight`` in the loss."""
+        return PairBatch(self.anchor, self.positive, self.negatives, self.positive_mask,
+                         torch.full_like(self.source, source), torch.full_like(self.weight, weight))
 
     def to(self, device: torch.device | str) -> PairBatch:
         return PairBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
@@ -257,35 +296,67 @@ def window_scores_many(level: torch.Tensor, valid: torch.Tensor, queries: torch.
     return scores.masked_fill(~inside[:, None], float("-inf"))
 
 
-def match_candidates(bank: FeatureBank, proposals: torch.Tensor, config: MiningConfig) -> Candidates:
-    """Top-K candidate windows of every proposal over every level of every other image.
+def allowed_targets(image_a: torch.Tensor, n_images: int, neighbours: torch.Tensor | None) -> torch.Tensor:
+    """(P, N) bool: the images each proposal is matched in.
+
+    Args:
+        image_a: (P,) image of each proposal.
+        neighbours: (N, k) long shortlist neighbours of every image (-1 pads), or None
+            for every image. A proposal's own image is never a candidate.
+    """
+    device = image_a.device
+    if neighbours is None:
+        allowed = torch.ones(len(image_a), n_images, dtype=torch.bool, device=device)
+    else:
+        if neighbours.dim() != 2 or neighbours.shape[0] != n_images:
+            raise ValueError(f"neighbours must be (N={n_images}, k), got {tuple(neighbours.shape)}")
+        nbrs = neighbours.to(device)
+        per_image = torch.zeros(n_images, n_images + 1, dtype=torch.bool, device=device)
+        per_image.scatter_(1, torch.where(nbrs < 0, n_images, nbrs), True)  # -1 lands in a dropped column
+        allowed = per_image[image_a, :n_images]
+    allowed[torch.arange(len(image_a), device=device), image_a] = False
+    return allowed
+
+
+def _maps(bank: FeatureBank, min_side: int = 1) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(image, level, (C, h, w) unpadded map) of every map with both sides >= ``min_side``."""
+    for k, (level, valid) in enumerate(zip(bank.levels, bank.valid)):
+        for b, (h, w) in enumerate(valid.tolist()):
+            if h >= min_side and w >= min_side:
+                yield b, k, level[b, :, :h, :w]
+
+
+def match_candidates(bank: FeatureBank, proposals: torch.Tensor, config: MiningConfig,
+                     neighbours: torch.Tensor | None = None) -> Candidates:
+    """Top-K candidate windows of every proposal over every level of its candidate images.
 
     Each proposal keeps its best window per image (over positions and levels), then the
-    K best images, as the reference implementation does: candidates in K distinct images.
+    K best images, as the authors' code does: candidates in K distinct images. The
+    convolution runs on each unpadded map with the proposals allowed there.
     """
     level0 = bank.levels[config.proposal_level]
     device, p = level0.device, config.proposal_size
     props = proposals.to(device)
     r = torch.arange(p, device=device)
     queries = level0[props[:, 0, None, None], :, (props[:, 1, None] + r)[:, :, None], (props[:, 2, None] + r)[:, None, :]]
-    queries = queries.permute(0, 3, 1, 2)  # (P, C, p, p)
+    compute = torch.float32 if device.type == "cpu" else level0.dtype
+    queries = queries.permute(0, 3, 1, 2).to(compute) / (p * p)  # (P, C, p, p): a window's mean cosine
     n_props, n_images = len(props), len(bank)
+    allowed = allowed_targets(props[:, 0], n_images, neighbours)
     best = torch.full((n_props, n_images), float("-inf"), device=device)
     where = torch.zeros(3, n_props, n_images, dtype=torch.long, device=device)  # level, row, col
-    for k, (level, valid) in enumerate(zip(bank.levels, bank.valid)):
-        if level.shape[-1] < p:
+    rows_of = [allowed[:, b].nonzero()[:, 0] for b in range(n_images)]
+    for b, k, fmap in _maps(bank, p):
+        rows = rows_of[b]
+        if len(rows) == 0:
             continue
-        for start in range(0, n_images, config.chunk_images):
-            stop = min(start + config.chunk_images, n_images)
-            scores = window_scores_many(level[start:stop], valid[start:stop], queries)
-            value, index = scores.flatten(2).max(dim=2)  # (B, P)
-            value, index = value.float().T, index.T
-            better = value > best[:, start:stop]
-            best[:, start:stop] = torch.where(better, value, best[:, start:stop])
-            width = scores.shape[-1]
-            for slot, new in enumerate((torch.full_like(index, k), index // width, index % width)):
-                where[slot, :, start:stop] = torch.where(better, new, where[slot, :, start:stop])
-    best[torch.arange(n_props, device=device), props[:, 0]] = float("-inf")  # never the image itself
+        scores = F.conv2d(fmap[None].to(compute), queries[rows])[0]  # (n, h - p + 1, w - p + 1)
+        value, index = scores.flatten(1).float().max(dim=1)
+        better = value > best[rows, b]
+        best[rows, b] = torch.where(better, value, best[rows, b])
+        width = scores.shape[-1]
+        for slot, new in enumerate((torch.full_like(index, k), index // width, index % width)):
+            where[slot, rows, b] = torch.where(better, new, where[slot, rows, b])
     score, image_b = best.topk(min(config.top_k, n_images), dim=1)  # (P, K)
     lvl, row, col = (torch.gather(w, 1, image_b) for w in where)
     keep = torch.isfinite(score).flatten()
@@ -293,6 +364,26 @@ def match_candidates(bank: FeatureBank, proposals: torch.Tensor, config: MiningC
     flat = Candidates(own[:, 0], own[:, 1], own[:, 2], image_b.flatten(), lvl.flatten(),
                       row.flatten(), col.flatten(), score.flatten())
     return flat.select(keep)
+
+
+def _groups_by_map(image: torch.Tensor, level: torch.Tensor, n_levels: int,
+                   chunk: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(image, level, indices) of the entries that fall in each map, in chunks of ``chunk``."""
+    if len(image) == 0:
+        return
+    key = image * n_levels + level
+    order = key.argsort(stable=True)
+    keys, counts = torch.unique_consecutive(key[order], return_counts=True)
+    for kv, members in zip(keys.tolist(), order.split(counts.tolist())):
+        for part in members.split(chunk):
+            yield kv // n_levels, kv % n_levels, part
+
+
+def _map_of(bank: FeatureBank, image: int, level: int) -> tuple[torch.Tensor, int, int]:
+    """(C, h*w) features of one unpadded map, its h and w."""
+    h, w = (int(v) for v in bank.valid[level][image])
+    fmap = bank.levels[level][image, :, :h, :w]
+    return fmap.reshape(fmap.shape[0], h * w), h, w
 
 
 def count_votes(bank: FeatureBank, cand: Candidates, config: MiningConfig) -> torch.Tensor:
@@ -307,24 +398,21 @@ def count_votes(bank: FeatureBank, cand: Candidates, config: MiningConfig) -> to
     level_a = bank.levels[config.proposal_level]
     offsets = verification_offsets(config).to(level_a.device)  # (V, 2)
     votes = torch.zeros(len(cand), dtype=torch.long, device=level_a.device)
-    for k, (level, valid) in enumerate(zip(bank.levels, bank.valid)):
-        side = level.shape[-1]
-        for chunk in (cand.level_b == k).nonzero()[:, 0].split(config.chunk_candidates):
-            c = cand.select(chunk)
-            voters = gather_cells(level_a, c.image_a[:, None], c.row_a[:, None] + offsets[:, 0], c.col_a[:, None] + offsets[:, 1])
-            maps = level[c.image_b].flatten(2)  # (n, C, S*S)
-            sim = torch.bmm(voters.to(maps.dtype), maps).float()  # (n, V, S*S)
-            inside = cells_inside(valid[c.image_b], side).flatten(1)
-            nearest = sim.masked_fill(~inside[:, None], float("-inf")).argmax(dim=2)  # (n, V)
-            drow = nearest // side - (c.row_b[:, None] + offsets[:, 0])
-            dcol = nearest % side - (c.col_b[:, None] + offsets[:, 1])
-            agree = (drow.abs() <= config.vote_tolerance) & (dcol.abs() <= config.vote_tolerance)
-            votes[chunk] = agree.sum(dim=1)
+    for b, k, sel in _groups_by_map(cand.image_b, cand.level_b, len(bank.levels), config.chunk_candidates):
+        c = cand.select(sel)
+        fmap, _, w = _map_of(bank, b, k)
+        voters = gather_cells(level_a, c.image_a[:, None], c.row_a[:, None] + offsets[:, 0], c.col_a[:, None] + offsets[:, 1])
+        nearest = (voters.to(fmap.dtype) @ fmap).float().argmax(dim=2)  # (n, V) into the map's h*w cells
+        drow = nearest // w - (c.row_b[:, None] + offsets[:, 0])
+        dcol = nearest % w - (c.col_b[:, None] + offsets[:, 1])
+        agree = (drow.abs() <= config.vote_tolerance) & (dcol.abs() <= config.vote_tolerance)
+        votes[sel] = agree.sum(dim=1)
     return votes
 
 
 def select_verified(votes: torch.Tensor, score: torch.Tensor, config: MiningConfig) -> torch.Tensor:
-    """Indices of the top ``verified_fraction`` of candidates by votes (ties: by score)."""
+    """Indices of the top ``verified_fraction`` of candidates by votes (ties: by score) that
+    also reach the absolute floor ``config.min_votes``."""
     if len(votes) == 0:
         return torch.zeros(0, dtype=torch.long, device=votes.device)
     order = score.argsort(descending=True, stable=True)
@@ -334,11 +422,25 @@ def select_verified(votes: torch.Tensor, score: torch.Tensor, config: MiningConf
     return top[votes[top] >= config.min_votes]
 
 
+def top_allowed(sim: torch.Tensor, allowed: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` best allowed entries of each row of ``sim`` (M, K).
+
+    Where fewer than ``n`` are allowed, the best one fills the remaining slots, so every
+    row has exactly ``n`` (a repeated negative only weighs more).
+
+    Returns:
+        index (M, n) long, and ok (M,) bool: False where nothing was allowed.
+    """
+    sim = sim.masked_fill(~allowed, float("-inf"))
+    value, index = sim.topk(min(n, sim.shape[1]), dim=1)
+    index = torch.where(torch.isfinite(value), index, index[:, :1])
+    if index.shape[1] < n:
+        index = torch.cat([index, index[:, :1].expand(-1, n - index.shape[1])], dim=1)
+    return index, torch.isfinite(value[:, 0])
+
+
 def top_matches(anchors: torch.Tensor, maps: torch.Tensor, allowed: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``n`` cells of each map most similar to its anchor, among allowed cells.
-
-    Where fewer than ``n`` cells are allowed, the best one fills the remaining slots, so
-    every pair has exactly ``n`` negatives (a repeated negative only weighs more).
 
     Args:
         anchors: (M, C) features; maps: (M, C, S, S) padded maps; allowed: (M, S, S) bool.
@@ -348,16 +450,25 @@ def top_matches(anchors: torch.Tensor, maps: torch.Tensor, allowed: torch.Tensor
     """
     side = maps.shape[-1]
     sim = torch.einsum("mc,mcs->ms", anchors.to(maps.dtype), maps.flatten(2)).float()
-    sim = sim.masked_fill(~allowed.flatten(1), float("-inf"))
-    value, index = sim.topk(min(n, sim.shape[1]), dim=1)
-    index = torch.where(torch.isfinite(value), index, index[:, :1])
-    if index.shape[1] < n:
-        index = torch.cat([index, index[:, :1].expand(-1, n - index.shape[1])], dim=1)
-    return index // side, index % side, torch.isfinite(value[:, 0])
+    index, ok = top_allowed(sim, allowed.flatten(1), n)
+    return index // side, index % side, ok
+
+
+def _grid_near(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int, radius: int) -> torch.Tensor:
+    """(n, h*w) bool: cells of an h x w map within ``radius`` (both axes) of (rows, cols)."""
+    r = torch.arange(h, device=rows.device)
+    c = torch.arange(w, device=rows.device)
+    near = ((r[None, :, None] - rows[:, None, None]).abs() <= radius) & ((c[None, None, :] - cols[:, None, None]).abs() <= radius)
+    return near.flatten(1)
 
 
 def positive_pairs(bank: FeatureBank, cand: Candidates, config: MiningConfig) -> PairBatch:
-    """P12 positives of verified candidates and their hard negatives (paper §3.1-3.2)."""
+    """P12 positives of verified candidates and their hard negatives (paper §3.1-3.2).
+
+    P2 is P1's best match within ``positive_search`` cells of where the candidate's
+    displacement puts it; negatives are P1's best matches in P2's map outside
+    ``negative_exclusion`` cells of P2.
+    """
     corners = corner_offsets(config).to(cand.row_a.device)  # (4, 2)
     img_a, img_b, lvl_b = (_per_corner(t) for t in (cand.image_a, cand.image_b, cand.level_b))
     row_a = (cand.row_a[:, None] + corners[:, 0]).reshape(-1)
@@ -369,14 +480,17 @@ def positive_pairs(bank: FeatureBank, cand: Candidates, config: MiningConfig) ->
     level_a = bank.levels[config.proposal_level]
     neg_rows = torch.zeros(len(img_a), config.n_negatives, dtype=torch.long, device=img_a.device)
     neg_cols = torch.zeros_like(neg_rows)
-    for k, level in enumerate(bank.levels):
-        for chunk in ((lvl_b == k) & inside).nonzero()[:, 0].split(config.chunk_candidates):
-            anchors = gather_cells(level_a, img_a[chunk], row_a[chunk], col_a[chunk])
-            allowed = cells_inside(size_b[chunk], level.shape[-1]) & ~near_cells(
-                row_b[chunk], col_b[chunk], level.shape[-1], config.negative_exclusion)
-            rows, cols, ok = top_matches(anchors, level[img_b[chunk]], allowed, config.n_negatives)
-            neg_rows[chunk], neg_cols[chunk] = rows, cols
-            inside[chunk] &= ok
+    kept = inside.nonzero()[:, 0]
+    for b, k, part in _groups_by_map(img_b[kept], lvl_b[kept], len(bank.levels), config.chunk_candidates):
+        sel = kept[part]
+        fmap, h, w = _map_of(bank, b, k)
+        anchors = gather_cells(level_a, img_a[sel], row_a[sel], col_a[sel])
+        sim = (anchors.to(fmap.dtype) @ fmap).float()  # (n, h*w)
+        best = sim.masked_fill(~_grid_near(row_b[sel], col_b[sel], h, w, config.positive_search), float("-inf")).argmax(dim=1)
+        row_b[sel], col_b[sel] = best // w, best % w
+        index, ok = top_allowed(sim, ~_grid_near(row_b[sel], col_b[sel], h, w, config.negative_exclusion), config.n_negatives)
+        neg_rows[sel], neg_cols[sel] = index // w, index % w
+        inside[sel] &= ok
     pl = torch.full_like(img_a, config.proposal_level)
     negatives = torch.stack([img_b[:, None].expand_as(neg_rows), lvl_b[:, None].expand_as(neg_rows), neg_rows, neg_cols], dim=-1)
     batch = PairBatch(torch.stack([img_a, pl, row_a, col_a], 1), torch.stack([img_b, lvl_b, row_b, col_b], 1),
@@ -389,15 +503,31 @@ def _per_corner(t: torch.Tensor) -> torch.Tensor:
     return t[:, None].expand(-1, 4).reshape(-1)
 
 
+@dataclass(frozen=True)
+class MiningStats:
+    """What one mining round found: candidates, verified ones, and their votes."""
+
+    n_proposals: int
+    n_candidates: int
+    n_verified: int
+    n_pairs: int
+    min_votes: int
+    median_votes_verified: float
+
+
 @torch.no_grad()
 def mine_pairs(bank: FeatureBank | Sequence[FeaturePyramid], generator: torch.Generator | int,
-               config: MiningConfig = MiningConfig()) -> PairBatch:
+               config: MiningConfig = MiningConfig(), neighbours: torch.Tensor | None = None,
+               stats: list[MiningStats] | None = None) -> PairBatch:
     """One round of self-supervised mining over a collection (paper §3.1).
 
     Args:
         bank: the collection's current features (a bank, or pyramids in image order),
             every level L2-normalised.
         generator: a CPU ``torch.Generator`` (or a seed) drawing the proposals.
+        neighbours: (N, k) shortlist neighbours of each image (-1 pads): candidates are
+            searched there only. None: in every other image.
+        stats: when given, a :class:`MiningStats` of the round is appended to it.
 
     Returns:
         Mined positive pairs with hard negatives, on the CPU; empty when the collection
@@ -412,6 +542,12 @@ def mine_pairs(bank: FeatureBank | Sequence[FeaturePyramid], generator: torch.Ge
     proposals = sample_proposals(bank.valid[config.proposal_level], config, generator)
     if len(bank) < 2 or len(proposals) == 0:
         return PairBatch.empty(config.n_negatives)
-    cand = match_candidates(bank, proposals, config)
-    verified = cand.select(select_verified(count_votes(bank, cand, config), cand.score, config))
-    return positive_pairs(bank, verified, config).to("cpu")
+    cand = match_candidates(bank, proposals, config, neighbours)
+    votes = count_votes(bank, cand, config)
+    chosen = select_verified(votes, cand.score, config)
+    pairs = positive_pairs(bank, cand.select(chosen), config).to("cpu")
+    if stats is not None:
+        verified = votes[chosen].float()
+        stats.append(MiningStats(len(proposals), len(cand), len(chosen), len(pairs), config.min_votes,
+                                 float(verified.median()) if len(verified) else math.nan))
+    return pairs

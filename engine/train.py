@@ -1,20 +1,22 @@
-"""Dataset-specific fine-tuning of the backbone (paper §3.2), mined and expert pairs mixed.
+"""Dataset-specific fine-tuning of the backbone (paper §3.2), on pairs mined once per round.
 
-The loop reads top to bottom in :func:`train`: every iteration (re)extracts the
-collection's features when due, mines spatially consistent pairs with them
-(:mod:`engine.mining`), mixes in expert pairs, and takes **one** Adam step on the
-paper's triplet loss. Resumable state (weights, optimizer, iteration, history) is
-written every ``checkpoint_every`` iterations; the final model goes through
-:func:`engine.backbone.save_checkpoint` with its config and parent.
+The authors' code mines once per "epoch" and then takes many small Adam steps (50 steps
+of 4 verified pairs, i.e. 16 feature pairs, at lr 1e-5; ~15k steps in all); the paper's
+text reads as one step per mining round. This module follows the code: :func:`train`
+gets the round's pairs (mined by :mod:`engine.mining` with the parent model, plus expert
+and discovery-link pairs from :mod:`hitl.positives`) and takes ``steps`` small steps on
+the paper's triplet loss, each pair weighted by its source, stopping early when the
+round's time budget (``minutes``) is spent.
 
-Speed. The paper re-extracts every feature of the collection before each mining round
-(about 3 minutes per iteration on a GTX 1080 Ti). Here ``refresh_every`` re-extracts
-them every N iterations instead: mining then uses features up to N-1 Adam steps old,
-which at lr 1e-5 barely move, while the gradient step always recomputes its cells with
-the current weights. ``refresh_every=1`` is the paper's schedule.
+What trains. By default (``freeze="last-stage"``) the trunk up to its last stage is
+frozen and its output is read from :mod:`engine.trunk_cache`: a step then runs only the
+last stage on the maps it touches (about 50x cheaper on a CPU than the whole trunk).
+``freeze="none"`` fine-tunes every layer from the pixels.
 
-Randomness. Iteration ``i`` draws everything from a generator seeded with
-``(seed, i)``, so a run is reproducible and a resumed run equals a straight one.
+Resumable state (weights, optimizer, step, history, the round's pairs) is written every
+``checkpoint_every`` steps; the final model goes through
+:func:`engine.backbone.save_checkpoint` with its config and parent. Step ``i`` draws its
+batch from a generator seeded with ``(seed, i)``, so a resumed run equals a straight one.
 """
 
 from __future__ import annotations
@@ -31,28 +33,37 @@ import torch.nn.functional as F
 from engine.backbone import STRIDE, Backbone, save_checkpoint
 from engine.detect import FeatureBank
 from engine.features import FeatureConfig, level_shape
-from engine.mining import MiningConfig, PairBatch, mine_pairs
+from engine.mining import MiningConfig, PairBatch
+from engine.trunk_cache import TrunkInputs, freeze_prefix, last_stage
 from engine.types import ModelRef
 
 __all__ = [
     "PairBatch", "TrainConfig", "IterationLog", "TrainResult", "triplet_loss", "train_step",
-    "embed_collection", "level_shapes", "train",
+    "embed_collection", "level_shapes", "train", "PixelMaps", "CachedMaps",
 ]
 
 STATE_FILE = "train_state.pt"
+PAIRS_FILE = "pairs.pt"
 MODEL_FILE = "model.pt"
+FREEZE = ("last-stage", "none")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iterations: int = 200  # paper: ~200 rounds of mining + one gradient step
+    steps: int = 100  # Adam steps per round (authors' code: 50 per mining round, ~15k in all)
+    minutes: float | None = None  # time budget of the steps; the round stops at whichever comes first
     lambda_: float = 0.8  # paper: λ = 0.8 in the triplet loss
-    lr: float = 1e-5  # paper: Adam, learning rate 1e-5 ...
-    betas: tuple[float, float] = (0.9, 0.99)  # ... and β = [0.9, 0.99]
-    batch_pairs: int = 1024  # feature pairs per gradient step (mined + expert); the step's cost knob
-    expert_ratio: float = 0.5  # share of each batch drawn from expert pairs, when there are any
-    refresh_every: int = 5  # re-extract the collection's features every N iterations (paper: 1)
-    checkpoint_every: int = 25  # resumable state every N iterations; a multiple of refresh_every
+    # Paper and authors' code: Adam at 1e-5 over ~15k steps of the whole trunk. Here a
+    # round takes ~100 steps of the last stage only: on the demo one round with 100
+    # simulated verdicts reached mAP 0.542 at 1e-4 against 0.472 at 1e-5 (from 0.455).
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)  # ... and β = [0.9, 0.99] (paper)
+    # Feature pairs per step: 4 verified candidates x 4 corners (authors' code). A step costs
+    # per map it touches (two per candidate): ~1.5 s on two loaded CPU cores.
+    batch_pairs: int = 16
+    expert_ratio: float = 0.5  # share of each batch drawn from expert/discovery pairs, when there are any
+    freeze: str = "last-stage"  # "last-stage": train only the last stage on cached inputs; "none": all layers
+    checkpoint_every: int = 100  # resumable state every N steps
     seed: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA (no loss scaling needed); ignored on CPU
     chunk_maps: int = 32  # feature maps per forward/backward (bounds activation memory)
@@ -60,18 +71,15 @@ class TrainConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_pairs", "refresh_every", "checkpoint_every", "chunk_maps"):
+        for name in ("steps", "batch_pairs", "checkpoint_every", "chunk_maps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.expert_ratio <= 1.0:
             raise ValueError(f"TrainConfig.expert_ratio must be in [0, 1], got {self.expert_ratio}")
-        if self.checkpoint_every % self.refresh_every:
-            # A resumed run re-extracts features first; only at a refresh iteration is that
-            # what the uninterrupted run would have done.
-            raise ValueError(
-                f"TrainConfig.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
-                f"refresh_every ({self.refresh_every}) so a resumed run equals a straight one"
-            )
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"TrainConfig.minutes must be > 0, got {self.minutes}")
+        if self.freeze not in FREEZE:
+            raise ValueError(f"TrainConfig.freeze must be one of {', '.join(FREEZE)}, got {self.freeze!r}")
 
     @property
     def n_negatives(self) -> int:
@@ -91,29 +99,31 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class IterationLog:
-    iteration: int
-    loss: float  # nan when the iteration had no pairs to learn from
-    n_mined: int  # pairs mined this iteration (before mixing)
+    iteration: int  # the step
+    loss: float  # nan when the step had no pairs to learn from
+    n_mined: int  # mined pairs of the round (all steps draw from them)
     n_used_mined: int
-    n_used_expert: int
-    refresh_s: float
-    mine_s: float
+    n_used_expert: int  # expert and discovery-link pairs of the step
+    refresh_s: float  # 0: features are not refreshed within a round
+    mine_s: float  # 0: the round mines once, before the steps
     step_s: float
 
 
 @dataclass(frozen=True)
 class TrainResult:
     model: ModelRef  # the new model version (checkpoint path, parent)
-    iterations: int
+    iterations: int  # steps taken in all (fewer than asked when the time budget ran out)
     resumed_from: int  # 0 for a fresh run
     history: tuple[IterationLog, ...]
+    stopped_by_time: bool = False
 
 
 # ---------------------------------------------------------------- the loss
 
 
-def triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, mask: torch.Tensor, lambda_: float = 0.8) -> torch.Tensor:
-    """The paper's loss (eq. 1), averaged over pairs.
+def triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, mask: torch.Tensor, lambda_: float = 0.8,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's loss (eq. 1), a weighted mean over pairs.
 
     ``L = -min(λ, s(P1, P2)) + 1/N Σ_i max(s(P1, N_i), 1 - λ)``; the positive term is
     dropped where ``mask`` is False (pairs that only have negatives).
@@ -122,6 +132,7 @@ def triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, mask: torch.Tensor, l
         s_pos: (P,) cosine similarities of the positive pairs.
         s_neg: (P, N) similarities of each anchor to its negatives.
         mask: (P,) bool.
+        weight: (P,) weight of each pair (default: all 1, the plain mean).
 
     Returns:
         Scalar loss (0 for an empty batch).
@@ -130,7 +141,11 @@ def triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, mask: torch.Tensor, l
         return s_neg.sum() * 0.0
     positive = -torch.clamp(s_pos, max=lambda_) * mask
     negative = torch.clamp(s_neg, min=1.0 - lambda_).mean(dim=1)
-    return (positive + negative).mean()
+    per_pair = positive + negative
+    if weight is None:
+        return per_pair.mean()
+    weight = weight.to(per_pair)
+    return (weight * per_pair).sum() / weight.sum().clamp_min(1e-12)
 
 
 # ---------------------------------------------------------------- features of the collection
@@ -205,41 +220,68 @@ def _groups(shape_of: dict[int, tuple[int, int]], size: int) -> list[tuple[tuple
     return [(shape, ids[i : i + size]) for shape, ids in sorted(by_shape.items()) for i in range(0, len(ids), size)]
 
 
+# ---------------------------------------------------------------- where a step gets its maps
+
+
+class PixelMaps:
+    """Maps with gradient through the whole backbone, from the pixels (``freeze="none"``)."""
+
+    def __init__(self, backbone: Backbone, images: Sequence[torch.Tensor], amp: bool = True):
+        self.backbone, self.images, self.amp = backbone, images, amp
+
+    def __call__(self, members: Sequence[tuple[int, int]], shape: tuple[int, int]) -> torch.Tensor:
+        """(B, C, h, w) L2-normalised features of maps (image, level), all of ``shape``."""
+        return _forward(self.backbone, self.images, [i for i, _ in members], shape, self.amp)
+
+
+class CachedMaps:
+    """Maps with gradient through the last stage only, from cached trunk inputs."""
+
+    def __init__(self, backbone: Backbone, inputs: TrunkInputs, amp: bool = True):
+        self.backbone, self.inputs, self.amp = backbone, inputs, amp
+
+    def __call__(self, members: Sequence[tuple[int, int]], shape: tuple[int, int]) -> torch.Tensor:
+        return last_stage(self.backbone, torch.stack([self.inputs.maps[i][k] for i, k in members]), self.amp)
+
+
+MapSource = Callable[[Sequence[tuple[int, int]], tuple[int, int]], torch.Tensor]
+
+
 # ---------------------------------------------------------------- one gradient step
 
 
-def train_step(backbone: Backbone, optimizer: torch.optim.Optimizer, images: Sequence[torch.Tensor],
-               batch: PairBatch, feature_config: FeatureConfig, *,
-               image_sizes: Sequence[tuple[int, int]] | None = None, lambda_: float = 0.8,
-               amp: bool = True, chunk_maps: int = 32) -> float:
-    """One Adam step on the triplet loss of ``batch``; returns the loss.
+def train_step(maps: MapSource, optimizer: torch.optim.Optimizer, batch: PairBatch,
+               shapes: list[list[tuple[int, int]]], *, lambda_: float = 0.8, chunk_maps: int = 32) -> float:
+    """One Adam step on the weighted triplet loss of ``batch``; returns the loss.
 
-    Only the (image, level) maps the batch touches are recomputed, with gradient. When
-    they do not fit one chunk, the step runs in two passes (as in gradient caching): the
-    cells' features without gradient, the loss and its gradient with respect to those
-    cells, then each chunk again with gradient, back-propagating the cached cell
-    gradients. The result equals one big forward/backward, in bounded memory.
+    Only the (image, level) maps the batch touches are recomputed, with gradient, by
+    ``maps`` (:class:`CachedMaps` or :class:`PixelMaps`). When they do not fit one chunk,
+    the step runs in two passes (as in gradient caching): the cells' features without
+    gradient, the loss and its gradient with respect to those cells, then each chunk
+    again with gradient, back-propagating the cached cell gradients. The result equals
+    one big forward/backward, in bounded memory.
 
     The backbone stays in eval mode: BatchNorm keeps its ImageNet statistics (batches
-    mix images and scales of every size) and both passes see the same function.
+    mix images and scales of every size), both passes see the same function, and the
+    frozen prefix's cached output stays exact.
+
+    Args:
+        shapes: (h, w) of every image's map at every level, ``[image][level]``.
     """
     if len(batch) == 0:
         raise ValueError("train_step got an empty pair batch")
-    sizes = list(image_sizes) if image_sizes is not None else image_sizes_of(images)
-    shapes = level_shapes(sizes, feature_config)
     cells, pair_index = _unique_cells(batch)
     _check_cells(cells, shapes)
-    maps, cell_map = torch.unique(cells[:, :2], dim=0, return_inverse=True)  # (M, 2) image, level
-    chunks = _groups({m: shapes[i][k] for m, (i, k) in enumerate(maps.tolist())}, chunk_maps)
-    backbone.eval()
+    keys, cell_map = torch.unique(cells[:, :2], dim=0, return_inverse=True)  # (M, 2) image, level
+    chunks = _groups({m: shapes[i][k] for m, (i, k) in enumerate(keys.tolist())}, chunk_maps)
     optimizer.zero_grad(set_to_none=True)
     if len(chunks) == 1:
-        feats = _chunk_cells(backbone, images, maps, cells, cell_map, chunks[0], amp)[1]
+        feats = _chunk_cells(maps, keys, cells, cell_map, chunks[0])[1]
         loss = _pair_loss(feats, pair_index, batch, lambda_)
         loss.backward()
     else:
         with torch.no_grad():
-            parts = [_chunk_cells(backbone, images, maps, cells, cell_map, chunk, amp) for chunk in chunks]
+            parts = [_chunk_cells(maps, keys, cells, cell_map, chunk) for chunk in chunks]
         feats = torch.zeros(len(cells), parts[0][1].shape[1], device=parts[0][1].device)
         for sel, part in parts:
             feats[sel] = part
@@ -247,7 +289,7 @@ def train_step(backbone: Backbone, optimizer: torch.optim.Optimizer, images: Seq
         loss = _pair_loss(feats, pair_index, batch, lambda_)
         loss.backward()
         for chunk, (sel, _) in zip(chunks, parts):
-            _, part = _chunk_cells(backbone, images, maps, cells, cell_map, chunk, amp)
+            _, part = _chunk_cells(maps, keys, cells, cell_map, chunk)
             part.backward(feats.grad[sel])
     optimizer.step()
     return float(loss.detach())
@@ -275,11 +317,11 @@ def _check_cells(cells: torch.Tensor, shapes: list[list[tuple[int, int]]]) -> No
         raise ValueError(f"pair batch cell (row {r}, col {c}) is outside image {i}'s level-{k} map {tuple(hw[bad][0].tolist())}")
 
 
-def _chunk_cells(backbone, images, maps, cells, cell_map, chunk, amp) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_cells(maps: MapSource, keys, cells, cell_map, chunk) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward one chunk of same-shape maps; return (cell indices, their (n, C) features)."""
     shape, members = chunk
-    feats = _forward(backbone, images, [int(maps[m, 0]) for m in members], shape, amp)  # (B, C, h, w)
-    slot = torch.full((len(maps),), -1, dtype=torch.long)
+    feats = maps([(int(keys[m, 0]), int(keys[m, 1])) for m in members], shape)  # (B, C, h, w)
+    slot = torch.full((len(keys),), -1, dtype=torch.long)
     slot[members] = torch.arange(len(members))
     sel = (slot[cell_map] >= 0).nonzero()[:, 0]
     device = feats.device
@@ -291,7 +333,7 @@ def _pair_loss(feats: torch.Tensor, index: dict[str, torch.Tensor], batch: PairB
     anchor = feats[index["anchor"].to(device)]  # (P, C)
     s_pos = (anchor * feats[index["positive"].to(device)]).sum(-1)  # (P,)
     s_neg = torch.einsum("pc,pnc->pn", anchor, feats[index["negatives"].to(device)])  # (P, N)
-    return triplet_loss(s_pos, s_neg, batch.positive_mask.to(device), lambda_)
+    return triplet_loss(s_pos, s_neg, batch.positive_mask.to(device), lambda_, batch.weight.to(device))
 
 
 # ---------------------------------------------------------------- the loop
@@ -303,8 +345,8 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
 
 
 def mix_pairs(mined: PairBatch, expert: PairBatch | None, config: TrainConfig, generator: torch.Generator) -> PairBatch:
-    """At most ``batch_pairs`` pairs: ``expert_ratio`` of them expert pairs (when there are
-    any), the rest mined; either side fills what the other cannot.
+    """At most ``batch_pairs`` pairs: ``expert_ratio`` of them expert or discovery-link pairs
+    (``expert``, when there are any), the rest mined; either side fills what the other cannot.
 
     Pairs are drawn by whole groups sharing an (anchor map, positive map) — the 4 corners
     of one verified match, the cells of one expert link — so a batch touches few maps:
@@ -330,65 +372,74 @@ def _grouped_order(batch: PairBatch, generator: torch.Generator) -> torch.Tensor
     return rank.argsort(stable=True)
 
 
-def train(backbone: Backbone, images: Sequence[torch.Tensor], config: TrainConfig = TrainConfig(),
-          expert_pairs: PairBatch | None = None, out_dir: str | Path = "train-run", resume: bool = True,
+def train(backbone: Backbone, source: TrunkInputs | Sequence[torch.Tensor], pairs: PairBatch,
+          config: TrainConfig = TrainConfig(), out_dir: str | Path = "train-run", resume: bool = True,
           progress: Callable[[IterationLog, int], None] | None = None,
           image_sizes: Sequence[tuple[int, int]] | None = None) -> TrainResult:
-    """Fine-tune ``backbone`` in place on its collection; write the new model to ``out_dir``.
+    """Fine-tune ``backbone`` in place on one round's pairs; write the new model to ``out_dir``.
 
     Args:
-        images: the collection, N (3, H, W) uint8 or [0, 1] float tensors (any
-            indexable sequence; a lazy loader works). Pair references index it.
-        expert_pairs: pairs from expert verdicts (``hitl.positives``), or None.
-        out_dir: holds ``train_state.pt`` (resumable state) and ``model.pt`` (result).
+        source: where steps get their maps: the collection's cached trunk inputs
+            (``freeze="last-stage"``), or its images, N (3, H, W) uint8 or [0, 1] float
+            tensors (``freeze="none"``). Pair references index it.
+        pairs: the round's pairs, every source (``PairBatch.source``) and weight together.
+        out_dir: holds ``train_state.pt`` (resumable state), ``pairs.pt`` and ``model.pt``.
         resume: continue from ``out_dir``'s state when it exists (same config required,
-            except ``iterations``).
-        progress: called after every iteration with its log and the total.
-        image_sizes: (W, H) defining level shapes (default: the tensors' sizes).
+            except ``steps`` and ``minutes``); the stored pairs are used then.
+        progress: called after every step with its log and the number of steps asked.
+        image_sizes: (W, H) defining level shapes (default: the inputs' or tensors' sizes).
 
     Returns:
         The new model's ref (``<arch>@<hash>``, parent = the starting model) and the history.
     """
-    if len(images) < 2:
-        raise ValueError(f"training needs a collection of at least 2 images, got {len(images)}")
-    if expert_pairs is not None and expert_pairs.n_negatives != config.n_negatives:
-        raise ValueError(f"expert pairs have {expert_pairs.n_negatives} negatives, the config {config.n_negatives}")
-    sizes = list(image_sizes) if image_sizes is not None else image_sizes_of(images)
+    cached = isinstance(source, TrunkInputs)
+    if cached != (config.freeze == "last-stage"):
+        raise ValueError(f"freeze={config.freeze!r} trains from {'trunk inputs' if config.freeze == 'last-stage' else 'images'}, "
+                         f"got {'trunk inputs' if cached else 'images'}")
+    if len(source) < 2:
+        raise ValueError(f"training needs a collection of at least 2 images, got {len(source)}")
+    if pairs.n_negatives != config.n_negatives:
+        raise ValueError(f"pairs have {pairs.n_negatives} negatives, the config {config.n_negatives}")
+    sizes = list(image_sizes) if image_sizes is not None else (source.sizes if cached else image_sizes_of(source))
+    shapes = level_shapes(sizes, config.features)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot use {out_dir} as the training folder ({err.strerror or err})") from err
-    optimizer = torch.optim.Adam(backbone.parameters(), lr=config.lr, betas=config.betas)
+    params = freeze_prefix(backbone) if cached else list(backbone.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
     parent, start, history = backbone.model_id, 0, []
     if resume and (out_dir / STATE_FILE).is_file():
         parent, start, history = _load_state(out_dir / STATE_FILE, backbone, optimizer, config)
-    bank = None
-    for it in range(start, config.iterations):
-        generator = iteration_generator(config.seed, it)
+        pairs = torch.load(out_dir / PAIRS_FILE, weights_only=False)
+    else:
+        torch.save(pairs, out_dir / PAIRS_FILE)
+    maps = CachedMaps(backbone, source, config.amp) if cached else PixelMaps(backbone, source, config.amp)
+    mined = pairs.select(pairs.source == PairBatch.MINED)
+    others = pairs.select(pairs.source != PairBatch.MINED)
+    backbone.eval()
+    began, done, by_time = time.perf_counter(), start, False
+    for step in range(start, config.steps):
+        if config.minutes is not None and time.perf_counter() - began > 60 * config.minutes:
+            by_time = True
+            break
         tick = time.perf_counter()
-        # expert_ratio 1.0 trains on expert pairs alone: no features to refresh, nothing to mine.
-        mine = config.expert_ratio < 1.0
-        if mine and (bank is None or it % config.refresh_every == 0):
-            bank = embed_collection(backbone, images, config.features, sizes, amp=config.amp)
-        tock = time.perf_counter()
-        mined = mine_pairs(bank, generator, config.mining) if mine else PairBatch.empty(config.n_negatives)
-        batch = mix_pairs(mined, expert_pairs, config, generator)
-        tack = time.perf_counter()
+        batch = mix_pairs(mined, others if len(others) else None, config, iteration_generator(config.seed, step))
         loss = math.nan
         if len(batch):
-            loss = train_step(backbone, optimizer, images, batch, config.features, image_sizes=sizes,
-                              lambda_=config.lambda_, amp=config.amp, chunk_maps=config.chunk_maps)
+            loss = train_step(maps, optimizer, batch, shapes, lambda_=config.lambda_, chunk_maps=config.chunk_maps)
         n_mined_used = int((batch.source == PairBatch.MINED).sum())
-        log = IterationLog(it, loss, len(mined), n_mined_used, len(batch) - n_mined_used,
-                           tock - tick, tack - tock, time.perf_counter() - tack)
+        log = IterationLog(step, loss, len(mined), n_mined_used, len(batch) - n_mined_used, 0.0, 0.0,
+                           time.perf_counter() - tick)
         history.append(log)
-        if (it + 1) % config.checkpoint_every == 0:
-            _save_state(out_dir / STATE_FILE, backbone, optimizer, config, parent, it + 1, history)
+        done = step + 1
+        if done % config.checkpoint_every == 0:
+            _save_state(out_dir / STATE_FILE, backbone, optimizer, config, parent, done, history)
         if progress is not None:
-            progress(log, config.iterations)
+            progress(log, config.steps)
     ref = save_checkpoint(backbone, out_dir / MODEL_FILE, parent=parent, config=_model_config(config))
-    return TrainResult(ref, config.iterations, start, tuple(history))
+    return TrainResult(ref, done, start, tuple(history), by_time)
 
 
 def _model_config(config: TrainConfig) -> dict:
@@ -404,7 +455,7 @@ def _save_state(path: Path, backbone: Backbone, optimizer, config: TrainConfig, 
         "optimizer": optimizer.state_dict(),
         "config": config.to_dict(),
         "parent": parent,
-        # Iteration i's randomness is iteration_generator(seed, i): (seed, next iteration)
+        # Step i's randomness is iteration_generator(seed, i): (seed, next step)
         # is the whole RNG state a resumed run needs.
         "rng": {"seed": config.seed, "next_iteration": done},
         "history": [asdict(h) for h in history],
@@ -420,10 +471,10 @@ def _load_state(path: Path, backbone: Backbone, optimizer, config: TrainConfig) 
         saved = TrainConfig.from_dict(state["config"])
     except Exception as err:  # noqa: BLE001 - any unreadable state means the same to the user
         raise ValueError(f"{path}: not a readable training state ({err}); remove it or pass resume=False") from err
-    if replace(saved, iterations=config.iterations) != config:
+    if replace(saved, steps=config.steps, minutes=config.minutes) != config:
         raise ValueError(f"{path} holds a run with a different config; use another out_dir or resume=False")
-    if state["iteration"] > config.iterations:
-        raise ValueError(f"{path} is at iteration {state['iteration']}, past the {config.iterations} asked for")
+    if state["iteration"] > config.steps:
+        raise ValueError(f"{path} is at step {state['iteration']}, past the {config.steps} asked for")
     backbone.trunk.load_state_dict(state["trunk"])
     optimizer.load_state_dict(state["optimizer"])
     history = [IterationLog(**h) for h in state["history"]]

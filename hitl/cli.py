@@ -312,8 +312,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 @verb("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    """One training round: fine-tune, save a new model, re-discover, measure before/after."""
-    from dataclasses import replace
+    """One training round: collect positives, fine-tune, save a new model, re-discover, measure."""
+    import time
 
     from tqdm import tqdm
 
@@ -323,14 +323,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hitl.project import open_project
     from hitl.rounds import PHASES, RoundConfig, RoundRefused, run_round
 
+    if args.steps < 1 or (args.minutes is not None and args.minutes <= 0):
+        raise UsageError("--steps must be >= 1 and --minutes > 0")
     store, paths = open_project(args.project)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
-    train_config = TrainConfig(iterations=args.iterations, seed=args.seed)
-    if args.refresh_every:
-        train_config = replace(train_config, refresh_every=args.refresh_every,
-                               checkpoint_every=max(args.refresh_every, train_config.checkpoint_every // args.refresh_every * args.refresh_every))
-    config = RoundConfig(iterations=args.iterations, sources=sources, seed=args.seed,
-                         rediscover=not args.no_discover, train=train_config)
+    train_config = TrainConfig(steps=args.steps, minutes=args.minutes, seed=args.seed, freeze=args.freeze)
+    config = RoundConfig(sources=sources, seed=args.seed, rediscover=not args.no_discover, train=train_config)
     acquire_training_lock(paths, args=sys.argv[1:])
     settle_orphan_rounds(store, paths)  # we hold the lock: a 'running' round now is a killed one
     if not sys.stderr.isatty():  # a log file: one line per progress refresh, no '\r' redraws
@@ -338,24 +336,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         bars: list = []  # the training bar, drawn when its phase starts (not before phase 1)
+        began: list[float] = []
 
-        def on_iteration(log, total) -> None:
+        def training_bar(total: int):
             if not bars:
-                bars.append(tqdm(total=total, desc="training", unit="it", disable=args.quiet))
-            bars[0].update(1)
-            bars[0].set_postfix(loss=f"{log.loss:.3f}", mined=log.n_mined, expert=log.n_used_expert)
-            if args.quiet:  # a log file (the app's background round) gets one line per iteration
-                print(f"iteration {log.iteration + 1}/{total} loss {log.loss:.4f} mined {log.n_mined} "
-                      f"expert {log.n_used_expert}", flush=True)
+                bars.append(tqdm(total=total, desc="training", unit="step", disable=args.quiet))
+            return bars[0]
+
+        def on_step(log, total) -> None:
+            began.append(began[0] if began else time.perf_counter() - log.step_s)
+            bar = training_bar(total)
+            bar.update(1)
+            bar.set_postfix(loss=f"{log.loss:.3f}", mined=log.n_used_mined, expert=log.n_used_expert)
+            if args.quiet:  # a log file (the app's background round) gets one line per step
+                elapsed = time.perf_counter() - began[0]
+                left = elapsed / (log.iteration + 1) * (total - log.iteration - 1)
+                if args.minutes is not None:
+                    left = min(left, max(0.0, 60 * args.minutes - elapsed))
+                print(f"step {log.iteration + 1}/{total} loss {log.loss:.4f} mined {log.n_used_mined} "
+                      f"expert {log.n_used_expert} elapsed {elapsed:.0f} s eta {left:.0f} s", flush=True)
+
+        def say(line: str) -> None:  # stage lines between the bar's updates
+            if args.quiet:
+                print(line, flush=True)
+            else:
+                tqdm.write(line)
 
         def on_phase(index: int, total: int, name: str) -> None:
             print(phase_line(index, total, name), file=sys.stderr, flush=True)
-            if name == PHASES[3] and not bars:  # training: its bar shows 0/N at once
-                bars.append(tqdm(total=args.iterations, desc="training", unit="it", disable=args.quiet))
+            if name == PHASES[3]:  # training: its bar shows 0/N at once
+                training_bar(args.steps)
 
         try:
             report = run_round(store, paths, config, from_model=args.from_model, device=args.device,
-                               progress=on_iteration, show_progress=not args.quiet, on_phase=on_phase)
+                               progress=on_step, show_progress=not args.quiet, log=say, on_phase=on_phase)
         except RoundRefused as err:
             raise UsageError(str(err)) from err
         for bar in bars:
@@ -363,10 +377,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         release_training_lock(paths)
-    lines = [f"round {report.round_id}: {report.parent} -> {report.new_model} in {report.seconds:.0f} s"]
+    lines = [f"round {report.round_id}: {report.parent} -> {report.new_model}, {report.steps} steps in {report.seconds:.0f} s"]
     for key in sorted(set(report.before) | set(report.after)):
-        if key != "model":
+        if key not in ("model", "oneshot_queries"):
             lines.append(f"  {key:<26} before {report.before.get(key, float('nan')):.3f}   after {report.after.get(key, float('nan')):.3f}")
+    for name, figures in report.positives.items():
+        if "pairs" in figures:
+            precision = f"   precision {figures['precision']:.3f}" if "precision" in figures else ""
+            lines.append(f"  positives {name:<16} {figures['pairs']:>6} pairs{precision}")
     _print(report.__dict__, args.json, "\n".join(lines))
     return 0
 
@@ -566,11 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared-detail masks of found links")
     p.add_argument("--no-style", action="store_true", help="skip the style map")
 
-    p = add("train", "a training round: fine-tune on mined pairs and expert verdicts", model=True, project=True)
-    p.add_argument("--iterations", type=_positive_int, default=200, help="mining + gradient-step iterations (paper: 200)")
-    p.add_argument("--sources", default="mined,expert", help="mined, expert, or both (comma-separated)")
+    p = add("train", "a training round: fine-tune on mined pairs, discovery links and expert verdicts", model=True, project=True)
+    p.add_argument("--steps", "--iterations", dest="steps", type=int, default=100,
+                   help="Adam steps of the round (authors' code: 50 per mining round, ~15k in all)")
+    p.add_argument("--minutes", type=float, help="time budget of the steps; the round stops at whichever comes first")
+    p.add_argument("--sources", default="mined,expert",
+                   help="mined, discovery, expert (comma-separated); discovery links are weak positives, off by default")
+    p.add_argument("--freeze", default="last-stage", choices=["last-stage", "none"],
+                   help="train only the last stage on the cached frozen trunk (default), or every layer")
     p.add_argument("--from", dest="from_model", help="model to start from (default: the active model)")
-    p.add_argument("--refresh-every", type=_positive_int, help="re-extract collection features every N iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-discover", action="store_true", help="skip re-discovery with the new model")
 

@@ -68,7 +68,7 @@ def query_collection(backbone: Backbone, collection: LoadedCollection, query_pat
     """Detections of the detail ``box`` of ``query_path`` over the collection; with
     ``mirror`` its mirror image is searched too (hits marked ``mirrored``)."""
     rgb = load_rgb(query_path)
-    query = query_features(backbone, rgb, box, config.query_side)
+    query = query_features(backbone, rgb, box, config.query_side, config.query_context, config.score)
     exclude = (query_id, box) if query_id is not None else None
     if not mirror:
         return detect(query, collection.bank, config, exclude=exclude)

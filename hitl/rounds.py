@@ -1,17 +1,20 @@
-"""A training round: verdicts + self-mined pairs -> a new model, measured before and after.
+"""A training round: positives from every source -> a new model, measured before and after.
 
 One round (``artminer train``):
 
-1. split reviewed links once and for all into train (80%) and held-out (20%) sides;
-2. measure the parent model on the held-out evaluation;
-3. fine-tune from the parent: self-supervised mined pairs (paper §3) mixed with expert
-   pairs from the train side (confirmed links as positives, rejected as hard negatives);
-4. record the new model with its lineage, make it active, re-run discovery with it;
-5. measure the new model on the same held-out evaluation and record both.
-
-Held-out evaluation: (a) one-shot mAP on the annotation files attached to the project,
-(b) on held-out verdicts, the average precision of the discovery score at separating
-confirmed from rejected links, and the recall of confirmed links at the default threshold.
+1. split reviewed links once and for all into train (80%) and held-out (20%) sides (a
+   fresh project has none: its first round is self-supervised and needs no verdict);
+2. measure the parent model (one-shot mAP on attached annotations, held-out link AP);
+3. collect the round's positives, in order of evidence, each source with its weight:
+   expert-confirmed links and clusters (rejected links give negatives only), unrejected
+   discovery links above ``link_min_score``, and pairs mined once with the parent's
+   features (paper §3.1) among each image's shortlist neighbours; with ground truth
+   attached, the precision of each source is printed and stored with the round;
+4. fine-tune from the parent: many small steps (:func:`engine.train.train`), only the
+   last stage on the cached frozen trunk by default;
+5. record the new model with its lineage, make it active, refresh the collection's
+   features (last stage only) and re-run discovery with it;
+6. measure the new model on the same held-out evaluation and record both.
 """
 
 from __future__ import annotations
@@ -20,32 +23,39 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
-from db.records import CONFIRM, REJECT
+from db.records import CONFIRM, REJECT, UNREVIEWED, UNSURE
 from db.store import Store
 from engine.backbone import Backbone, load_checkpoint
 from engine.detect import FeatureBank
 from engine.features import FeatureConfig
 from engine.images import content_hash, load_rgb
-from engine.mining import PairBatch
-from engine.train import IterationLog, TrainConfig, train
+from engine.mining import MiningStats, PairBatch, mine_pairs
+from engine.shortlist import ShortlistConfig, global_descriptors, knn_graph
+from engine.train import IterationLog, TrainConfig, iteration_generator, train
+from engine.trunk_cache import TrunkInputs, bank_from_inputs, fill_feature_cache, trunk_inputs
 from engine.verify import discovery_score
 from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
 from hitl.evaluation import evaluate_oneshot, project_queries
 from hitl.oneshot import load_project_collection
-from hitl.positives import cluster_matches, expert_pairs
+from hitl.positive_precision import ground_truth_copies, precision_by_source
+from hitl.positives import ExpertPairConfig, cluster_matches, expert_pairs
 from hitl.progress import STOPPED_PREFIX
 from hitl.project import ProjectPaths, load_model
 
-SOURCES = ("mined", "expert")
-PHASES = ("loading the parent model", "measuring the parent model", "loading the training images", "training",
+SOURCES = ("mined", "discovery", "expert")
+# Discovery links are off by default: on the demo their cell pairs were 9-28 % right
+# (boxes larger than the motif, false links) and adding them lowered a round's gain
+# (mAP 0.542 -> 0.518); `--sources mined,discovery,expert` turns them on.
+DEFAULT_SOURCES = ("mined", "expert")
+PHASES = ("loading the parent model", "measuring the parent model", "mining the training pairs", "training",
           "re-discovering with the new model", "measuring the new model")
-MIN_HELDOUT = 4  # held-out verdicts (of both kinds) needed to measure without annotations
 
 
 class RoundStopped(KeyboardInterrupt):
@@ -53,16 +63,29 @@ class RoundStopped(KeyboardInterrupt):
 
 
 class RoundRefused(ValueError):
-    """A round that cannot teach or cannot be measured; the message says what is missing."""
+    """A round that cannot teach; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class SourceWeights:
+    """Weight of each source's pairs in the loss, in order of evidence (not in the paper)."""
+
+    expert: float = 1.0  # an expert looked at the link
+    discovery: float = 0.5  # verified by RANSAC with a discovery score above the threshold
+    mined: float = 0.25  # verified by ring votes only
 
 
 @dataclass(frozen=True)
 class RoundConfig:
-    iterations: int = 200  # paper: ~200 rounds of mining + one gradient step
-    sources: tuple[str, ...] = SOURCES  # what the model learns from
+    sources: tuple[str, ...] = DEFAULT_SOURCES  # what the model learns from (SOURCES lists all)
     holdout_fraction: float = 0.2  # reviewed links kept out of training, fixed once drawn
     seed: int = 0
     rediscover: bool = True  # run discovery with the new model (the map and links follow it)
+    # Discovery links at or above this score that nobody rejected are weak positives
+    # (the clustering threshold of hitl.discover, on the project's discovery-score scale).
+    link_min_score: float = DEFAULT_MIN_SCORE
+    shortlist_k: int = 20  # mining searches each image's k shortlist neighbours (hitl.discover's k)
+    weights: SourceWeights = field(default_factory=SourceWeights)
     train: TrainConfig = field(default_factory=TrainConfig)  # its `features` serve the whole round
 
     def params(self) -> dict:
@@ -77,6 +100,8 @@ class RoundReport:
     before: dict
     after: dict
     seconds: float
+    positives: dict = field(default_factory=dict)  # per source: pairs, precision (with ground truth)
+    steps: int = 0
 
 
 def holdout_side(link_id: int, fraction: float, seed: int) -> str:
@@ -105,9 +130,11 @@ def measure(store: Store, paths: ProjectPaths, backbone: Backbone, heldout: list
     queries = project_queries(store)
     collection = load_project_collection(store, paths, backbone, progress, features)
     if queries:
-        res = evaluate_oneshot(backbone, collection, queries, rerank=False, progress=progress)["cosine"]
-        out["oneshot_map"] = res.mean_ap
-        out["oneshot_top1"] = res.top1
+        known = _known_oneshot(store, backbone.model_id, len(queries))
+        if known is None:
+            res = evaluate_oneshot(backbone, collection, queries, rerank=False, progress=progress)["cosine"]
+            known = {"oneshot_map": res.mean_ap, "oneshot_top1": res.top1, "oneshot_queries": len(queries)}
+        out.update(known)
     labels = [lk.status == CONFIRM for lk in heldout]
     if heldout and any(labels) and not all(labels):
         index = {image_id: i for i, image_id in enumerate(collection.bank.image_ids)}
@@ -121,12 +148,22 @@ def measure(store: Store, paths: ProjectPaths, backbone: Backbone, heldout: list
     return out
 
 
+def _known_oneshot(store: Store, model_id: str, n_queries: int) -> dict | None:
+    """The one-shot figures a finished round already measured for this model on as many
+    queries (a round's "after" is the next round's "before": one evaluation, not two)."""
+    for r in reversed(store.list_rounds()):
+        after = r.metrics.get("after", {}) if r.status == "done" else {}
+        if after.get("model") == model_id and after.get("oneshot_queries") == n_queries and "oneshot_map" in after:
+            return {k: after[k] for k in ("oneshot_map", "oneshot_top1", "oneshot_queries")}
+    return None
+
+
 def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConfig(), from_model: str | None = None,
               device: str = "auto", progress: Callable[[IterationLog, int], None] | None = None,
-              show_progress: bool = True,
+              show_progress: bool = True, log: Callable[[str], None] | None = None,
               on_phase: Callable[[int, int, str], None] | None = None) -> RoundReport:
     """One training round (module doc). Raises :class:`RoundRefused` before any work when
-    there is nothing to learn from or too little held out to measure.
+    there is nothing to learn from. ``log`` receives one line per stage (default: none).
 
     ``on_phase(index, total, name)`` is called as each of the round's `PHASES` starts
     (the app's log shows it above the step's progress bar).
@@ -136,12 +173,17 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
             on_phase(index + 1, len(PHASES), PHASES[index])
 
     start = time.perf_counter()
+
+    def say(line: str) -> None:  # stage lines with the time since the round started
+        if log is not None:
+            log(f"[{time.perf_counter() - start:5.0f} s] {line}")
+
     unknown = set(config.sources) - set(SOURCES)
     if unknown or not config.sources:
         raise RoundRefused(f"--sources must name some of {', '.join(SOURCES)}, got {', '.join(config.sources) or 'none'}")
     train_links, heldout = reviewed_links(store, config)
     confirmed_clusters = [c for c in store.list_clusters(status=CONFIRM)]
-    _check_round(store, config, train_links, heldout, confirmed_clusters)
+    _check_round(store, config, train_links, confirmed_clusters)
 
     phase(0)
     parent = load_model(store, from_model, device)
@@ -150,46 +192,55 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
         features = config.train.features
         phase(1)
         before = measure(store, paths, parent, heldout, DEFAULT_MIN_SCORE, show_progress, features)
+        say(f"round {round_id}: parent {parent.model_id} measured: {_figures(before)}")
         store.update_round(round_id, metrics={"before": before})
         phase(2)
-        images, sizes, bank, ids = _training_images(store, paths, parent, show_progress, features)
-        expert = _expert_batch(config, train_links, confirmed_clusters, bank, ids) if "expert" in config.sources else None
-        # Without mined pairs every batch is expert pairs (engine.train then mines nothing).
-        train_config = config.train if "mined" in config.sources else replace(config.train, expert_ratio=1.0)
+        source, bank, hashes = _training_source(store, paths, parent, config.train, show_progress)
+        pairs, mining = round_pairs(store, config, bank, train_links, heldout, confirmed_clusters, round_id)
+        positives = _positives_report(store, pairs, bank, mining)
+        say(f"round {round_id}: positives {_positives_line(positives)}")
+        store.update_round(round_id, metrics={"before": before, "positives": positives})
+        if len(pairs) == 0 or not bool(pairs.positive_mask.any()):
+            raise RoundRefused("nothing to learn from: no positive pair was found (mining verified none and no link "
+                               "was confirmed or discovered above the threshold)")
+        sizes = [tuple(int(v) for v in s) for s in bank.sizes.tolist()]
         phase(3)
-        result = train(parent, images, train_config, expert, paths.checkpoints / f"round-{round_id}",
+        result = train(parent, source, pairs, config.train, paths.checkpoints / f"round-{round_id}",
                        progress=progress, image_sizes=sizes)
+        say(f"round {round_id}: {result.iterations} steps{' (time budget reached)' if result.stopped_by_time else ''}")
         new = load_checkpoint(result.model.checkpoint).to(next(parent.parameters()).device)
         store.add_model(new.ref, checkpoint_sha256=content_hash(result.model.checkpoint), round=round_id,
                         config={"round": config.params()})
         store.set_active_model(new.model_id)
+        if isinstance(source, TrunkInputs):  # the refresh runs only the last stage
+            fill_feature_cache(new, source, paths.features, features, hashes)
+        say(f"round {round_id}: new model {new.model_id} saved, its features refreshed")
         if config.rediscover:
             phase(4)
             run_discovery(store, paths, DiscoverConfig(features=features), backbone=new, progress=show_progress)
         phase(5)
         after = measure(store, paths, new, heldout, DEFAULT_MIN_SCORE, show_progress, features)
-        store.update_round(round_id, status="done", new_model=new.model_id, metrics={"after": after})
+        say(f"round {round_id}: new model {new.model_id} measured: {_figures(after)}")
+        store.update_round(round_id, status="done", new_model=new.model_id,
+                           metrics={"after": after, "positives": positives, "steps": result.iterations})
     except BaseException as err:
         reason = (f"{STOPPED_PREFIX}: {err}" if isinstance(err, RoundStopped)
                   else f"{type(err).__name__}: {err}")
         store.update_round(round_id, status="failed", error=reason)
         raise
-    return RoundReport(round_id, parent.model_id, new.model_id, before, after, time.perf_counter() - start)
+    return RoundReport(round_id, parent.model_id, new.model_id, before, after, time.perf_counter() - start,
+                       positives, result.iterations)
 
 
-def _check_round(store: Store, config: RoundConfig, train_links, heldout, clusters) -> None:
+def _check_round(store: Store, config: RoundConfig, train_links, clusters) -> None:
+    """Refuse only what cannot teach; a round with nothing held out is measured on
+    annotations when attached, and otherwise only by its positives' figures."""
     has_expert = any(lk.status in (CONFIRM, REJECT) for lk in train_links) or bool(clusters)
     if config.sources == ("expert",) and not has_expert:
         raise RoundRefused("nothing to learn from: no confirmed or rejected link on the training side yet "
-                           "(review some links, or add --sources mined)")
+                           "(review some links, or add --sources mined,discovery)")
     if store.count_images() < 2:
         raise RoundRefused("nothing to learn from: the project needs at least 2 images")
-    labels = {lk.status for lk in heldout}
-    if not project_queries(store) and (len(heldout) < MIN_HELDOUT or labels != {CONFIRM, REJECT}):
-        raise RoundRefused(
-            f"too little held out to measure: {len(heldout)} held-out verdicts ({MIN_HELDOUT} needed, both "
-            "confirmed and rejected) and no annotation file attached; review more links or attach "
-            "ground truth with `artminer ingest --annotations FILE`")
 
 
 def _resume_or_start(store: Store, parent: str, config: RoundConfig) -> int:
@@ -202,24 +253,102 @@ def _resume_or_start(store: Store, parent: str, config: RoundConfig) -> int:
     return store.add_round(parent, config.params())
 
 
-def _training_images(store: Store, paths: ProjectPaths, parent: Backbone, show_progress: bool,
-                     features: FeatureConfig):
-    """Images at the largest level's resolution, their sizes, and the parent's bank."""
+def _training_source(store: Store, paths: ProjectPaths, parent: Backbone, config: TrainConfig, show_progress: bool):
+    """(what steps read, the parent's bank, image hashes): cached trunk inputs for a
+    frozen trunk, else the images at the largest level's resolution."""
+    features = config.features
+    if config.freeze == "last-stage":
+        images = [img for img in store.list_images() if Path(img.path).is_file()]
+        hashes = {img.image_id: img.sha256 for img in images}
+        inputs, _ = trunk_inputs(parent, [(img.image_id, img.path) for img in images], features, paths.features,
+                                 hashes, progress=show_progress)
+        return inputs, bank_from_inputs(parent, inputs), hashes
     collection = load_project_collection(store, paths, parent, show_progress, features)
     ids = collection.bank.image_ids
     max_pixels = 16 * features.max_side
     images = [torch.from_numpy(load_rgb(collection.paths[i], max_side=max_pixels).copy()).permute(2, 0, 1) for i in ids]
-    sizes = [tuple(int(v) for v in s) for s in collection.bank.sizes.tolist()]
-    return images, sizes, collection.bank, ids
+    return images, collection.bank, {}
 
 
-def _expert_batch(config: RoundConfig, train_links, clusters, bank: FeatureBank, ids: list[str]) -> PairBatch | None:
+def shortlist_neighbours(bank: FeatureBank, k: int) -> torch.Tensor:
+    """(N, k) each image's k nearest images by regional GeM (the discovery shortlist's)."""
+    desc = global_descriptors([bank.pyramid(i) for i in range(len(bank))], ShortlistConfig(k=k))
+    neighbours, _ = knn_graph(desc, k, device=bank.levels[0].device)
+    return neighbours
+
+
+def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_links, heldout, clusters,
+                round_id: int) -> tuple[PairBatch, MiningStats | None]:
+    """The round's pairs from every source in ``config.sources``, tagged and weighted."""
+    ids = bank.image_ids
     index = {image_id: i for i, image_id in enumerate(ids)}
+    n_neg = config.train.n_negatives
+    parts, stats = [PairBatch.empty(n_neg)], []
+    if "expert" in config.sources:
+        expert = _expert_batch(train_links, clusters, bank, index, n_neg)
+        if expert is not None:
+            parts.append(expert.tagged(PairBatch.EXPERT, config.weights.expert))
+    if "discovery" in config.sources:
+        held = {lk.link_id for lk in heldout}
+        links = [lk.match for lk in _latest_links(store, config.link_min_score)
+                 if lk.link_id not in held and lk.image_a in index and lk.image_b in index]
+        if links:
+            batch = expert_pairs(links, [], bank, ExpertPairConfig(n_negatives=n_neg), image_index=index)
+            parts.append(batch.tagged(PairBatch.DISCOVERY, config.weights.discovery))
+    if "mined" in config.sources:
+        neighbours = shortlist_neighbours(bank, config.shortlist_k)
+        generator = iteration_generator(config.seed, round_id)
+        mined = mine_pairs(bank, generator, config.train.mining, neighbours=neighbours, stats=stats)
+        parts.append(mined.tagged(PairBatch.MINED, config.weights.mined))
+    return PairBatch.cat(parts), (stats[0] if stats else None)
+
+
+def _latest_links(store: Store, min_score: float, model_id: str | None = None) -> list:
+    """Unrejected, unconfirmed links at or above ``min_score`` of the latest discovery run
+    (of ``model_id`` when given) that stored links; a run cut short still verified them."""
+    for run in reversed(store.list_runs(model_id=model_id, kind="discovery")):
+        if store.count_links(run_id=run.run_id):
+            return store.list_links(run_id=run.run_id, status=[UNREVIEWED, UNSURE], min_score=min_score)
+    return []
+
+
+def _expert_batch(train_links, clusters, bank: FeatureBank, index: dict[str, int], n_negatives: int) -> PairBatch | None:
     confirmed = [lk.match for lk in train_links if lk.status == CONFIRM and lk.image_a in index and lk.image_b in index]
     rejected = [lk.match for lk in train_links if lk.status == REJECT and lk.image_a in index and lk.image_b in index]
     for c in clusters:
         confirmed += [m for m in cluster_matches([r.region for r in c.regions]) if m.image_a in index and m.image_b in index]
     if not confirmed and not rejected:
         return None
-    batch = expert_pairs(confirmed, rejected, bank, image_index=index)
+    batch = expert_pairs(confirmed, rejected, bank, ExpertPairConfig(n_negatives=n_negatives), image_index=index)
     return batch if len(batch) else None
+
+
+def _positives_report(store: Store, pairs: PairBatch, bank: FeatureBank, mining: MiningStats | None) -> dict:
+    """Per source: pairs (and precision against attached ground truth); mining's counts."""
+    report: dict = {}
+    truth = ground_truth_copies(store)
+    measured = precision_by_source(pairs, bank, truth) if truth else {}
+    for code, name in enumerate(PairBatch.SOURCE_NAMES):
+        n = int((pairs.source == code).sum())
+        if n:
+            report[name] = {"pairs": n, **({"precision": measured[name]["precision"]} if name in measured else {})}
+    if mining is not None:
+        report["mining"] = asdict(mining)
+    return report
+
+
+def _positives_line(positives: dict) -> str:
+    parts = []
+    for name in PairBatch.SOURCE_NAMES:
+        if name in positives:
+            p = positives[name].get("precision")
+            parts.append(f"{name} {positives[name]['pairs']}" + (f" (precision {p:.2f})" if p is not None else ""))
+    m = positives.get("mining")
+    if m:
+        parts.append(f"mining verified {m['n_verified']} of {m['n_candidates']} candidates (floor {m['min_votes']} votes)")
+    return "; ".join(parts) or "none"
+
+
+def _figures(metrics: dict) -> str:
+    shown = [f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)]
+    return ", ".join(shown) or "no held-out data (attach annotations or review links)"

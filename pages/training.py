@@ -23,10 +23,15 @@ from hitl.plot_text import plot_text
 from hitl.progress import Progress, latest_progress
 from hitl.project import make_active
 from hitl.roles import Forbidden
-from hitl.views.round_history import last_round_start, metric_rows, round_state
+from hitl.views.round_history import (
+    last_round_start,
+    metric_rows,
+    round_state,
+    round_table,
+)
 from pages import session
 
-SOURCES = ("mined", "expert")
+SOURCES = ("mined", "discovery", "expert")
 
 
 def counts_ui(store, rounds, model: str) -> None:
@@ -43,8 +48,9 @@ def start_ui(store, paths, model: str) -> None:
     models = [m.model_id for m in store.list_models()] or [model]
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        iterations = c1.number_input("Iterations", 1, 10_000, 200, key="train_iterations")
-        sources = c2.multiselect("Learn from", SOURCES, default=list(SOURCES), key="train_sources")
+        steps = c1.number_input("Steps", 1, 100_000, 100, key="train_steps")
+        minutes = c1.number_input("At most (minutes, 0: no limit)", 0.0, 1440.0, 0.0, key="train_minutes")
+        sources = c2.multiselect("Learn from", SOURCES, default=["mined", "expert"], key="train_sources")
         parent = c3.selectbox("Start from model", models, index=models.index(model)
                               if model in models else 0, key="train_from")
         submitted = st.form_submit_button("Start a training round", type="primary")
@@ -53,7 +59,9 @@ def start_ui(store, paths, model: str) -> None:
             st.error("Choose at least one source of training pairs.")
             return
         # no --quiet: every phase's progress bars reach the log as `hitl.progress` lines
-        args = ["--iterations", str(int(iterations)), "--sources", ",".join(sources), "--from", parent]
+        args = ["--steps", str(int(steps)), "--sources", ",".join(sources), "--from", parent]
+        if minutes > 0:
+            args += ["--minutes", f"{minutes:g}"]
         try:
             start_training(paths.project, args, actor=session.actor())
         except (TrainingBusyError, Forbidden) as err:
@@ -104,6 +112,9 @@ def history_ui(rounds) -> None:
                    "status": round_state(r), "started (UTC)": f"{r.started:%Y-%m-%d %H:%M}",
                    "finished (UTC)": f"{r.finished:%Y-%m-%d %H:%M}" if r.finished else "",
                    "error": r.error or ""} for r in rounds], hide_index=True, width="stretch")
+    st.caption("What each round measured about itself: figures before -> after, and the pairs and "
+               "precision (against attached ground truth) of each source of positives it learned from.")
+    st.dataframe(round_table(rounds), hide_index=True, width="stretch")
     rows = metric_rows(rounds)
     if not rows:
         st.text("No metrics recorded yet.")

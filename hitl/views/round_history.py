@@ -7,11 +7,12 @@ dotted names (``holdout.ap``). Non-numeric values are left out of charts.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from db.records import TrainingRound
+from db.records import REVOKE, VERDICTS, TrainingRound, Verdict
 from hitl.progress import STOPPED_PREFIX
 
 
@@ -25,6 +26,41 @@ def metric_rows(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
             rows.append({"round": rnd.round_id, "metric": name,
                          "before": before.get(name), "after": after.get(name)})
     return rows
+
+
+# Figures a round measures about itself, in the order the Training page shows them.
+ROUND_FIGURES = ("oneshot_map", "oneshot_top1", "heldout_link_ap", "heldout_confirmed_recall")
+POSITIVE_SOURCES = ("expert", "discovery", "mined")
+
+
+def round_table(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
+    """One row per round: its status and steps, each figure before -> after, and the
+    pairs and measured precision of each source of positives it learned from."""
+    rows = []
+    for rnd in rounds:
+        before, after = rnd.metrics.get("before", {}), rnd.metrics.get("after", {})
+        row: dict[str, Any] = {"round": rnd.round_id, "status": rnd.status, "steps": rnd.metrics.get("steps")}
+        for name in ROUND_FIGURES:
+            if name in before or name in after:
+                row[name] = f"{_fmt(before.get(name))} -> {_fmt(after.get(name))}"
+        positives = rnd.metrics.get("positives", {})
+        for source in POSITIVE_SOURCES:
+            if source in positives:
+                p = positives[source]
+                row[f"{source} pairs"] = p.get("pairs")
+                row[f"{source} precision"] = p.get("precision")
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
+    """How many confirm / reject / unsure / undo rows a stretch of the log holds."""
+    counts = Counter(v.verdict for v in verdicts)
+    return {**{k: counts.get(k, 0) for k in VERDICTS}, "undo": counts.get(REVOKE, 0)}
 
 
 def last_round_start(rounds: Sequence[TrainingRound]) -> datetime | None:

@@ -49,23 +49,23 @@ def test_a_link_is_true_only_between_copies_of_one_motif():
 
 
 def test_bad_arguments_are_refused():
-    for argv in (["--arms", "magic"], ["--rounds", "0"], ["--iterations", "0"]):
+    for argv in (["--arms", "magic"], ["--rounds", "0"], ["--steps", "0"], ["--minutes", "0"]):
         with pytest.raises(SystemExit) as err:
             parse_args(argv)
         assert err.value.code == 2
 
 
 def test_small_flag_and_overrides_reach_the_round_config():
-    _, config = parse_args(["--small", "--iterations", "7", "--lr", "0.001", "--seed", "3"])
-    assert config.train.iterations == 7 and config.train.lr == 0.001 and config.seed == config.train.seed == 3
-    assert config.train.checkpoint_every % config.train.refresh_every == 0
+    _, config = parse_args(["--small", "--steps", "7", "--minutes", "2", "--lr", "0.001", "--seed", "3"])
+    assert config.train.steps == 7 and config.train.minutes == 2 and config.train.lr == 0.001
+    assert config.seed == config.train.seed == 3
     assert config.train.features == config.features and config.features.max_side < FeatureConfig().max_side
 
 
 def test_two_rounds_of_two_arms_on_a_toy_demo(tmp_path, capsys):
     features = FeatureConfig(max_side=16, n_scales=3)
-    train = TrainConfig(iterations=2, refresh_every=1, checkpoint_every=1, batch_pairs=64, features=features,
-                        mining=MiningConfig(n_proposals=64, verification_size=6, positive_square=6))
+    train = TrainConfig(steps=2, checkpoint_every=1, batch_pairs=64, features=features,
+                        mining=MiningConfig(n_proposals=64, verification_size=6, positive_square=6, min_vote_share=0.3))
     config = LoopConfig(rounds=2, verdicts_per_round=6, images=8, motifs=2, demo=DemoConfig(image_size=(240, 180)),
                         seed=1, features=features, train=train)
     rows = run_loop(tmp_path, config, ["mined+expert", "expert"], device="cpu")

@@ -102,3 +102,39 @@ def test_real_backbone_finds_pasted_motif(effnet, image_folder):
     dets = detect(q, bank, DetectConfig(top_k=5), exclude=("img1.jpg", Box(30, 20, 94, 68)))
     assert dets[0].image_id == "img4.jpg"
     assert dets[0].box.iou(Box(80, 50, 144, 98)) > 0.3
+
+
+def _texture(seed: int = 0, height: int = 128, width: int = 192) -> np.ndarray:
+    small = torch.rand(1, 3, height // 16 + 1, width // 16 + 1, generator=torch.Generator().manual_seed(seed))
+    big = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    return (big[0].permute(1, 2, 0) * 255).round().byte().numpy()
+
+
+def test_query_context_is_cut_away_and_limited_by_the_image(effnet):
+    rgb = _texture()
+    middle = Box(64, 32, 128, 96)  # 8x8 cells of 8 px; context: 5 cells left and right, 4 above and below
+    bare = query_features(effnet, rgb, middle, 8, context=0)
+    framed = query_features(effnet, rgb, middle, 8, context=5)
+    assert framed.shape == bare.shape == (effnet.channels, 8, 8)
+    assert torch.allclose(framed.norm(dim=0), torch.ones(8, 8), atol=1e-4)
+    # The border cells see real surroundings now, the centre barely changes.
+    border = (bare[:, 0] * framed[:, 0]).sum(0).mean()
+    centre = (bare[:, 3:5, 3:5] * framed[:, 3:5, 3:5]).sum(0).mean()
+    assert centre > border and border < 0.99
+    # A box filling the image has no room for context: the same crop as without.
+    whole = Box(0, 0, 192, 128)
+    assert torch.allclose(query_features(effnet, rgb, whole, 8, context=5), query_features(effnet, rgb, whole, 8), atol=1e-5)
+
+
+def test_window_score_keeps_the_cells_directions_and_one_norm(effnet):
+    rgb, box = _texture(1), Box(40, 24, 136, 104)
+    cells = query_features(effnet, rgb, box, 8, context=5)
+    window = query_features(effnet, rgb, box, 8, context=5, score="window")
+    qh, qw = cells.shape[1:]
+    assert window.norm().item() == pytest.approx((qh * qw) ** 0.5, rel=1e-4)
+    assert torch.allclose(F.normalize(window, dim=0), cells, atol=1e-4)
+    assert window.norm(dim=0).std() > 0  # raw magnitudes: cells weigh differently
+    with pytest.raises(ValueError, match="score"):
+        DetectConfig(score="max")
+    with pytest.raises(ValueError, match="query_context"):
+        DetectConfig(query_context=-1)

@@ -6,10 +6,15 @@ import torch.nn.functional as F
 from engine.detect import FeatureBank, window_scores
 from engine.features import FeatureConfig, FeaturePyramid
 from engine.mining import (
+    Candidates,
     MiningConfig,
+    MiningStats,
     PairBatch,
+    allowed_targets,
     corner_offsets,
     mine_pairs,
+    positive_pairs,
+    select_verified,
     top_matches,
     verification_offsets,
     window_scores_many,
@@ -61,7 +66,7 @@ def test_config_rejects_a_square_that_cannot_be_centred():
 
 
 def test_paper_geometry_p12_corners_and_verification_ring():
-    config = MiningConfig()
+    config = MiningConfig(positive_square=12)
     assert corner_offsets(config).tolist() == [[-5, -5], [-5, 6], [6, -5], [6, 6]]
     ring = verification_offsets(config)
     assert len(ring) == 36  # the border of the 10x10 square from -4 to +5
@@ -99,7 +104,7 @@ def test_top_matches_known_answer():
 
 def test_mined_pairs_follow_the_known_transform():
     bank = _known_pair_bank()
-    config = MiningConfig(n_proposals=60, n_negatives=8)
+    config = MiningConfig(n_proposals=60, n_negatives=8, positive_square=12)
     batch = mine_pairs(bank, 0, config)
     assert len(batch) >= 8
     assert batch.anchor[:, :2].unique(dim=0).tolist() == [[0, 0]]  # A, level 0
@@ -156,3 +161,51 @@ def test_real_features_mine_a_known_shift(effnet):
     shift = batch.positive[:, 2:] - batch.anchor[:, 2:]
     expected = torch.where(ab[:, None], torch.tensor([0, -4]), torch.tensor([0, 4]))
     assert ((shift - expected).abs() <= 1).all()
+
+
+def test_vote_floor_is_a_share_of_the_ring_and_cuts_the_top_fraction():
+    assert MiningConfig().min_votes == 22  # 0.6 of the 36 ring cells
+    assert MiningConfig(min_vote_share=0.5).min_votes == 18
+    assert MiningConfig(min_vote_share=0.0).min_votes == 1  # a candidate nobody votes for never passes
+    config = MiningConfig(verified_fraction=0.5, min_vote_share=0.5)  # top 5 of these 10, then the floor of 18
+    votes = torch.tensor([30, 2, 17, 18, 0, 25, 1, 3, 4, 5])
+    chosen = select_verified(votes, torch.zeros(10), config)
+    assert chosen.tolist() == [0, 5, 3]  # 17 is in the top half but under the floor of 18
+    with pytest.raises(ValueError, match="min_vote_share"):
+        MiningConfig(min_vote_share=1.5)
+
+
+def test_allowed_targets_follow_the_shortlist_and_never_the_own_image():
+    image_a = torch.tensor([0, 1, 2])
+    assert allowed_targets(image_a, 3, None).tolist() == [[False, True, True], [True, False, True], [True, True, False]]
+    neighbours = torch.tensor([[2, -1], [0, 2], [1, 2]])  # image 2 lists itself: still excluded
+    assert allowed_targets(image_a, 3, neighbours).tolist() == [[False, False, True], [True, False, True], [False, True, False]]
+    with pytest.raises(ValueError, match="neighbours"):
+        allowed_targets(image_a, 3, torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_mining_searches_shortlist_neighbours_only():
+    bank = _known_pair_bank()
+    config = MiningConfig(n_proposals=60, n_negatives=8, min_vote_share=0.0)
+    cut = torch.tensor([[2], [2], [0]])  # A and B are not each other's neighbours
+    batch = mine_pairs(bank, 0, config, neighbours=cut)
+    pairs = set(map(tuple, torch.stack([batch.anchor[:, 0], batch.positive[:, 0]], 1).tolist()))
+    assert (0, 1) not in pairs and (1, 0) not in pairs
+    stats: list[MiningStats] = []
+    assert len(mine_pairs(bank, 0, config, stats=stats)) > 0 and stats[0].n_candidates > 0
+
+
+def test_positive_is_the_best_match_within_3x3_and_negatives_keep_away():
+    """A candidate off by one cell still gives the exact correspondents as positives."""
+    bank = _known_pair_bank()
+    config = MiningConfig(n_negatives=6, positive_square=6)
+    # Proposal at A's (6, 6); B's true cell is (6, 6) + SHIFT, the candidate says one row lower.
+    one = torch.tensor([0])
+    cand = Candidates(one * 0, one + 6, one + 6, one + 1, one + 1, one + 6 + SHIFT[0] + 1, one + 6 + SHIFT[1], torch.ones(1))
+    batch = positive_pairs(bank, cand, config)
+    assert len(batch) == 4
+    assert (batch.positive[:, 2:] - batch.anchor[:, 2:] == torch.tensor(SHIFT)).all()
+    exact = positive_pairs(bank, cand, MiningConfig(n_negatives=6, positive_square=6, positive_search=0))
+    assert (exact.positive[:, 2] - exact.anchor[:, 2] == SHIFT[0] + 1).all()  # without the search: off by one
+    gap = (batch.negatives[..., 2:] - batch.positive[:, None, 2:]).abs().amax(dim=-1)
+    assert (gap > 3).all()  # nothing within the 7x7 square around P2

@@ -8,20 +8,25 @@ import torch.nn.functional as F
 
 from engine.backbone import load_checkpoint
 from engine.features import FeatureConfig, extract_pyramids
-from engine.mining import MiningConfig, PairBatch
+from engine.mining import MiningConfig, PairBatch, mine_pairs
 from engine.train import (
     STATE_FILE,
+    CachedMaps,
+    PixelMaps,
     TrainConfig,
     embed_collection,
     iteration_generator,
+    level_shapes,
     mix_pairs,
     train,
     train_step,
     triplet_loss,
 )
+from engine.trunk_cache import bank_from_inputs, inputs_from_tensors, split_trunk
 
 FEATURES = FeatureConfig(max_side=6, n_scales=1)  # 6x6 cells, 96 px: fast on a CPU
-MINING = MiningConfig(n_proposals=16, top_k=1, verification_size=4, positive_square=4, n_negatives=4)
+MINING = MiningConfig(n_proposals=16, top_k=1, verification_size=4, positive_square=4, n_negatives=4, min_vote_share=0.0)
+SHAPES = level_shapes([(64, 64)] * 3, FEATURES)
 
 
 def _images(n: int = 2) -> list[torch.Tensor]:
@@ -34,8 +39,7 @@ def _images(n: int = 2) -> list[torch.Tensor]:
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(iterations=2, batch_pairs=32, refresh_every=1, checkpoint_every=1, lr=1e-3,
-                mining=MINING, features=FEATURES)
+    base = dict(steps=2, batch_pairs=32, checkpoint_every=1, lr=1e-3, mining=MINING, features=FEATURES)
     return TrainConfig(**(base | kw))
 
 
@@ -49,6 +53,10 @@ def _batch(anchor, positive, negatives, mask) -> PairBatch:
                      torch.zeros(len(anchor), dtype=torch.long))
 
 
+def _pairs(model, images) -> PairBatch:
+    return mine_pairs(embed_collection(model, images, FEATURES), 0, MINING)
+
+
 def test_triplet_loss_known_answer():
     s_pos = torch.tensor([0.9, 0.5])
     s_neg = torch.tensor([[0.1, 0.3], [0.5, 0.0]])
@@ -58,6 +66,8 @@ def test_triplet_loss_known_answer():
     assert loss.item() == pytest.approx((-0.55 - 0.15) / 2)
     only_neg = triplet_loss(s_pos, s_neg, torch.tensor([True, False]), lambda_=0.8)
     assert only_neg.item() == pytest.approx((-0.55 + 0.35) / 2)
+    weighted = triplet_loss(s_pos, s_neg, torch.tensor([True, True]), 0.8, torch.tensor([3.0, 1.0]))
+    assert weighted.item() == pytest.approx((3 * -0.55 + -0.15) / 4)
 
 
 def test_triplet_loss_gradients_stop_at_the_margins():
@@ -67,13 +77,15 @@ def test_triplet_loss_gradients_stop_at_the_margins():
     assert s_pos.grad.tolist() == pytest.approx([0.0, -0.5])  # above λ: already good enough
 
 
-def test_config_round_trips_and_rejects_unaligned_checkpoints():
-    config = _config(iterations=7)
+def test_config_round_trips_and_rejects_bad_values():
+    config = _config(steps=7, minutes=1.5)
     assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="multiple of refresh_every"):
-        TrainConfig(refresh_every=5, checkpoint_every=7)
     with pytest.raises(ValueError, match="expert_ratio"):
         TrainConfig(expert_ratio=1.5)
+    with pytest.raises(ValueError, match="freeze"):
+        TrainConfig(freeze="stem")
+    with pytest.raises(ValueError, match="minutes"):
+        TrainConfig(minutes=0)
 
 
 def test_embed_collection_equals_feature_pyramids(random_effnet):
@@ -107,72 +119,120 @@ def test_mix_pairs_draws_whole_groups_to_touch_few_maps():
     assert len(mixed) == 8 and len(mixed.anchor[:, 0].unique()) == 2
 
 
-def test_two_pass_step_equals_one_pass(random_effnet):
+BATCH = dict(
+    anchor=[[0, 0, 2, 2], [1, 0, 5, 5], [1, 0, 3, 4]],
+    positive=[[1, 0, 2, 1], [0, 0, 5, 4], [-1, -1, -1, -1]],
+    negatives=[[[1, 0, 5, 5], [1, 0, 0, 0]], [[0, 0, 1, 1], [0, 0, 5, 2]], [[0, 0, 3, 3], [0, 0, 4, 4]]],
+    mask=[True, True, False],
+)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_two_pass_step_equals_one_pass(random_effnet, cached):
     images = _images(2)
-    batch = _batch(
-        anchor=[[0, 0, 2, 2], [1, 0, 5, 5], [1, 0, 3, 4]],
-        positive=[[1, 0, 2, 1], [0, 0, 5, 4], [-1, -1, -1, -1]],
-        negatives=[[[1, 0, 5, 5], [1, 0, 0, 0]], [[0, 0, 1, 1], [0, 0, 5, 2]], [[0, 0, 3, 3], [0, 0, 4, 4]]],
-        mask=[True, True, False],
-    )
+    batch = _batch(**BATCH)
     grads, losses = [], []
     for chunk_maps in (8, 1):  # one chunk of both maps, then 2 chunks: the gradient-caching path
         model = copy.deepcopy(random_effnet)
+        maps = CachedMaps(model, inputs_from_tensors(model, images, FEATURES)) if cached else PixelMaps(model, images)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        losses.append(train_step(model, optimizer, images, batch, FEATURES, chunk_maps=chunk_maps))
+        losses.append(train_step(maps, optimizer, batch, SHAPES, chunk_maps=chunk_maps))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
     assert grads[0].abs().max() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-5 * float(grads[0].abs().max()) + 1e-8)
 
 
+def test_cached_step_equals_a_pixel_step_on_the_last_stage(random_effnet):
+    """The frozen trunk is exact: the last stage gets the same gradient either way."""
+    images, batch = _images(2), _batch(**BATCH)
+    grads, losses = [], []
+    for maps_of in (lambda m: PixelMaps(m, images), lambda m: CachedMaps(m, inputs_from_tensors(m, images, FEATURES))):
+        model = copy.deepcopy(random_effnet)
+        losses.append(train_step(maps_of(model), torch.optim.SGD(model.parameters(), lr=0.0), batch, SHAPES))
+        grads.append(torch.cat([p.grad.flatten() for p in split_trunk(model)[1].parameters()]))
+    assert losses[0] == pytest.approx(losses[1], abs=2e-3)  # inputs cached in half precision
+    assert F.cosine_similarity(grads[0], grads[1], dim=0) > 0.998 and grads[0].abs().max() > 0
+
+
 def test_train_step_rejects_cells_outside_the_maps(random_effnet):
     bad = _batch([[0, 0, 6, 0]], [[1, 0, 0, 0]], [[[1, 0, 1, 1]]], [True])  # row 6 of a 6x6 map
+    maps = PixelMaps(random_effnet, _images(2))
     optimizer = torch.optim.SGD(random_effnet.parameters(), lr=0.0)
     with pytest.raises(ValueError, match="outside image 0"):
-        train_step(random_effnet, optimizer, _images(2), bad, FEATURES)
+        train_step(maps, optimizer, bad, SHAPES[:2])
     with pytest.raises(ValueError, match="outside the 2 images"):
-        train_step(random_effnet, optimizer, _images(2), _batch([[5, 0, 0, 0]], [[1, 0, 0, 0]], [[[1, 0, 1, 1]]], [True]), FEATURES)
+        train_step(maps, optimizer, _batch([[5, 0, 0, 0]], [[1, 0, 0, 0]], [[[1, 0, 1, 1]]], [True]), SHAPES[:2])
 
 
 def test_training_is_deterministic_and_a_killed_run_resumes(random_effnet, tmp_path):
     images = _images()
+    pairs = _pairs(random_effnet, images)
+    assert len(pairs) > 0, "mining found pairs to learn from"
+    inputs = inputs_from_tensors(random_effnet, images, FEATURES)
     initial = _weights(random_effnet)
-    # A straight 4-iteration run; its weights after iteration 2 are kept on the way.
     straight = copy.deepcopy(random_effnet)
     after_two = {}
+
     def keep(log, total):
         if log.iteration == 1:
             after_two["w"] = _weights(straight).clone()
-    full = train(straight, images, _config(iterations=4), out_dir=tmp_path / "straight", progress=keep)
-    assert sum(h.n_used_mined for h in full.history) > 0, "mining found pairs to learn from"
-    assert all(math.isfinite(h.loss) for h in full.history)
-    # A run "killed" after 2 iterations: same seed, same weights as the straight run then.
+    full = train(straight, inputs, pairs, _config(steps=4), out_dir=tmp_path / "straight", progress=keep)
+    assert sum(h.n_used_mined for h in full.history) > 0 and all(math.isfinite(h.loss) for h in full.history)
     killed = copy.deepcopy(random_effnet)
-    train(killed, images, _config(iterations=2), out_dir=tmp_path / "killed")
-    assert torch.equal(_weights(killed), after_two["w"])
-    assert not torch.equal(_weights(killed), initial)
+    train(killed, inputs, pairs, _config(steps=2), out_dir=tmp_path / "killed")
+    assert torch.equal(_weights(killed), after_two["w"]) and not torch.equal(_weights(killed), initial)
     assert (tmp_path / "killed" / STATE_FILE).is_file()
-    # Started again for 4 iterations from a fresh copy of the base model: continues from 2.
     resumed_model = copy.deepcopy(random_effnet)
-    resumed = train(resumed_model, images, _config(iterations=4), out_dir=tmp_path / "killed")
+    resumed = train(resumed_model, inputs, pairs, _config(steps=4), out_dir=tmp_path / "killed")
     assert resumed.resumed_from == 2 and [h.iteration for h in resumed.history] == [0, 1, 2, 3]
     assert torch.equal(_weights(resumed_model), _weights(straight))
-    # The final model is a checkpoint with lineage that rebuilds the same weights.
     assert resumed.model.parent == random_effnet.model_id
     assert torch.equal(_weights(load_checkpoint(resumed.model.checkpoint)), _weights(straight))
 
 
-def test_resume_refuses_a_different_config(random_effnet, tmp_path):
+def test_frozen_trunk_trains_only_the_last_stage(random_effnet, tmp_path):
+    images = _images()
     model = copy.deepcopy(random_effnet)
-    train(model, _images(), _config(iterations=1), out_dir=tmp_path)
+    prefix, last = (torch.cat([p.detach().flatten().clone() for p in m.parameters()]) for m in split_trunk(model))
+    train(model, inputs_from_tensors(model, images, FEATURES), _pairs(model, images), _config(steps=2), out_dir=tmp_path)
+    new_prefix, new_last = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in split_trunk(model))
+    assert torch.equal(prefix, new_prefix) and not torch.equal(last, new_last)
+    # A fully fine-tuned copy moves the prefix too.
+    full = copy.deepcopy(random_effnet)
+    train(full, images, _pairs(full, images), _config(steps=2, freeze="none"), out_dir=tmp_path / "full")
+    assert not torch.equal(prefix, torch.cat([p.detach().flatten() for p in split_trunk(full)[0].parameters()]))
+
+
+def test_time_budget_stops_the_round(random_effnet, tmp_path):
+    images = _images()
+    result = train(copy.deepcopy(random_effnet), inputs_from_tensors(random_effnet, images, FEATURES),
+                   _pairs(random_effnet, images), _config(steps=50, minutes=1e-9), out_dir=tmp_path)
+    assert result.stopped_by_time and result.iterations == 0
+
+
+def test_resume_refuses_a_different_config(random_effnet, tmp_path):
+    model, images = copy.deepcopy(random_effnet), _images()
+    inputs, pairs = inputs_from_tensors(model, images, FEATURES), _pairs(model, images)
+    train(model, inputs, pairs, _config(steps=1), out_dir=tmp_path)
     with pytest.raises(ValueError, match="different config"):
-        train(model, _images(), _config(iterations=2, lr=1e-4), out_dir=tmp_path)
+        train(model, inputs, pairs, _config(steps=2, lr=1e-4), out_dir=tmp_path)
 
 
-def test_train_refuses_a_single_image(random_effnet, tmp_path):
+def test_train_refuses_a_single_image_or_the_wrong_source(random_effnet, tmp_path):
+    images = _images()
     with pytest.raises(ValueError, match="at least 2 images"):
-        train(random_effnet, _images()[:1], _config(), out_dir=tmp_path)
+        train(random_effnet, images[:1], PairBatch.empty(4), _config(freeze="none"), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="trunk inputs"):
+        train(random_effnet, images, PairBatch.empty(4), _config(), out_dir=tmp_path)
+
+
+def test_cached_bank_equals_the_whole_backbone(random_effnet):
+    images = _images(2)
+    full = embed_collection(random_effnet, images, FEATURES)
+    cached = bank_from_inputs(random_effnet, inputs_from_tensors(random_effnet, images, FEATURES))
+    assert torch.allclose(full.levels[0], cached.levels[0], atol=2e-2)
+    assert (full.levels[0] * cached.levels[0]).sum(1).min() > 0.999  # cosine of every cell
 
 
 def test_images_may_be_float(random_effnet):

@@ -101,3 +101,16 @@ def test_discover_refuses_an_unknown_mirror_mode(tmp_path, capsys):
     except SystemExit as exit_:  # argparse's own usage error
         code = exit_.code
     assert code == 2 and "--mirror" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--minutes", "0"]])
+def test_train_bad_schedule_is_one_line_exit_2(tmp_path, capsys, args):
+    assert main(["train", "--project", str(tmp_path / "none.duckdb"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--steps" in err and "\n" not in err
+
+
+def test_train_unknown_freeze_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--project", str(tmp_path / "none.duckdb"), "--freeze", "stem"])
+    assert err.value.code == 2

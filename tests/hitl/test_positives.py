@@ -152,7 +152,7 @@ def test_expert_pairs_train_with_mined_ones(random_effnet, tmp_path):
     """Expert pairs from a bank of real (random-weight) features go through a training round."""
     import copy
 
-    from engine.mining import MiningConfig
+    from engine.mining import MiningConfig, mine_pairs
     from engine.train import TrainConfig, embed_collection, train
 
     g = torch.Generator().manual_seed(1)
@@ -163,8 +163,9 @@ def test_expert_pairs_train_with_mined_ones(random_effnet, tmp_path):
     link = PairMatch("a", "b", Box(8, 8, 40, 40), Box(20, 20, 52, 52), ((1.0, 0.0, 12.0), (0.0, 1.0, 12.0)), 0.9, 9)
     pairs = expert_pairs([link], [link], bank, ExpertPairConfig(cells_per_link=4, n_negatives=4))
     assert len(pairs) == 8 and int(pairs.positive_mask.sum()) == 4
-    config = TrainConfig(iterations=1, batch_pairs=16, expert_ratio=0.5, refresh_every=1, checkpoint_every=1,
+    config = TrainConfig(steps=1, batch_pairs=16, expert_ratio=0.5, checkpoint_every=1, freeze="none",
                          mining=MiningConfig(n_proposals=8, top_k=1, verification_size=4, positive_square=4, n_negatives=4),
                          features=features)
-    result = train(copy.deepcopy(random_effnet), images, config, expert_pairs=pairs, out_dir=tmp_path)
+    mined = mine_pairs(bank, 0, config.mining)
+    result = train(copy.deepcopy(random_effnet), images, PairBatch.cat([mined, pairs]), config, out_dir=tmp_path)
     assert result.history[0].n_used_expert == 8 and math.isfinite(result.history[0].loss)

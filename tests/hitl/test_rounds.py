@@ -46,16 +46,28 @@ def test_expert_only_round_without_verdicts_is_refused(tiny_project):
         run_round(store, paths, RoundConfig(sources=("expert",)))
 
 
-def test_round_without_annotations_or_heldout_is_refused(tiny_project, tmp_path):
+def _small_train(**kw) -> TrainConfig:
+    """Small pyramids (16 cells, 3 levels), few proposals, 2 steps: a whole round, fast on 2 cores."""
+    mining = replace(TrainConfig().mining, n_proposals=64, verification_size=6, positive_square=6, min_vote_share=0.3)
+    return TrainConfig(**(dict(steps=2, checkpoint_every=1, batch_pairs=64, features=FeatureConfig(max_side=16, n_scales=3),
+                               mining=mining) | kw))
+
+
+def test_first_round_on_a_fresh_project_needs_no_verdicts(tiny_project, tmp_path):
     from db.store import Store
     from hitl.ingest import ingest_paths
 
     project = tmp_path / "bare.duckdb"
     store = Store(project)
-    ingest_paths(store, [tiny_project.parent / "images"], progress=False)
+    ingest_paths(store, [tiny_project.parent / "images"], progress=False)  # no annotations, no verdicts
     _, paths = open_project(project)
-    with pytest.raises(RoundRefused, match="too little held out"):
-        run_round(store, paths, RoundConfig(sources=("mined",)))
+    lines: list[str] = []
+    report = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False), show_progress=False,
+                       log=lines.append)
+    (recorded,) = store.list_rounds()
+    assert recorded.status == "done" and report.steps == 2
+    assert report.positives["mined"]["pairs"] > 0 and "precision" not in report.positives["mined"]
+    assert any("positives mined" in line for line in lines)
 
 
 def test_unknown_source_is_refused(tiny_project):
@@ -69,15 +81,20 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
     ids = _links(store, 6)
     for i, link_id in enumerate(ids):
         store.add_verdict(link_id, CONFIRM if i % 2 else REJECT, annotator="t")
-    # Small pyramids (16 cells, 3 levels) and few proposals: the same round, fast on 2 cores.
-    train = replace(TrainConfig(iterations=2, refresh_every=1, checkpoint_every=1, batch_pairs=64,
-                                features=FeatureConfig(max_side=16, n_scales=3)),
-                    mining=replace(TrainConfig().mining, n_proposals=64, verification_size=6, positive_square=6))
-    report = run_round(store, paths, RoundConfig(iterations=2, train=train, rediscover=False), show_progress=False)
+    report = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False), show_progress=False)
     new = store.get_model(report.new_model)
     assert new.ref.parent == "effnet-lite0" and new.round == report.round_id
     assert store.active_model().model_id == report.new_model
     (recorded,) = store.list_rounds()
-    assert recorded.status == "done" and set(recorded.metrics) == {"before", "after"}
+    assert recorded.status == "done" and {"before", "after", "positives"} <= set(recorded.metrics)
     assert 0.0 <= recorded.metrics["before"]["oneshot_map"] <= 1.0
     assert recorded.metrics["after"]["model"] == report.new_model
+    # Ground truth is attached: every source's positives carry their precision.
+    for source in ("mined", "expert"):
+        assert 0.0 <= recorded.metrics["positives"][source]["precision"] <= 1.0
+    # The refresh ran the last stage into the new model's feature cache.
+    assert any((paths.features / report.new_model.replace("@", "-")).rglob("*.npz"))
+    # The next round starts from the new model: its one-shot figures are not measured twice.
+    second = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False, seed=1), show_progress=False)
+    assert second.parent == report.new_model
+    assert second.before["oneshot_map"] == report.after["oneshot_map"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from db.records import TrainingRound
-from hitl.views.round_history import last_round_start, metric_rows
+from db.records import TrainingRound, Verdict
+from hitl.views.round_history import last_round_start, metric_rows, round_table, verdict_counts
 
 T0, T1 = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
 
@@ -20,3 +20,23 @@ def test_metric_rows_flatten_before_and_after():
         {"round": 1, "metric": "map", "before": 0.5, "after": 0.7}]
     assert last_round_start(rounds) == T0  # round 2 is still running: counts start at round 1
     assert last_round_start([]) is None
+
+
+def test_verdict_counts():
+    def v(i: int, kind: str) -> Verdict:
+        return Verdict(i, "link", i, kind, "mk", T0, revokes=1 if kind == "revoke" else None)
+
+    log = [v(1, "confirm"), v(2, "confirm"), v(3, "reject"), v(4, "revoke")]
+    assert verdict_counts(log) == {"confirm": 2, "reject": 1, "unsure": 0, "undo": 1}
+
+
+def test_round_table_shows_each_rounds_own_figures():
+    rounds = [TrainingRound(1, "m0", "done", {}, T0, "m1",
+                            {"before": {"oneshot_map": 0.369}, "after": {"oneshot_map": 0.41, "heldout_link_ap": 0.5},
+                             "steps": 60, "positives": {"mined": {"pairs": 96, "precision": 0.44}, "expert": {"pairs": 8}}}),
+              TrainingRound(2, "m1", "failed", {}, T1)]
+    first, second = round_table(rounds)
+    assert first == {"round": 1, "status": "done", "steps": 60, "oneshot_map": "0.369 -> 0.410",
+                     "heldout_link_ap": "- -> 0.500", "expert pairs": 8, "expert precision": None,
+                     "mined pairs": 96, "mined precision": 0.44}
+    assert second == {"round": 2, "status": "failed", "steps": None}

@@ -1,0 +1,95 @@
+"""Precision of each source of training positives on a project with ground truth attached.
+
+    python -m benchmarks.positives --project DEMO/artminer.duckdb [--seeds 0,1,2]
+                                   [--shares 0,0.25,0.5,0.6] [--link-scores 0.02,0.03,0.05]
+
+With the project's active model: mines once per vote floor (``min_vote_share``, a share
+of the 36 ring votes) among shortlist neighbours, then once with the pre-issue-10
+settings (1,000 proposals, floor of 1 vote, P12 exact-cell positives, 3x3 negative
+exclusion, every image a candidate), pooling the pairs of every seed, and builds weak positives from the latest discovery's unrejected links at
+each score threshold. Prints pairs and precision per setting: a pair is right when both
+cells lie on copies of one same motif (:mod:`hitl.positive_precision`). Also the mean
+share of pairs whose positive beats the mean of its negatives (the loss then pulls the
+right way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+
+from engine.mining import MiningConfig, PairBatch, mine_pairs
+from hitl.oneshot import load_project_collection
+from hitl.positive_precision import ground_truth_copies, right_pairs
+from hitl.positives import expert_pairs
+from hitl.project import load_model, open_project
+from hitl.rounds import _latest_links, shortlist_neighbours
+
+# The mining settings before issue 10 (searched in every image, not the shortlist).
+OLD = dict(n_proposals=1000, min_vote_share=0.0, positive_square=12, positive_search=0, negative_exclusion=1)
+
+
+def _line(name: str, batch: PairBatch, right: torch.Tensor, bank, seconds: float | None = None) -> str:
+    n = len(batch)
+    precision = float(right.float().mean()) if n else float("nan")
+    pos_beats = _positive_beats_negatives(batch, bank) if n else float("nan")
+    took = f"  {seconds:6.1f} s" if seconds is not None else ""
+    return f"{name:<52} {n:>7} {precision:>9.3f} {pos_beats:>10.3f}{took}"
+
+
+def _positive_beats_negatives(batch: PairBatch, bank) -> float:
+    """Share of pairs whose positive similarity beats the mean similarity to its negatives."""
+    def feats(refs: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(refs), bank.levels[0].shape[1])
+        for k, level in enumerate(bank.levels):
+            sel = (refs[:, 1] == k).nonzero()[:, 0]
+            out[sel] = level[refs[sel, 0], :, refs[sel, 2], refs[sel, 3]].float()
+        return out
+    keep = batch.positive_mask
+    b = batch.select(keep)
+    a, p = feats(b.anchor), feats(b.positive)
+    n = feats(b.negatives.reshape(-1, 4)).view(len(b), b.n_negatives, -1)
+    return float(((a * p).sum(-1) > torch.einsum("pc,pnc->pn", a, n).mean(1)).float().mean())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--proposals", type=int, default=MiningConfig.n_proposals)
+    parser.add_argument("--seeds", default="0,1,2", help="mining rounds pooled per setting (seeds)")
+    parser.add_argument("--shares", default="0,0.25,0.5,0.6", help="vote floors to try (share of the ring)")
+    parser.add_argument("--link-scores", default="0.02,0.03,0.05", help="discovery-link thresholds to try")
+    args = parser.parse_args(argv)
+    store, paths = open_project(args.project)
+    truth = ground_truth_copies(store)
+    if not truth:
+        parser.error("the project has no ground truth attached (artminer ingest --annotations FILE)")
+    model = load_model(store, None, "cpu")
+    bank = load_project_collection(store, paths, model, progress=False).bank
+    bank.levels = [lv.float() for lv in bank.levels]
+    neighbours = shortlist_neighbours(bank, 20)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    print(f"{store.count_images()} images, model {model.model_id}, {args.proposals} proposals, seeds {seeds}")
+    print(f"{'source':<52} {'pairs':>7} {'precision':>9} {'pos>negs':>10}")
+    base = MiningConfig(n_proposals=args.proposals)
+    settings = [(f"mined, floor {replace(base, min_vote_share=float(v)).min_votes} votes (share {float(v):g}), k=20",
+                 replace(base, min_vote_share=float(v)), neighbours) for v in args.shares.split(",")]
+    settings.append((f"mined, floor {base.min_votes} votes, P12 (paper's square), k=20", replace(base, positive_square=12),
+                     neighbours))
+    settings.append(("mined, before issue 10 (P12, floor 1, exact cell, 3x3)", replace(base, **OLD), None))
+    for name, config, nbrs in settings:
+        start = time.perf_counter()
+        batch = PairBatch.cat([mine_pairs(bank, seed, config, neighbours=nbrs) for seed in seeds])
+        print(_line(name, batch, right_pairs(batch, bank, truth), bank, time.perf_counter() - start), flush=True)
+    index = {image_id: i for i, image_id in enumerate(bank.image_ids)}
+    for score in (float(s) for s in args.link_scores.split(",")):
+        links = [lk.match for lk in _latest_links(store, score) if lk.image_a in index and lk.image_b in index]
+        batch = expert_pairs(links, [], bank, image_index=index) if links else PairBatch.empty(20)
+        print(_line(f"discovery links >= {score:g} ({len(links)} links)", batch, right_pairs(batch, bank, truth), bank))
+
+
+if __name__ == "__main__":
+    main()

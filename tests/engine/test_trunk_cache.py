@@ -1,0 +1,76 @@
+"""The frozen trunk's cache: exact last-stage features, keyed by the prefix's weights."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.features import FeatureCache, FeatureConfig, collection_features
+from engine.trunk_cache import (
+    TrunkCache,
+    fill_feature_cache,
+    freeze_prefix,
+    prefix_key,
+    pyramids_from_inputs,
+    split_trunk,
+    trunk_inputs,
+)
+
+FEATURES = FeatureConfig(max_side=6, n_scales=2)
+
+
+def _folder(tmp_path, n=2):
+    g = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(g.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(path)
+        items.append((f"img{i}", path))
+    return items
+
+
+def test_split_and_freeze_keep_the_last_stage_trainable(random_effnet):
+    model = copy.deepcopy(random_effnet)
+    prefix, last = split_trunk(model)
+    assert len(prefix) == len(model.trunk) - 1 and last is model.trunk[-1]
+    params = freeze_prefix(model)
+    assert {id(p) for p in params} == {id(p) for p in last.parameters()}
+    assert not any(p.requires_grad for p in prefix.parameters())
+
+
+def test_prefix_key_follows_the_prefix_weights_only(random_effnet):
+    model = copy.deepcopy(random_effnet)
+    key = prefix_key(model)
+    with torch.no_grad():
+        next(split_trunk(model)[1].parameters()).add_(1.0)  # the last stage: same cache
+    assert prefix_key(model) == key
+    with torch.no_grad():
+        next(split_trunk(model)[0].parameters()).add_(1.0)  # the prefix: another cache
+    assert prefix_key(model) != key
+
+
+def test_cached_inputs_give_the_whole_backbones_pyramids(random_effnet, tmp_path):
+    items = _folder(tmp_path)
+    full = collection_features(random_effnet, items, FEATURES, None, progress=False)
+    inputs, failures = trunk_inputs(random_effnet, items, FEATURES, tmp_path / "cache", progress=False)
+    assert not failures and inputs.image_ids == ["img0", "img1"] and inputs.maps[0][0].dtype == torch.float16
+    for mine, theirs in zip(pyramids_from_inputs(random_effnet, inputs), full.pyramids):
+        for a, b in zip(mine.levels, theirs.levels):
+            assert a.shape == b.shape and (a * b).sum(0).min() > 0.999  # cosine of every cell
+    # Read back from disk: the same inputs, nothing recomputed.
+    assert len(list(TrunkCache(tmp_path / "cache", random_effnet, FEATURES).dir.rglob("*.npz"))) == 2
+    again, _ = trunk_inputs(random_effnet, items, FEATURES, tmp_path / "cache", progress=False)
+    assert all(torch.equal(a, b) for x, y in zip(again.maps, inputs.maps) for a, b in zip(x, y))
+
+
+def test_fill_feature_cache_writes_only_what_is_missing(random_effnet, tmp_path):
+    items = _folder(tmp_path)
+    inputs, _ = trunk_inputs(random_effnet, items, FEATURES, None, progress=False)
+    hashes = {"img0": "a" * 64, "img1": "b" * 64}
+    assert fill_feature_cache(random_effnet, inputs, tmp_path / "f", FEATURES, hashes) == 2
+    assert fill_feature_cache(random_effnet, inputs, tmp_path / "f", FEATURES, hashes) == 0
+    cached = FeatureCache(tmp_path / "f", random_effnet.model_id, FEATURES).get("a" * 64)
+    assert cached is not None and cached.image_size == (80, 64) and len(cached.levels) == 2
