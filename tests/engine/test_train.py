@@ -88,7 +88,9 @@ def test_config_round_trips_and_rejects_bad_values():
         TrainConfig(minutes=0)
 
 
-def test_embed_collection_equals_feature_pyramids(random_effnet):
+def test_embed_collection_equals_feature_pyramids(random_effnet, monkeypatch):
+    # The training bank runs float32 on CPUs (gradients); so must the pyramids compared.
+    monkeypatch.setenv("ARTMINER_PRECISION", "fp32")
     images = _images(2)
     bank = embed_collection(random_effnet, images, FEATURES)
     rgb = [img.permute(1, 2, 0).numpy() for img in images]
