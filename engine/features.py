@@ -187,7 +187,7 @@ def embed_pixels(backbone: Backbone, pixels: torch.Tensor,
     layout = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
     pixels = pixels.to(device).contiguous(memory_format=layout)
     dtype = autocast_dtype(backbone, device)
-    if forward is not None and device.type == "cpu":
+    if forward is not None and forward is not backbone and device.type == "cpu":
         dtype = None  # a frozen trunk's cached output must equal what training computes in float32
     with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         feats = (forward or backbone)(pixels)

@@ -132,13 +132,20 @@ def detect_mirrored(query: torch.Tensor, query_mirror: torch.Tensor, bank: Featu
         ``mirrored``; hits of one image overlapping by more than ``config.nms_iou``
         across the two queries are one hit (the better).
     """
-    found = detect(query, bank, config, exclude) + [
-        replace(d, mirrored=True) for d in detect(query_mirror, bank, config, exclude)]
+    return merge_mirrored_detections(detect(query, bank, config, exclude),
+                                     detect(query_mirror, bank, config, exclude), config)
+
+
+def merge_mirrored_detections(direct: list[Detection], mirrored: list[Detection],
+                              config: DetectConfig = DetectConfig()) -> list[Detection]:
+    """Hits of a query and of its mirror image as one list: the latter marked ``mirrored``,
+    hits of one image overlapping by more than ``config.nms_iou`` kept once (the better)."""
+    found = direct + [replace(d, mirrored=True) for d in mirrored]
     if not found:
         return []
     boxes = torch.tensor([d.box.as_list() for d in found], dtype=torch.float32)
     scores = torch.tensor([d.score for d in found], dtype=torch.float32)
-    position = {image_id: i for i, image_id in enumerate(bank.image_ids)}
+    position = {image_id: i for i, image_id in enumerate(dict.fromkeys(d.image_id for d in found))}
     owners = torch.tensor([position[d.image_id] for d in found])
     keep = batched_nms(boxes, scores, owners, config.nms_iou)  # sorted by score
     return [found[i] for i in keep[: config.top_k].tolist()]

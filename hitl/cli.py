@@ -324,7 +324,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hitl.rounds import PHASES, RoundConfig, RoundRefused, run_round
 
     if args.steps < 1 or (args.minutes is not None and args.minutes <= 0):
-        raise UsageError("--steps must be >= 1 and --minutes > 0")
+        raise UsageError("--minutes must be > 0 (and --steps >= 1)")
     store, paths = open_project(args.project)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     train_config = TrainConfig(steps=args.steps, minutes=args.minutes, seed=args.seed, freeze=args.freeze)
@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-style", action="store_true", help="skip the style map")
 
     p = add("train", "a training round: fine-tune on mined pairs, discovery links and expert verdicts", model=True, project=True)
-    p.add_argument("--steps", "--iterations", dest="steps", type=int, default=100,
+    p.add_argument("--steps", "--iterations", dest="steps", type=_positive_int, default=100,
                    help="Adam steps of the round (authors' code: 50 per mining round, ~15k in all)")
     p.add_argument("--minutes", type=float, help="time budget of the steps; the round stops at whichever comes first")
     p.add_argument("--sources", default="mined,expert",

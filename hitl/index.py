@@ -26,6 +26,7 @@ from engine.features import (
     FeaturePyramid,
     collection_features,
 )
+from engine.mirror import merge_mirrored_detections, mirror_box
 from engine.types import Box, Detection
 from hitl.project import ProjectPaths
 
@@ -98,9 +99,17 @@ def open_project_index(store, paths: ProjectPaths, backbone: Backbone, features:
 
 def query_project(backbone: Backbone, project: ProjectIndex, rgb: np.ndarray, box: Box,
                   config: DetectConfig = DetectConfig(), query_id: str | None = None,
-                  candidates: int | None = None) -> list[Detection]:
-    """Two-stage detection of ``box`` of ``rgb`` over the project: index candidates, then the dense scan."""
-    query = query_features(backbone, rgb, box, config.query_side)
+                  candidates: int | None = None, mirror: bool = True) -> list[Detection]:
+    """Two-stage detection of ``box`` of ``rgb`` over the project: index candidates, then the
+    dense scan; with ``mirror`` the query's mirror image too (hits marked ``mirrored``)."""
+    query = query_features(backbone, rgb, box, config.query_side, config.query_context, config.score)
     exclude = (query_id, box) if query_id is not None else None
     device = next(backbone.parameters()).device
-    return two_stage_detect(query, project.index, project.pyramids, config, candidates, exclude, device)
+    found = two_stage_detect(query, project.index, project.pyramids, config, candidates, exclude, device)
+    if not mirror:
+        return found
+    flipped = np.ascontiguousarray(rgb[:, ::-1])
+    query_mirror = query_features(backbone, flipped, mirror_box(box, rgb.shape[1]), config.query_side,
+                                  config.query_context, config.score)
+    return merge_mirrored_detections(found, two_stage_detect(query_mirror, project.index, project.pyramids,
+                                                             config, candidates, exclude, device), config)

@@ -73,7 +73,8 @@ def query_collection(backbone: Backbone, collection: LoadedCollection, query_pat
     if not mirror:
         return detect(query, collection.bank, config, exclude=exclude)
     flipped = np.ascontiguousarray(rgb[:, ::-1])
-    query_mirror = query_features(backbone, flipped, mirror_box(box, rgb.shape[1]), config.query_side)
+    query_mirror = query_features(backbone, flipped, mirror_box(box, rgb.shape[1]), config.query_side,
+                                  config.query_context, config.score)
     return detect_mirrored(query, query_mirror, collection.bank, config, exclude=exclude)
 
 

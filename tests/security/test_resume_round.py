@@ -8,6 +8,7 @@ started a new round (its checkpoints unused).
 from __future__ import annotations
 
 from db import Store
+from engine.train import TrainConfig
 from engine.types import ModelRef
 from hitl.rounds import RoundConfig, _resume_or_start
 
@@ -15,7 +16,7 @@ from hitl.rounds import RoundConfig, _resume_or_start
 def test_a_killed_round_with_the_same_config_is_resumed() -> None:
     store = Store(":memory:")
     store.add_model(ModelRef("m", "effnet-lite0"))
-    config = RoundConfig(iterations=3, sources=("mined", "expert"))
+    config = RoundConfig(sources=("mined", "expert"), train=TrainConfig(steps=3))
     first = _resume_or_start(store, "m", config)  # then the process is killed: still running
     assert _resume_or_start(store, "m", config) == first
-    assert _resume_or_start(store, "m", RoundConfig(iterations=4)) != first
+    assert _resume_or_start(store, "m", RoundConfig(train=TrainConfig(steps=4))) != first
