@@ -62,7 +62,15 @@ def read_metadata(path: str | os.PathLike) -> MetadataTable:
     """
     text = _read_text(Path(path))
     dialect = _dialect(Path(path), text)
-    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    # newline="": the csv module's own line handling (a lone CR ends a row, as in a file)
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    try:
+        return _table(path, reader)
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV/TSV table ({err})") from err
+
+
+def _table(path: str | os.PathLike, reader: csv.DictReader) -> MetadataTable:
     headers = [h for h in (reader.fieldnames or []) if h is not None]
     mapping = map_headers(headers)
     if "file" not in mapping.values():
