@@ -36,7 +36,7 @@ from engine.detect import DetectConfig, FeatureBank, detect
 from engine.features import FeatureCache, FeatureConfig, FeaturePyramid, extract_pyramids
 from engine.images import ImageReadError, image_size, load_rgb
 from engine.types import Affine, Box, Detection, PairMatch
-from engine.verify import VerifyConfig, verify_pairs
+from engine.verify import VerifyConfig, merge_twins, verify_pairs
 
 MIRROR_MODES = ("off", "flip", "image")
 MIRROR_PREFIX = "mirror:"  # names the mirrored twin of an image inside a verification batch
@@ -68,13 +68,7 @@ def unmirror_match(match: PairMatch, image_b: str, width_b: float) -> PairMatch:
 def merge_mirrored(direct: list[PairMatch], mirrored: list[PairMatch], iou: float = 0.5) -> list[PairMatch]:
     """Direct matches plus mirrored ones that are not the same region pair; of twins
     (both boxes overlapping more than ``iou``) the better score stays. Best first."""
-    kept = list(direct)
-    for m in mirrored:
-        twin = next((i for i, d in enumerate(kept) if d.box_a.iou(m.box_a) > iou and d.box_b.iou(m.box_b) > iou), None)
-        if twin is None:
-            kept.append(m)
-        elif m.score > kept[twin].score:
-            kept[twin] = m
+    kept = merge_twins(direct, mirrored, lambda d, m: d.box_a.iou(m.box_a) > iou and d.box_b.iou(m.box_b) > iou)
     return sorted(kept, key=lambda m: -m.score)
 
 

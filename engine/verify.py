@@ -757,6 +757,20 @@ def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | No
     return to_pair_matches(build_regions(keep, weight, affine, m, batch, config), batch, names, config)
 
 
+def merge_twins(base: list[PairMatch], extra: list[PairMatch],
+                same: Callable[[PairMatch, PairMatch], bool]) -> list[PairMatch]:
+    """``base`` plus the matches of ``extra`` that are no twin (``same``) of a base match;
+    of twins the better score stays, in the base match's place."""
+    kept = list(base)
+    for m in extra:
+        twin = next((i for i, b in enumerate(base) if same(b, m)), None)
+        if twin is None:
+            kept.append(m)
+        elif m.score > kept[twin].score:
+            kept[twin] = m
+    return kept
+
+
 def _resolve(device: torch.device | str | None, pyramid: FeaturePyramid) -> torch.device:
     return torch.device(device) if device is not None else pyramid.levels[0].device
 

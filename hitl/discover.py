@@ -51,7 +51,7 @@ from engine.shortlist import (
 )
 from engine.texture import TextureConfig, collection_counts, combined_weights
 from engine.types import PairMatch, Region
-from engine.verify import VerifyConfig, verify_pairs
+from engine.verify import VerifyConfig, merge_twins, verify_pairs
 from hitl.index import update_index
 from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.masks import compute_link_masks
@@ -303,14 +303,7 @@ def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], py
 
 def merge_directions(forward: list[PairMatch], backward: list[PairMatch], iou: float = 0.5) -> list[PairMatch]:
     """Matches of A->B plus those of B->A that are not the same region pair seen backwards."""
-    kept = list(forward)
-    for m in backward:
-        twin = next((i for i, f in enumerate(forward) if f.box_a.iou(m.box_b) > iou and f.box_b.iou(m.box_a) > iou), None)
-        if twin is None:
-            kept.append(m)
-        elif m.score > kept[twin].score:
-            kept[twin] = m
-    return kept
+    return merge_twins(forward, backward, lambda f, m: f.box_a.iou(m.box_b) > iou and f.box_b.iou(m.box_a) > iou)
 
 
 def _store_clusters(store: Store, run_id: int, links, graph: GraphConfig) -> int:
