@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -303,6 +304,36 @@ class CollectionFeatures:
     failures: list[FeatureFailure]
 
 
+def split_cached(items: Sequence[tuple[str, str | Path]], cache, hashes: dict[str, str] | None,
+                 failures: list[FeatureFailure], present_only: bool = False,
+                 ) -> tuple[dict[int, tuple[str, Any]], list[tuple[int, str, str, str]]]:
+    """Which items a cache (``get(hash)``, ``path(hash)``) already holds, and which to compute.
+
+    Unreadable files go to ``failures``. With ``present_only`` a cached item is only
+    checked for, not loaded (its value is None).
+
+    Returns:
+        ``{position: (image_id, cached value)}`` and ``[(position, image_id, path, hash)]`` to compute.
+    """
+    found: dict[int, tuple[str, Any]] = {}
+    todo: list[tuple[int, str, str, str]] = []
+    for pos, (image_id, path) in enumerate(items):
+        try:
+            digest = (hashes or {}).get(image_id) or content_hash(path)
+        except OSError as err:
+            failures.append(FeatureFailure(str(path), f"cannot read file ({err.strerror or err})"))
+            continue
+        if cache and present_only and cache.path(digest).is_file():
+            found[pos] = (image_id, None)
+            continue
+        cached = cache.get(digest) if cache else None
+        if cached is not None:
+            found[pos] = (image_id, cached)
+        else:
+            todo.append((pos, image_id, str(path), digest))
+    return found, todo
+
+
 def collection_features(
     backbone: Backbone,
     items: Iterable[tuple[str, str | Path]],
@@ -325,22 +356,7 @@ def collection_features(
     items = list(items)
     cache = FeatureCache(cache_root, backbone.model_id, config) if cache_root else None
     result = CollectionFeatures([], [], [])
-    todo: list[tuple[int, str, str, str]] = []  # (position, image_id, path, hash)
-    found: dict[int, tuple[str, FeaturePyramid | None]] = {}
-    for pos, (image_id, path) in enumerate(items):
-        try:
-            digest = (hashes or {}).get(image_id) or content_hash(path)
-        except OSError as err:
-            result.failures.append(FeatureFailure(str(path), f"cannot read file ({err.strerror or err})"))
-            continue
-        if cache and not keep and cache.path(digest).is_file():
-            found[pos] = (image_id, None)
-            continue
-        cached = cache.get(digest) if cache else None
-        if cached is not None:
-            found[pos] = (image_id, cached)
-        else:
-            todo.append((pos, image_id, str(path), digest))
+    found, todo = split_cached(items, cache, hashes, result.failures, present_only=not keep)
     bar = tqdm(total=len(todo), desc="features", unit="img", disable=not progress or not todo)
     max_pixels = config.max_side * STRIDE
     for start in range(0, len(todo), batch_size):

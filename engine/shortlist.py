@@ -442,20 +442,29 @@ class CellBag:
     owner: torch.Tensor
 
 
-def cell_bag(pyramids: Sequence[FeaturePyramid], weights: Sequence[Sequence[torch.Tensor]] | None,
+def cell_bag(pyramids: Iterable[FeaturePyramid], weights: Iterable[Sequence[torch.Tensor]] | None,
              levels: Callable[[int], Iterable[int]]) -> CellBag:
     """Every cell of ``levels(n_levels)`` of each pyramid, with its texture weight (1 without)."""
-    feats, wts, owner = [], [], []
+    return cell_bags(pyramids, weights, levels)[0]
+
+
+def cell_bags(pyramids: Iterable[FeaturePyramid], weights: Iterable[Sequence[torch.Tensor]] | None,
+              *levels: Callable[[int], Iterable[int]]) -> list[CellBag]:
+    """One :class:`CellBag` per ``levels`` selector, in one pass over the pyramids (each is
+    read once, and none is kept: a large collection never sits in memory)."""
+    weights = iter(weights) if weights is not None else None
+    parts: list[tuple[list, list, list]] = [([], [], []) for _ in levels]
     for i, pyramid in enumerate(pyramids):
-        for level in levels(len(pyramid.levels)):
-            fmap = pyramid.levels[level]
-            feats.append(fmap.flatten(1).T.float())
-            w = weights[i][level].flatten().float() if weights is not None else torch.ones(fmap.shape[1] * fmap.shape[2])
-            wts.append(w)
-            owner.append(torch.full((len(w),), i, dtype=torch.long))
-    if not feats:
-        return CellBag(torch.zeros(0, 0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
-    return CellBag(torch.cat(feats), torch.cat(wts), torch.cat(owner))
+        w_levels = next(weights) if weights is not None else None
+        for (feats, wts, owner), select in zip(parts, levels):
+            for level in select(len(pyramid.levels)):
+                fmap = pyramid.levels[level]
+                feats.append(fmap.flatten(1).T.float())
+                wts.append(w_levels[level].flatten().float() if w_levels is not None
+                           else torch.ones(fmap.shape[1] * fmap.shape[2]))
+                owner.append(torch.full((len(wts[-1]),), i, dtype=torch.long))
+    return [CellBag(torch.cat(f), torch.cat(w), torch.cat(o)) if f else
+            CellBag(torch.zeros(0, 0), torch.zeros(0), torch.zeros(0, dtype=torch.long)) for f, w, o in parts]
 
 
 @torch.no_grad()

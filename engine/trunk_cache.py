@@ -33,8 +33,9 @@ from engine.features import (
     FeatureFailure,
     FeaturePyramid,
     extract_pyramids,
+    split_cached,
 )
-from engine.images import ImageReadError, content_hash, image_size, load_rgb
+from engine.images import ImageReadError, image_size, load_rgb
 
 
 def split_trunk(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
@@ -122,20 +123,8 @@ def trunk_inputs(backbone: Backbone, items: Iterable[tuple[str, str | Path]], co
     """
     items = list(items)
     cache = TrunkCache(cache_root, backbone, config) if cache_root else None
-    found: dict[int, tuple[str, FeaturePyramid]] = {}
     failures: list[FeatureFailure] = []
-    todo: list[tuple[int, str, str, str]] = []
-    for pos, (image_id, path) in enumerate(items):
-        try:
-            digest = (hashes or {}).get(image_id) or content_hash(path)
-        except OSError as err:
-            failures.append(FeatureFailure(str(path), f"cannot read file ({err.strerror or err})"))
-            continue
-        cached = cache.get(digest) if cache else None
-        if cached is not None:
-            found[pos] = (image_id, cached)
-        else:
-            todo.append((pos, image_id, str(path), digest))
+    found, todo = split_cached(items, cache, hashes, failures)
     bar = tqdm(total=len(todo), desc="trunk cache", unit="img", disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         chunk, arrays, sizes = [], [], []

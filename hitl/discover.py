@@ -42,7 +42,7 @@ from engine.mirror import (
 from engine.shortlist import (
     ShortlistConfig,
     all_pairs,
-    cell_bag,
+    cell_bags,
     global_descriptors,
     look_alike_groups,
     shortlist_pairs,
@@ -233,8 +233,8 @@ def collection_votes(ids: Sequence[str], pyramids: Callable[[str], FeaturePyrami
         return range(min(config.vote_level, n - 1), n)
 
     use = weights if config.texture_weight else None
-    queries = cell_bag([pyramids(i) for i in ids], [use(i) for i in ids] if use else None, query_levels)
-    database = cell_bag([pyramids(i) for i in ids], [use(i) for i in ids] if use else None, database_levels)
+    queries, database = cell_bags((pyramids(i) for i in ids), (use(i) for i in ids) if use else None,
+                                  query_levels, database_levels)
     return vote_scores(queries, database, len(ids), config.vote_neighbours)
 
 
