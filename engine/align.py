@@ -203,3 +203,36 @@ def refine_alignment(image_a: np.ndarray, image_b: np.ndarray, box_a: Box, affin
 def warp_b_onto_a(image_b: np.ndarray, alignment: Alignment, scale_b: float = 1.0) -> np.ndarray:
     """(h, w, 3) B resampled onto A's working crop through the alignment."""
     return sample(image_b, scale_b, alignment.to_b.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class AlignedCrops:
+    """A's region and B warped onto it, on the alignment's working grid.
+
+    Attributes:
+        alignment: the refined alignment.
+        xs, ys: (w,), (h,) A's original pixel coordinates of the grid's columns and rows.
+        crop_a, aligned: (h, w, 3) uint8 A's region and B aligned onto it.
+        valid: (h, w) bool, where B's image reaches.
+    """
+
+    alignment: Alignment
+    xs: np.ndarray
+    ys: np.ndarray
+    crop_a: np.ndarray
+    aligned: np.ndarray
+    valid: np.ndarray
+
+
+def aligned_crops(image_a: np.ndarray, image_b: np.ndarray, box_a: Box, affine: Affine,
+                  config: AlignConfig = AlignConfig(), scale_a: float = 1.0, scale_b: float = 1.0) -> AlignedCrops:
+    """Refine a link's alignment and resample both images onto A's working grid (views
+    as (H, W, 3) uint8 arrays, ``scale_*`` view px per original px)."""
+    alignment = refine_alignment(image_a, image_b, box_a, affine, config, scale_a, scale_b)
+    h, w = alignment.to_b.shape[:2]
+    xs = alignment.region.x0 + (np.arange(w) + 0.5) / alignment.scale
+    ys = alignment.region.y0 + (np.arange(h) + 0.5) / alignment.scale
+    crop_a = sample(image_a, scale_a, np.stack(np.meshgrid(xs, ys), -1))
+    aligned = warp_b_onto_a(image_b, alignment, scale_b)
+    valid = warp_b_onto_a(np.full(image_b.shape[:2], 255, np.uint8), alignment, scale_b) > 250
+    return AlignedCrops(alignment, xs, ys, crop_a, aligned, valid)

@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from engine.align import AlignConfig, Alignment, refine_alignment, sample, structure, warp_b_onto_a
+from engine.align import (
+    AlignConfig,
+    Alignment,
+    aligned_crops,
+    structure,
+)
 from engine.types import Affine, Box
 
 
@@ -170,13 +175,9 @@ def link_mask(image_a: np.ndarray, image_b: np.ndarray, box_a: Box, affine: Affi
               backbone=None, scale_a: float = 1.0, scale_b: float = 1.0) -> LinkMask:
     """Align a link's regions (:func:`engine.align.refine_alignment`) and segment what
     they share. Images are (H, W, 3) uint8 views, ``scale_*`` view px per original px."""
-    alignment = refine_alignment(image_a, image_b, box_a, affine, align_config, scale_a, scale_b)
-    h, w = alignment.to_b.shape[:2]
-    xs = alignment.region.x0 + (np.arange(w) + 0.5) / alignment.scale
-    ys = alignment.region.y0 + (np.arange(h) + 0.5) / alignment.scale
-    crop_a = sample(image_a, scale_a, np.stack(np.meshgrid(xs, ys), -1))
-    aligned = warp_b_onto_a(image_b, alignment, scale_b)
-    valid = warp_b_onto_a(np.full(image_b.shape[:2], 255, np.uint8), alignment, scale_b) > 250
+    crops = aligned_crops(image_a, image_b, box_a, affine, align_config, scale_a, scale_b)
+    alignment, xs, ys = crops.alignment, crops.xs, crops.ys
+    crop_a, aligned, valid = crops.crop_a, crops.aligned, crops.valid
     box_mask = ((xs >= box_a.x0) & (xs < box_a.x1))[None, :] & ((ys >= box_a.y0) & (ys < box_a.y1))[:, None]
     mask = shared_mask(crop_a, aligned, valid, box_mask, config, align_config.contrast_sigma, backbone)
     polygon = mask_polygon(mask, alignment)

@@ -21,7 +21,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from engine.align import AlignConfig, Alignment, refine_alignment, sample, structure, warp_b_onto_a
+from engine.align import (
+    AlignConfig,
+    Alignment,
+    aligned_crops,
+    structure,
+)
 from engine.types import Affine, Box
 
 DIFF_COLOUR = np.array([230, 30, 40], np.float32)  # red: colour-blind safe against grey
@@ -60,13 +65,8 @@ def difference_view(view_a: np.ndarray, view_b: np.ndarray, box_a: Box, affine: 
                     scale_a: float = 1.0, scale_b: float = 1.0,
                     config: AlignConfig = AlignConfig()) -> DifferenceView:
     """The pictures of the module docstring for a link (views as (H, W, 3) uint8 arrays)."""
-    alignment = refine_alignment(view_a, view_b, box_a, affine, config, scale_a, scale_b)
-    h, w = alignment.to_b.shape[:2]
-    xs = alignment.region.x0 + (np.arange(w) + 0.5) / alignment.scale
-    ys = alignment.region.y0 + (np.arange(h) + 0.5) / alignment.scale
-    crop_a = sample(view_a, scale_a, np.stack(np.meshgrid(xs, ys), -1))
-    aligned = warp_b_onto_a(view_b, alignment, scale_b)
-    reach = warp_b_onto_a(np.full(view_b.shape[:2], 255, np.uint8), alignment, scale_b) > 250
+    crops = aligned_crops(view_a, view_b, box_a, affine, config, scale_a, scale_b)
+    alignment, crop_a, aligned, reach = crops.alignment, crops.crop_a, crops.aligned, crops.valid
     diff = difference_map(crop_a, aligned, reach, config.contrast_sigma)
     return DifferenceView(Image.fromarray(crop_a), Image.fromarray(aligned), Image.fromarray(highlight(crop_a, diff)),
                           diff, alignment)
