@@ -225,6 +225,7 @@ def test_review_fits_one_laptop_screen(server, browser, project):
     _settle(page)
     evidence = page.locator(".st-key-review_evidence")
     pictures = evidence.locator('[data-testid="stImage"] img')
+    pictures.nth(4).wait_for()  # under load the last pictures arrive after the header
     assert pictures.count() == 5  # A, B, A's region, B's region, the overlay
     for what in (pictures, evidence.locator('[data-testid="stText"]'),
                  page.locator(".st-key-confirm button"), page.locator('[data-testid="stProgress"]')):
