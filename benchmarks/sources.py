@@ -37,6 +37,7 @@ from db.store import Store
 from engine.discovery_metrics import ground_truth_pairs, link_quality, shortlist_recall
 from engine.evaluate import Instance, Query
 from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
+from engine.mirror import cache_mirrored_features, mirror_hash
 from engine.shortlist import ShortlistConfig, look_alike_groups, shortlist_pairs
 from engine.texture import TextureConfig
 from engine.types import Box
@@ -57,9 +58,11 @@ THRESHOLDS = (0.01, 0.02, 0.03, 0.05)
 SHORTLISTS = {
     "max region (first version)": (ShortlistConfig(grids=(1, 8), scoring="max", texture_weight=False), None),
     "distinctive regions": (ShortlistConfig(scoring="distinctive"), None),
-    "cell votes, no cap": (ShortlistConfig(), None),
-    "cell votes, look-alike cap": (ShortlistConfig(), "look"),
-    "cell votes, collection cap": (ShortlistConfig(), "collection"),
+    "cell votes summed, no cap": (ShortlistConfig(vote_bin=0.0), None),
+    "cell votes in one Hough bin": (ShortlistConfig(), None),
+    "Hough votes + mirror, no cap": (ShortlistConfig(), None),
+    "Hough votes + mirror, look cap": (ShortlistConfig(), "look"),  # discovery's default
+    "Hough votes + mirror, coll. cap": (ShortlistConfig(), "collection"),
 }
 
 
@@ -129,6 +132,9 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
                                 paths.features, progress=True, hashes=hashes, keep=False)
     ids = feats.image_ids
     pyramids = CachedPyramids(FeatureCache(paths.features, backbone.model_id, FeatureConfig()), hashes)
+    cache_mirrored_features(backbone, [(i.image_id, i.path) for i in images], hashes, FeatureConfig(), paths.features)
+    mirrored = CachedPyramids(FeatureCache(paths.features, backbone.model_id, FeatureConfig()),
+                              {i: mirror_hash(h) for i, h in hashes.items()})
     _, _, subsets, _ = demo_truth(store, demo)
     collection_of = {img.image_id: img.collection or "" for img in images}
     names = sorted(set(collection_of.values()))
@@ -141,7 +147,8 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
     for name, (config, groups) in SHORTLISTS.items():
         start = time.perf_counter()
         desc = image_descriptors(ids, pyramids, config, weights=weights if config.texture_weight else None)
-        votes = collection_votes(ids, pyramids, weights, config) if config.scoring == "votes" else None
+        votes = (collection_votes(ids, pyramids, weights, config, mirrored if "mirror" in name else None)
+                 if config.scoring == "votes" else None)
         group = None if groups is None else (look_alike_groups(desc) if groups == "look" else by_collection)
         row = {}
         for k in KS:
@@ -179,7 +186,7 @@ def print_tables(result: dict) -> None:
     for name, row in result["shortlist"]["shortlist"].items():
         recall = {int(k): v for k, v in row["recall"].items()}  # JSON keys are strings
         cells = "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + f" [{recall[k]['pairs']}]" for k in KS)
-        print(f"  {name:28s} {cells}   ({row['seconds']:.1f} s)")
+        print(f"  {name:32s} {cells}   ({row['seconds']:.1f} s)")
     if "discovery" in result:
         d = result["discovery"]
         print(f"discovery {d['config']}: {d['pairs_verified']} pairs shortlisted, "

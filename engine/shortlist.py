@@ -54,6 +54,10 @@ class ShortlistConfig:
     scoring: str = "votes"
     vote_level: int = 3  # query cells at this level (20 cells on the long side) ...
     vote_neighbours: int = 5  # ... each votes for the images of its 5 nearest cells at this level and coarser
+    # Votes count only where they agree on where the detail went: an image pair scores its
+    # heaviest bin of (database level, translation), bins this many database cells wide
+    # (ArtMiner's Hough vote, §4.1, brought to the shortlist). 0: every vote counts (sum).
+    vote_bin: float = 3.0
     background_k: int = 10  # a region's background: its mean best match over this many images (CSLS's K = 10)
     top_regions: int = 3  # the pair score sums this many best distinctive region matches
     # At most this share of an image's k neighbours come from its own look-alike group
@@ -79,6 +83,8 @@ class ShortlistConfig:
             raise ValueError(f"shortlist scoring must be 'votes', 'distinctive' or 'max', got {self.scoring!r}")
         if self.vote_neighbours < 1 or self.vote_level < 0:
             raise ValueError("vote_neighbours must be >= 1 and vote_level >= 0")
+        if self.vote_bin < 0:
+            raise ValueError(f"vote_bin must be >= 0, got {self.vote_bin}")
         if self.background_k < 1 or self.top_regions < 1:
             raise ValueError("background_k and top_regions must be >= 1")
         if not 0.0 < self.same_group_share <= 1.0:
@@ -434,12 +440,17 @@ def distinctive_knn(desc: torch.Tensor | np.ndarray, config: ShortlistConfig, gr
 
 @dataclass
 class CellBag:
-    """Feature cells of many images pooled together: features (M, C), weights (M,) and
-    owner (M,) image index; built by :func:`cell_bag`."""
+    """Feature cells of many images pooled together, built by :func:`cell_bag`: features
+    (M, C), weights (M,), owner (M,) image index (cells of one image are contiguous,
+    images in order), and where each cell is: centre (M, 2) in pixels of its image, width
+    (M,) of its cell in pixels and pyramid level (M,)."""
 
     features: torch.Tensor
     weights: torch.Tensor
     owner: torch.Tensor
+    centre: torch.Tensor | None = None
+    width: torch.Tensor | None = None
+    level: torch.Tensor | None = None
 
 
 def cell_bag(pyramids: Iterable[FeaturePyramid], weights: Iterable[Sequence[torch.Tensor]] | None,
@@ -453,23 +464,59 @@ def cell_bags(pyramids: Iterable[FeaturePyramid], weights: Iterable[Sequence[tor
     """One :class:`CellBag` per ``levels`` selector, in one pass over the pyramids (each is
     read once, and none is kept: a large collection never sits in memory)."""
     weights = iter(weights) if weights is not None else None
-    parts: list[tuple[list, list, list]] = [([], [], []) for _ in levels]
+    parts: list[tuple[list, ...]] = [([], [], [], [], [], []) for _ in levels]
     for i, pyramid in enumerate(pyramids):
         w_levels = next(weights) if weights is not None else None
-        for (feats, wts, owner), select in zip(parts, levels):
+        for (feats, wts, owner, centre, width, lvl), select in zip(parts, levels):
             for level in select(len(pyramid.levels)):
                 fmap = pyramid.levels[level]
+                _, h, w = fmap.shape
                 feats.append(fmap.flatten(1).T.float())
-                wts.append(w_levels[level].flatten().float() if w_levels is not None
-                           else torch.ones(fmap.shape[1] * fmap.shape[2]))
-                owner.append(torch.full((len(wts[-1]),), i, dtype=torch.long))
-    return [CellBag(torch.cat(f), torch.cat(w), torch.cat(o)) if f else
-            CellBag(torch.zeros(0, 0), torch.zeros(0), torch.zeros(0, dtype=torch.long)) for f, w, o in parts]
+                wts.append(w_levels[level].flatten().float() if w_levels is not None else torch.ones(h * w))
+                owner.append(torch.full((h * w,), i, dtype=torch.long))
+                cx, cy = pyramid.cell_size(level)
+                rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+                centre.append(torch.stack([(cols.flatten() + 0.5) * cx, (rows.flatten() + 0.5) * cy], 1).float())
+                width.append(torch.full((h * w,), cx))
+                lvl.append(torch.full((h * w,), level, dtype=torch.long))
+    return [CellBag(*(torch.cat(v) for v in part)) if part[0] else
+            CellBag(torch.zeros(0, 0), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                    torch.zeros(0, 2), torch.zeros(0), torch.zeros(0, dtype=torch.long)) for part in parts]
+
+
+def _image_blocks(owner: torch.Tensor, rows: int) -> list[slice]:
+    """Slices of ``owner`` (sorted) of about ``rows`` rows that never split an image."""
+    starts = torch.nonzero(torch.diff(owner, prepend=owner[:1] - 1)).flatten().tolist() + [len(owner)]
+    blocks, begin = [], 0
+    for start, end in zip(starts[:-1], starts[1:]):
+        if end - begin > rows and start > begin:
+            blocks.append(slice(begin, start))
+            begin = start
+    return blocks + [slice(begin, len(owner))] if len(owner) else blocks
+
+
+def _hough_peaks(pair: torch.Tensor, level: torch.Tensor, shift: torch.Tensor, bin_width: torch.Tensor,
+                 vote: torch.Tensor, n_pairs: int) -> torch.Tensor:
+    """(n_pairs,) heaviest (level, translation) bin of each pair's votes.
+
+    Two grids of bins staggered by half a bin in each axis (four in all): a peak cut by a
+    bin edge in one grid is whole in another.
+    """
+    best = torch.zeros(n_pairs)
+    for ox in (0.0, 0.5):
+        for oy in (0.0, 0.5):
+            bx = (torch.floor(shift[:, 0] / bin_width + ox).long() + 2048).clamp(0, 4095)
+            by = (torch.floor(shift[:, 1] / bin_width + oy).long() + 2048).clamp(0, 4095)
+            key = ((pair * 16 + level.clamp(0, 15)) * 4096 + bx) * 4096 + by
+            bins, inverse = torch.unique(key, return_inverse=True)
+            mass = torch.zeros(len(bins)).index_add_(0, inverse, vote)
+            best.scatter_reduce_(0, torch.div(bins, 16 * 4096 * 4096, rounding_mode="floor"), mass, "amax")
+    return best
 
 
 @torch.no_grad()
 def vote_scores(queries: CellBag, database: CellBag, n_images: int, neighbours: int = 5,
-                block_elements: int = 1 << 25) -> torch.Tensor:
+                block_elements: int = 1 << 25, bin_cells: float = 0.0) -> torch.Tensor:
     """How strongly each image's cells point at each other image (N, N), symmetric.
 
     Each query cell finds its ``neighbours + 1`` nearest database cells in *other*
@@ -479,6 +526,13 @@ def vote_scores(queries: CellBag, database: CellBag, n_images: int, neighbours: 
     neighbours and casts almost nothing), times both cells' texture weights. A copied
     detail redrawn in another medium is rarely anyone's nearest cell *globally* by a wide
     margin, but its several cells point at the same image, so the votes add up there.
+
+    With ``bin_cells`` > 0 the votes must also agree on where the detail went, as in
+    ArtMiner's Hough vote: a vote from query cell p to a database cell q at scale
+    s = (q's cell width / p's) says the detail moved by t = q - s * p; a pair scores the
+    votes of its heaviest (database level, t) bin, ``bin_cells`` database cells wide,
+    instead of all of them. Generic cells (sky, paper, hatching) vote for scattered
+    translations, the cells of a copied detail for one.
 
     Args:
         queries, database: cells (see :func:`cell_bag`); database cells may come from
@@ -493,14 +547,21 @@ def vote_scores(queries: CellBag, database: CellBag, n_images: int, neighbours: 
         return score.view(n_images, n_images)
     m = min(neighbours + 1, len(database.features))
     rows = max(1, block_elements // len(database.features))
-    for s in range(0, len(queries.features), rows):
-        part = slice(s, s + rows)
+    for part in _image_blocks(queries.owner, rows):  # an image's votes all in one block: its bins are whole
         sim = queries.features[part] @ database.features.T  # (r, M)
         sim.masked_fill_(queries.owner[part, None] == database.owner[None, :], -2.0)
         top, idx = sim.topk(m, dim=1)
-        vote = (top[:, :-1] - top[:, -1:]).clamp_min(0) * queries.weights[part, None] * database.weights[idx[:, :-1]]
-        key = queries.owner[part, None] * n_images + database.owner[idx[:, :-1]]
-        score.index_add_(0, key.flatten(), vote.flatten())
+        idx = idx[:, :-1]
+        vote = (top[:, :-1] - top[:, -1:]).clamp_min(0) * queries.weights[part, None] * database.weights[idx]
+        key = queries.owner[part, None] * n_images + database.owner[idx]
+        if bin_cells <= 0:
+            score.index_add_(0, key.flatten(), vote.flatten())
+            continue
+        scale = database.width[idx] / queries.width[part, None]  # (r, n)
+        shift = database.centre[idx] - scale[..., None] * queries.centre[part, None]  # (r, n, 2)
+        peaks = _hough_peaks(key.flatten(), database.level[idx].flatten(), shift.flatten(0, 1),
+                             (bin_cells * database.width[idx]).flatten(), vote.flatten(), n_images * n_images)
+        score = torch.maximum(score, peaks)
     score = score.view(n_images, n_images)
     return torch.maximum(score, score.T).fill_diagonal_(0.0)
 

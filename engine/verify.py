@@ -40,6 +40,8 @@ from engine.features import FeaturePyramid
 from engine.texture import TextureConfig, pyramid_weights
 from engine.types import Box, PairMatch
 
+SCORES = ("authors", "gaussian")
+
 
 @dataclass(frozen=True)
 class VerifyConfig:
@@ -50,11 +52,21 @@ class VerifyConfig:
     max_group: int = 128  # matches per group scored by RANSAC (most similar first; refit uses all)
     ransac_iterations: int = 1000  # 3-point affine hypotheses per group (authors' code: 1000)
     inlier_threshold: float = 2.0  # residual limit: B cells at the match's level, A cells backwards
-    score_sigma: float = 1.4  # sigma of eq. 2, same units (authors' code exp(-e^2/tol^2): tol/sqrt 2)
+    score_sigma: float = 1.4  # sigma of the Gaussian weighting RANSAC's hypotheses (authors' exp(-e^2/tol^2): tol/sqrt 2)
     max_anisotropy: float = 3.0  # affines stretching one axis over 3x the other are degenerate fits
     refit_iterations: int = 2  # least-squares refits on the inliers of all the pair's matches
     min_inliers: int = 6  # regions with fewer final inliers are dropped
-    min_component: int = 3  # smaller 4-connected groups of inlier A cells go (authors' code: 3)
+    min_component: int = 3  # smaller connected groups of inlier cells go (authors' code: 3)
+    # Inlier components: 8-connected on A's grid and on B's (B's positions mapped back to
+    # A's frame), dropped and relabelled until stable, as the authors' KeepOnlyLargeCC;
+    # 4 = the first version (4-connected on A's grid only, once).
+    connectivity: int = 8
+    # The pair's score. "authors": sum of the inliers' similarities over N, A's cells
+    # less a `margin`-cell border (their pair_discovery.py: no Gaussian, and border cells,
+    # spoilt by the network's zero padding, take no part). "gaussian": the first version's
+    # eq. 2 reading, each similarity weighted by exp(-e^2 / 2 sigma^2) over all A cells.
+    score: str = "authors"
+    margin: int = 3  # A cells this close to the image border take no part (whole-image A only)
     max_regions_per_pair: int = 5  # distinct regions kept per pair, best score first
     dedupe_iou: float = 0.5  # regions whose A boxes overlap more are one region (best kept)
     seed: int = 0  # RANSAC samples; the same for every pair, so batching never changes results
@@ -77,6 +89,12 @@ class VerifyConfig:
                 raise ValueError(f"VerifyConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.max_anisotropy < 1:
             raise ValueError(f"VerifyConfig.max_anisotropy must be >= 1, got {self.max_anisotropy}")
+        if self.connectivity not in (4, 8):
+            raise ValueError(f"VerifyConfig.connectivity must be 4 or 8, got {self.connectivity}")
+        if self.score not in SCORES:
+            raise ValueError(f"VerifyConfig.score must be one of {SCORES}, got {self.score!r}")
+        if self.margin < 0:
+            raise ValueError(f"VerifyConfig.margin must be >= 0, got {self.margin}")
 
 
 # Largest (rows x cols) tensor one batched step materialises at once: small on CPU, where
@@ -143,10 +161,16 @@ def _rows(level: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torc
     return level.flatten(1).T.to(device=device, dtype=dtype)
 
 
-def _region_cells(h: int, w: int, cell: tuple[float, float], region: Box | None) -> torch.Tensor:
-    """(h * w,) bool: cells whose centre lies inside ``region`` (all cells when None)."""
+def _region_cells(h: int, w: int, cell: tuple[float, float], region: Box | None, margin: int = 0) -> torch.Tensor:
+    """(h * w,) bool: cells whose centre lies inside ``region``; when None, every cell at
+    least ``margin`` cells from the border (all of them on a grid too small for one)."""
     if region is None:
-        return torch.ones(h * w, dtype=torch.bool)
+        inner = torch.zeros(h, w, dtype=torch.bool)
+        if h > 2 * margin and w > 2 * margin:
+            inner[margin : h - margin, margin : w - margin] = True
+        else:
+            inner[:] = True
+        return inner.flatten()
     xs = (torch.arange(w) + 0.5) * cell[0]
     ys = (torch.arange(h) + 0.5) * cell[1]
     inside_x = (xs >= region.x0) & (xs < region.x1)
@@ -162,10 +186,12 @@ def stack_pairs(
     names: Sequence[tuple[str, str]],
     device: torch.device,
     weights: Sequence[tuple[Weights, Weights]] | None = None,
+    margin: int = 0,
 ) -> PairBatch:
     """Pad the pyramids of P pairs (A, B, region of A or None) into one :class:`PairBatch`.
 
     ``weights``: per pair, the texture weights of A's and B's levels; None: all ones.
+    ``margin``: A cells this close to the border take no part when A has no region.
     """
     dtype = torch.float16 if device.type == "cuda" else torch.float32  # no fast half reductions on CPUs
     n_levels = max(len(b.levels) for _, b, _ in pairs)
@@ -175,7 +201,7 @@ def stack_pairs(
         _check_pyramid(b, name_b)
         if a.levels[0].shape[0] != channels or any(t.shape[0] != channels for t in b.levels):
             raise ValueError(f"pair ({name_a!r}, {name_b!r}): feature channels differ from {channels}")
-    inside = [_region_cells(a.levels[0].shape[1], a.levels[0].shape[2], a.cell_size(0), region)
+    inside = [_region_cells(a.levels[0].shape[1], a.levels[0].shape[2], a.cell_size(0), region, margin)
               for a, _, region in pairs]
     feats_a = pad_sequence([_rows(a.levels[0], device, dtype) * m[:, None].to(device)
                             for (a, _, _), m in zip(pairs, inside)], batch_first=True)
@@ -577,7 +603,7 @@ def keep_best(key: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, n_key
 
 
 def consistent_inliers(affine: torch.Tensor, m: Matches, batch: PairBatch,
-                       config: VerifyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+                       config: VerifyConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inliers of each (pair, group) that pass the backward check, one-to-one.
 
     Forward: residual under ``affine`` below the threshold in B cells of the match's level.
@@ -586,7 +612,10 @@ def consistent_inliers(affine: torch.Tensor, m: Matches, batch: PairBatch,
     cell from B (the heaviest is kept), as in the authors' bijectivity check.
 
     Returns:
-        keep (P, G, M) bool and weight (P, G, M): exp(-e^2/2 sigma^2) * similarity.
+        keep (P, G, M) bool; weight (P, G, M): the match's share of the score (its
+        similarity, times exp(-e^2/2 sigma^2) for the "gaussian" score); b_cell (P, G, M)
+        long: the cell of B's grid the match lands in, B's grid being A's mapped onto B
+        by the affine (the authors' FeatSizeImgTarget), flat over (h + 2 pad, w + 2 pad).
     """
     P, G = affine.shape[:2]
     limit = config.inlier_threshold**2
@@ -607,14 +636,16 @@ def consistent_inliers(affine: torch.Tensor, m: Matches, batch: PairBatch,
     key = row * (wa + 2 * pad) + col
     keep = keep_best(key.flatten(0, 1), weight.flatten(0, 1), keep.flatten(0, 1),
                      (ha + 2 * pad) * (wa + 2 * pad)).view(P, G, -1)
-    return keep, weight
+    if config.score == "authors":
+        weight = m.sim[:, None].expand(-1, G, -1)
+    return keep, weight, key
 
 
 # ---------------------------------------------------------------- regions
 
 
-def large_components(cells: np.ndarray, min_size: int) -> np.ndarray:
-    """Keep the 4-connected components of at least ``min_size`` cells of each grid.
+def large_components(cells: np.ndarray, min_size: int, connectivity: int = 4) -> np.ndarray:
+    """Keep the connected components (4- or 8-connected) of at least ``min_size`` cells of each grid.
 
     Args:
         cells: (R, h, w) bool, one grid per region (components never cross grids).
@@ -623,7 +654,7 @@ def large_components(cells: np.ndarray, min_size: int) -> np.ndarray:
         (R, h, w) bool.
     """
     structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected, within a grid only
+    structure[1] = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)  # within a grid only
     labels, _ = ndimage.label(cells, structure=structure)
     sizes = np.bincount(labels.ravel(), minlength=1)
     large = sizes >= min_size
@@ -655,12 +686,39 @@ def _cell_boxes(grids: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def build_regions(keep: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, m: Matches,
-                  batch: PairBatch, config: VerifyConfig) -> Regions:
-    """Connected-component filter, eq. 2 score and final refit per (pair, group).
+def surviving_inliers(a_cell: np.ndarray, b_cell: np.ndarray, a_shape: tuple[int, int],
+                      b_shape: tuple[int, int], min_size: int, connectivity: int = 8, both: bool = True) -> np.ndarray:
+    """Which inliers lie in large components of A's grid (and of B's, with ``both``),
+    dropping the others and relabelling until nothing changes (the authors' KeepOnlyLargeCC).
 
     Args:
-        keep, weight: (P, G, M) from :func:`consistent_inliers`; affine: (P, G, 2, 3).
+        a_cell, b_cell: (K, 3) long (region, row, col) of each inlier on A's and B's grids.
+        a_shape, b_shape: (h, w) of the grids.
+
+    Returns:
+        (K,) bool.
+    """
+    alive = np.ones(len(a_cell), dtype=bool)
+    n_regions = int(a_cell[:, 0].max()) + 1 if len(a_cell) else 0
+    while alive.any():
+        ok = alive.copy()
+        for cells, shape in ((a_cell, a_shape), (b_cell, b_shape))[: 2 if both else 1]:
+            at = tuple(cells[alive].T)
+            grids = np.zeros((n_regions, *shape), dtype=bool)
+            grids[at] = True
+            ok[alive] &= large_components(grids, min_size, connectivity)[at]
+        if (ok == alive).all() or not both:
+            return ok
+        alive = ok
+    return alive
+
+
+def build_regions(keep: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, m: Matches,
+                  batch: PairBatch, config: VerifyConfig, b_cell: torch.Tensor | None = None) -> Regions:
+    """Connected-component filter, score and final refit per (pair, group).
+
+    Args:
+        keep, weight, b_cell: (P, G, M) from :func:`consistent_inliers`; affine: (P, G, 2, 3).
     """
     P, G, _ = keep.shape
     # Trim to the distinctive support: inliers on A's repetitive texture (the page's
@@ -673,12 +731,21 @@ def build_regions(keep: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor
     width = batch.a_grid[pair, 1:2]
     r_idx, m_idx = keep.nonzero(as_tuple=True)
     flat, cols = m.a_index[pair][r_idx, m_idx], width[r_idx, 0]
-    at = (r_idx.cpu().numpy(), torch.div(flat, cols, rounding_mode="floor").cpu().numpy(), (flat % cols).cpu().numpy())
+    a_at = np.stack([r_idx.cpu().numpy(), torch.div(flat, cols, rounding_mode="floor").cpu().numpy(),
+                     (flat % cols).cpu().numpy()], 1)
+    pad = math.ceil(config.inlier_threshold) + 1
+    b_shape = (ha + 2 * pad, wa + 2 * pad)
+    both = b_cell is not None and config.connectivity == 8
+    if both:
+        b_flat = b_cell.flatten(0, 1)[chosen][r_idx, m_idx].cpu().numpy()
+        b_at = np.stack([a_at[:, 0], b_flat // b_shape[1], b_flat % b_shape[1]], 1)
+    else:
+        b_at = a_at
+    alive = surviving_inliers(a_at, b_at, (ha, wa), b_shape, config.min_component, config.connectivity, both)
     grids = np.zeros((len(chosen), ha, wa), dtype=bool)
-    grids[at] = True
-    grids = large_components(grids, config.min_component)
+    grids[tuple(a_at[alive].T)] = True
     survive = torch.zeros_like(keep)
-    survive[r_idx, m_idx] = torch.from_numpy(grids[at]).to(keep.device)
+    survive[r_idx, m_idx] = torch.from_numpy(alive).to(keep.device)
     n_inliers = survive.sum(-1)
     score = (weight * survive).sum(-1) / batch.n_source[pair].clamp_min(1)
     # The reported affine is a refit on the surviving inliers (the previous one if that fails).
@@ -742,7 +809,7 @@ def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | No
         _check_pyramid(b, name_b)
     if config.texture_weight and weights is None:
         weights = [(pyramid_weights(a, config.texture)[:1], pyramid_weights(b, config.texture)) for a, b, _ in pairs]
-    batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None)
+    batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None, config.margin)
     m = dense_matches(batch, _chunk_elements(device))
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
@@ -752,9 +819,9 @@ def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | No
         return [[] for _ in pairs]
     affine, best = ransac(m, group, in_group, config, _uniform(config, device))
     affine = refine(affine, m, config)
-    keep, weight = consistent_inliers(affine, m, batch, config)
+    keep, weight, b_cell = consistent_inliers(affine, m, batch, config)
     keep &= (best > 0)[..., None]
-    return to_pair_matches(build_regions(keep, weight, affine, m, batch, config), batch, names, config)
+    return to_pair_matches(build_regions(keep, weight, affine, m, batch, config, b_cell), batch, names, config)
 
 
 def merge_twins(base: list[PairMatch], extra: list[PairMatch],

@@ -155,7 +155,8 @@ def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, mo
         weights = texture_weights(pyramids, config.verify.texture, ids if config.verify.texture_weight else ())
         desc = image_descriptors(ids, pyramids, config.shortlist, weights=weights)
         groups = _groups(ids, desc, config, {img.image_id: img.collection for img in images})
-        pairs = _shortlist(ids, desc, config, groups, lambda: collection_votes(ids, pyramids, weights, config.shortlist))
+        pairs = _shortlist(ids, desc, config, groups,
+                           lambda: collection_votes(ids, pyramids, weights, config.shortlist, mirrored))
         done = store.verified_pairs(model_id)
         todo = [p for p in pairs if tuple(sorted(p)) not in done]
         n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress, weights, mirrored)
@@ -219,12 +220,17 @@ def _groups(ids: list[str], desc: torch.Tensor, config: DiscoverConfig,
 
 
 def collection_votes(ids: Sequence[str], pyramids: Callable[[str], FeaturePyramid],
-                     weights: Callable[[str], tuple[torch.Tensor, ...]] | None, config: ShortlistConfig) -> torch.Tensor:
+                     weights: Callable[[str], tuple[torch.Tensor, ...]] | None, config: ShortlistConfig,
+                     mirrored: Callable[[str], FeaturePyramid] | None = None) -> torch.Tensor:
     """(N, N) cell votes between the images (:func:`engine.shortlist.vote_scores`).
 
     Query cells at ``config.vote_level`` (or the coarsest, for short pyramids), database
     cells at that level and every coarser one. Exact search: every query cell against
     every database cell, fine to a few thousand images on a CPU.
+
+    With ``mirrored`` (pyramids of the mirror images), the cells of each mirror image vote
+    too and a pair scores the larger of its direct and mirrored votes: a print reverses
+    its model, and a reversed detail's cells point at scattered places unflipped.
     """
     def query_levels(n: int) -> range:
         return range(min(config.vote_level, n - 1), min(config.vote_level, n - 1) + 1)
@@ -235,7 +241,14 @@ def collection_votes(ids: Sequence[str], pyramids: Callable[[str], FeaturePyrami
     use = weights if config.texture_weight else None
     queries, database = cell_bags((pyramids(i) for i in ids), (use(i) for i in ids) if use else None,
                                   query_levels, database_levels)
-    return vote_scores(queries, database, len(ids), config.vote_neighbours)
+    votes = vote_scores(queries, database, len(ids), config.vote_neighbours, bin_cells=config.vote_bin)
+    if mirrored is None:
+        return votes
+    # A mirror image's cells weigh as the cells they reflect (repetition is mirror-blind).
+    flipped = (tuple(w.flip(-1) for w in use(i)) for i in ids) if use else None
+    (mirror_queries,) = cell_bags((mirrored(i) for i in ids), flipped, query_levels)
+    return torch.maximum(votes, vote_scores(mirror_queries, database, len(ids), config.vote_neighbours,
+                                            bin_cells=config.vote_bin))
 
 
 def _shortlist(ids: list[str], desc: torch.Tensor, config: DiscoverConfig, groups: np.ndarray | None = None,

@@ -22,6 +22,7 @@ from engine.discovery_metrics import (
 )
 from engine.evaluate import EvalResult, Instance, Query, load_annotations
 from engine.features import CachedPyramids, FeatureCache, FeatureConfig
+from engine.mirror import mirror_hash
 from engine.shortlist import ShortlistConfig, look_alike_groups, shortlist_pairs
 from engine.texture import TextureConfig
 from engine.types import Cluster
@@ -110,7 +111,10 @@ def evaluate_shortlist(store: Store, paths: ProjectPaths, model_id: str, queries
     config = ShortlistConfig()
     weights = texture_weights(pyramids, TextureConfig(), ids)
     desc = image_descriptors(ids, pyramids, config, weights=weights)
-    votes = collection_votes(ids, pyramids, weights, config) if config.scoring == "votes" else None
+    # Discovery's mirror-aware votes when it cached the mirror images' features.
+    mirror = {i: mirror_hash(hashes[i]) for i in ids}
+    mirrored = CachedPyramids(cache, mirror) if all(cache.path(h).is_file() for h in mirror.values()) else None
+    votes = collection_votes(ids, pyramids, weights, config, mirrored) if config.scoring == "votes" else None
     groups = look_alike_groups(desc)
     truth = ground_truth_pairs(queries)
     return {k: shortlist_recall({frozenset((ids[i], ids[j])) for i, j, _ in

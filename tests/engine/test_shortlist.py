@@ -10,6 +10,7 @@ from engine.shortlist import (
     CellBag,
     ShortlistConfig,
     _capped_topk,
+    _image_blocks,
     all_pairs,
     capped_neighbours,
     cell_bag,
@@ -301,6 +302,50 @@ def test_cell_bag_and_empty_votes():
     assert torch.all(bag.weights == 1)
     empty = cell_bag([], None, lambda n: range(n))
     assert vote_scores(empty, empty, 0).shape == (0, 0)
+
+
+def _grid_pyramids(scatter: bool) -> list[FeaturePyramid]:
+    """Four 8 x 8 single-level images of random cells. A 2 x 3 detail of image 0 is
+    redrawn (cosine ~0.8) in image 1 moved as one piece, and in image 2 with its six
+    cells scattered far apart (``scatter``) or moved as one piece too."""
+    g = torch.Generator().manual_seed(5)
+    c = 64
+    maps = F.normalize(torch.randn(4, c, 8, 8, generator=g), dim=1)
+    detail = maps[0, :, 1:3, 1:4].clone()  # rows 1-2, cols 1-3
+
+    def redrawn() -> torch.Tensor:
+        return F.normalize(0.8 * detail + 0.6 * F.normalize(torch.randn(c, 2, 3, generator=g), dim=0), dim=0)
+
+    maps[1, :, 4:6, 3:6] = redrawn()
+    cells = redrawn().flatten(1)
+    if scatter:
+        for k, (r, col) in enumerate([(0, 0), (7, 7), (0, 7), (7, 0), (3, 7), (7, 3)]):
+            maps[2, :, r, col] = cells[:, k]
+    else:
+        maps[2, :, 5:7, 0:3] = cells.view(c, 2, 3)
+    return [FeaturePyramid((m,), (128, 128)) for m in maps]
+
+
+def test_hough_votes_need_the_detail_to_move_as_one_piece():
+    def scores(scatter: bool, bin_cells: float, block: int = 1 << 25) -> torch.Tensor:
+        bag = cell_bag(_grid_pyramids(scatter), None, lambda n: range(1))
+        return vote_scores(bag, bag, 4, neighbours=2, bin_cells=bin_cells, block_elements=block)
+
+    plain, hough = scores(True, 0.0), scores(True, 3.0)
+    assert plain[0, 2] > 0.5 * plain[0, 1]  # summed votes cannot tell scattered cells apart
+    assert hough[0, 1] > 2.5 * hough[0, 2]  # one bin holds the moved detail, not the scattered one
+    assert hough[0].argmax() == 1 and torch.equal(hough, hough.T)
+    together = scores(False, 3.0)
+    assert together[0, 2] > 0.6 * together[0, 1]
+    # Blocks never split an image's votes: any block size gives the same scores.
+    assert torch.allclose(scores(True, 3.0, block=64 * 40), hough)
+
+
+def test_image_blocks_never_split_an_image():
+    owner = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    assert _image_blocks(owner, 4) == [slice(0, 3), slice(3, 5), slice(5, 9)]
+    assert _image_blocks(owner, 100) == [slice(0, 9)]
+    assert _image_blocks(torch.zeros(0, dtype=torch.long), 4) == []
 
 
 def test_capped_neighbours_and_votes_shortlist():

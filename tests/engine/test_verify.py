@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from engine.verify import (
     large_components,
     mutual_nearest,
     plausible,
+    surviving_inliers,
     verify_pair,
     verify_pairs,
 )
@@ -125,11 +127,67 @@ def test_large_components_are_4_connected_per_grid():
     assert kept.sum() == 3 and kept[0, 0, 0:3].all()
 
 
+def test_large_components_8_connected_joins_diagonals():
+    grids = np.zeros((1, 5, 5), dtype=bool)
+    grids[0, 1, 1] = grids[0, 2, 2] = grids[0, 3, 3] = True  # a diagonal line of 3
+    assert large_components(grids, 3, connectivity=8).sum() == 3
+    assert large_components(grids, 3, connectivity=4).sum() == 0
+
+
+def test_surviving_inliers_need_large_components_on_both_grids_until_stable():
+    # Region 0: four inliers in a row on A. On B, the first three sit together and the
+    # fourth lands far away: it goes; with it gone, A's row is 3 long and stays.
+    # Region 1: three inliers together on A but scattered on B: all go, and the A cells
+    # they free then leave nothing behind.
+    a = np.array([[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 3], [1, 2, 0], [1, 2, 1], [1, 2, 2]])
+    b = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 1], [0, 4, 4], [1, 0, 0], [1, 2, 2], [1, 4, 4]])
+    alive = surviving_inliers(a, b, (5, 5), (5, 5), min_size=3, connectivity=8, both=True)
+    assert alive.tolist() == [True, True, True, False, False, False, False]
+    only_a = surviving_inliers(a, b, (5, 5), (5, 5), min_size=3, connectivity=8, both=False)
+    assert only_a.all()
+    # A removal that cascades: on A, inliers 0-2 form a component only through 1, which
+    # B drops (0 and 2 sit in a large component of B); then 0 and 2 are isolated on A and
+    # go in the next pass; the other three hold on both grids.
+    a2 = np.array([[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 3, 3], [0, 3, 4], [0, 4, 3]])
+    b2 = np.array([[0, 2, 1], [0, 4, 4], [0, 1, 1], [0, 2, 2], [0, 2, 3], [0, 3, 2]])
+    assert surviving_inliers(a2, b2, (5, 5), (5, 5), 3, 8, True).tolist() == [False] * 3 + [True] * 3
+
+
+def test_authors_score_is_similarity_over_inner_cells(pyr_a):
+    """The authors' score: the inliers' similarities summed, over A's cells less a 3-cell
+    border; the first version's Gaussian reading is lower on the same copy."""
+    copy_box = (160, 96, 480, 352)
+    pyr_b = _with_copies(pyr_a, (540, 405), [(_affine(0.8, 5.0, 60.0, 40.0), copy_box)], seed=2)
+    plain = VerifyConfig(texture_weight=False)
+    best = verify_pair(pyr_a, pyr_b, "a", "b", plain)[0]
+    inner = (30 - 2 * 3) * (40 - 2 * 3)
+    assert best.score <= best.n_inliers / inner + 1e-6  # each similarity is at most 1
+    assert best.score > 0.6 * best.n_inliers / inner  # near copies: similarities well above 0.6
+    gaussian = verify_pair(pyr_a, pyr_b, "a", "b", replace(plain, score="gaussian", margin=0))[0]
+    assert gaussian.score < best.score
+    assert gaussian.score <= gaussian.n_inliers / (30 * 40) + 1e-6
+
+
+def test_margin_cells_take_no_part(pyr_a):
+    """A copy of A's border strip only is not found with the authors' 3-cell margin."""
+    strip = (0, 0, 640, 32)  # A's two top rows of cells
+    pyr_b = _with_copies(pyr_a, (640, 480), [(_affine(1.0, 0.0, 0.0, 200.0), strip)], seed=4)
+    plain = VerifyConfig(texture_weight=False, min_inliers=6)
+    assert verify_pair(pyr_a, pyr_b, "a", "b", replace(plain, margin=0))
+    assert not verify_pair(pyr_a, pyr_b, "a", "b", plain)
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="ransac_iterations"):
         VerifyConfig(ransac_iterations=0)
     with pytest.raises(ValueError, match="inlier_threshold"):
         VerifyConfig(inlier_threshold=0)
+    with pytest.raises(ValueError, match="connectivity"):
+        VerifyConfig(connectivity=6)
+    with pytest.raises(ValueError, match="score"):
+        VerifyConfig(score="median")
+    with pytest.raises(ValueError, match="margin"):
+        VerifyConfig(margin=-1)
 
 
 # ---------------------------------------------------------------- known answers
