@@ -67,6 +67,10 @@ def test_mirrored_verification_recovers_the_flip(pyramids):
     assert error < 6.0  # pixels; B's cells are 13.5 px
     assert best.box_a.iou(Box(*COPY_BOX)) > 0.8
     assert best.box_b.iou(_mapped_box(MIRRORED, COPY_BOX)) > 0.7
+    points = np.array(best.inliers)  # in B's own frame, as the boxes and the affine
+    assert len(points) > 10
+    mapped = np.c_[points[:, :2], np.ones(len(points))] @ MIRRORED.T
+    assert np.abs(mapped - points[:, 2:]).max() < 13.5  # B's cells are 13.5 px
 
 
 def test_a_direct_copy_stays_direct(pyramids):

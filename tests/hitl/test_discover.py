@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 import hitl.discover as discover
@@ -29,6 +30,8 @@ def test_discovery_writes_run_links_clusters_and_map(tiny_project):
     masks = store.link_masks()  # every found link has its shared-detail mask (maybe empty)
     assert set(masks) == {lk.link_id for lk in store.list_links(run_id=report.run_id)}
     assert any(len(m.polygon_a) >= 3 and len(m.polygon_b) == len(m.polygon_a) for m in masks.values())
+    for lk in store.list_links(run_id=report.run_id, inliers=True):  # every link keeps its points
+        assert len(lk.match.inliers) == min(lk.match.n_inliers, CONFIG.verify.max_points) > 0
     # a second run with the same model verifies nothing again
     again = run_discovery(store, paths, CONFIG, progress=False)
     assert again.n_verified_now == 0 and again.n_links == report.n_links
@@ -81,8 +84,14 @@ def test_new_images_only_add_their_pairs(tiny_project, tiny_demo):
     first = next(im.image_id for im in store.list_images() if im.path.endswith(sorted(
         p.name for p in (tiny_demo / "images").iterdir())[0]))
     flipped = next(im.image_id for im in store.list_images() if im.path.endswith("flipped.png"))
-    best = next(lk for lk in store.list_links() if {lk.image_a, lk.image_b} == {first, flipped})
+    best = next(lk for lk in store.list_links(inliers=True) if {lk.image_a, lk.image_b} == {first, flipped})
     assert best.match.mirrored
+    # Its points are in each image's own frame: x in one is the image's width minus x in the other.
+    width = store.get_image(best.image_b).width
+    points = np.array(best.match.inliers)
+    assert len(points) > 5
+    assert np.median(np.abs(points[:, 2] - (width - points[:, 0]))) < 15  # a cell is 15 px
+    assert np.median(np.abs(points[:, 3] - points[:, 1])) < 15
 
 
 def test_unknown_mirror_or_mask_mode_is_refused():
