@@ -23,6 +23,7 @@ from hitl.queue import STRATEGIES, link_clusters, next_links, order_links, sourc
 from hitl.team import is_blind, plan_new_links, review_state, second_reviews
 from hitl.verdicts import record_verdict, undo_last_verdict
 from hitl.views.cluster_edits import current_clusters
+from hitl.views.match_points import draw_matches
 from hitl.views.overlay import aligned_pair, crop_region
 from hitl.views.review_view import ReviewFilter, describe_affine, filter_links, session_progress
 from hitl.views.thumbnails import jpeg_bytes
@@ -222,8 +223,41 @@ def link_ui(store, link: Link) -> None:
                                      "1: B's region only, warped onto A's frame")
             mixed = (pixels_a * (1 - opacity) + warped * opacity).astype(np.uint8)
             st.image(jpeg_bytes_of(mixed), width="stretch")
+    points_ui(store, a, b, link)
     mask_ui(store, a, b, link)
     difference_ui(a, b, link)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def points_picture(path_a: str, path_b: str, box_a: tuple, box_b: tuple, inliers: tuple) -> bytes | None:
+    """JPEG of both regions side by side, the inliers dotted in both and joined by lines."""
+    try:
+        view_a, scale_a = session.view(path_a, DETAIL_SIDE)
+        view_b, scale_b = session.view(path_b, DETAIL_SIDE)
+    except ImageReadError:
+        return None
+    return jpeg_bytes(draw_matches(view_a, scale_a, view_b, scale_b, Box(*box_a), Box(*box_b), inliers,
+                                   height=CROP_SIDE))
+
+
+def points_ui(store, a, b, link: Link) -> None:
+    """The link's inlier correspondences (why it was made), on a toggle: off, it costs nothing."""
+    if a is None or b is None or not st.toggle("Matched points", key="review_points_on",
+                                              help="The feature matches that verification found "
+                                                   "consistent with the link's transform"):
+        return
+    stored = store.get_link(link.link_id)  # the queue reads links without their points
+    inliers = stored.match.inliers if stored is not None else ()
+    if not inliers:
+        st.caption("No matched points stored for this link (re-run discovery to store them).")
+        return
+    picture = points_picture(a.path, b.path, tuple(link.box_a.as_list()), tuple(link.box_b.as_list()), inliers)
+    if picture is None:
+        st.text("(an image is not readable)")
+        return
+    st.image(picture, width="content")
+    st.caption(f"{len(inliers)} matched points of {link.match.n_inliers} inliers (the strongest), "
+               "A left, B right: parallel lines mean a consistent copy")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

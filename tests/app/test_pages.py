@@ -135,6 +135,20 @@ def test_review_difference_view_modes_render(app):
             assert not app.exception
 
 
+def test_review_matched_points_or_a_note_for_links_without(app, project):
+    store = Store(project)
+    app.run()
+    assert not any("matched points" in c.value.lower() for c in app.caption)  # off: no cost
+    app.toggle(key="review_points_on").set_value(True).run()
+    assert not app.exception
+    assert any("16 matched points of" in c.value for c in app.caption)
+    bare = next(lk for lk in store.list_links(inliers=True) if not lk.match.inliers)  # a false link
+    app.session_state["review_focus"] = bare.link_id
+    app.run()
+    assert not app.exception
+    assert any("No matched points stored for this link (re-run discovery" in c.value for c in app.caption)
+
+
 def test_review_outlines_a_stored_shared_detail(app, project):
     from db.records import LinkMaskRecord
 
