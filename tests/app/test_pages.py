@@ -149,6 +149,16 @@ def test_review_matched_points_or_a_note_for_links_without(app, project):
     assert any("No matched points stored for this link (re-run discovery" in c.value for c in app.caption)
 
 
+def test_review_zoom_cuts_tile_pyramids_once(app, project):
+    app.run()
+    assert not (project.parent / "artminer-data" / "tiles").exists()  # off: nothing cut
+    app.toggle(key="review_zoom_on").set_value(True).run()
+    assert not app.exception
+    assert any("Scroll to zoom, drag to pan" in c.value for c in app.caption)
+    pyramids = sorted((project.parent / "artminer-data" / "tiles").iterdir())
+    assert len(pyramids) == 2 and all((p / "pyramid.json").is_file() for p in pyramids)
+
+
 def test_review_outlines_a_stored_shared_detail(app, project):
     from db.records import LinkMaskRecord
 
