@@ -1,6 +1,6 @@
 """End to end in a real browser: Debian chromium driven by Playwright.
 
-Starts ``streamlit run streamlit_app.py`` on a free loopback port with
+Starts ``streamlit run streamlit_asgi.py`` (as ``artminer app`` does) on a free loopback port with
 ``ARTMINER_PROJECT`` set, sets an annotator, confirms one link and rejects another
 (and answers a third with its keyboard shortcut), checks the verdict log in the project
 file, draws a query box and gets results, and saves a screenshot of every page under
@@ -76,7 +76,8 @@ def server(project, tmp_path_factory) -> Iterator[str]:
     # the map test opens a second project by URL: both live under pytest's base folder
     env = dict(os.environ, ARTMINER_PROJECT=str(project),
                ARTMINER_PROJECTS=str(tmp_path_factory.getbasetemp()))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+    # as `artminer app` serves it: the ASGI entry, page URLs without 404s
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_asgi.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"]
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "streamlit.log", "w")  # the server's output, for a failed run
@@ -506,6 +507,23 @@ def test_review_difference_view_and_shared_detail(server, browser, project):
     page.get_by_text("Swipe: A left, B right").scroll_into_view_if_needed()
     _shot(page, "review-swipe")
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_page_urls_open_directly_without_404s(server, browser, project):
+    """Every page's own URL, typed into a fresh tab: the page shows, no request fails."""
+    for title, path, shown in (("Map", "map", "map"), ("Clusters", "clusters", "clusters"),
+                               ("Training", "training", "training"), ("Review", "review", "")):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})  # a new session
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        failed: list[tuple[int, str]] = []
+        page.on("response", lambda r, failed=failed: failed.append((r.status, r.url)) if r.status >= 400 else None)
+        page.goto(f"{server}/{path}?annotator=Direct")
+        page.get_by_role("heading", name=title).wait_for()
+        _settle(page)
+        assert page.url.startswith(f"{server}/{shown}?"), page.url  # the page asked for (Review: the default, "/")
+        assert failed == [], failed
+        context.close()
 
 
 def _big_scan_project(root: Path, width: int, height: int) -> tuple[Path, int, tuple]:
