@@ -112,10 +112,12 @@ def test_a_region_found_both_ways_is_kept_once():
     from hitl.discover import merge_directions
 
     eye = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
-    ab = PairMatch("a", "b", Box(0, 0, 10, 10), Box(20, 20, 30, 30), eye, 0.03, 9)
-    ba_same = PairMatch("b", "a", Box(21, 20, 30, 30), Box(0, 0, 10, 10), eye, 0.05, 9)
+    # each match keeps its points in its own (image_a, image_b) frame: the kept twin's points
+    ab = PairMatch("a", "b", Box(0, 0, 10, 10), Box(20, 20, 30, 30), eye, 0.03, 9, inliers=((5, 5, 25, 25),))
+    ba_same = PairMatch("b", "a", Box(21, 20, 30, 30), Box(0, 0, 10, 10), eye, 0.05, 9, inliers=((25, 25, 5, 5),))
     ba_other = PairMatch("b", "a", Box(50, 50, 60, 60), Box(70, 70, 80, 80), eye, 0.02, 9)
     assert merge_directions([ab], [ba_same, ba_other]) == [ba_same, ba_other]
+    assert merge_directions([ab], [ba_same])[0].inliers == ((25, 25, 5, 5),)
     assert merge_directions([ab], []) == [ab]
     # two backward twins of one forward match: the best of the three is kept, once
     ba_best = PairMatch("b", "a", Box(20, 21, 30, 30), Box(0, 0, 10, 10), eye, 0.07, 9)
