@@ -384,3 +384,18 @@ def test_map_draws_the_thumbnail_atlas(app, project):
     assert not app.exception, app.exception
     thumbs = ProjectPaths(project).data_dir / "thumbs"
     assert len(list(thumbs.glob("*.jpg"))) == Store(project).count_images()  # made once, kept
+
+
+def test_map_draws_detail_regions_as_their_crops(app, project):
+    from hitl.project import ProjectPaths
+
+    store = Store(project)
+    regions = {(lk.image_a, tuple(lk.box_a.as_list())) for lk in store.list_links()} | {
+        (lk.image_b, tuple(lk.box_b.as_list())) for lk in store.list_links()}
+    app.run()
+    app.switch_page("pages/map.py").run()
+    app.radio(key="map_kind").set_value("region").run()
+    app.radio(key="map_draw").set_value("thumbnails").run()
+    assert not app.exception, app.exception
+    crops = ProjectPaths(project).data_dir / "thumbs" / "regions"
+    assert len(list(crops.glob("*.jpg"))) == len(regions)  # one crop per distinct region, kept
