@@ -32,7 +32,7 @@ import streamlit as st
 from db.records import UNREVIEWED
 from hitl.plot_text import plot_text
 from hitl.thumbs import ensure_region_crops, ensure_thumbnails, open_thumbnail
-from hitl.views.atlas import build_atlas, cell_size, data_uri, view_state
+from hitl.views.atlas import build_atlas, cell_size, data_uri, hover_sprite, view_state
 from hitl.views.cluster_edits import current_clusters
 from hitl.views.map_view import (
     COLOUR_BY,
@@ -96,6 +96,7 @@ def atlas_data(_store, _paths, path: str, model: str, kind: str, version: tuple)
         pictures = [open_thumbnail(files.get(i)) for i in table.image_ids]
     cell = cell_size(len(table))
     sheet, mapping = build_atlas(pictures, cell)
+    mapping["_sheet"] = list(sheet.size)  # for the hover card's enlarged cell (not an icon)
     return data_uri(jpeg_bytes(sheet, quality=80)), mapping, cell
 
 
@@ -111,7 +112,9 @@ def atlas_deck(table: MapTable, uri: str, mapping: dict) -> pdk.Deck:
     images = session.image_index(store)
     def text(image_id: str, field: str) -> str:  # deck.gl's tooltip is HTML: escape every value
         return html.escape(str(getattr(images.get(image_id), field, None) or ""))
+    sheet = tuple(mapping["_sheet"])
     records = [{"position": [float(table.x[i]), float(table.y[i])], "icon": str(i), "point": i,
+                **hover_sprite(mapping[str(i)], sheet),
                 "title": text(image_id, "title") or html.escape(image_id),
                 "artist": text(image_id, "artist"), "date": text(image_id, "date"),
                 "detail": f"detail of link #{table.link_ids[i]}" if table.kind == "region" else ""}
@@ -119,12 +122,15 @@ def atlas_deck(table: MapTable, uri: str, mapping: dict) -> pdk.Deck:
     span = max(float(np.ptp(table.x)), float(np.ptp(table.y)), 1e-9)
     # pydeck reads a bare string as a data accessor: literal strings go in quotes
     layer = pdk.Layer("IconLayer", id="atlas", data=records, get_icon="icon", get_position="position",
-                      icon_atlas=f'"{uri}"', icon_mapping=mapping,
+                      icon_atlas=f'"{uri}"', icon_mapping={k: v for k, v in mapping.items() if k != "_sheet"},
                       get_size=span / np.sqrt(len(table)) * 0.6, size_units='"common"',
                       size_min_pixels=6, size_max_pixels=320, pickable=True,
                       auto_highlight=True, highlight_color=[29, 120, 230, 90])
     # the tooltip sits beside the pointer and lets clicks through to the picture under it
-    tooltip = {"html": "<b>{title}</b><br/>{artist} {date}<br/>{detail}",
+    # the enlarged picture is the atlas cell: the sheet is a CSS background set once (atlas_css)
+    tooltip = {"html": '<div class="am-hover" style="width:{hw}px;height:{hh}px;background-position:'
+                       '{hx}px {hy}px;background-size:{sw}px {sh}px"></div>'
+                       "<b>{title}</b><br/>{artist} {date}<br/>{detail}",
                "style": {"fontSize": "13px", "maxWidth": "280px", "pointerEvents": "none",
                          "marginLeft": "16px", "marginTop": "16px"}}
     return pdk.Deck(layers=[layer], views=[pdk.View(type="OrthographicView", controller=True)],
@@ -248,6 +254,9 @@ chart, panel = st.columns([3, 1])
 with chart:
     if draw == "thumbnails":
         uri, mapping, _ = atlas_data(store, session.project()[1], store.path, model, kind, version)
+        # the sheet once as the hover card's background (our own data URI, no user text in it)
+        st.html(f'<style>.deck-tooltip .am-hover {{background-image: url("{uri}"); '
+                "background-repeat: no-repeat; margin-bottom: 4px;}</style>")
         event = st.pydeck_chart(atlas_deck(table, uri, mapping), key="map_atlas", height=640,
                                 on_select="rerun", selection_mode="multi-object")
         found = atlas_selection(event)

@@ -457,6 +457,9 @@ def test_map_atlas_of_10k_thumbnails(server, browser, tmp_path_factory):
     page.mouse.move(cx, cy)
     page.locator(".deck-tooltip").get_by_text("Artwork", exact=False).wait_for()
     hover = time.perf_counter() - start
+    picture = page.locator(".deck-tooltip .am-hover")  # the hovered picture, enlarged
+    assert picture.evaluate("e => getComputedStyle(e).backgroundImage").startswith('url("data:image/jpeg')
+    assert max(picture.bounding_box()["width"], picture.bounding_box()["height"]) == pytest.approx(160, abs=1)
     page.mouse.click(cx, cy)
     page.get_by_text("1 point(s) selected", exact=False).wait_for()
     # pan and zoom: mean time between animation frames while the view moves
