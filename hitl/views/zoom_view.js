@@ -177,6 +177,8 @@ export default function (component) {
   for (const canvas of [state.canvasA, state.canvasB]) {
     canvas.width = width;
     canvas.height = height;
+    canvas.style.width = width + "px"; // one canvas pixel per CSS pixel: the page's CSS may not stretch it
+    canvas.style.height = height + "px";
   }
   if (state.link !== data.link) { // a new link: start from the app's view, rescaled to this canvas
     state.link = data.link;

@@ -29,7 +29,7 @@ from engine.types import Affine, Box, Inlier
 from hitl.tiles import TilePyramid, read_region
 from hitl.views.thumbnails import jpeg_bytes
 
-CANVAS = (520, 390)  # CSS px of each canvas: two side by side fit a 1366-px laptop's main column
+CANVAS = (640, 480)  # CSS px of each canvas at most; the browser shrinks both to fit its column
 OVERVIEW_SIDE = 1024  # px: the coarse picture drawn at once while a gesture is under way
 FIT_MARGIN = 0.5  # the first view shows the link's box with half its size of context around it
 MAX_ZOOM = 8.0  # screen px per original px: 8x past full resolution, enough to see brush strokes
