@@ -235,7 +235,8 @@ def link_ui(store, link: Link) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def points_picture(path_a: str, path_b: str, box_a: tuple, box_b: tuple, inliers: tuple) -> bytes | None:
+def points_picture(path_a: str, path_b: str, box_a: tuple, box_b: tuple, inliers: tuple,
+                   mirrored: bool) -> bytes | None:
     """JPEG of both regions side by side, the inliers dotted in both and joined by lines."""
     try:
         view_a, scale_a = session.view(path_a, DETAIL_SIDE)
@@ -243,7 +244,7 @@ def points_picture(path_a: str, path_b: str, box_a: tuple, box_b: tuple, inliers
     except ImageReadError:
         return None
     return jpeg_bytes(draw_matches(view_a, scale_a, view_b, scale_b, Box(*box_a), Box(*box_b), inliers,
-                                   height=CROP_SIDE))
+                                   height=CROP_SIDE, mirror_b=mirrored))
 
 
 def points_ui(store, a, b, link: Link) -> None:
@@ -257,13 +258,16 @@ def points_ui(store, a, b, link: Link) -> None:
     if not inliers:
         st.caption("No matched points stored for this link (re-run discovery to store them).")
         return
-    picture = points_picture(a.path, b.path, tuple(link.box_a.as_list()), tuple(link.box_b.as_list()), inliers)
+    mirrored = link.match.mirrored
+    picture = points_picture(a.path, b.path, tuple(link.box_a.as_list()), tuple(link.box_b.as_list()), inliers,
+                             mirrored)
     if picture is None:
         st.text("(an image is not readable)")
         return
     st.image(picture, width="content")
     st.caption(f"{len(inliers)} matched points of {link.match.n_inliers} inliers (the strongest), "
-               "A left, B right: parallel lines mean a consistent copy")
+               "A left, B right" + (" (mirrored back, as it copies A's mirror image)" if mirrored else "")
+               + ": parallel lines mean a consistent copy")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

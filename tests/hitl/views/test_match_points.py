@@ -45,6 +45,20 @@ def test_drawn_dots_sit_on_the_points_in_both_halves():
     assert tuple(np.asarray(plain)[va, (ua + ub) // 2]) != colour
 
 
+def test_a_mirrored_copy_is_flipped_back():
+    layout = side_by_side(Box(10, 20, 110, 70), Box(0, 0, 50, 100), height=200, margin=0.0, mirror_b=True)
+    placed = place_points(layout, [(10, 20, 0, 0), (60, 45, 25, 50), (60, 45, 50, 50)])
+    assert np.allclose(placed[:, 2:], [[400 + GAP + 100, 0], [400 + GAP + 50, 100], [400 + GAP, 100]])
+    b = Image.new("RGB", (50, 100), (0, 0, 0))
+    b.paste((255, 255, 255), (0, 0, 10, 100))  # B's left edge white: drawn on the right once flipped
+    picture = np.asarray(draw_matches(Image.new("RGB", (200, 100)), 1.0, b, 1.0, Box(10, 20, 110, 70),
+                                      Box(0, 0, 50, 100), [], height=200, mirror_b=True))
+    layout = side_by_side(Box(10, 20, 110, 70), Box(0, 0, 50, 100), height=200, mirror_b=True)
+    (_, _, u_white, v), (_, _, u_dark, _) = place_points(layout, [(0, 0, 5, 50), (0, 0, 40, 50)]).round().astype(int)
+    assert u_white > u_dark  # B's left edge now on the right
+    assert picture[v, u_white].min() > 200 and picture[v, u_dark].max() < 60
+
+
 def test_colours_are_distinct():
     colours = point_colours(64)
     assert len(set(colours)) == 64 and point_colours(0) == []
