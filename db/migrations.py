@@ -23,7 +23,7 @@ import duckdb
 
 from db.records import parse_year
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class SchemaVersionError(RuntimeError):
@@ -109,11 +109,18 @@ def _add_link_mirrored(cur: duckdb.DuckDBPyConnection) -> None:
     cur.execute("UPDATE links SET mirrored = false WHERE mirrored IS NULL")
 
 
+def _add_link_inliers(cur: duckdb.DuckDBPyConnection) -> None:
+    """v6 (issue 13): links keep their inlier correspondences in a new table,
+    ``link_inliers``, which ``schema.sql`` creates; nothing to change in existing tables.
+    Links found before have no points: the review page asks to re-run discovery."""
+
+
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     2: _add_image_year,
     3: _add_verdict_geometry,
     4: _add_verdict_origin_and_role,  # issue 13
     5: _add_link_mirrored,  # issue 14
+    6: _add_link_inliers,  # issue 13
 }
 
 

@@ -1,4 +1,4 @@
--- ArtMiner HITL project file, schema version 4 (db/migrations.py: SCHEMA_VERSION).
+-- ArtMiner HITL project file, schema version 6 (db/migrations.py: SCHEMA_VERSION).
 --
 -- Run on every first open of a file in a process: every statement is idempotent, so a
 -- file upgraded by db/migrations.py gets any table it lacked. Changes to existing tables
@@ -99,6 +99,14 @@ CREATE TABLE IF NOT EXISTS link_masks (
     polygon_b  DOUBLE[] NOT NULL,
     refined    BOOLEAN NOT NULL,
     created    TIMESTAMP NOT NULL
+);
+
+-- The inlier correspondences behind a link (PairMatch.inliers, at most
+-- VerifyConfig.max_points, heaviest first), flat [x_a, y_a, x_b, y_b, ...] in A's and
+-- B's original pixels. Written with the link; links stored before v6 have no row.
+CREATE TABLE IF NOT EXISTS link_inliers (
+    link_id  BIGINT PRIMARY KEY,
+    points   FLOAT[] NOT NULL
 );
 
 CREATE SEQUENCE IF NOT EXISTS cluster_seq START 1;

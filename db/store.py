@@ -479,28 +479,32 @@ class Store:
         return {r[0]: LinkMaskRecord(r[0], points(r[1]), points(r[2]), r[3]) for r in rows}
 
     def get_link(self, link_id: int) -> Link | None:
-        found = self.list_links(link_ids=[link_id])
+        """One link with its inlier points (empty for links stored before schema v6)."""
+        found = self.list_links(link_ids=[link_id], inliers=True)
         return found[0] if found else None
 
     def list_links(self, *, run_id: int | None = None, model_id: str | None = None,
                    status: str | Sequence[str] | None = None, image_id: str | None = None,
                    min_score: float | None = None, link_ids: Sequence[int] | None = None,
                    order: str = "score", limit: int | None = None, offset: int = 0,
-                   ) -> list[Link]:
+                   inliers: bool = False) -> list[Link]:
         """Links with their current status.
 
         Args:
             status: one of ``confirm``/``reject``/``unsure``/``unreviewed`` or a list.
             image_id: links touching this image (either side).
             order: ``score`` (best first) or ``link_id``.
+            inliers: read each link's inlier points too (``PairMatch.inliers``); off by
+                default, since queues and counts read thousands of links and need none.
         """
         where, args = _link_filter(run_id, model_id, status, image_id, min_score, link_ids)
         if order not in ("score", "link_id"):
             raise ValueError(f"order must be 'score' or 'link_id', not {order!r}")
         order_by = "score DESC, link_id" if order == "score" else "link_id"
         page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        points, join = ("p.points", "LEFT JOIN link_inliers p USING (link_id)") if inliers else ("NULL", "")
         rows = self._read(lambda cur: cur.execute(
-            f"SELECT {_LINK_COLS}, status FROM link_status {where} ORDER BY {order_by} {page}",
+            f"SELECT {_LINK_COLS}, status, {points} FROM link_status {join} {where} ORDER BY {order_by} {page}",
             args).fetchall())
         return [_link(r) for r in rows]
 
@@ -1176,6 +1180,11 @@ def _insert_links(cur: duckdb.DuckDBPyConnection, run_id: int, model_id: str,
         "n_inliers": ("INTEGER", [int(m.n_inliers) for m in matches]),
         "mirrored": ("BOOLEAN", [bool(m.mirrored) for m in matches]),
     })
+    with_points = [(i, m) for i, m in zip(ids, matches) if m.inliers]
+    _insert(cur, "link_inliers", {
+        "link_id": ("BIGINT", [i for i, _ in with_points]),
+        "points": ("FLOAT[]", [[float(v) for point in m.inliers for v in point] for _, m in with_points]),
+    })
     found = [(m.image_a, m.image_b) for m in matches] if mark_verified else []
     _mark_pairs(cur, run_id, model_id, pairs + found)
     return ids
@@ -1253,8 +1262,16 @@ def _round(r: tuple) -> TrainingRound:
 
 
 def _link(r: tuple) -> Link:
-    match = PairMatch(r[3], r[4], Box(*r[5]), Box(*r[6]), _affine(r[7]), r[8], r[9], bool(r[10]))
+    match = PairMatch(r[3], r[4], Box(*r[5]), Box(*r[6]), _affine(r[7]), r[8], r[9], bool(r[10]),
+                      _points(r[12]) if len(r) > 12 else ())
     return Link(r[0], r[1], r[2], match, r[11])
+
+
+def _points(flat: Sequence[float] | None) -> tuple[tuple[float, float, float, float], ...]:
+    """A flat [x_a, y_a, x_b, y_b, ...] list -> inlier tuples (none when NULL)."""
+    if not flat:
+        return ()
+    return tuple(tuple(flat[i : i + 4]) for i in range(0, len(flat) - 3, 4))
 
 
 def _verdict(r: tuple) -> Verdict:

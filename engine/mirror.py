@@ -61,8 +61,9 @@ def unmirror_affine(affine: Affine, width_b: float) -> Affine:
 
 def unmirror_match(match: PairMatch, image_b: str, width_b: float) -> PairMatch:
     """A match of (A, mirror(B)) in B's own frame, marked ``mirrored``."""
+    inliers = tuple((xa, ya, width_b - xb, yb) for xa, ya, xb, yb in match.inliers)
     return replace(match, image_b=image_b, box_b=mirror_box(match.box_b, width_b),
-                   affine=unmirror_affine(match.affine, width_b), mirrored=True)
+                   affine=unmirror_affine(match.affine, width_b), mirrored=True, inliers=inliers)
 
 
 def merge_mirrored(direct: list[PairMatch], mirrored: list[PairMatch], iou: float = 0.5) -> list[PairMatch]:

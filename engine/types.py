@@ -14,6 +14,9 @@ Affine = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 IDENTITY_AFFINE: Affine = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 
+Inlier = tuple[float, float, float, float]
+"""One inlier correspondence of a link: ``(x_a, y_a, x_b, y_b)``, original pixels of A and B."""
+
 
 @dataclass(frozen=True)
 class Box:
@@ -94,7 +97,10 @@ class PairMatch:
     """A repeated region found between two images by pair verification (paper §4).
 
     ``affine`` maps pixels of ``box_a`` in image A onto image B; a ``mirrored`` copy (a
-    print reverses its model) has an affine of negative determinant.
+    print reverses its model) has an affine of negative determinant. ``inliers`` are the
+    feature correspondences that support the region (cell centres, heaviest first, at most
+    ``VerifyConfig.max_points``): the expert's evidence of why the link was made; empty
+    for links that do not come from verification or were stored before they were kept.
     """
 
     image_a: str
@@ -105,6 +111,7 @@ class PairMatch:
     score: float
     n_inliers: int
     mirrored: bool = False
+    inliers: tuple[Inlier, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -78,10 +78,13 @@ class VerifyConfig:
     # Inliers on cells weighing less than this (texture) are left out of the region, so a
     # copied picture matched together with its page's script is stored as the picture.
     region_min_weight: float = 0.35
+    # Inlier correspondences kept per region (PairMatch.inliers), heaviest first: the
+    # review page draws them; 64 show a region's pattern and keep a link's row small.
+    max_points: int = 64
 
     def __post_init__(self) -> None:
         for name in ("n_candidates", "max_group", "ransac_iterations", "max_regions_per_pair",
-                     "min_inliers", "min_component"):
+                     "min_inliers", "min_component", "max_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VerifyConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("hough_tolerance", "group_tolerance", "inlier_threshold", "score_sigma"):
@@ -666,13 +669,15 @@ def large_components(cells: np.ndarray, min_size: int, connectivity: int = 4) ->
 class Regions:
     """Surviving (pair, group) regions, R rows: pair (R,) index into the batch; affine
     (R, 2, 3); score (R,) eq. 2; n_inliers (R,); cells (R, 4) bounding box of the inlier
-    A cells (col0, row0, col1, row1), ends exclusive."""
+    A cells (col0, row0, col1, row1), ends exclusive; points (R, K, 4) the heaviest
+    inliers (x_a, y_a, x_b, y_b) in pixels, the first min(n_inliers, K) of a row real."""
 
     pair: np.ndarray
     affine: np.ndarray
     score: np.ndarray
     n_inliers: np.ndarray
     cells: np.ndarray
+    points: np.ndarray
 
 
 def _cell_boxes(grids: np.ndarray) -> np.ndarray:
@@ -754,7 +759,19 @@ def build_regions(keep: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor
     final = torch.where(ok[:, None, None], fitted[:, 0], affine.flatten(0, 1)[chosen])
     good = (n_inliers >= config.min_inliers).cpu().numpy()
     return Regions(pair.cpu().numpy()[good], final.cpu().numpy()[good], score.cpu().numpy()[good],
-                   n_inliers.cpu().numpy()[good], _cell_boxes(grids[good]))
+                   n_inliers.cpu().numpy()[good], _cell_boxes(grids[good]),
+                   _heaviest_points(survive, weight, m, pair, config.max_points).cpu().numpy()[good])
+
+
+def _heaviest_points(survive: torch.Tensor, weight: torch.Tensor, m: Matches, pair: torch.Tensor,
+                     k: int) -> torch.Tensor:
+    """(R, M) inliers and weights -> (R, min(k, M), 4) their heaviest (x_a, y_a, x_b, y_b).
+
+    A stable sort (first match on ties) keeps a pair's points the same alone or in a batch.
+    """
+    order = torch.sort(torch.where(survive, weight, -1.0), dim=1, descending=True, stable=True).indices
+    top = order[:, :k, None].expand(-1, -1, 2)  # (R, k, 2)
+    return torch.cat([m.pa[pair].gather(1, top), m.pb[pair].gather(1, top)], dim=-1).float()
 
 
 def _map_box(affine: np.ndarray, box: Box) -> Box | None:
@@ -784,8 +801,9 @@ def to_pair_matches(regions: Regions, batch: PairBatch, names: Sequence[tuple[st
         if any(box_a.iou(kept.box_a) > config.dedupe_iou for kept in out[p]):
             continue
         affine = tuple(tuple(float(v) for v in row) for row in regions.affine[r])
+        points = tuple(tuple(v) for v in regions.points[r, : int(regions.n_inliers[r])].tolist())
         out[p].append(PairMatch(names[p][0], names[p][1], box_a, mapped.clip(float(width), float(height)),
-                                affine, float(regions.score[r]), int(regions.n_inliers[r])))
+                                affine, float(regions.score[r]), int(regions.n_inliers[r]), inliers=points))
     return out
 
 

@@ -411,7 +411,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     project = Path(args.project)
     if not project.is_file():
         raise UsageError(f"project file not found: {project}")
-    app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+    # The ASGI entry serves streamlit_app.py behind hitl.page_urls' middleware: page URLs
+    # opened directly (/map) cause no 404s (streamlit/streamlit#7074).
+    app = Path(__file__).resolve().parent.parent / "streamlit_asgi.py"
     env = dict(os.environ, ARTMINER_PROJECT=str(project.resolve()))
     env.pop("ARTMINER_PROJECTS", None)
     if args.projects:

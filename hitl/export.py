@@ -18,8 +18,9 @@ as one of
     (confirm/reject/unsure), ``annotator``, ``verdict_at`` (ISO 8601 UTC) and ``note``
     of that verdict.
 ``json``
-    ArtMiner's own format (``"format": "artminer-links"``): the links, their images and
-    models, and each link's full verdict history. `import_links` reads it back.
+    ArtMiner's own format (``"format": "artminer-links"``): the links (with their inlier
+    points ``[x_a, y_a, x_b, y_b]`` when stored), their images and models, and each
+    link's full verdict history. `import_links` reads it back.
 ``w3c``
     A W3C Web Annotation ``AnnotationPage`` (JSON-LD): one ``linking`` annotation per
     link whose two targets are the regions, as ``FragmentSelector``s ``xywh=x,y,w,h``
@@ -70,7 +71,7 @@ def export_links(store: Store, fmt: str, out_path: str | os.PathLike,
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     statuses = ("confirm", "reject") if fmt == "training" else (
         VERDICTS if all_verdicts else ("confirm",))
-    rows = link_rows(store, statuses)
+    rows = link_rows(store, statuses, inliers=fmt == "json")  # only our own format carries points
     out = Path(out_path)
     if fmt == "iiif":
         return write_iiif(rows, out)

@@ -8,12 +8,16 @@ The chart opens in Pan mode: Streamlit turns click selection off while the lasso
 tool is active (its plotly ``clickmode`` becomes ``event``), so a lasso default would
 make clicks do nothing. Lasso and box stay one click away in the chart's toolbar.
 
-*Thumbnails* draws the image map as an atlas (`hitl.views.atlas`): Streamlit's own
+*Thumbnails* draws the map as an atlas (`hitl.views.atlas`), images as their thumbnails
+and detail regions as their crops: Streamlit's own
 ``st.pydeck_chart`` with a deck.gl ``IconLayer`` over one sprite sheet. Why this means:
 deck.gl draws every picture on the GPU from one texture (plotly's layout images are DOM
 or SVG elements, one each, and crawl long before 10,000); pydeck ships with Streamlit,
 so there is no third-party component to break, and ``on_select`` reports clicks.
-Thumbnails come from the project's data folder (`hitl.thumbs`), made once.
+Thumbnails and crops come from the project's data folder (`hitl.thumbs`), made once.
+``st.pydeck_chart`` selects by click and shift-click only (``selection_mode``
+single-object / multi-object: no lasso or box), so the lasso stays with the dots; a
+shift-click selection in the atlas opens the same side panel and batch actions.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import streamlit as st
 
 from db.records import UNREVIEWED
 from hitl.plot_text import plot_text
-from hitl.thumbs import ensure_thumbnails, open_thumbnail
-from hitl.views.atlas import build_atlas, cell_size, data_uri, view_state
+from hitl.thumbs import ensure_region_crops, ensure_thumbnails, open_thumbnail
+from hitl.views.atlas import build_atlas, cell_size, data_uri, hover_sprite, view_state
 from hitl.views.cluster_edits import current_clusters
 from hitl.views.map_view import (
     COLOUR_BY,
@@ -75,14 +79,32 @@ def cached_figure(path: str, model: str, kind: str, by: str, version: tuple, _da
 
 
 @st.cache_data(show_spinner="Drawing the atlas…", max_entries=4)
-def atlas_data(_store, _paths, path: str, model: str, version: tuple) -> tuple[str, dict, int]:
-    """(atlas data URI, icon mapping, cell side) of the image map's points, in table order."""
-    table = map_data(_store, path, model, "image", "cluster", version)["table"]
+def atlas_data(_store, _paths, path: str, model: str, kind: str, version: tuple) -> tuple[str, dict, int]:
+    """(atlas data URI, icon mapping, cell side) of the map's points, in table order: each
+    image's thumbnail, or for the region map each detail's crop."""
+    table = map_data(_store, path, model, kind, "cluster", version)["table"]
     images = session.image_index(_store)
-    files = ensure_thumbnails(_paths, [images[i] for i in table.image_ids if i in images])
+    if kind == "region":
+        links = {lk.link_id: lk for lk in _store.list_links(model_id=model)}
+        regions = [(images.get(i), region_box(links.get(int(k)), item))
+                   for i, k, item in zip(table.image_ids, table.link_ids, table.item_ids)]
+        known = [k for k, (image, box) in enumerate(regions) if image is not None and box is not None]
+        crops = dict(zip(known, ensure_region_crops(_paths, [regions[k] for k in known])))
+        pictures = [open_thumbnail(crops.get(k)) for k in range(len(table))]
+    else:
+        files = ensure_thumbnails(_paths, [images[i] for i in table.image_ids if i in images])
+        pictures = [open_thumbnail(files.get(i)) for i in table.image_ids]
     cell = cell_size(len(table))
-    sheet, mapping = build_atlas([open_thumbnail(files.get(i)) for i in table.image_ids], cell)
+    sheet, mapping = build_atlas(pictures, cell)
+    mapping["_sheet"] = list(sheet.size)  # for the hover card's enlarged cell (not an icon)
     return data_uri(jpeg_bytes(sheet, quality=80)), mapping, cell
+
+
+def region_box(link, item_id: str):
+    """The box of a region point (``<link_id>:a`` / ``:b``) on its image, None if its link is gone."""
+    if link is None:
+        return None
+    return link.box_a if item_id.endswith(":a") else link.box_b
 
 
 def atlas_deck(table: MapTable, uri: str, mapping: dict) -> pdk.Deck:
@@ -90,19 +112,25 @@ def atlas_deck(table: MapTable, uri: str, mapping: dict) -> pdk.Deck:
     images = session.image_index(store)
     def text(image_id: str, field: str) -> str:  # deck.gl's tooltip is HTML: escape every value
         return html.escape(str(getattr(images.get(image_id), field, None) or ""))
+    sheet = tuple(mapping["_sheet"])
     records = [{"position": [float(table.x[i]), float(table.y[i])], "icon": str(i), "point": i,
+                **hover_sprite(mapping[str(i)], sheet),
                 "title": text(image_id, "title") or html.escape(image_id),
-                "artist": text(image_id, "artist"), "date": text(image_id, "date")}
+                "artist": text(image_id, "artist"), "date": text(image_id, "date"),
+                "detail": f"detail of link #{table.link_ids[i]}" if table.kind == "region" else ""}
                for i, image_id in enumerate(table.image_ids)]
     span = max(float(np.ptp(table.x)), float(np.ptp(table.y)), 1e-9)
     # pydeck reads a bare string as a data accessor: literal strings go in quotes
     layer = pdk.Layer("IconLayer", id="atlas", data=records, get_icon="icon", get_position="position",
-                      icon_atlas=f'"{uri}"', icon_mapping=mapping,
+                      icon_atlas=f'"{uri}"', icon_mapping={k: v for k, v in mapping.items() if k != "_sheet"},
                       get_size=span / np.sqrt(len(table)) * 0.6, size_units='"common"',
                       size_min_pixels=6, size_max_pixels=320, pickable=True,
                       auto_highlight=True, highlight_color=[29, 120, 230, 90])
     # the tooltip sits beside the pointer and lets clicks through to the picture under it
-    tooltip = {"html": "<b>{title}</b><br/>{artist} {date}",
+    # the enlarged picture is the atlas cell: the sheet is a CSS background set once (atlas_css)
+    tooltip = {"html": '<div class="am-hover" style="width:{hw}px;height:{hh}px;background-position:'
+                       '{hx}px {hy}px;background-size:{sw}px {sh}px"></div>'
+                       "<b>{title}</b><br/>{artist} {date}<br/>{detail}",
                "style": {"fontSize": "13px", "maxWidth": "280px", "pointerEvents": "none",
                          "marginLeft": "16px", "marginTop": "16px"}}
     return pdk.Deck(layers=[layer], views=[pdk.View(type="OrthographicView", controller=True)],
@@ -211,7 +239,7 @@ kind = c1.radio("Points", tuple(KIND_LABELS), horizontal=True, key="map_kind", f
                 help="images by style: laid out by early-layer statistics (how they are drawn); "
                      "its HDBSCAN groups are style groups")
 draw = c3.radio("Draw as", ("dots", "thumbnails"), horizontal=True, key="map_draw",
-                disabled=kind != "image", help="Thumbnails: every image as its picture "
+                help="Thumbnails: every image as its picture, every detail region as its crop "
                 "(click or shift-click to choose); dots: colours and the lasso")
 by = c2.selectbox("Colour by", COLOUR_BY, key="map_colour", disabled=draw == "thumbnails",
                   format_func=lambda b: "HDBSCAN group" if b == "group" else b)
@@ -224,8 +252,11 @@ if len(table) == 0:
     st.stop()
 chart, panel = st.columns([3, 1])
 with chart:
-    if draw == "thumbnails" and kind == "image":
-        uri, mapping, _ = atlas_data(store, session.project()[1], store.path, model, version)
+    if draw == "thumbnails":
+        uri, mapping, _ = atlas_data(store, session.project()[1], store.path, model, kind, version)
+        # the sheet once as the hover card's background (our own data URI, no user text in it)
+        st.html(f'<style>.deck-tooltip .am-hover {{background-image: url("{uri}"); '
+                "background-repeat: no-repeat; margin-bottom: 4px;}</style>")
         event = st.pydeck_chart(atlas_deck(table, uri, mapping), key="map_atlas", height=640,
                                 on_select="rerun", selection_mode="multi-object")
         found = atlas_selection(event)

@@ -21,11 +21,14 @@ from engine.types import Box
 from hitl.difference import difference_view, flicker_gif, outline, swipe
 from hitl.queue import STRATEGIES, link_clusters, next_links, order_links, source_summary
 from hitl.team import is_blind, plan_new_links, review_state, second_reviews
+from hitl.tiles import ensure_pyramid
 from hitl.verdicts import record_verdict, undo_last_verdict
 from hitl.views.cluster_edits import current_clusters
+from hitl.views.match_points import draw_matches
 from hitl.views.overlay import aligned_pair, crop_region
 from hitl.views.review_view import ReviewFilter, describe_affine, filter_links, session_progress
 from hitl.views.thumbnails import jpeg_bytes
+from hitl.views.zoom_view import CANVAS, ZoomView, fit_view, zoom_data, zoom_js
 from pages import session
 
 DETAIL_SIDE = 1024  # decode side for enlarged regions: sharp crops of big scans
@@ -42,6 +45,9 @@ COMPACT_CSS = """<style>
 A_COLOUR, B_COLOUR = (230, 57, 70), (29, 120, 230)
 DIRECTION_WORDS = {None: "Direction: not said", "a_copies_b": "A copies B", "b_copies_a": "B copies A",
                    "common_model": "Both from a common model", "unknown": "Direction unknown"}
+ZOOM_KEY = "review_zoom"
+# Inline JS (no CDN): two canvases with one shared view; see hitl/views/zoom_view.py.
+ZOOM_COMPONENT = st.components.v2.component("artminer_zoom", js=zoom_js(), isolate_styles=False)
 KEYS = {"confirm": "Y", "reject": "N", "unsure": "U", "skip": "S", "undo": "Z"}
 
 for key, default in (("review_skipped", []), ("review_focus", None), ("review_note", ""),
@@ -222,8 +228,46 @@ def link_ui(store, link: Link) -> None:
                                      "1: B's region only, warped onto A's frame")
             mixed = (pixels_a * (1 - opacity) + warped * opacity).astype(np.uint8)
             st.image(jpeg_bytes_of(mixed), width="stretch")
+    points_ui(store, a, b, link)
+    zoom_ui(store, a, b, link)
     mask_ui(store, a, b, link)
     difference_ui(a, b, link)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def points_picture(path_a: str, path_b: str, box_a: tuple, box_b: tuple, inliers: tuple,
+                   mirrored: bool) -> bytes | None:
+    """JPEG of both regions side by side, the inliers dotted in both and joined by lines."""
+    try:
+        view_a, scale_a = session.view(path_a, DETAIL_SIDE)
+        view_b, scale_b = session.view(path_b, DETAIL_SIDE)
+    except ImageReadError:
+        return None
+    return jpeg_bytes(draw_matches(view_a, scale_a, view_b, scale_b, Box(*box_a), Box(*box_b), inliers,
+                                   height=CROP_SIDE, mirror_b=mirrored))
+
+
+def points_ui(store, a, b, link: Link) -> None:
+    """The link's inlier correspondences (why it was made), on a toggle: off, it costs nothing."""
+    if a is None or b is None or not st.toggle("Matched points", key="review_points_on",
+                                              help="The feature matches that verification found "
+                                                   "consistent with the link's transform"):
+        return
+    stored = store.get_link(link.link_id)  # the queue reads links without their points
+    inliers = stored.match.inliers if stored is not None else ()
+    if not inliers:
+        st.caption("No matched points stored for this link (re-run discovery to store them).")
+        return
+    mirrored = link.match.mirrored
+    picture = points_picture(a.path, b.path, tuple(link.box_a.as_list()), tuple(link.box_b.as_list()), inliers,
+                             mirrored)
+    if picture is None:
+        st.text("(an image is not readable)")
+        return
+    st.image(picture, width="content")
+    st.caption(f"{len(inliers)} matched points of {link.match.n_inliers} inliers (the strongest), "
+               "A left, B right" + (" (mirrored back, as it copies A's mirror image)" if mirrored else "")
+               + ": parallel lines mean a consistent copy")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -256,6 +300,45 @@ def mask_pictures(path_a: str, path_b: str, box_a: tuple, box_b: tuple, polygon_
         crop = crop_region(view, Box(*box), scale, CROP_SIDE)
         pictures.append(jpeg_bytes(outline(crop, Box(*box), polygon, colour)))
     return pictures[0], pictures[1]
+
+
+def zoom_ui(store, a, b, link: Link) -> None:
+    """Both images at full resolution, zoomed and panned together (a toggle: off, no cost)."""
+    if a is None or b is None or not st.toggle(
+            "Zoom both at full resolution", key="review_zoom_on",
+            help="Scroll to zoom, drag to pan, on either image: the other follows through the link's transform"):
+        return
+    zoom_fragment(store, a, b, link)
+
+
+@st.fragment
+def zoom_fragment(store, a, b, link: Link) -> None:
+    """Reruns alone when the view settles: only the crops of the new view are read and sent."""
+    _, paths = session.project()
+    try:
+        with st.spinner("Cutting the images into tiles (once per image)..."):
+            pyramids = (ensure_pyramid(paths, a), ensure_pyramid(paths, b))
+    except ImageReadError as err:
+        st.text(f"(cannot zoom: {err})")
+        return
+    view, ratio, canvas = fit_view(link.box_a), 1.0, CANVAS
+    sent = (st.session_state.get(ZOOM_KEY) or {}).get("view")
+    if isinstance(sent, dict) and sent.get("link") == link.link_id:
+        try:
+            view, ratio = ZoomView(float(sent["cx"]), float(sent["cy"]), float(sent["zoom"])), float(sent["ratio"])
+            canvas = (min(int(sent["width"]), CANVAS[0]), min(int(sent["height"]), CANVAS[1]))
+        except (KeyError, TypeError, ValueError):
+            pass  # a malformed view from the browser: start from the link's box
+    inliers = ()
+    if st.session_state.get("review_points_on"):
+        stored = store.get_link(link.link_id)
+        inliers = stored.match.inliers if stored is not None else ()
+    data = zoom_data(link.link_id, pyramids, (link.box_a, link.box_b), link.match.affine, view, inliers, ratio,
+                     canvas)
+    data["canvas"] = list(CANVAS)  # the largest canvas; the browser fits them to its column
+    ZOOM_COMPONENT(key=ZOOM_KEY, data=data, on_view_change=lambda: None)
+    st.caption("Scroll to zoom, drag to pan, on either image: the other follows through the link's transform"
+               + (" · yellow: matched points" if inliers else ""))
 
 
 def mask_ui(store, a, b, link: Link) -> None:

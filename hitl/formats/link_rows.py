@@ -23,8 +23,9 @@ class Row:
     mask: LinkMaskRecord | None = None  # the shared detail's polygons, when computed
 
 
-def link_rows(store: Store, statuses: Iterable[str]) -> list[Row]:
-    links = store.list_links(status=list(statuses), order="link_id")
+def link_rows(store: Store, statuses: Iterable[str], inliers: bool = False) -> list[Row]:
+    """Rows of the links whose status is in ``statuses``; ``inliers``: with their points."""
+    links = store.list_links(status=list(statuses), order="link_id", inliers=inliers)
     current = store.current_verdicts("link")
     ids = sorted({i for lk in links for i in (lk.image_a, lk.image_b)})
     images = {im.image_id: im for im in store.list_images(image_ids=ids)}

@@ -70,6 +70,7 @@ def _link_json(store: Store, link: Link) -> dict[str, Any]:
         "box_a": link.box_a.as_list(), "box_b": link.box_b.as_list(),
         "affine": [list(r) for r in link.match.affine], "score": link.score,
         "n_inliers": link.match.n_inliers, "mirrored": link.match.mirrored, "status": link.status,
+        "inliers": [list(p) for p in link.match.inliers],
         "verdicts": [{"verdict_id": v.verdict_id, "verdict": v.verdict, "annotator": v.annotator,
                       "created": _iso_precise(v.created), "note": v.note, "revokes": v.revokes,
                       "geometry": v.geometry} for v in store.link_history(link.link_id)],
@@ -127,7 +128,7 @@ def _parse_export(doc: dict[str, Any]) -> tuple[list[ImageRecord], list[tuple[Mo
         matches.append(PairMatch(_typed(e["image_a"], str), _typed(e["image_b"], str),
                                  Box(*map(_num, e["box_a"])), Box(*map(_num, e["box_b"])),
                                  affine, _num(e["score"]), _typed(e["n_inliers"], int),
-                                 _flag(e.get("mirrored", False))))
+                                 _flag(e.get("mirrored", False)), _inliers(e.get("inliers", []))))
         _check_verdicts(e["verdicts"])
     return records, models, matches
 
@@ -174,6 +175,13 @@ def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{value!r} is not a number")
     return float(value)
+
+
+def _inliers(value: Any) -> tuple[tuple[float, float, float, float], ...]:
+    """Inlier points of a link: a list of [x_a, y_a, x_b, y_b] (absent in older exports)."""
+    if not isinstance(value, list) or any(not isinstance(p, list) or len(p) != 4 for p in value):
+        raise TypeError("inliers must be a list of [x_a, y_a, x_b, y_b]")
+    return tuple(tuple(_num(v) for v in p) for p in value)
 
 
 def _dict(value: Any) -> dict:

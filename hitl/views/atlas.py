@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 PLACEHOLDER = (200, 200, 200)  # the cell of an unreadable image
+HOVER_SIDE = 160  # px: the picture in the hover card, the atlas cell enlarged (sharp up to ~2.5x a 64-px cell)
 MAX_ATLAS_SIDE = 4096  # px: within every WebGL implementation's texture limit (software too)
 
 
@@ -61,3 +62,21 @@ def view_state(x: Sequence[float], y: Sequence[float], width_px: int = 900) -> d
     span = max(max(x) - min(x), max(y) - min(y), 1e-9)
     return {"target": [(max(x) + min(x)) / 2, (max(y) + min(y)) / 2, 0.0],
             "zoom": math.log2(0.8 * width_px / span)}
+
+
+def hover_sprite(cell: dict, sheet_size: tuple[int, int], side: int = HOVER_SIDE) -> dict:
+    """CSS for showing one atlas cell enlarged to ``side`` px (its longer side): the
+    hover card draws the sheet as a background, scaled and shifted onto the cell.
+
+    Args:
+        cell: the point's entry of ``icon_mapping`` (x, y, width, height in the sheet).
+        sheet_size: (w, h) of the sheet.
+
+    Returns:
+        ``{"hw", "hh"}`` the box, ``{"hx", "hy"}`` the background offset and ``{"sw", "sh"}``
+        the background size, in CSS px.
+    """
+    scale = side / max(cell["width"], cell["height"], 1)
+    return {"hw": round(cell["width"] * scale), "hh": round(cell["height"] * scale),
+            "hx": round(-cell["x"] * scale), "hy": round(-cell["y"] * scale),
+            "sw": round(sheet_size[0] * scale), "sh": round(sheet_size[1] * scale)}

@@ -90,8 +90,9 @@ def _matches(instances, ids: dict[str, str]) -> tuple[list[PairMatch], list[Pair
         for k, (a, b) in enumerate(combinations(copies, 2)):
             box_a, box_b = Box(*a.box), Box(*b.box)
             score = round(0.3 - 0.02 * k - 0.01 * len(true) / 10, 4)
-            true.append(PairMatch(ids[a.file], ids[b.file], box_a, box_b, box_affine(box_a, box_b),
-                                  score, 40 - k))
+            affine = box_affine(box_a, box_b)
+            true.append(PairMatch(ids[a.file], ids[b.file], box_a, box_b, affine, score, 40 - k,
+                                  inliers=_grid_points(box_a, affine)))
     false = []
     for k, (a, b) in enumerate(zip(instances[::3], instances[1::3])):
         if a.motif != b.motif and a.file != b.file:
@@ -99,6 +100,15 @@ def _matches(instances, ids: dict[str, str]) -> tuple[list[PairMatch], list[Pair
             false.append(PairMatch(ids[a.file], ids[b.file], box_a, box_b,
                                    box_affine(box_a, box_b), 0.015 + 0.001 * k, 6))
     return true, false
+
+
+def _grid_points(box: Box, affine) -> tuple[tuple[float, float, float, float], ...]:
+    """A 4 x 4 grid of points inside ``box`` and their images under ``affine``: the
+    inliers verification would have stored (the false links get none, like old links)."""
+    (a, b, c), (d, e, f) = affine
+    xs = np.linspace(box.x0, box.x1, 6)[1:-1]
+    ys = np.linspace(box.y0, box.y1, 6)[1:-1]
+    return tuple((float(x), float(y), a * x + b * y + c, d * x + e * y + f) for y in ys for x in xs)
 
 
 def _clusters(true: list[PairMatch], link_ids: list[int]):

@@ -1,6 +1,6 @@
 """End to end in a real browser: Debian chromium driven by Playwright.
 
-Starts ``streamlit run streamlit_app.py`` on a free loopback port with
+Starts ``streamlit run streamlit_asgi.py`` (as ``artminer app`` does) on a free loopback port with
 ``ARTMINER_PROJECT`` set, sets an annotator, confirms one link and rejects another
 (and answers a third with its keyboard shortcut), checks the verdict log in the project
 file, draws a query box and gets results, and saves a screenshot of every page under
@@ -76,7 +76,8 @@ def server(project, tmp_path_factory) -> Iterator[str]:
     # the map test opens a second project by URL: both live under pytest's base folder
     env = dict(os.environ, ARTMINER_PROJECT=str(project),
                ARTMINER_PROJECTS=str(tmp_path_factory.getbasetemp()))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+    # as `artminer app` serves it: the ASGI entry, page URLs without 404s
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_asgi.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"]
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "streamlit.log", "w")  # the server's output, for a failed run
@@ -456,6 +457,9 @@ def test_map_atlas_of_10k_thumbnails(server, browser, tmp_path_factory):
     page.mouse.move(cx, cy)
     page.locator(".deck-tooltip").get_by_text("Artwork", exact=False).wait_for()
     hover = time.perf_counter() - start
+    picture = page.locator(".deck-tooltip .am-hover")  # the hovered picture, enlarged
+    assert picture.evaluate("e => getComputedStyle(e).backgroundImage").startswith('url("data:image/jpeg')
+    assert max(picture.bounding_box()["width"], picture.bounding_box()["height"]) == pytest.approx(160, abs=1)
     page.mouse.click(cx, cy)
     page.get_by_text("1 point(s) selected", exact=False).wait_for()
     # pan and zoom: mean time between animation frames while the view moves
@@ -506,3 +510,138 @@ def test_review_difference_view_and_shared_detail(server, browser, project):
     page.get_by_text("Swipe: A left, B right").scroll_into_view_if_needed()
     _shot(page, "review-swipe")
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_page_urls_open_directly_without_404s(server, browser, project):
+    """Every page's own URL, typed into a fresh tab: the page shows, no request fails."""
+    for title, path, shown in (("Map", "map", "map"), ("Clusters", "clusters", "clusters"),
+                               ("Training", "training", "training"), ("Review", "review", "")):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})  # a new session
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        failed: list[tuple[int, str]] = []
+        page.on("response", lambda r, failed=failed: failed.append((r.status, r.url)) if r.status >= 400 else None)
+        page.goto(f"{server}/{path}?annotator=Direct")
+        page.get_by_role("heading", name=title).wait_for()
+        _settle(page)
+        assert page.url.startswith(f"{server}/{shown}?"), page.url  # the page asked for (Review: the default, "/")
+        assert failed == [], failed
+        context.close()
+
+
+def _big_scan_project(root: Path, width: int, height: int) -> tuple[Path, int, tuple]:
+    """A project with a ``width`` x ``height`` scan (A) and a half-size copy of one part of it
+    (B), one link between them; returns (project, link id, A -> B affine)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from engine.types import Box, ModelRef, PairMatch
+    from hitl.formats.image_files import MAX_PIXELS_SETTING
+    from hitl.ingest import ingest_paths
+
+    rng = np.random.default_rng(3)
+    small = (rng.random((height // 100, width // 100, 3)) * 255).astype(np.uint8)
+    scan = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(scan)  # a fine grid: detail that only full resolution shows
+    for x in range(0, width, 40):
+        draw.line([(x, 0), (x, height)], fill=(20, 20, 20), width=1)
+    for y in range(0, height, 40):
+        draw.line([(0, y), (width, y)], fill=(20, 20, 20), width=1)
+    images = root / "images"
+    images.mkdir(parents=True)
+    scan.save(images / "scan.jpg", quality=85)
+    x0, y0 = width * 0.4, height * 0.4  # B: the part from (x0, y0) on, at half size
+    part = scan.crop((int(x0), int(y0), int(x0) + width // 5, int(y0) + height // 5))
+    part.resize((part.width // 2, part.height // 2), Image.Resampling.BILINEAR).save(images / "copy.jpg", quality=90)
+    del scan, part
+    affine = ((0.5, 0.0, -0.5 * int(x0)), (0.0, 0.5, -0.5 * int(y0)))
+    project = root / "artminer.duckdb"
+    with Store(project) as store:
+        store.set_setting(MAX_PIXELS_SETTING, str(width * height + 1))
+        ingest_paths(store, [images], progress=False)
+        ids = {Path(im.path).name: im.image_id for im in store.list_images()}
+        store.add_model(ModelRef("effnet-lite0", "effnet-lite0"))
+        store.set_active_model("effnet-lite0")
+        run = store.start_run("effnet-lite0", {"fixture": "big scan"})
+        box_a = Box(x0 + width * 0.05, y0 + height * 0.05, x0 + width * 0.15, y0 + height * 0.15)
+        box_b = Box(*(0.5 * (v - o) for v, o in zip(box_a.as_list(), (int(x0), int(y0)) * 2)))
+        points = tuple((x, y, 0.5 * (x - int(x0)), 0.5 * (y - int(y0)))
+                       for x in np.linspace(box_a.x0, box_a.x1, 5) for y in np.linspace(box_a.y0, box_a.y1, 4))
+        (link_id,) = store.add_links(run, [PairMatch(ids["scan.jpg"], ids["copy.jpg"], box_a, box_b, affine,
+                                                     0.5, 20, inliers=points)])
+        store.finish_run(run)
+    return project, link_id, affine
+
+
+def _zoom_view(page: Page, side: str) -> tuple[float, float, float]:
+    return tuple(float(v) for v in page.locator(f"canvas.am-zoom-{side}").get_attribute("data-view").split(","))
+
+
+def test_review_synced_zoom_at_full_resolution(server, browser, tmp_path_factory):
+    """Zoom on A moves B to the mapped place; the crops sharpen to full resolution; timed."""
+    from hitl.views.zoom_view import ZoomView, mapped_view
+
+    size = (20_000, 15_000)
+    start = time.perf_counter()
+    project, link_id, affine = _big_scan_project(tmp_path_factory.mktemp("bigscan"), *size)
+    made = time.perf_counter() - start
+    page = _new_page(browser)
+    page.goto(f"{server}/?project={project}&annotator=Zoomer")
+    _link_header(page, link_id).wait_for()
+    start = time.perf_counter()
+    page.get_by_text("Zoom both at full resolution").click()
+    page.wait_for_function("() => document.querySelector('.am-zoom')?.dataset.detailA")
+    page.wait_for_function("() => document.querySelector('canvas.am-zoom-b')?.dataset.view")
+    first = time.perf_counter() - start  # includes cutting both pyramids, once
+
+    def synced() -> tuple[tuple, tuple]:
+        view_a, view_b = _zoom_view(page, "a"), _zoom_view(page, "b")
+        expected = mapped_view(ZoomView(*view_a), affine)
+        assert view_b == pytest.approx((expected.cx, expected.cy, expected.zoom), rel=1e-3, abs=0.05)
+        return view_a, view_b
+
+    before_a, before_b = synced()
+    canvas = page.locator("canvas.am-zoom-a").bounding_box()
+    # zoom in on A at a point left of centre: 12 wheel steps, each one animation frame apart
+    page.evaluate("""() => { window.__gaps = []; let last = performance.now();
+        const tick = t => { window.__gaps.push(t - last); last = t; window.__raf = requestAnimationFrame(tick); };
+        window.__raf = requestAnimationFrame(tick); window.__artminerZoom.frames.length = 0; }""")
+    page.mouse.move(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + canvas["height"] * 0.6)
+    for _ in range(12):
+        page.mouse.wheel(0, -200)
+        page.wait_for_timeout(20)
+    gaps = page.evaluate("() => { cancelAnimationFrame(window.__raf); return window.__gaps.slice(1); }")
+    draws = sorted(page.evaluate("() => window.__artminerZoom.frames"))
+    after_a, after_b = synced()
+    assert after_a[2] > 10 * before_a[2] and after_a[:2] != before_a[:2]  # zoomed about the cursor
+    assert after_b[2] > 10 * before_b[2] and after_b[:2] != before_b[:2]  # B followed
+
+    # the settled view comes back as full-resolution crops of exactly the visible areas
+    page.wait_for_function("() => document.querySelector('.am-zoom').dataset.detailA.endsWith('@0')")
+    page.wait_for_function("() => document.querySelector('.am-zoom').dataset.detailB.endsWith('@0')")
+    for side in "ab":
+        detail = page.locator(".am-zoom").get_attribute(f"data-detail-{side}").split("@")[0]
+        x0, y0, x1, y1 = (float(v) for v in detail.split(","))
+        vx0, vy0, vx1, vy1 = (float(v) for v in page.locator(f"canvas.am-zoom-{side}").get_attribute("data-visible").split(","))
+        assert x0 <= max(vx0, 0) + 1 and y0 <= max(vy0, 0) + 1 and x1 >= vx1 - 1 and y1 >= vy1 - 1, side
+
+    # a drag on B pans A through the inverse affine
+    canvas_b = page.locator("canvas.am-zoom-b").bounding_box()
+    cx, cy = canvas_b["x"] + canvas_b["width"] / 2, canvas_b["y"] + canvas_b["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx - 100, cy - 50, steps=5)
+    page.mouse.up()
+    panned_a, panned_b = synced()
+    assert panned_b[0] == pytest.approx(after_b[0] + 100 / after_b[2], rel=1e-3)
+    assert panned_a[0] == pytest.approx(after_a[0] + 100 / after_b[2] / 0.5, rel=1e-3)
+    _shot(page, "review-zoom")
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    gaps = sorted(gaps)
+    print(f"\nsynced zoom on a {size[0]:,} x {size[1]:,} scan: test image made in {made:.1f} s; zoom on "
+          f"(tile pyramids cut once) {first:.1f} s; while zooming: median frame gap "
+          f"{gaps[len(gaps) // 2]:.1f} ms, slowest {gaps[-1]:.1f} ms, median draw of both canvases "
+          f"{draws[len(draws) // 2]:.2f} ms ({len(draws)} frames)")
+    page.close()
+    shutil.rmtree(project.parent, ignore_errors=True)

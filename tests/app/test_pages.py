@@ -135,6 +135,30 @@ def test_review_difference_view_modes_render(app):
             assert not app.exception
 
 
+def test_review_matched_points_or_a_note_for_links_without(app, project):
+    store = Store(project)
+    app.run()
+    assert not any("matched points" in c.value.lower() for c in app.caption)  # off: no cost
+    app.toggle(key="review_points_on").set_value(True).run()
+    assert not app.exception
+    assert any("16 matched points of" in c.value for c in app.caption)
+    bare = next(lk for lk in store.list_links(inliers=True) if not lk.match.inliers)  # a false link
+    app.session_state["review_focus"] = bare.link_id
+    app.run()
+    assert not app.exception
+    assert any("No matched points stored for this link (re-run discovery" in c.value for c in app.caption)
+
+
+def test_review_zoom_cuts_tile_pyramids_once(app, project):
+    app.run()
+    assert not (project.parent / "artminer-data" / "tiles").exists()  # off: nothing cut
+    app.toggle(key="review_zoom_on").set_value(True).run()
+    assert not app.exception
+    assert any("Scroll to zoom, drag to pan" in c.value for c in app.caption)
+    pyramids = sorted((project.parent / "artminer-data" / "tiles").iterdir())
+    assert len(pyramids) == 2 and all((p / "pyramid.json").is_file() for p in pyramids)
+
+
 def test_review_outlines_a_stored_shared_detail(app, project):
     from db.records import LinkMaskRecord
 
@@ -360,3 +384,18 @@ def test_map_draws_the_thumbnail_atlas(app, project):
     assert not app.exception, app.exception
     thumbs = ProjectPaths(project).data_dir / "thumbs"
     assert len(list(thumbs.glob("*.jpg"))) == Store(project).count_images()  # made once, kept
+
+
+def test_map_draws_detail_regions_as_their_crops(app, project):
+    from hitl.project import ProjectPaths
+
+    store = Store(project)
+    regions = {(lk.image_a, tuple(lk.box_a.as_list())) for lk in store.list_links()} | {
+        (lk.image_b, tuple(lk.box_b.as_list())) for lk in store.list_links()}
+    app.run()
+    app.switch_page("pages/map.py").run()
+    app.radio(key="map_kind").set_value("region").run()
+    app.radio(key="map_draw").set_value("thumbnails").run()
+    assert not app.exception, app.exception
+    crops = ProjectPaths(project).data_dir / "thumbs" / "regions"
+    assert len(list(crops.glob("*.jpg"))) == len(regions)  # one crop per distinct region, kept

@@ -71,6 +71,7 @@ def test_v1_file_is_upgraded_in_order_with_backfills(tmp_path: Path) -> None:
                                 "affine": [[1, 0, 1], [0, 1, 1]]}
     assert store.link_status(1) == "confirm"
     assert store.get_link(1).match.mirrored is False  # v4: old links were all direct
+    assert store.get_link(1).match.inliers == ()  # v6: old links have no stored points
     store.close()
     conn = duckdb.connect(str(old))
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()]

@@ -92,6 +92,19 @@ def test_mirrored_links_round_trip(store: Store) -> None:
     assert store.get_link(direct).match.mirrored is False
 
 
+def test_inlier_points_round_trip_with_their_link(store: Store) -> None:
+    run = store.start_run("m", {})
+    points = ((1.5, 2.5, 3.5, 5.5), (8.5, 10.5, 10.5, 13.5))  # exact in float32
+    with_points = replace(_match("a", "b", 0.9), inliers=points)
+    with_id, without = store.add_links(run, [with_points, _match("a", "c", 0.4)])
+    assert store.get_link(with_id).match == with_points  # get_link reads them
+    assert store.get_link(without).match.inliers == ()
+    listed = {lk.link_id: lk.match.inliers for lk in store.list_links(inliers=True)}
+    assert listed == {with_id: points, without: ()}
+    assert all(lk.match.inliers == () for lk in store.list_links())  # queues read no points
+    assert [lk.link_id for lk in store.list_links(inliers=True, image_id="c")] == [without]
+
+
 def test_run_lifecycle_and_resume(store: Store) -> None:
     params = {"k": 20, "scales": 7}
     run = store.start_run("m", params)

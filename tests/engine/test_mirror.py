@@ -16,6 +16,7 @@ from engine.mirror import (
     mirror_box,
     mirror_hash,
     unmirror_affine,
+    unmirror_match,
     verify_pairs_mirrored,
 )
 from engine.types import Box, PairMatch
@@ -50,6 +51,16 @@ def test_unmirror_affine_composes_the_flip():
     assert np.allclose(affine @ point, [540.0 - flipped_x[0], flipped_x[1]])
 
 
+def test_unmirrored_match_flips_its_points_into_b_s_frame():
+    found = PairMatch("a", "mirror:b", Box(0, 0, 10, 10), Box(10, 0, 20, 10), ((1.0, 0.0, 10.0), (0.0, 1.0, 0.0)),
+                      0.5, 2, inliers=((1.0, 2.0, 11.0, 2.0), (5.0, 6.0, 15.0, 6.0)))
+    match = unmirror_match(found, "b", 100.0)
+    assert match.image_b == "b" and match.mirrored
+    assert match.inliers == ((1.0, 2.0, 89.0, 2.0), (5.0, 6.0, 85.0, 6.0))
+    affine = np.array(match.affine)  # the points still follow the (unmirrored) affine
+    assert np.allclose(np.c_[np.array(match.inliers)[:, :2], np.ones(2)] @ affine.T, np.array(match.inliers)[:, 2:])
+
+
 def test_direct_verification_misses_a_mirrored_copy(pyramids):
     found = verify_pair(pyramids["a"], pyramids["b"], "a", "b")
     assert not any(m.box_a.iou(Box(*COPY_BOX)) > 0.5 and m.score > 0.1 for m in found)
@@ -67,6 +78,10 @@ def test_mirrored_verification_recovers_the_flip(pyramids):
     assert error < 6.0  # pixels; B's cells are 13.5 px
     assert best.box_a.iou(Box(*COPY_BOX)) > 0.8
     assert best.box_b.iou(_mapped_box(MIRRORED, COPY_BOX)) > 0.7
+    points = np.array(best.inliers)  # in B's own frame, as the boxes and the affine
+    assert len(points) > 10
+    mapped = np.c_[points[:, :2], np.ones(len(points))] @ MIRRORED.T
+    assert np.abs(mapped - points[:, 2:]).max() < 13.5  # B's cells are 13.5 px
 
 
 def test_a_direct_copy_stays_direct(pyramids):

@@ -208,6 +208,26 @@ def test_recovers_known_affine(pyr_a):
     assert best.n_inliers > 150 and 0.1 < best.score <= 1.0
 
 
+def test_inlier_points_follow_the_known_affine(pyr_a):
+    """The stored points are real correspondences: each A point lies in the region and maps
+    through the true affine onto its B point (within a B cell), heaviest first, capped."""
+    truth = _affine(0.8, 5.0, 60.0, 40.0)
+    copy_box = (160, 96, 480, 352)
+    pyr_b = _with_copies(pyr_a, (540, 405), [(truth, copy_box)], seed=2)
+    best = verify_pair(pyr_a, pyr_b, "a", "b")[0]
+    points = np.array(best.inliers)  # (K, 4)
+    assert points.shape == (VerifyConfig().max_points, 4) and best.n_inliers > VerifyConfig().max_points
+    xa, ya, xb, yb = points.T
+    assert ((xa >= best.box_a.x0) & (xa <= best.box_a.x1) & (ya >= best.box_a.y0) & (ya <= best.box_a.y1)).all()
+    mapped = np.stack([xa, ya, np.ones_like(xa)], 1) @ truth.T
+    assert np.abs(mapped - points[:, 2:]).max() < 13.5  # B's cells are 13.5 px
+    assert len({(x, y) for x, y in points[:, :2].tolist()}) == len(points)  # one-to-one
+    few = verify_pair(pyr_a, pyr_b, "a", "b", VerifyConfig(max_points=5))[0]
+    assert few.inliers == best.inliers[:5]  # the same heaviest points, fewer of them
+    with pytest.raises(ValueError, match="max_points"):
+        VerifyConfig(max_points=0)
+
+
 def test_unrelated_pyramids_do_not_verify(pyr_a):
     copy = _with_copies(pyr_a, (540, 405), [(_affine(0.8, 5.0, 60.0, 40.0), (160, 96, 480, 352))], seed=2)
     reference = verify_pair(pyr_a, copy, "a", "b")[0].score
@@ -268,6 +288,7 @@ def test_batched_equals_one_by_one(pyr_a):
         for x, y in zip(found, alone):
             assert x.n_inliers == y.n_inliers and x.score == pytest.approx(y.score, abs=1e-5)
             assert np.allclose(x.box_a.as_list(), y.box_a.as_list()) and np.allclose(x.affine, y.affine, atol=1e-3)
+            assert x.inliers == y.inliers
 
 
 def test_discovery_score_of_a_region(pyr_a):

@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 import hitl.discover as discover
@@ -29,6 +30,8 @@ def test_discovery_writes_run_links_clusters_and_map(tiny_project):
     masks = store.link_masks()  # every found link has its shared-detail mask (maybe empty)
     assert set(masks) == {lk.link_id for lk in store.list_links(run_id=report.run_id)}
     assert any(len(m.polygon_a) >= 3 and len(m.polygon_b) == len(m.polygon_a) for m in masks.values())
+    for lk in store.list_links(run_id=report.run_id, inliers=True):  # every link keeps its points
+        assert len(lk.match.inliers) == min(lk.match.n_inliers, CONFIG.verify.max_points) > 0
     # a second run with the same model verifies nothing again
     again = run_discovery(store, paths, CONFIG, progress=False)
     assert again.n_verified_now == 0 and again.n_links == report.n_links
@@ -81,8 +84,14 @@ def test_new_images_only_add_their_pairs(tiny_project, tiny_demo):
     first = next(im.image_id for im in store.list_images() if im.path.endswith(sorted(
         p.name for p in (tiny_demo / "images").iterdir())[0]))
     flipped = next(im.image_id for im in store.list_images() if im.path.endswith("flipped.png"))
-    best = next(lk for lk in store.list_links() if {lk.image_a, lk.image_b} == {first, flipped})
+    best = next(lk for lk in store.list_links(inliers=True) if {lk.image_a, lk.image_b} == {first, flipped})
     assert best.match.mirrored
+    # Its points are in each image's own frame: x in one is the image's width minus x in the other.
+    width = store.get_image(best.image_b).width
+    points = np.array(best.match.inliers)
+    assert len(points) > 5
+    assert np.median(np.abs(points[:, 2] - (width - points[:, 0]))) < 15  # a cell is 15 px
+    assert np.median(np.abs(points[:, 3] - points[:, 1])) < 15
 
 
 def test_unknown_mirror_or_mask_mode_is_refused():
@@ -103,10 +112,12 @@ def test_a_region_found_both_ways_is_kept_once():
     from hitl.discover import merge_directions
 
     eye = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
-    ab = PairMatch("a", "b", Box(0, 0, 10, 10), Box(20, 20, 30, 30), eye, 0.03, 9)
-    ba_same = PairMatch("b", "a", Box(21, 20, 30, 30), Box(0, 0, 10, 10), eye, 0.05, 9)
+    # each match keeps its points in its own (image_a, image_b) frame: the kept twin's points
+    ab = PairMatch("a", "b", Box(0, 0, 10, 10), Box(20, 20, 30, 30), eye, 0.03, 9, inliers=((5, 5, 25, 25),))
+    ba_same = PairMatch("b", "a", Box(21, 20, 30, 30), Box(0, 0, 10, 10), eye, 0.05, 9, inliers=((25, 25, 5, 5),))
     ba_other = PairMatch("b", "a", Box(50, 50, 60, 60), Box(70, 70, 80, 80), eye, 0.02, 9)
     assert merge_directions([ab], [ba_same, ba_other]) == [ba_same, ba_other]
+    assert merge_directions([ab], [ba_same])[0].inliers == ((25, 25, 5, 5),)
     assert merge_directions([ab], []) == [ab]
     # two backward twins of one forward match: the best of the three is kept, once
     ba_best = PairMatch("b", "a", Box(20, 21, 30, 30), Box(0, 0, 10, 10), eye, 0.07, 9)

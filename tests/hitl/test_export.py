@@ -51,9 +51,10 @@ def project() -> tuple[Store, dict[str, int]]:
     aff = ((1.0, 0.0, 3.0), (0.0, 1.0, -2.0))
 
     def match(a: str, b: str, score: float) -> PairMatch:
-        # The confirmed link (a, b) is a mirrored copy: exports must say so.
+        # The confirmed link (a, b) is a mirrored copy with its inlier points: exports must say so.
+        points = ((12.5, 11.5, 20.5, 9.5), (18.5, 17.5, 15.5, 15.5)) if (a, b) == ("a", "b") else ()
         return PairMatch(a * 16, b * 16, Box(10, 10, 20.5, 20), Box(13, 8, 23.5, 18), aff, score, 11,
-                         mirrored=(a, b) == ("a", "b"))
+                         mirrored=(a, b) == ("a", "b"), inliers=points)
 
     names = ["confirmed", "rejected", "unsure", "unreviewed", "undone", "iiif3", "iiif2"]
     pairs = [("a", "b"), ("a", "c"), ("b", "c"), ("a", "d"), ("b", "d"), ("c", "a"), ("d", "b")]
@@ -217,7 +218,7 @@ def test_json_round_trip_keeps_links_and_verdicts(project, tmp_path: Path) -> No
 
     def snapshot(s: Store) -> dict:
         found = {}
-        for link in s.list_links(status=["confirm", "reject", "unsure"]):
+        for link in s.list_links(status=["confirm", "reject", "unsure"], inliers=True):
             history = s.link_history(link.link_id)
             ids = {v.verdict_id: n for n, v in enumerate(history)}
             found[(link.image_a, link.image_b, link.score)] = (
@@ -228,6 +229,7 @@ def test_json_round_trip_keeps_links_and_verdicts(project, tmp_path: Path) -> No
 
     assert snapshot(fresh) == snapshot(store)
     assert [lk.match.mirrored for lk in fresh.list_links(status="confirm")].count(True) == 1
+    assert [len(lk.match.inliers) for lk in fresh.list_links(inliers=True)].count(2) == 1
     assert [replace(im, added=None) for im in fresh.list_images()] == [
         replace(im, added=None) for im in store.list_images()]
     assert fresh.get_model("m@1").ref.parent == "m"
@@ -254,6 +256,12 @@ def test_bad_format_and_bad_import_are_clear_errors(project, tmp_path: Path) -> 
         import_links(store, tmp_path / "other.json")
     with pytest.raises(ValueError, match="cannot read links export"):
         import_links(store, tmp_path / "absent.json")
+    export_links(store, "json", tmp_path / "links.json")
+    doc = json.loads((tmp_path / "links.json").read_text())
+    doc["links"][0]["inliers"] = [[1, 2, 3]]  # a point needs x_a, y_a, x_b, y_b
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="inliers must be a list"):
+        import_links(Store(":memory:"), tmp_path / "bad.json")
 
 
 def test_w3c_and_iiif_carry_the_shared_detail_polygon(project, tmp_path: Path) -> None:

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hitl.views.atlas import MAX_ATLAS_SIDE, PLACEHOLDER, build_atlas, cell_size, view_state
+from hitl.views.atlas import (
+    MAX_ATLAS_SIDE,
+    PLACEHOLDER,
+    build_atlas,
+    cell_size,
+    hover_sprite,
+    view_state,
+)
 
 
 def test_cell_size_fits_the_sheet():
@@ -37,3 +44,9 @@ def test_view_state_frames_the_points():
     assert state["target"] == [5.0, 2.0, 0.0]
     assert 2 ** state["zoom"] * 10 == pytest.approx(640)
     assert view_state([], [])["zoom"] == 0.0
+
+
+def test_hover_sprite_enlarges_one_cell():
+    cell = {"x": 32, "y": 16, "width": 16, "height": 8, "mask": False}
+    css = hover_sprite(cell, (64, 48), side=160)  # x10
+    assert css == {"hw": 160, "hh": 80, "hx": -320, "hy": -160, "sw": 640, "sh": 480}
