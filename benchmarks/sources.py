@@ -16,7 +16,8 @@ photo archive and museum photographs whose motifs are copied across sources) unl
   colour bars): link precision, pair precision and recall (within / across sources),
   and the share of links that land on template.
 
-The demo's template boxes are in ``template_regions.json`` beside its ground truth.
+The demo's template boxes are in ``template_regions.json`` beside its ground truth, and
+every pasted element (copies and distractors) in ``ground_truth_copies.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from engine.mirror import cache_mirrored_features, mirror_hash
 from engine.shortlist import ShortlistConfig, look_alike_groups, shortlist_pairs
 from engine.texture import TextureConfig
 from engine.types import Box
+from hitl.demo import COPIES_FILE
 from hitl.discover import (
     DEFAULT_MIN_SCORE,
     DiscoverConfig,
@@ -78,7 +80,7 @@ def fresh_project(demo: Path, out: Path) -> Path:
     from hitl.ingest import ingest_paths
 
     if demo != out:
-        for name in ("images", "metadata.csv", "ground_truth.json", "template_regions.json", "instances.json"):
+        for name in ("images", "metadata.csv", "ground_truth.json", "template_regions.json", COPIES_FILE, "masks"):
             (shutil.copytree if (demo / name).is_dir() else shutil.copy)(demo / name, out / name)
         if (demo / "artminer-data" / "features").is_dir():  # content-addressed: safe to share
             shutil.copytree(demo / "artminer-data" / "features", out / "artminer-data" / "features")
@@ -102,7 +104,7 @@ def demo_truth(store: Store, demo: Path) -> tuple[list, dict[str, list[Box]], di
     source_of = {img.image_id: img.collection or "" for img in images}
     flipped: dict[tuple[str, str], bool] = {}
     distractors: dict[str, list[Instance]] = {}
-    for inst in json.loads((demo / "instances.json").read_text()):
+    for inst in json.loads((demo / COPIES_FILE).read_text()):
         if inst["file"] not in id_of:
             continue
         if inst.get("kind", "motif") == "motif":

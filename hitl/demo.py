@@ -964,11 +964,6 @@ def build_demo(
         template_regions=root / "template_regions.json",
     )
     collection.template_regions.write_text(json.dumps(templates) + "\n")
-    # Every pasted element with what the annotation formats cannot say (mirrored, occluded
-    # share), distractors included: one distractor pasted twice is a repeated detail too.
-    every = [{**asdict(i), "kind": "motif"} for i in collection.instances]
-    every += [{**asdict(i), "kind": "distractor"} for i in distractors]
-    (root / "instances.json").write_text(json.dumps(every) + "\n")
     collection.ground_truth.write_text(
         json.dumps(artminer_ground_truth(collection.instances)) + "\n"
     )
@@ -977,15 +972,20 @@ def build_demo(
     )
     collection.ground_truth_via.write_text(json.dumps(via) + "\n")
     _write_metadata(collection.metadata, plans)
-    copies = [{**asdict(inst), "mask": f"masks/{mask_name(inst.file, k)}"}
+    # Every pasted element, distractors included (one distractor pasted twice is a repeated
+    # detail too, outside the ground truth).
+    copies = [{**asdict(inst), "kind": "motif", "mask": f"masks/{mask_name(inst.file, k)}"}
               for inst, k in zip(collection.instances, _ranks(collection.instances))]
+    copies += [{**asdict(inst), "kind": "distractor", "mask": None} for inst in distractors]
     (root / COPIES_FILE).write_text(json.dumps(copies) + "\n")
     return collection
 
 
 COPIES_FILE = "ground_truth_copies.json"
-"""Every copy with what the brueghelTest format cannot hold: mirrored or not, its true
-patch -> image affine and its visible mask (``masks/<image stem>_<k>.png``)."""
+"""Every pasted element with what the brueghelTest format cannot hold: ``kind`` (a
+ground-truth "motif" copy, or a "distractor" left out of the ground truth), mirrored or
+not, occluded share, its true patch -> image affine and, for copies, its visible mask
+(``masks/<image stem>_<k>.png``)."""
 
 
 def mask_name(file: str, k: int) -> str:
@@ -1013,6 +1013,8 @@ def load_copies(root: str | Path) -> list[tuple[DemoInstance, Path]]:
         raise FileNotFoundError(f"{path} is missing: rebuild the demo with `artminer demo`")
     out = []
     for rec in json.loads(path.read_text()):
+        if rec.pop("kind", "motif") != "motif":
+            continue
         mask = Path(root) / rec.pop("mask")
         rec["box"], rec["transform"], rec["patch_size"] = (tuple(rec[k]) for k in ("box", "transform", "patch_size"))
         out.append((DemoInstance(**rec), mask))

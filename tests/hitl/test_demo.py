@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from hitl.demo import (
+    COPIES_FILE,
     MEDIUM_LABELS,
     MOTIFS,
     DemoConfig,
@@ -231,9 +232,11 @@ def test_multi_source_demo_writes_templates_instances_and_collections(tmp_path):
                       progress=False, n_sources=4)
     templates = json.loads(demo.template_regions.read_text())
     assert set(templates) == set(demo.files)
-    instances = json.loads((tmp_path / "instances.json").read_text())
-    assert {i["kind"] for i in instances} <= {"motif", "distractor"}
+    instances = json.loads((tmp_path / COPIES_FILE).read_text())
+    assert {i["kind"] for i in instances} == {"motif", "distractor"}
     assert sum(i["kind"] == "motif" for i in instances) == len(demo.instances)
+    assert all((tmp_path / i["mask"]).is_file() for i in instances if i["kind"] == "motif")
+    assert len(load_copies(tmp_path)) == len(demo.instances)  # copies only
     with open(demo.metadata, newline="", encoding="utf-8") as f:
         collections = {row["collection"] for row in csv.DictReader(f)}
     assert len(collections) == 4
