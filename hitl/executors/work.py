@@ -1,0 +1,122 @@
+"""The units of work an executor hands out, runnable in any process that sees the data folder.
+
+Two stages of discovery are embarrassingly parallel: features (per image) and pair
+verification (per pair). Their units here need no store: a feature unit reads image
+files and writes the feature cache; a verification unit reads the feature cache and
+writes one Parquet shard (``hitl.executors.shards``). Both run the same engine code as
+discovery in one process, so every executor stores the same links.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.backbone import Backbone
+from engine.features import (
+    CachedPyramids,
+    FeatureCache,
+    FeatureConfig,
+    FeaturePyramid,
+    collection_features,
+)
+from engine.mirror import cache_mirrored_features, flip_pyramid, mirror_hash
+from engine.texture import TextureConfig, TextureWeights
+from hitl.discover import DiscoverConfig, verify_both_ways
+from hitl.executors.shards import Pair, Shard, write_shard
+
+# ---------------------------------------------------------------- features
+
+
+def features_todo(items: Sequence[tuple[str, str]], hashes: dict[str, str], cache: FeatureCache,
+                  mirror: bool) -> list[tuple[str, str]]:
+    """The (image_id, path) items whose pyramid (or mirror image's pyramid) is not cached yet."""
+    return [(i, p) for i, p in items
+            if not cache.path(hashes[i]).is_file() or (mirror and not cache.path(mirror_hash(hashes[i])).is_file())]
+
+
+def cache_features(backbone: Backbone, items: Sequence[tuple[str, str]], hashes: dict[str, str],
+                   config: FeatureConfig, cache_root: str | Path, mirror: bool) -> list[str]:
+    """Compute and cache the pyramids of ``items`` (and of their mirror images); returns
+    the paths that could not be read."""
+    found = collection_features(backbone, items, config, cache_root, progress=False, hashes=hashes, keep=False)
+    failed = [f.path for f in found.failures]
+    if mirror:
+        readable = set(found.image_ids)
+        failed += cache_mirrored_features(backbone, [(i, p) for i, p in items if i in readable], hashes,
+                                          config, cache_root)
+    return failed
+
+
+# ---------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class VerifySetup:
+    """What every verification unit of a run shares (sent once to each worker).
+
+    Attributes:
+        cache: the feature cache (its folder must be readable by every worker).
+        config: the run's discovery config (verification, mirror mode, min score, batch size).
+        texture: the texture weighting's config, or None for no weights.
+        device: "cpu" or "cuda", the worker's device.
+    """
+
+    cache: FeatureCache
+    config: DiscoverConfig
+    texture: TextureConfig | None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class VerifyTask:
+    """One shard to verify, with what the worker needs of its images.
+
+    Attributes:
+        hashes: image id -> content hash (the feature cache key), the shard's images.
+        counts: image id -> (h, w) collection count (``engine.texture.collection_counts``),
+            the shard's images: the one input of the weights that needs the whole collection,
+            so the driver computes it once and ships each shard its part.
+    """
+
+    shard: Shard
+    hashes: dict[str, str]
+    counts: dict[str, torch.Tensor]
+
+
+def make_task(shard: Shard, hashes: dict[str, str], weights: Callable | None) -> VerifyTask:
+    names = {n for pair in shard.pairs for n in pair}
+    counts = weights.counts if isinstance(weights, TextureWeights) else {}
+    return VerifyTask(shard, {n: hashes[n] for n in names}, {n: counts[n] for n in names if n in counts})
+
+
+def texture_of(weights: Callable | None) -> TextureConfig | None:
+    """The texture config behind discovery's weights (None: unweighted)."""
+    if weights is None:
+        return None
+    if not isinstance(weights, TextureWeights):
+        raise TypeError("a distributed executor needs the texture weights as engine.texture.TextureWeights")
+    return weights.config
+
+
+def _mirrored(mode: str, pyramids: CachedPyramids) -> Callable[[str], FeaturePyramid] | None:
+    """The mirror images' pyramids, as discovery builds them (its ``_mirrored_pyramids``)."""
+    if mode == "flip":
+        return lambda image_id: flip_pyramid(pyramids(image_id))
+    if mode == "image":
+        return CachedPyramids(pyramids.cache, {i: mirror_hash(h) for i, h in pyramids.hashes.items()})
+    return None
+
+
+def verify_shard(setup: VerifySetup, task: VerifyTask, folder: Path) -> int:
+    """Verify the shard's pairs both ways and write its Parquet file; returns its link count."""
+    pyramids = CachedPyramids(setup.cache, task.hashes)
+    weights = TextureWeights(pyramids, setup.texture, task.counts) if setup.texture is not None else None
+    pairs: list[Pair] = list(task.shard.pairs)
+    links = verify_both_ways(pairs, pyramids, setup.config, torch.device(setup.device), weights,
+                             _mirrored(setup.config.mirror, pyramids))
+    write_shard(task.shard.path(folder), pairs, links)
+    return len(links)
