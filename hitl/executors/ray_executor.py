@@ -123,6 +123,15 @@ class RayExecutor:
 
     # ------------------------------------------------------------ the cluster
 
+    def start(self):
+        """Start (or join) Ray now; returns the ``ray`` module.
+
+        Call it before opening the project file: a Ray head started while DuckDB holds a
+        file open in this process fails to start (its GCS server dies; Ray 2.60). Later
+        calls, and the stages, reuse the running instance.
+        """
+        return self._ray()
+
     def _ray(self):
         import ray
 
@@ -171,8 +180,9 @@ class RayExecutor:
                   "config": config.features, "cache_root": str(paths.features), "mirror": mirror,
                   "device": self.config.device, "pixel_limit": max_pixels()}
         rows = [{"image_id": i, "path": str(p), "hash": hashes[i]} for i, p in todo]
-        return [str(row["failed"]) for row in
-                self._map(ray, rows, FeatureWorker, self.config.feature_batch, kwargs, progress)]
+        # Small collections still reach every actor: no batch larger than an actor's share.
+        batch = max(1, min(self.config.feature_batch, -(-len(rows) // self._actors(ray))))
+        return [str(row["failed"]) for row in self._map(ray, rows, FeatureWorker, batch, kwargs, progress)]
 
     def verify_and_store(self, store: Store, paths: ProjectPaths, run_id: int, todo: list[tuple[str, str]],
                          pyramids, config: DiscoverConfig, backbone: Backbone, progress: bool,
