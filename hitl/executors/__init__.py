@@ -45,7 +45,9 @@ class LocalExecutor:
     """This process: the steps of ``hitl.discover`` as they are (nothing to hand out)."""
 
     def cache_features(self, backbone, items, hashes, config, paths) -> list[str]:
-        return []  # discovery computes the missing features itself, in this process
+        from hitl.executors.work import cache_features
+
+        return cache_features(backbone, items, hashes, config.features, paths.features, config.mirror == "image")
 
     def verify_and_store(self, store, paths, run_id, todo, pyramids, config, backbone, progress,
                          weights, mirrored) -> int:

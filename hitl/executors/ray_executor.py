@@ -24,7 +24,7 @@ filesystem (NFS, a cloud bucket mounted with a FUSE driver), mounted at the same
 
 from __future__ import annotations
 
-import pickle
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +36,12 @@ from engine.backbone import Backbone, create_backbone
 from engine.features import FeatureCache, FeatureConfig
 from engine.images import max_pixels, set_max_pixels
 from hitl.discover import DiscoverConfig
-from hitl.executors.shards import load_shards, plan_shards, shard_folder
+from hitl.executors.shards import Shard, load_shards, plan_shards, shard_folder
 from hitl.executors.work import (
     VerifySetup,
     cache_features,
     features_todo,
-    make_task,
-    texture_of,
+    verify_setup,
     verify_shard,
 )
 from hitl.project import ProjectPaths
@@ -101,12 +100,12 @@ class VerifyWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names, links = [], []
-        for blob in batch["task"]:
+        for index, name, pairs in zip(batch["index"], batch["name"], batch["pairs"]):
             if self.fail_after is not None and self.written >= self.fail_after:
                 raise RuntimeError(f"fault injection: worker stops after {self.fail_after} shards")
-            task = pickle.loads(blob)
-            links.append(verify_shard(self.setup, task, self.folder))
-            names.append(task.shard.name)
+            shard = Shard(int(index), tuple(tuple(p) for p in json.loads(str(pairs))), str(name))
+            links.append(verify_shard(self.setup, shard, self.folder))
+            names.append(shard.name)
             self.written += 1
         return {"shard": np.array(names, dtype=object), "links": np.array(links, dtype=np.int64)}
 
@@ -190,7 +189,9 @@ class RayExecutor:
         """Verify ``todo`` on the cluster, shard by shard, then store every shard in one transaction.
 
         ``mirrored`` is rebuilt by each worker from ``config.mirror``; ``weights`` must be
-        discovery's :class:`engine.texture.TextureWeights` (its counts travel with the shards).
+        discovery's :class:`engine.texture.TextureWeights`: its collection counts and the
+        image hashes go to each actor once (Ray Data puts them in the object store), a
+        shard row is only its pair list.
         """
         if not todo:
             return 0
@@ -200,8 +201,8 @@ class RayExecutor:
         self.stats = ShardStats(planned=len(shards), skipped=len(shards) - len(left))
         if left:
             ray = self._ray()
-            setup = VerifySetup(pyramids.cache, config, texture_of(weights), self.config.device)
-            rows = [{"task": pickle.dumps(make_task(s, pyramids.hashes, weights))} for s in left]
+            setup = verify_setup(pyramids, config, weights, self.config.device)
+            rows = [{"index": s.index, "name": s.name, "pairs": json.dumps(s.pairs)} for s in left]
             kwargs = {"setup": setup, "folder": str(folder), "fail_after": self.config.fail_after_shards}
             bar = tqdm(total=len(shards), initial=self.stats.skipped, desc="verify shards (ray)", unit="shard",
                        disable=not progress)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -102,7 +103,7 @@ def write_shard(path: Path, pairs: Sequence[Pair], links: Sequence[PairMatch]) -
     table = pa.Table.from_pylist([_row(m) for m in links], schema=_SCHEMA)
     table = table.replace_schema_metadata({"pairs": json.dumps([list(p) for p in pairs])})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # a retried task may write the same shard at once
     pq.write_table(table, tmp)
     tmp.replace(path)
 

@@ -10,7 +10,7 @@ discovery in one process, so every executor stores the same links.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,50 +56,35 @@ def cache_features(backbone: Backbone, items: Sequence[tuple[str, str]], hashes:
 
 @dataclass(frozen=True)
 class VerifySetup:
-    """What every verification unit of a run shares (sent once to each worker).
+    """What every verification unit of a run shares: sent once to each worker, so a
+    shard itself is only its pair list.
 
     Attributes:
         cache: the feature cache (its folder must be readable by every worker).
         config: the run's discovery config (verification, mirror mode, min score, batch size).
+        hashes: image id -> content hash (the feature cache's key), every image of the run.
         texture: the texture weighting's config, or None for no weights.
+        counts: image id -> (h, w) collection count (``engine.texture.collection_counts``):
+            the one input of the texture weights that needs the whole collection, so the
+            driver computes it once (~1 kB an image).
         device: "cpu" or "cuda", the worker's device.
     """
 
     cache: FeatureCache
     config: DiscoverConfig
-    texture: TextureConfig | None
+    hashes: dict[str, str]
+    texture: TextureConfig | None = None
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)
     device: str = "cpu"
 
 
-@dataclass(frozen=True)
-class VerifyTask:
-    """One shard to verify, with what the worker needs of its images.
-
-    Attributes:
-        hashes: image id -> content hash (the feature cache key), the shard's images.
-        counts: image id -> (h, w) collection count (``engine.texture.collection_counts``),
-            the shard's images: the one input of the weights that needs the whole collection,
-            so the driver computes it once and ships each shard its part.
-    """
-
-    shard: Shard
-    hashes: dict[str, str]
-    counts: dict[str, torch.Tensor]
-
-
-def make_task(shard: Shard, hashes: dict[str, str], weights: Callable | None) -> VerifyTask:
-    names = {n for pair in shard.pairs for n in pair}
-    counts = weights.counts if isinstance(weights, TextureWeights) else {}
-    return VerifyTask(shard, {n: hashes[n] for n in names}, {n: counts[n] for n in names if n in counts})
-
-
-def texture_of(weights: Callable | None) -> TextureConfig | None:
-    """The texture config behind discovery's weights (None: unweighted)."""
-    if weights is None:
-        return None
-    if not isinstance(weights, TextureWeights):
+def verify_setup(pyramids: CachedPyramids, config: DiscoverConfig, weights: Callable | None,
+                 device: str = "cpu") -> VerifySetup:
+    """The setup of a run from what discovery holds: its pyramid reader and texture weights."""
+    if weights is not None and not isinstance(weights, TextureWeights):
         raise TypeError("a distributed executor needs the texture weights as engine.texture.TextureWeights")
-    return weights.config
+    return VerifySetup(pyramids.cache, config, dict(pyramids.hashes), weights.config if weights else None,
+                       dict(weights.counts) if weights else {}, device)
 
 
 def _mirrored(mode: str, pyramids: CachedPyramids) -> Callable[[str], FeaturePyramid] | None:
@@ -111,12 +96,12 @@ def _mirrored(mode: str, pyramids: CachedPyramids) -> Callable[[str], FeaturePyr
     return None
 
 
-def verify_shard(setup: VerifySetup, task: VerifyTask, folder: Path) -> int:
+def verify_shard(setup: VerifySetup, shard: Shard, folder: Path) -> int:
     """Verify the shard's pairs both ways and write its Parquet file; returns its link count."""
-    pyramids = CachedPyramids(setup.cache, task.hashes)
-    weights = TextureWeights(pyramids, setup.texture, task.counts) if setup.texture is not None else None
-    pairs: list[Pair] = list(task.shard.pairs)
+    pyramids = CachedPyramids(setup.cache, setup.hashes)
+    weights = TextureWeights(pyramids, setup.texture, setup.counts) if setup.texture is not None else None
+    pairs: list[Pair] = list(shard.pairs)
     links = verify_both_ways(pairs, pyramids, setup.config, torch.device(setup.device), weights,
                              _mirrored(setup.config.mirror, pyramids))
-    write_shard(task.shard.path(folder), pairs, links)
+    write_shard(shard.path(folder), pairs, links)
     return len(links)

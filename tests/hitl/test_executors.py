@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,16 +92,6 @@ def test_unknown_executor_is_refused():
         make_executor("dask")
 
 
-def test_local_executor_stores_what_discovery_in_process_stores(tiny_project, tmp_path):
-    twin = tmp_path / "twin"
-    shutil.copytree(tiny_project.parent, twin)
-    store, paths = open_project(tiny_project)
-    run_discovery(store, paths, replace(CONFIG, mirror="flip"), progress=False)
-    store2, paths2 = open_project(twin / tiny_project.name)
-    run_discovery(store2, paths2, replace(CONFIG, mirror="flip"), progress=False, executor=LocalExecutor())
-    assert _link_keys(store) == _link_keys(store2) and _link_keys(store)
-
-
 # ---------------------------------------------------------------- Ray in local mode
 
 
@@ -122,8 +111,8 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
-def local_links(ray_local, tiny_demo, tmp_path_factory) -> tuple[Path, list[tuple]]:
-    """A fresh tiny project (not discovered yet), and the links the local executor stores on a copy."""
+def local_links(tiny_demo, tmp_path_factory) -> tuple[Path, list[tuple]]:
+    """A fresh tiny project (not discovered yet), and the links discovery in process stores on a copy."""
     from hitl.ingest import ingest_paths
 
     root = tmp_path_factory.mktemp("exec") / "proj"
@@ -137,13 +126,20 @@ def local_links(ray_local, tiny_demo, tmp_path_factory) -> tuple[Path, list[tupl
     return root, _link_keys(store)
 
 
+def test_local_executor_stores_what_discovery_in_process_stores(local_links, tmp_path):
+    root, expected = local_links
+    store, paths = _fresh(root, tmp_path)
+    run_discovery(store, paths, CONFIG, progress=False, executor=LocalExecutor())
+    assert expected and _link_keys(store) == expected
+
+
 def _fresh(root: Path, tmp_path: Path) -> tuple[Store, object]:
     shutil.copytree(root, tmp_path / "p")
     return open_project(tmp_path / "p" / "artminer.duckdb")
 
 
 @needs_ray
-def test_ray_stores_exactly_the_local_links(local_links, tmp_path):
+def test_ray_stores_exactly_the_local_links(ray_local, local_links, tmp_path):
     from hitl.executors.ray_executor import RayConfig, RayExecutor
 
     root, expected = local_links
@@ -156,7 +152,7 @@ def test_ray_stores_exactly_the_local_links(local_links, tmp_path):
 
 
 @needs_ray
-def test_ray_job_killed_midway_reruns_without_duplicates(local_links, tmp_path):
+def test_ray_job_killed_midway_reruns_without_duplicates(ray_local, local_links, tmp_path):
     from hitl.executors.ray_executor import RayConfig, RayExecutor
 
     root, expected = local_links
