@@ -38,11 +38,11 @@ from engine.images import max_pixels, set_max_pixels
 from hitl.discover import DiscoverConfig
 from hitl.executors.shards import Shard, load_shards, plan_shards, shard_folder
 from hitl.executors.work import (
+    ShardVerifier,
     VerifySetup,
     cache_features,
     features_todo,
     verify_setup,
-    verify_shard,
 )
 from hitl.project import ProjectPaths
 
@@ -95,7 +95,7 @@ class VerifyWorker:
     """A Ray Data actor: verifies shards, one per call, and writes their Parquet files."""
 
     def __init__(self, setup: VerifySetup, folder: str, fail_after: int | None = None):
-        self.setup, self.folder, self.fail_after = setup, Path(folder), fail_after
+        self.verify, self.folder, self.fail_after = ShardVerifier(setup), Path(folder), fail_after
         self.written = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -104,7 +104,7 @@ class VerifyWorker:
             if self.fail_after is not None and self.written >= self.fail_after:
                 raise RuntimeError(f"fault injection: worker stops after {self.fail_after} shards")
             shard = Shard(int(index), tuple(tuple(p) for p in json.loads(str(pairs))), str(name))
-            links.append(verify_shard(self.setup, shard, self.folder))
+            links.append(self.verify(shard, self.folder))
             names.append(shard.name)
             self.written += 1
         return {"shard": np.array(names, dtype=object), "links": np.array(links, dtype=np.int64)}

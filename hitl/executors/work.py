@@ -96,12 +96,20 @@ def _mirrored(mode: str, pyramids: CachedPyramids) -> Callable[[str], FeaturePyr
     return None
 
 
-def verify_shard(setup: VerifySetup, shard: Shard, folder: Path) -> int:
-    """Verify the shard's pairs both ways and write its Parquet file; returns its link count."""
-    pyramids = CachedPyramids(setup.cache, setup.hashes)
-    weights = TextureWeights(pyramids, setup.texture, setup.counts) if setup.texture is not None else None
-    pairs: list[Pair] = list(shard.pairs)
-    links = verify_both_ways(pairs, pyramids, setup.config, torch.device(setup.device), weights,
-                             _mirrored(setup.config.mirror, pyramids))
-    write_shard(shard.path(folder), pairs, links)
-    return len(links)
+class ShardVerifier:
+    """Verifies shards in a worker: the pyramid reader and the texture weights are built
+    once, so the images shared by consecutive shards are read and weighted once."""
+
+    def __init__(self, setup: VerifySetup):
+        self.setup = setup
+        self.pyramids = CachedPyramids(setup.cache, setup.hashes)
+        self.weights = TextureWeights(self.pyramids, setup.texture, setup.counts) if setup.texture else None
+        self.mirrored = _mirrored(setup.config.mirror, self.pyramids)
+
+    def __call__(self, shard: Shard, folder: Path) -> int:
+        """Verify the shard's pairs both ways and write its Parquet file; returns its link count."""
+        pairs: list[Pair] = list(shard.pairs)
+        links = verify_both_ways(pairs, self.pyramids, self.setup.config, torch.device(self.setup.device),
+                                 self.weights, self.mirrored)
+        write_shard(shard.path(folder), pairs, links)
+        return len(links)
