@@ -25,6 +25,7 @@ filesystem (NFS, a cloud bucket mounted with a FUSE driver), mounted at the same
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from db.store import Store
 from engine.backbone import Backbone, create_backbone
-from engine.features import FeatureCache, FeatureConfig
+from engine.features import FeatureCache, FeatureConfig, autocast_dtype
 from engine.images import max_pixels, set_max_pixels
 from hitl.discover import DiscoverConfig
 from hitl.executors.shards import Shard, load_shards, plan_shards, shard_folder
@@ -70,14 +71,27 @@ class ShardStats:
     written: int = 0
 
 
+def _precision(backbone: Backbone, device: str) -> str:
+    """The driver's feature precision on ``device`` (``ARTMINER_PRECISION``): "bf16" or "fp32"
+    on CPUs (chosen once per process by a timing, see engine.features.autocast_dtype)."""
+    import torch
+
+    if device != "cpu" or next(backbone.parameters()).device.type != "cpu":
+        return "auto"  # CUDA runs float16 autocast; a driver on CUDA has no CPU choice to pass on
+    return "bf16" if autocast_dtype(backbone, torch.device("cpu")) == torch.bfloat16 else "fp32"
+
+
 class FeatureWorker:
     """A Ray Data actor: builds the model once, then caches pyramids batch by batch."""
 
     def __init__(self, model: str, model_id: str, config: FeatureConfig, cache_root: str, mirror: bool,
-                 device: str, pixel_limit: int):
+                 device: str, pixel_limit: int, precision: str):
         import torch
 
         set_max_pixels(pixel_limit)  # the project's decompression-bomb guard, as in the driver
+        # The driver's bf16/fp32 choice, not one timed again here: every image of the
+        # cache is computed at one precision, whichever process computed it.
+        os.environ["ARTMINER_PRECISION"] = precision
         self.backbone = create_backbone(model).to(torch.device(device))
         if self.backbone.model_id != model_id:
             raise RuntimeError(f"worker built {self.backbone.model_id}, the run uses {model_id}: "
@@ -177,7 +191,8 @@ class RayExecutor:
         ray = self._ray()
         kwargs = {"model": backbone.ref.checkpoint or backbone.model_id, "model_id": backbone.model_id,
                   "config": config.features, "cache_root": str(paths.features), "mirror": mirror,
-                  "device": self.config.device, "pixel_limit": max_pixels()}
+                  "device": self.config.device, "pixel_limit": max_pixels(),
+                  "precision": _precision(backbone, self.config.device)}
         rows = [{"image_id": i, "path": str(p), "hash": hashes[i]} for i, p in todo]
         # Small collections still reach every actor: no batch larger than an actor's share.
         batch = max(1, min(self.config.feature_batch, -(-len(rows) // self._actors(ray))))
