@@ -30,7 +30,9 @@ uses the within-image weights alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -139,3 +141,31 @@ def combined_weights(pyramid: FeaturePyramid, collection_count: torch.Tensor | N
     across = (1.0 + collection_count.float()).pow(-config.power)[None, None]
     return tuple(w * F.interpolate(across, size=tuple(w.shape), mode="bilinear", align_corners=False)[0, 0]
                  for w in within)
+
+
+class TextureWeights:
+    """An image's texture weights per level by image id (:func:`combined_weights`), each
+    computed once and kept (a few KB an image).
+
+    Args:
+        pyramids: image id -> its pyramid.
+        counts: image id -> its collection count (:func:`collection_counts`); images
+            missing here get the within-image weights alone.
+        keep: images kept in memory.
+
+    Plain data besides the pyramid reader, so a worker process can rebuild it from the
+    counts of the images it verifies (``hitl.executors``).
+    """
+
+    def __init__(self, pyramids: Callable[[str], FeaturePyramid], config: TextureConfig,
+                 counts: dict[str, torch.Tensor] | None = None, keep: int = 8192):
+        self.pyramids = pyramids
+        self.config = config
+        self.counts = counts or {}
+        self._get = lru_cache(maxsize=keep)(self._compute)
+
+    def _compute(self, image_id: str) -> tuple[torch.Tensor, ...]:
+        return combined_weights(self.pyramids(image_id), self.counts.get(image_id), self.config)
+
+    def __call__(self, image_id: str) -> tuple[torch.Tensor, ...]:
+        return self._get(image_id)

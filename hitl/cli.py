@@ -282,6 +282,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor(args: argparse.Namespace):
+    """The executor of ``--executor`` (Ray started and joined here), or None for in-process."""
+    from hitl.executors import make_executor
+
+    if args.executor == "local":
+        if args.address or args.workers:
+            raise UsageError("--address and --workers go with --executor ray")
+        return None
+    try:
+        executor = make_executor("ray", address=args.address, workers=args.workers,
+                                 device="cuda" if args.device == "cuda" else "cpu")
+    except ImportError as err:
+        raise UsageError(f"--executor ray needs Ray: pip install 'artminer-hitl[ray]' ({err})") from err
+    executor.start()
+    return executor
+
+
 @verb("discover")
 def cmd_discover(args: argparse.Namespace) -> int:
     """Find repeated details: shortlist, verify pairs, build clusters and the map."""
@@ -291,6 +308,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from hitl.discover import DiscoverConfig, run_discovery
     from hitl.project import open_project
 
+    executor = _executor(args)  # before the project opens: Ray must start while no DuckDB file is open
     store, paths = open_project(args.project)
     if store.count_images() == 0:
         raise UsageError(f"{args.project} has no images; run `artminer ingest` first")
@@ -300,7 +318,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
         config = replace(config, min_score=args.min_score)
     if args.graph != "paper":
         config = replace(config, graph=GraphConfig(mode=args.graph))
-    report = run_discovery(store, paths, config, model=args.model, device=args.device, progress=not args.quiet)
+    try:
+        report = run_discovery(store, paths, config, model=args.model, device=args.device, progress=not args.quiet,
+                               executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     for failure in report.failures:
         print(f"warning: skipped {failure}", file=sys.stderr)
     text = (f"run {report.run_id} with {report.model_id}: {report.n_images} images, {report.n_pairs} candidate "
@@ -585,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", default="features", choices=["features", "structure", "off"],
                    help="shared-detail masks of found links")
     p.add_argument("--no-style", action="store_true", help="skip the style map")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where features and pair verification run: this process, or a Ray cluster")
+    p.add_argument("--address", help="with --executor ray: the cluster to join ('auto': the one `ray start` "
+                   "made on this node); default: a Ray instance inside this process")
+    p.add_argument("--workers", type=_positive_int, help="with --executor ray: actors per stage "
+                   "(default: the cluster's CPUs)")
 
     p = add("train", "a training round: fine-tune on mined pairs, discovery links and expert verdicts", model=True, project=True)
     p.add_argument("--steps", "--iterations", dest="steps", type=_positive_int, default=100,

@@ -9,11 +9,11 @@ has verified, with or without links).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from engine.shortlist import (
     unique_pairs,
     vote_scores,
 )
-from engine.texture import TextureConfig, collection_counts, combined_weights
+from engine.texture import TextureConfig, TextureWeights, collection_counts
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, merge_twins, verify_pairs
 from hitl.index import update_index
@@ -57,6 +57,9 @@ from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.masks import compute_link_masks
 from hitl.project import ProjectPaths, load_model
 from hitl.style_map import store_style_map
+
+if TYPE_CHECKING:
+    from hitl.executors import Executor
 
 # issue 12: from this many images on, the shortlist comes from the FAISS region index
 # instead of the exact k-NN over all region pairs, whose N^2 cost is ~20 s of one core
@@ -124,21 +127,25 @@ class DiscoverReport:
 
 def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = DiscoverConfig(),
                   model: str | None = None, device: str = "auto", progress: bool = True,
-                  backbone: Backbone | None = None) -> DiscoverReport:
+                  backbone: Backbone | None = None, executor: Executor | None = None) -> DiscoverReport:
     """Discover repeated details in the project's images with ``model`` (default: active).
+
+    ``executor`` runs feature extraction and pair verification (``hitl.executors``: a
+    Ray cluster); None: in this process.
 
     Raises:
         DiscoveryBusyError: another process is discovering on this project now.
     """
     acquire_discovery_lock(paths)  # one discovery per project: a live run is not resumable
     try:
-        return _run_discovery(store, paths, config, model, device, progress, backbone)
+        return _run_discovery(store, paths, config, model, device, progress, backbone, executor)
     finally:
         release_discovery_lock(paths)
 
 
 def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, model: str | None,
-                   device: str, progress: bool, backbone: Backbone | None) -> DiscoverReport:
+                   device: str, progress: bool, backbone: Backbone | None,
+                   executor: Executor | None = None) -> DiscoverReport:
     start = time.perf_counter()
     backbone = backbone or load_model(store, model, device)
     model_id = backbone.model_id
@@ -148,6 +155,8 @@ def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, mo
     try:
         images = [img for img in store.list_images() if Path(img.path).is_file()]
         hashes = {img.image_id: img.sha256 for img in images}
+        if executor is not None:  # issue 12: its workers fill the caches; the steps below find them there
+            executor.cache_features(backbone, [(i.image_id, i.path) for i in images], hashes, config, paths)
         feats = collection_features(backbone, [(i.image_id, i.path) for i in images], config.features,
                                     paths.features, progress=progress, hashes=hashes, keep=False)
         ids = feats.image_ids
@@ -162,7 +171,11 @@ def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, mo
                            lambda: collection_votes(ids, pyramids, weights, config.shortlist, mirrored))
         done = store.verified_pairs(model_id)
         todo = [p for p in pairs if tuple(sorted(p)) not in done]
-        n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress, weights, mirrored)
+        if executor is None:
+            n_new = _verify_and_store(store, run_id, todo, pyramids, config, backbone, progress, weights, mirrored)
+        else:  # issue 12: e.g. Ray workers, whose links come back in one transaction
+            n_new = executor.verify_and_store(store, paths, run_id, todo, pyramids, config, backbone, progress,
+                                              weights, mirrored)
         links = [lk for lk in store.list_links(model_id=model_id) if lk.score >= config.min_score]
         if config.masks != "off":
             compute_link_masks(store, links, backbone if config.masks == "features" else None, progress=progress)
@@ -194,7 +207,7 @@ def image_descriptors(ids: list[str], pyramids: CachedPyramids, config: Shortlis
 
 
 def texture_weights(pyramids: Callable[[str], FeaturePyramid], config: TextureConfig, collection: Sequence[str] = (),
-                    keep: int = 8192) -> Callable[[str], tuple[torch.Tensor, ...]]:
+                    keep: int = 8192) -> TextureWeights:
     """An image's texture weights per level, computed once and kept (a few KB an image).
 
     With ``collection`` (image ids), repeats across those images count too (see
@@ -205,8 +218,7 @@ def texture_weights(pyramids: Callable[[str], FeaturePyramid], config: TextureCo
         level = [min(config.collection_level, len(pyramids(i).levels) - 1) for i in collection]
         found = collection_counts([pyramids(i).levels[lv] for i, lv in zip(collection, level)], config)
         counts = dict(zip(collection, found))
-    return functools.lru_cache(maxsize=keep)(
-        lambda image_id: combined_weights(pyramids(image_id), counts.get(image_id), config))
+    return TextureWeights(pyramids, config, counts, keep)
 
 
 def _groups(ids: list[str], desc: torch.Tensor, config: DiscoverConfig,
@@ -301,20 +313,32 @@ def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], py
     todo = sorted(todo)
     for start in range(0, len(todo), config.commit_every):
         chunk = todo[start : start + config.commit_every]
-        ordered = chunk + [(b, a) for a, b in chunk]
-        found: dict[tuple[str, str], list[PairMatch]] = {}
-        if mirrored is None:
-            verified = verify_pairs(ordered, pyramids, config.verify, device, config.batch_size, weights)
-        else:
-            verified = verify_pairs_mirrored(ordered, pyramids, mirrored, config.verify, device,
-                                             config.batch_size, weights)
-        for pair, matches in verified:
-            found[pair] = [m for m in matches if m.score >= config.min_score / 2]
-            bar.update(1)
-        links = [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]
+        links = verify_both_ways(chunk, pyramids, config, device, weights, mirrored, lambda: bar.update(1))
         store.add_links(run_id, links, verified_pairs=chunk)
     bar.close()
     return len(todo)
+
+
+def verify_both_ways(chunk: Sequence[tuple[str, str]], pyramids: Callable[[str], FeaturePyramid],
+                     config: DiscoverConfig, device: torch.device,
+                     weights: Callable[[str], tuple[torch.Tensor, ...]] | None = None,
+                     mirrored: Callable[[str], FeaturePyramid] | None = None,
+                     tick: Callable[[], object] = lambda: None) -> list[PairMatch]:
+    """The links of some pairs, each verified A->B and B->A (``tick`` per direction done).
+
+    One unit of work of every executor (this process, or a Ray worker: ``hitl.executors``).
+    """
+    ordered = list(chunk) + [(b, a) for a, b in chunk]
+    if mirrored is None:
+        verified = verify_pairs(ordered, pyramids, config.verify, device, config.batch_size, weights)
+    else:
+        verified = verify_pairs_mirrored(ordered, pyramids, mirrored, config.verify, device,
+                                         config.batch_size, weights)
+    found: dict[tuple[str, str], list[PairMatch]] = {}
+    for pair, matches in verified:
+        found[pair] = [m for m in matches if m.score >= config.min_score / 2]
+        tick()
+    return [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]
 
 
 def merge_directions(forward: list[PairMatch], backward: list[PairMatch], iou: float = 0.5) -> list[PairMatch]:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from engine.features import FeaturePyramid
 from engine.texture import (
     TextureConfig,
+    TextureWeights,
     collection_counts,
     combined_weights,
     pyramid_weights,
@@ -80,6 +81,23 @@ def test_combined_weights_multiply_and_resize():
     assert weights[1][0, 4] == pytest.approx(1.0)
     assert weights[0][0, 0] == pytest.approx(0.5) and weights[0][0, 9] == pytest.approx(1.0)
     assert combined_weights(pyramid, None)[0].shape == (8, 10)
+
+
+def test_texture_weights_by_image_id_read_each_pyramid_once():
+    fmap = _random_map(8, 10)
+    pyramid = FeaturePyramid((fmap, F.normalize(F.avg_pool2d(fmap[None], 2)[0], dim=0)), (100, 80))
+    reads: list[str] = []
+
+    def read(image_id: str) -> FeaturePyramid:
+        reads.append(image_id)
+        return pyramid
+
+    count = torch.full((4, 5), 3.0)  # every cell repeats in 3 other images: weight x 0.5
+    weights = TextureWeights(read, TextureConfig(), {"a": count})
+    assert torch.allclose(weights("a")[0], 0.5 * pyramid_weights(pyramid)[0])
+    assert torch.allclose(weights("b")[0], pyramid_weights(pyramid)[0])  # no count: within-image only
+    weights("a")
+    assert reads == ["a", "b"] and weights.counts["a"] is count and weights.config == TextureConfig()
 
 
 def test_bad_input_is_refused():

@@ -117,3 +117,12 @@ def test_train_unknown_freeze_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as err:
         main(["train", "--project", str(tmp_path / "none.duckdb"), "--freeze", "stem"])
     assert err.value.code == 2
+
+
+@pytest.mark.parametrize("args", [["--address", "auto"], ["--workers", "2"], ["--executor", "dask"]])
+def test_discover_executor_flags_are_checked(tmp_path, capsys, args):
+    try:
+        code = main(["discover", "--project", str(tmp_path / "p.duckdb"), *args])
+    except SystemExit as exit_:  # argparse's own usage error
+        code = exit_.code
+    assert code == 2 and "--executor" in capsys.readouterr().err.strip().splitlines()[-1]
