@@ -26,7 +26,13 @@ from engine.mirror import mirror_hash
 from engine.shortlist import ShortlistConfig, look_alike_groups, shortlist_pairs
 from engine.texture import TextureConfig
 from engine.types import Cluster
-from hitl.discover import DEFAULT_MIN_SCORE, collection_votes, image_descriptors, texture_weights
+from hitl.discover import (
+    DEFAULT_MIN_SCORE,
+    collection_votes,
+    image_descriptors,
+    texture_pyramids,
+    texture_weights,
+)
 from hitl.oneshot import LoadedCollection, evaluate_collection, load_project_collection
 from hitl.project import ProjectPaths
 from hitl.rerank import make_reranker
@@ -109,7 +115,8 @@ def evaluate_shortlist(store: Store, paths: ProjectPaths, model_id: str, queries
         return {}
     pyramids = CachedPyramids(cache, hashes)
     config = ShortlistConfig()
-    weights = texture_weights(pyramids, TextureConfig(), ids)
+    weights = texture_weights(texture_pyramids(store, paths, model_id, {i: hashes[i] for i in ids}, FeatureConfig(),
+                                               pyramids), TextureConfig(), ids)
     desc = image_descriptors(ids, pyramids, config, weights=weights)
     # Discovery's mirror-aware votes when it cached the mirror images' features.
     mirror = {i: mirror_hash(hashes[i]) for i in ids}

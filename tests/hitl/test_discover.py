@@ -122,3 +122,28 @@ def test_a_region_found_both_ways_is_kept_once():
     # two backward twins of one forward match: the best of the three is kept, once
     ba_best = PairMatch("b", "a", Box(20, 21, 30, 30), Box(0, 0, 10, 10), eye, 0.07, 9)
     assert merge_directions([ab], [ba_same, ba_best]) == [ba_best]
+
+
+def test_texture_weights_come_from_the_pretrained_root_of_a_fine_tuned_model(tiny_project):
+    """A fine-tuned model's discovery weighs texture with its pretrained root's features
+    (repetition is a property of the images; the cosine thresholds hold for pretrained
+    features), and with its own when the root's are not cached for every image."""
+    from engine.features import CachedPyramids, FeatureCache
+    from engine.types import ModelRef
+
+    store, paths = open_project(tiny_project)
+    report = run_discovery(store, paths, replace(CONFIG, masks="off", style=False), progress=False)
+    root = report.model_id
+    child = ModelRef(f"{root}@0000aaaa", root, "child.pt", parent=root)
+    grandchild = ModelRef(f"{root}@0000bbbb", root, "grandchild.pt", parent=child.model_id)
+    store.add_model(child, checkpoint_sha256="0000aaaa" + "0" * 56)
+    store.add_model(grandchild, checkpoint_sha256="0000bbbb" + "0" * 56)
+    assert discover.lineage_root(store, grandchild.model_id) == root
+    assert discover.lineage_root(store, root) == root
+    hashes = {img.image_id: img.sha256 for img in store.list_images()}
+    own = CachedPyramids(FeatureCache(paths.features, grandchild.model_id, SMALL_FEATURES), hashes)
+    chosen = discover.texture_pyramids(store, paths, grandchild.model_id, hashes, SMALL_FEATURES, own)
+    assert chosen is not own and chosen.cache.dir == FeatureCache(paths.features, root, SMALL_FEATURES).dir
+    assert discover.texture_pyramids(store, paths, root, hashes, SMALL_FEATURES, own) is own
+    missing = {**hashes, "extra": "f" * 64}  # an image the root never saw: its own features
+    assert discover.texture_pyramids(store, paths, grandchild.model_id, missing, SMALL_FEATURES, own) is own
