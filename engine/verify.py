@@ -135,6 +135,8 @@ class PairBatch:
         b_grid: (P, L, 2) long (h, w) per level, 0 where B lacks the level.
         b_cell: (P, L, 2) float pixels per B cell (x, y), 1 where B lacks the level.
         b_size: (P, 2) float (W, H) of B.
+        twin: per pair, the index in the batch of its reverse pair (B, A), or -1: the
+            two share their level-0 similarity block (one matrix, transposed).
     """
 
     feats_a: torch.Tensor
@@ -148,6 +150,7 @@ class PairBatch:
     b_grid: torch.Tensor
     b_cell: torch.Tensor
     b_size: torch.Tensor
+    twin: tuple[int, ...] = ()
 
 
 def _check_pyramid(pyramid: FeaturePyramid, name: str) -> None:
@@ -235,7 +238,21 @@ def stack_pairs(
         b_grid=torch.tensor(b_grid, dtype=torch.long, device=device),
         b_cell=torch.tensor(b_cell, dtype=torch.float32, device=device),
         b_size=torch.tensor([b.image_size for _, b, _ in pairs], dtype=torch.float32, device=device),
+        twin=_twins(pairs, names),
     )
+
+
+def _twins(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
+           names: Sequence[tuple[str, str]]) -> tuple[int, ...]:
+    """Per pair, the index of its reverse pair in the batch (-1 if none): (A, B) and (B, A),
+    both of whole images, the same pyramid objects (so the same level-0 features)."""
+    where = {name: i for i, name in enumerate(names)}
+    twins = []
+    for i, ((a, b, region), (name_a, name_b)) in enumerate(zip(pairs, names)):
+        j = where.get((name_b, name_a), -1)
+        ok = j >= 0 and j != i and region is None and pairs[j][2] is None and pairs[j][0] is b and pairs[j][1] is a
+        twins.append(j if ok else -1)
+    return tuple(twins)
 
 
 # ---------------------------------------------------------------- dense matches
@@ -272,6 +289,61 @@ def mutual_nearest(feats_a: torch.Tensor, feats_b: torch.Tensor, chunk_elements:
     return index, sim, mutual
 
 
+def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours in one (na, nb) similarity block.
+
+    ``rows``: (na,) bool, the A rows that take part; the others are zero rows of the
+    padded path (index 0, similarity 0) and are left out of the column maxima.
+    """
+    if rows is not None and not bool(rows.all()):
+        scores = scores.masked_fill(~rows[:, None], 0.0)  # as the padded path's zeroed rows
+    best_sim, best = scores.max(dim=1)
+    return best, best_sim, best_sim >= scores.amax(dim=0).gather(0, best)
+
+
+def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`mutual_nearest` of A's reference level with B's ``level``, pair by pair on
+    each pair's true cells (no padding rows or columns), the level-0 block of twin pairs
+    (A, B) and (B, A) computed once and read transposed by the second.
+
+    Gives what the padded path gives wherever it matters: equal index and similarity for
+    every A row (a row whose best real similarity is negative points past B's cells with
+    similarity 0, as it found a padding column there), and equal ``mutual`` wherever the
+    similarity is positive (a zero padding row cannot beat a positive column maximum).
+
+    Returns:
+        index, sim, mutual: (P, NA) as :func:`mutual_nearest`.
+    """
+    feats_b = batch.feats_b[level]
+    P, n_a_pad, _ = batch.feats_a.shape
+    device = batch.feats_a.device
+    index = torch.zeros(P, n_a_pad, dtype=torch.long, device=device)
+    sim = torch.zeros(P, n_a_pad, device=device)
+    mutual = torch.zeros(P, n_a_pad, dtype=torch.bool, device=device)
+    n_a = batch.a_grid.prod(-1).tolist()
+    n_b = batch.b_grid[:, level].prod(-1).tolist()
+    twin = batch.twin if level == 0 and batch.twin else (-1,) * P
+    shared: dict[int, torch.Tensor] = {}
+    for p in range(P):
+        na, nb = n_a[p], n_b[p]
+        if nb == 0:
+            continue
+        q = twin[p]
+        if q >= 0 and q in shared:  # B0 x A0 of the twin, transposed: this pair's A0 x B0
+            scores = shared.pop(q).T
+        elif q >= 0:  # A0 unmasked (the twin's B level 0) against B0: shared by both
+            scores = feats_b[q, :na] @ feats_b[p, :nb].T
+            shared[p] = scores
+        else:
+            scores = batch.feats_a[p, :na] @ feats_b[p, :nb].T
+        best, best_sim, both = _mutual_block(scores, batch.a_valid[p, :na] if q >= 0 else None)
+        if nb < feats_b.shape[1]:  # a padding column (similarity 0) beats negative rows
+            past = best_sim < 0
+            best, best_sim = torch.where(past, nb, best), best_sim.clamp_min(0.0)
+        index[p, :na], sim[p, :na], mutual[p, :na] = best, best_sim.float(), both
+    return index, sim, mutual
+
+
 @dataclass
 class Matches:
     """The mutual matches of P pairs, compacted and padded to M per pair.
@@ -302,8 +374,12 @@ def _cell_centres(flat: torch.Tensor, width: torch.Tensor, cell: torch.Tensor) -
     return colrow, (colrow.float() + 0.5) * cell
 
 
-def dense_matches(batch: PairBatch, chunk_elements: int) -> Matches:
-    """Mutual nearest neighbours of A's reference cells with each level of B, compacted."""
+def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False) -> Matches:
+    """Mutual nearest neighbours of A's reference cells with each level of B, compacted.
+
+    ``trimmed``: pair by pair on true sizes (:func:`mutual_nearest_trimmed`, the same
+    matches); else batched over the padded tensors (one bmm per level: best on a GPU).
+    """
     P, n_a, _ = batch.feats_a.shape
     n_levels = len(batch.feats_b)
     n_b_max = max(max((f.shape[1] for f in batch.feats_b), default=0), 1)
@@ -312,7 +388,10 @@ def dense_matches(batch: PairBatch, chunk_elements: int) -> Matches:
     ok = torch.zeros(P, n_levels, n_a, dtype=torch.bool, device=batch.feats_a.device)
     n_b = batch.b_grid.prod(-1)  # (P, L) true cells per level
     for k, feats_b in enumerate(batch.feats_b):  # one matmul per level of B
-        index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
+        if trimmed:
+            index, s, mutual = mutual_nearest_trimmed(batch, k)
+        else:
+            index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
         b_index[:, k], sim[:, k] = index, s
         ok[:, k] = mutual & batch.a_valid & (index < n_b[:, k : k + 1]) & (s > 0)
     # Compact the (level, A cell) slots of each pair; a stable sort keeps them in that
@@ -821,14 +900,15 @@ def _uniform(config: VerifyConfig, device: torch.device) -> torch.Tensor:
 def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
                   names: Sequence[tuple[str, str]], config: VerifyConfig,
                   device: torch.device, weights: Sequence[tuple[Weights, Weights]] | None = None,
-                  ) -> list[list[PairMatch]]:
+                  trimmed: bool | None = None) -> list[list[PairMatch]]:
     for (a, b, _), (name_a, name_b) in zip(pairs, names):  # before any weight is computed
         _check_pyramid(a, name_a)
         _check_pyramid(b, name_b)
     if config.texture_weight and weights is None:
         weights = [(pyramid_weights(a, config.texture)[:1], pyramid_weights(b, config.texture)) for a, b, _ in pairs]
     batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None, config.margin)
-    m = dense_matches(batch, _chunk_elements(device))
+    # Pair by pair on CPUs, where padding costs time; one batched bmm per level on a GPU.
+    m = dense_matches(batch, _chunk_elements(device), device.type == "cpu" if trimmed is None else trimmed)
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
     cand = hough_candidates(m, batch, config)
@@ -888,14 +968,19 @@ def verify_pairs(
     device: torch.device | str | None = None,
     batch_size: int = 32,
     get_weights: Callable[[str], Weights] | None = None,
+    trimmed: bool | None = None,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """Verify many (A, B) pairs, ``batch_size`` per batch on the device, in input order.
 
-    A pair gives the same result alone (:func:`verify_pair`) or in any batch.
+    A pair gives the same result alone (:func:`verify_pair`) or in any batch. A pair and
+    its reverse in one batch share their level-0 similarity block: see
+    :func:`verify_both_ways`, which orders them so.
 
     Args:
         get_weights: an image's texture weights (:func:`engine.texture.pyramid_weights`),
             e.g. cached by the caller across calls; default: computed once per image per call.
+        trimmed: mutual nearest neighbours pair by pair on true sizes (same results, no
+            padding work); None: on CPUs only. False: the padded batched path everywhere.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -909,8 +994,30 @@ def verify_pairs(
         for name, pyramid in pyramids.items():
             _check_pyramid(pyramid, name)
         weights = [(get_weights(a)[:1], get_weights(b)) for a, b in chunk] if config.texture_weight else None
-        found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target, weights)
+        found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target, weights,
+                              trimmed)
         yield from zip(chunk, found)
+
+
+def both_ways(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(A, B), (B, A) for each pair, side by side: with an even batch size a pair and its
+    reverse share a batch, hence their level-0 similarity block."""
+    return [ordered for a, b in pairs for ordered in ((str(a), str(b)), (str(b), str(a)))]
+
+
+def verify_both_ways(
+    pairs: Sequence[tuple[str, str]],
+    get_pyramid: Callable[[str], FeaturePyramid],
+    config: VerifyConfig = VerifyConfig(),
+    device: torch.device | str | None = None,
+    batch_size: int = 32,
+    get_weights: Callable[[str], Weights] | None = None,
+    trimmed: bool | None = None,
+) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
+    """:func:`verify_pairs` of every (A, B) and (B, A): the same results, in the order of
+    :func:`both_ways`, with the level-0 block A x B computed once per pair."""
+    yield from verify_pairs(both_ways(pairs), get_pyramid, config, device, batch_size + batch_size % 2,
+                            get_weights, trimmed)
 
 
 def discovery_score(
