@@ -11,10 +11,10 @@ from engine.types import Box
 from engine.verify import (
     VerifyConfig,
     affine_from_triplets,
+    both_ways,
     discovery_score,
     keep_best,
     large_components,
-    both_ways,
     mutual_nearest,
     mutual_nearest_trimmed,
     plausible,
