@@ -569,12 +569,14 @@ def score_hypotheses(hyp: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor, unit
 
 
 def ransac(m: Matches, group: torch.Tensor, in_group: torch.Tensor, config: VerifyConfig,
-           uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+           uniform: torch.Tensor, skip_small: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Best 3-point affine per group.
 
     Args:
         group, in_group: (P, G, Mg) from :func:`candidate_groups`.
         uniform: (G', H, 3) numbers in [0, 1), G' >= G: the sample draws, shared by pairs.
+        skip_small: score only groups of 3 matches or more (the same results; False
+            scores all, as the first version did).
 
     Returns:
         affine (P, G, 2, 3) and score (P, G), -1 where no valid hypothesis exists.
@@ -587,11 +589,17 @@ def ransac(m: Matches, group: torch.Tensor, in_group: torch.Tensor, config: Veri
     hyp, ok = affine_from_triplets(_take(m.pa, pick), _take(m.pb, pick))  # (P, G, H, 2, 3)
     ok &= plausible(hyp, config.max_anisotropy) & (count >= 3)[..., None]
     sim = m.sim.gather(1, group.flatten(1)).view(P, G, size) * in_group
-    score = score_hypotheses(
-        hyp.flatten(0, 1), _take(m.pa, group).flatten(0, 1), _take(m.pb, group).flatten(0, 1),
-        _take(m.unit, group).flatten(0, 1), sim.flatten(0, 1), config,
-    ).view(P, G, -1)
-    score = torch.where(ok, score, -1.0)
+    # Only groups of 3 matches or more can hold a valid hypothesis (``ok`` is False for
+    # every other one, so its scores are never read): most groups are empty candidates
+    # of pairs with few Hough peaks, and scoring them was most of RANSAC's time.
+    live = ((count >= 3) | (not skip_small)).flatten().nonzero()[:, 0]  # (R,)
+    score = torch.full((P * G, hyp.shape[2]), -1.0, device=hyp.device)
+    if len(live):
+        score[live] = score_hypotheses(
+            hyp.flatten(0, 1)[live], _take(m.pa, group).flatten(0, 1)[live], _take(m.pb, group).flatten(0, 1)[live],
+            _take(m.unit, group).flatten(0, 1)[live], sim.flatten(0, 1)[live], config,
+        )
+    score = torch.where(ok, score.view(P, G, -1), -1.0)
     best_score, best = score.max(-1)  # (P, G)
     affine = hyp.gather(2, best[..., None, None, None].expand(-1, -1, 1, 2, 3))[:, :, 0]
     return affine, best_score
@@ -900,7 +908,7 @@ def _uniform(config: VerifyConfig, device: torch.device) -> torch.Tensor:
 def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
                   names: Sequence[tuple[str, str]], config: VerifyConfig,
                   device: torch.device, weights: Sequence[tuple[Weights, Weights]] | None = None,
-                  trimmed: bool | None = None) -> list[list[PairMatch]]:
+                  reference: bool = False) -> list[list[PairMatch]]:
     for (a, b, _), (name_a, name_b) in zip(pairs, names):  # before any weight is computed
         _check_pyramid(a, name_a)
         _check_pyramid(b, name_b)
@@ -908,14 +916,14 @@ def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | No
         weights = [(pyramid_weights(a, config.texture)[:1], pyramid_weights(b, config.texture)) for a, b, _ in pairs]
     batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None, config.margin)
     # Pair by pair on CPUs, where padding costs time; one batched bmm per level on a GPU.
-    m = dense_matches(batch, _chunk_elements(device), device.type == "cpu" if trimmed is None else trimmed)
+    m = dense_matches(batch, _chunk_elements(device), device.type == "cpu" and not reference)
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
     cand = hough_candidates(m, batch, config)
     group, in_group = candidate_groups(m, cand, config)
     if group.shape[-1] < 3:
         return [[] for _ in pairs]
-    affine, best = ransac(m, group, in_group, config, _uniform(config, device))
+    affine, best = ransac(m, group, in_group, config, _uniform(config, device), skip_small=not reference)
     affine = refine(affine, m, config)
     keep, weight, b_cell = consistent_inliers(affine, m, batch, config)
     keep &= (best > 0)[..., None]
@@ -968,7 +976,7 @@ def verify_pairs(
     device: torch.device | str | None = None,
     batch_size: int = 32,
     get_weights: Callable[[str], Weights] | None = None,
-    trimmed: bool | None = None,
+    reference: bool = False,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """Verify many (A, B) pairs, ``batch_size`` per batch on the device, in input order.
 
@@ -979,8 +987,8 @@ def verify_pairs(
     Args:
         get_weights: an image's texture weights (:func:`engine.texture.pyramid_weights`),
             e.g. cached by the caller across calls; default: computed once per image per call.
-        trimmed: mutual nearest neighbours pair by pair on true sizes (same results, no
-            padding work); None: on CPUs only. False: the padded batched path everywhere.
+        reference: the first version's path (padded mutual nearest neighbours, every
+            RANSAC group scored), for tests and benchmarks: the same results, slower.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -995,7 +1003,7 @@ def verify_pairs(
             _check_pyramid(pyramid, name)
         weights = [(get_weights(a)[:1], get_weights(b)) for a, b in chunk] if config.texture_weight else None
         found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target, weights,
-                              trimmed)
+                              reference)
         yield from zip(chunk, found)
 
 
@@ -1012,12 +1020,12 @@ def verify_both_ways(
     device: torch.device | str | None = None,
     batch_size: int = 32,
     get_weights: Callable[[str], Weights] | None = None,
-    trimmed: bool | None = None,
+    reference: bool = False,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """:func:`verify_pairs` of every (A, B) and (B, A): the same results, in the order of
     :func:`both_ways`, with the level-0 block A x B computed once per pair."""
     yield from verify_pairs(both_ways(pairs), get_pyramid, config, device, batch_size + batch_size % 2,
-                            get_weights, trimmed)
+                            get_weights, reference)
 
 
 def discovery_score(

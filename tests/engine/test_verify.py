@@ -12,12 +12,16 @@ from engine.verify import (
     VerifyConfig,
     affine_from_triplets,
     both_ways,
+    candidate_groups,
+    dense_matches,
     discovery_score,
+    hough_candidates,
     keep_best,
     large_components,
     mutual_nearest,
     mutual_nearest_trimmed,
     plausible,
+    ransac,
     stack_pairs,
     surviving_inliers,
     verify_both_ways,
@@ -344,12 +348,27 @@ def test_both_ways_equals_the_padded_path(mixed):
     assert both_ways(pairs[:2]) == [("a", "copy"), ("copy", "a"), ("noise", "a"), ("a", "noise")]
     config = VerifyConfig(ransac_iterations=300)
     padded = dict(verify_pairs(pairs + [(b, a) for a, b in pairs], mixed.__getitem__, config, batch_size=4,
-                               trimmed=False))
+                               reference=True))
     fast = list(verify_both_ways(pairs, mixed.__getitem__, config, batch_size=4))
     assert [pair for pair, _ in fast] == both_ways(pairs)
     assert sum(len(found) for found in padded.values()) >= 2  # the copy, found both ways
     for pair, found in fast:
         assert found == padded[pair]  # the same regions, bit for bit
+
+
+def test_ransac_skipping_small_groups_changes_nothing(mixed):
+    pairs = [("a", "copy"), ("noise", "a"), ("flat", "anti"), ("copy", "noise")]
+    config = VerifyConfig(ransac_iterations=200)
+    batch = stack_pairs([(mixed[a], mixed[b], None) for a, b in pairs], pairs, torch.device("cpu"))
+    m = dense_matches(batch, chunk_elements=1 << 21, trimmed=True)
+    group, in_group = candidate_groups(m, hough_candidates(m, batch, config), config)
+    count = in_group.sum(-1)
+    assert (count < 3).any() and (count >= 3).any()  # both kinds of group are there
+    uniform = torch.rand(config.n_candidates, config.ransac_iterations, 3, generator=torch.Generator().manual_seed(0))
+    skipped = ransac(m, group, in_group, config, uniform, skip_small=True)
+    scored = ransac(m, group, in_group, config, uniform, skip_small=False)
+    assert torch.equal(skipped[0], scored[0]) and torch.equal(skipped[1], scored[1])
+    assert (skipped[1][count < 3] == -1).all()
 
 
 def test_discovery_score_of_a_region(pyr_a):
