@@ -289,16 +289,36 @@ def mutual_nearest(feats_a: torch.Tensor, feats_b: torch.Tensor, chunk_elements:
     return index, sim, mutual
 
 
-def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours in one (na, nb) similarity block.
+def _inner_rectangle(rows: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) when the True cells of ``rows`` (h * w,) fill exactly that
+    rectangle of the (h, w) grid (A's cells less a margin), else None."""
+    cells = rows.view(grid)
+    r, c = cells.any(1).nonzero()[:, 0], cells.any(0).nonzero()[:, 0]
+    if len(r) == 0:
+        return None
+    box = (int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1)
+    return box if int(rows.sum()) == (box[1] - box[0]) * (box[3] - box[2]) else None
+
+
+def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None = None,
+                  grid: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours in one (na, nb) similarity block, A's cells on an (h, w) ``grid``.
 
     ``rows``: (na,) bool, the A rows that take part; the others are zero rows of the
-    padded path (index 0, similarity 0) and are left out of the column maxima.
+    padded path (index 0, similarity 0; a column's maximum is at least 0 with them).
     """
-    if rows is not None and not bool(rows.all()):
-        scores = scores.masked_fill(~rows[:, None], 0.0)  # as the padded path's zeroed rows
+    if rows is None or bool(rows.all()):
+        best_sim, best = scores.max(dim=1)
+        return best, best_sim, best_sim >= scores.amax(dim=0).gather(0, best)
+    box = _inner_rectangle(rows, grid)
+    if box is None:  # any other set of rows: zero them, as the padded path does
+        return _mutual_block(scores.masked_fill(~rows[:, None], 0.0))
+    # The margin's rectangle: column maxima over a strided view, no masked copy.
+    row0, row1, col0, col1 = box
+    column = scores.view(*grid, -1)[row0:row1, col0:col1].amax(dim=(0, 1)).clamp_min(0.0)
     best_sim, best = scores.max(dim=1)
-    return best, best_sim, best_sim >= scores.amax(dim=0).gather(0, best)
+    best, best_sim = torch.where(rows, best, 0), torch.where(rows, best_sim, 0.0)
+    return best, best_sim, best_sim >= column.gather(0, best)
 
 
 def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -336,7 +356,8 @@ def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, 
             shared[p] = scores
         else:
             scores = batch.feats_a[p, :na] @ feats_b[p, :nb].T
-        best, best_sim, both = _mutual_block(scores, batch.a_valid[p, :na] if q >= 0 else None)
+        grid = (int(batch.a_grid[p, 0]), int(batch.a_grid[p, 1]))
+        best, best_sim, both = _mutual_block(scores, batch.a_valid[p, :na] if q >= 0 else None, grid)
         if nb < feats_b.shape[1]:  # a padding column (similarity 0) beats negative rows
             past = best_sim < 0
             best, best_sim = torch.where(past, nb, best), best_sim.clamp_min(0.0)
