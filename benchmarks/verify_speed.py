@@ -29,7 +29,7 @@ from engine.features import CachedPyramids, FeatureCache
 from engine.mirror import mirror_hash, verify_pairs_mirrored
 from engine.types import PairMatch
 from engine.verify import both_ways, verify_pairs
-from hitl.discover import DiscoverConfig, texture_weights
+from hitl.discover import DiscoverConfig, merge_directions, texture_weights
 
 
 def same_matches(one: list[PairMatch], other: list[PairMatch], tol: float = 1e-5) -> bool:
@@ -85,6 +85,11 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) * 1000 / len(pairs))
             cpu[name].append((time.process_time() - start_cpu) * 1000 / len(pairs))
     before, after = (found[name] for name in paths)
+
+    def links(verified: dict) -> list[PairMatch]:  # as discovery stores them (hitl.discover.verify_both_ways)
+        kept = {p: [m for m in matches if m.score >= config.min_score / 2] for p, matches in verified.items()}
+        return [m for a, b in pairs for m in merge_directions(kept[(a, b)], kept[(b, a)])]
+
     agree = sum(same_matches(before[p], after[p]) for p in before)
     regions = sum(len(v) for v in before.values())
     print(f"pairs {len(pairs)} both ways, mirror {args.mirror}, {torch.get_num_threads()} thread(s), "
@@ -96,6 +101,8 @@ def main() -> None:
     print(f"ratio                    {wall[0] / wall[1]:8.2f}x wall, {used[0] / used[1]:.2f}x CPU")
     print(f"identical results        {agree}/{len(before)} directed pairs ({regions} regions before, "
           f"{sum(len(v) for v in after.values())} after)")
+    print(f"identical links          {same_matches(links(before), links(after))} "
+          f"({len(links(before))} links before, {len(links(after))} after)")
 
 
 if __name__ == "__main__":
