@@ -3,7 +3,8 @@
 For a pair (A, B), every step batched over many pairs at once on the device:
 
 1. dense matches: A's features at its reference level against every level of B, mutual
-   nearest neighbours per level of B (cosine similarity, one matmul per level);
+   nearest neighbours per level of B (cosine similarity, one matmul per level; on CPUs
+   pair by pair on true sizes, and (A, B) and (B, A) in one batch share the level-0 block);
 2. Hough voting: each match votes for a change of scale (the level of B it was found at)
    and a translation (in B cells of that level); votes are spread by a Gaussian and the
    top ``n_candidates`` peaks are the candidate transforms;
