@@ -81,8 +81,12 @@ def verify_pairs_mirrored(
     device: torch.device | str | None = None,
     batch_size: int = 32,
     get_weights: Callable[[str], tuple[torch.Tensor, ...]] | None = None,
+    reference: bool = False,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """:func:`engine.verify.verify_pairs` of (A, B) and of (A, mirror(B)), merged per pair.
+
+    Pairs given in :func:`engine.verify.both_ways` order with an even ``batch_size`` keep
+    (A, B) and (B, A) in one batch, so they share their level-0 similarity block.
 
     Args:
         get_mirrored: image id -> pyramid of its mirror image (see ``MIRROR_MODES``).
@@ -107,7 +111,7 @@ def verify_pairs_mirrored(
         chunk = pairs[start : start + batch_size]
         ordered = chunk + [(a, MIRROR_PREFIX + b) for a, b in chunk]
         found = dict(verify_pairs(ordered, pyramid, config, device, batch_size,
-                                  weights if get_weights is not None else None))
+                                  weights if get_weights is not None else None, reference))
         for a, b in chunk:
             width_b = float(get_pyramid(b).image_size[0])
             flipped = [unmirror_match(m, b, width_b) for m in found[(a, MIRROR_PREFIX + b)]]

@@ -3,7 +3,8 @@
 For a pair (A, B), every step batched over many pairs at once on the device:
 
 1. dense matches: A's features at its reference level against every level of B, mutual
-   nearest neighbours per level of B (cosine similarity, one matmul per level);
+   nearest neighbours per level of B (cosine similarity, one matmul per level; on CPUs
+   pair by pair on true sizes, and (A, B) and (B, A) in one batch share the level-0 block);
 2. Hough voting: each match votes for a change of scale (the level of B it was found at)
    and a translation (in B cells of that level); votes are spread by a Gaussian and the
    top ``n_candidates`` peaks are the candidate transforms;
@@ -135,6 +136,8 @@ class PairBatch:
         b_grid: (P, L, 2) long (h, w) per level, 0 where B lacks the level.
         b_cell: (P, L, 2) float pixels per B cell (x, y), 1 where B lacks the level.
         b_size: (P, 2) float (W, H) of B.
+        twin: per pair, the index in the batch of its reverse pair (B, A), or -1: the
+            two share their level-0 similarity block (one matrix, transposed).
     """
 
     feats_a: torch.Tensor
@@ -148,6 +151,7 @@ class PairBatch:
     b_grid: torch.Tensor
     b_cell: torch.Tensor
     b_size: torch.Tensor
+    twin: tuple[int, ...] = ()
 
 
 def _check_pyramid(pyramid: FeaturePyramid, name: str) -> None:
@@ -235,7 +239,21 @@ def stack_pairs(
         b_grid=torch.tensor(b_grid, dtype=torch.long, device=device),
         b_cell=torch.tensor(b_cell, dtype=torch.float32, device=device),
         b_size=torch.tensor([b.image_size for _, b, _ in pairs], dtype=torch.float32, device=device),
+        twin=_twins(pairs, names),
     )
+
+
+def _twins(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
+           names: Sequence[tuple[str, str]]) -> tuple[int, ...]:
+    """Per pair, the index of its reverse pair in the batch (-1 if none): (A, B) and (B, A),
+    both of whole images, the same pyramid objects (so the same level-0 features)."""
+    where = {name: i for i, name in enumerate(names)}
+    twins = []
+    for i, ((a, b, region), (name_a, name_b)) in enumerate(zip(pairs, names)):
+        j = where.get((name_b, name_a), -1)
+        ok = j >= 0 and j != i and region is None and pairs[j][2] is None and pairs[j][0] is b and pairs[j][1] is a
+        twins.append(j if ok else -1)
+    return tuple(twins)
 
 
 # ---------------------------------------------------------------- dense matches
@@ -272,6 +290,82 @@ def mutual_nearest(feats_a: torch.Tensor, feats_b: torch.Tensor, chunk_elements:
     return index, sim, mutual
 
 
+def _inner_rectangle(rows: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) when the True cells of ``rows`` (h * w,) fill exactly that
+    rectangle of the (h, w) grid (A's cells less a margin), else None."""
+    cells = rows.view(grid)
+    r, c = cells.any(1).nonzero()[:, 0], cells.any(0).nonzero()[:, 0]
+    if len(r) == 0:
+        return None
+    box = (int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1)
+    return box if int(rows.sum()) == (box[1] - box[0]) * (box[3] - box[2]) else None
+
+
+def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None = None,
+                  grid: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours in one (na, nb) similarity block, A's cells on an (h, w) ``grid``.
+
+    ``rows``: (na,) bool, the A rows that take part; the others are zero rows of the
+    padded path (index 0, similarity 0; a column's maximum is at least 0 with them).
+    """
+    if rows is None or bool(rows.all()):
+        best_sim, best = scores.max(dim=1)
+        return best, best_sim, best_sim >= scores.amax(dim=0).gather(0, best)
+    box = _inner_rectangle(rows, grid)
+    if box is None:  # any other set of rows: zero them, as the padded path does
+        return _mutual_block(scores.masked_fill(~rows[:, None], 0.0))
+    # The margin's rectangle: column maxima over a strided view, no masked copy.
+    row0, row1, col0, col1 = box
+    column = scores.view(*grid, -1)[row0:row1, col0:col1].amax(dim=(0, 1)).clamp_min(0.0)
+    best_sim, best = scores.max(dim=1)
+    best, best_sim = torch.where(rows, best, 0), torch.where(rows, best_sim, 0.0)
+    return best, best_sim, best_sim >= column.gather(0, best)
+
+
+def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`mutual_nearest` of A's reference level with B's ``level``, pair by pair on
+    each pair's true cells (no padding rows or columns), the level-0 block of twin pairs
+    (A, B) and (B, A) computed once and read transposed by the second.
+
+    Gives what the padded path gives wherever it matters: equal index and similarity for
+    every A row (a row whose best real similarity is negative points past B's cells with
+    similarity 0, as it found a padding column there), and equal ``mutual`` wherever the
+    similarity is positive (a zero padding row cannot beat a positive column maximum).
+
+    Returns:
+        index, sim, mutual: (P, NA) as :func:`mutual_nearest`.
+    """
+    feats_b = batch.feats_b[level]
+    P, n_a_pad, _ = batch.feats_a.shape
+    device = batch.feats_a.device
+    index = torch.zeros(P, n_a_pad, dtype=torch.long, device=device)
+    sim = torch.zeros(P, n_a_pad, device=device)
+    mutual = torch.zeros(P, n_a_pad, dtype=torch.bool, device=device)
+    n_a = batch.a_grid.prod(-1).tolist()
+    n_b = batch.b_grid[:, level].prod(-1).tolist()
+    twin = batch.twin if level == 0 and batch.twin else (-1,) * P
+    shared: dict[int, torch.Tensor] = {}
+    for p in range(P):
+        na, nb = n_a[p], n_b[p]
+        if nb == 0:
+            continue
+        q = twin[p]
+        if q >= 0 and q in shared:  # B0 x A0 of the twin, transposed: this pair's A0 x B0
+            scores = shared.pop(q).T
+        elif q >= 0:  # A0 unmasked (the twin's B level 0) against B0: shared by both
+            scores = feats_b[q, :na] @ feats_b[p, :nb].T
+            shared[p] = scores
+        else:
+            scores = batch.feats_a[p, :na] @ feats_b[p, :nb].T
+        grid = (int(batch.a_grid[p, 0]), int(batch.a_grid[p, 1]))
+        best, best_sim, both = _mutual_block(scores, batch.a_valid[p, :na] if q >= 0 else None, grid)
+        if nb < feats_b.shape[1]:  # a padding column (similarity 0) beats negative rows
+            past = best_sim < 0
+            best, best_sim = torch.where(past, nb, best), best_sim.clamp_min(0.0)
+        index[p, :na], sim[p, :na], mutual[p, :na] = best, best_sim.float(), both
+    return index, sim, mutual
+
+
 @dataclass
 class Matches:
     """The mutual matches of P pairs, compacted and padded to M per pair.
@@ -302,8 +396,12 @@ def _cell_centres(flat: torch.Tensor, width: torch.Tensor, cell: torch.Tensor) -
     return colrow, (colrow.float() + 0.5) * cell
 
 
-def dense_matches(batch: PairBatch, chunk_elements: int) -> Matches:
-    """Mutual nearest neighbours of A's reference cells with each level of B, compacted."""
+def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False) -> Matches:
+    """Mutual nearest neighbours of A's reference cells with each level of B, compacted.
+
+    ``trimmed``: pair by pair on true sizes (:func:`mutual_nearest_trimmed`, the same
+    matches); else batched over the padded tensors (one bmm per level: best on a GPU).
+    """
     P, n_a, _ = batch.feats_a.shape
     n_levels = len(batch.feats_b)
     n_b_max = max(max((f.shape[1] for f in batch.feats_b), default=0), 1)
@@ -312,7 +410,10 @@ def dense_matches(batch: PairBatch, chunk_elements: int) -> Matches:
     ok = torch.zeros(P, n_levels, n_a, dtype=torch.bool, device=batch.feats_a.device)
     n_b = batch.b_grid.prod(-1)  # (P, L) true cells per level
     for k, feats_b in enumerate(batch.feats_b):  # one matmul per level of B
-        index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
+        if trimmed:
+            index, s, mutual = mutual_nearest_trimmed(batch, k)
+        else:
+            index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
         b_index[:, k], sim[:, k] = index, s
         ok[:, k] = mutual & batch.a_valid & (index < n_b[:, k : k + 1]) & (s > 0)
     # Compact the (level, A cell) slots of each pair; a stable sort keeps them in that
@@ -490,12 +591,14 @@ def score_hypotheses(hyp: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor, unit
 
 
 def ransac(m: Matches, group: torch.Tensor, in_group: torch.Tensor, config: VerifyConfig,
-           uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+           uniform: torch.Tensor, skip_small: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Best 3-point affine per group.
 
     Args:
         group, in_group: (P, G, Mg) from :func:`candidate_groups`.
         uniform: (G', H, 3) numbers in [0, 1), G' >= G: the sample draws, shared by pairs.
+        skip_small: score only groups of 3 matches or more (the same results; False
+            scores all, as the first version did).
 
     Returns:
         affine (P, G, 2, 3) and score (P, G), -1 where no valid hypothesis exists.
@@ -508,11 +611,17 @@ def ransac(m: Matches, group: torch.Tensor, in_group: torch.Tensor, config: Veri
     hyp, ok = affine_from_triplets(_take(m.pa, pick), _take(m.pb, pick))  # (P, G, H, 2, 3)
     ok &= plausible(hyp, config.max_anisotropy) & (count >= 3)[..., None]
     sim = m.sim.gather(1, group.flatten(1)).view(P, G, size) * in_group
-    score = score_hypotheses(
-        hyp.flatten(0, 1), _take(m.pa, group).flatten(0, 1), _take(m.pb, group).flatten(0, 1),
-        _take(m.unit, group).flatten(0, 1), sim.flatten(0, 1), config,
-    ).view(P, G, -1)
-    score = torch.where(ok, score, -1.0)
+    # Only groups of 3 matches or more can hold a valid hypothesis (``ok`` is False for
+    # every other one, so its scores are never read): most groups are empty candidates
+    # of pairs with few Hough peaks, and scoring them was most of RANSAC's time.
+    live = ((count >= 3) | (not skip_small)).flatten().nonzero()[:, 0]  # (R,)
+    score = torch.full((P * G, hyp.shape[2]), -1.0, device=hyp.device)
+    if len(live):
+        score[live] = score_hypotheses(
+            hyp.flatten(0, 1)[live], _take(m.pa, group).flatten(0, 1)[live], _take(m.pb, group).flatten(0, 1)[live],
+            _take(m.unit, group).flatten(0, 1)[live], sim.flatten(0, 1)[live], config,
+        )
+    score = torch.where(ok, score.view(P, G, -1), -1.0)
     best_score, best = score.max(-1)  # (P, G)
     affine = hyp.gather(2, best[..., None, None, None].expand(-1, -1, 1, 2, 3))[:, :, 0]
     return affine, best_score
@@ -821,21 +930,22 @@ def _uniform(config: VerifyConfig, device: torch.device) -> torch.Tensor:
 def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
                   names: Sequence[tuple[str, str]], config: VerifyConfig,
                   device: torch.device, weights: Sequence[tuple[Weights, Weights]] | None = None,
-                  ) -> list[list[PairMatch]]:
+                  reference: bool = False) -> list[list[PairMatch]]:
     for (a, b, _), (name_a, name_b) in zip(pairs, names):  # before any weight is computed
         _check_pyramid(a, name_a)
         _check_pyramid(b, name_b)
     if config.texture_weight and weights is None:
         weights = [(pyramid_weights(a, config.texture)[:1], pyramid_weights(b, config.texture)) for a, b, _ in pairs]
     batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None, config.margin)
-    m = dense_matches(batch, _chunk_elements(device))
+    # Pair by pair on CPUs, where padding costs time; one batched bmm per level on a GPU.
+    m = dense_matches(batch, _chunk_elements(device), device.type == "cpu" and not reference)
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
     cand = hough_candidates(m, batch, config)
     group, in_group = candidate_groups(m, cand, config)
     if group.shape[-1] < 3:
         return [[] for _ in pairs]
-    affine, best = ransac(m, group, in_group, config, _uniform(config, device))
+    affine, best = ransac(m, group, in_group, config, _uniform(config, device), skip_small=not reference)
     affine = refine(affine, m, config)
     keep, weight, b_cell = consistent_inliers(affine, m, batch, config)
     keep &= (best > 0)[..., None]
@@ -888,14 +998,19 @@ def verify_pairs(
     device: torch.device | str | None = None,
     batch_size: int = 32,
     get_weights: Callable[[str], Weights] | None = None,
+    reference: bool = False,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """Verify many (A, B) pairs, ``batch_size`` per batch on the device, in input order.
 
-    A pair gives the same result alone (:func:`verify_pair`) or in any batch.
+    A pair gives the same result alone (:func:`verify_pair`) or in any batch. A pair and
+    its reverse in one batch share their level-0 similarity block: see
+    :func:`verify_both_ways`, which orders them so.
 
     Args:
         get_weights: an image's texture weights (:func:`engine.texture.pyramid_weights`),
             e.g. cached by the caller across calls; default: computed once per image per call.
+        reference: the first version's path (padded mutual nearest neighbours, every
+            RANSAC group scored), for tests and benchmarks: the same results, slower.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -909,8 +1024,30 @@ def verify_pairs(
         for name, pyramid in pyramids.items():
             _check_pyramid(pyramid, name)
         weights = [(get_weights(a)[:1], get_weights(b)) for a, b in chunk] if config.texture_weight else None
-        found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target, weights)
+        found = _verify_batch([(pyramids[a], pyramids[b], None) for a, b in chunk], chunk, config, target, weights,
+                              reference)
         yield from zip(chunk, found)
+
+
+def both_ways(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(A, B), (B, A) for each pair, side by side: with an even batch size a pair and its
+    reverse share a batch, hence their level-0 similarity block."""
+    return [ordered for a, b in pairs for ordered in ((str(a), str(b)), (str(b), str(a)))]
+
+
+def verify_both_ways(
+    pairs: Sequence[tuple[str, str]],
+    get_pyramid: Callable[[str], FeaturePyramid],
+    config: VerifyConfig = VerifyConfig(),
+    device: torch.device | str | None = None,
+    batch_size: int = 32,
+    get_weights: Callable[[str], Weights] | None = None,
+    reference: bool = False,
+) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
+    """:func:`verify_pairs` of every (A, B) and (B, A): the same results, in the order of
+    :func:`both_ways`, with the level-0 block A x B computed once per pair."""
+    yield from verify_pairs(both_ways(pairs), get_pyramid, config, device, batch_size + batch_size % 2,
+                            get_weights, reference)
 
 
 def discovery_score(

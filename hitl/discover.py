@@ -51,7 +51,7 @@ from engine.shortlist import (
 )
 from engine.texture import TextureConfig, TextureWeights, collection_counts
 from engine.types import PairMatch, Region
-from engine.verify import VerifyConfig, merge_twins, verify_pairs
+from engine.verify import VerifyConfig, both_ways, merge_twins, verify_pairs
 from hitl.index import update_index
 from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.masks import compute_link_masks
@@ -359,8 +359,10 @@ def verify_both_ways(chunk: Sequence[tuple[str, str]], pyramids: Callable[[str],
     """The links of some pairs, each verified A->B and B->A (``tick`` per direction done).
 
     One unit of work of every executor (this process, or a Ray worker: ``hitl.executors``).
+    A pair's two directions go side by side (``both_ways``), so they share a batch and
+    their level-0 similarity block.
     """
-    ordered = list(chunk) + [(b, a) for a, b in chunk]
+    ordered = both_ways(chunk)
     if mirrored is None:
         verified = verify_pairs(ordered, pyramids, config.verify, device, config.batch_size, weights)
     else:

@@ -11,12 +11,20 @@ from engine.types import Box
 from engine.verify import (
     VerifyConfig,
     affine_from_triplets,
+    both_ways,
+    candidate_groups,
+    dense_matches,
     discovery_score,
+    hough_candidates,
     keep_best,
     large_components,
     mutual_nearest,
+    mutual_nearest_trimmed,
     plausible,
+    ransac,
+    stack_pairs,
     surviving_inliers,
+    verify_both_ways,
     verify_pair,
     verify_pairs,
 )
@@ -289,6 +297,78 @@ def test_batched_equals_one_by_one(pyr_a):
             assert x.n_inliers == y.n_inliers and x.score == pytest.approx(y.score, abs=1e-5)
             assert np.allclose(x.box_a.as_list(), y.box_a.as_list()) and np.allclose(x.affine, y.affine, atol=1e-3)
             assert x.inliers == y.inliers
+
+
+def _uniform_pyramid(sign: float, size: tuple[int, int]) -> FeaturePyramid:
+    """Every cell the same unit vector (times ``sign``): all similarities to its opposite are -1."""
+    v = F.normalize(torch.arange(1.0, C + 1.0), dim=0)
+    return FeaturePyramid(tuple(sign * v[:, None, None].expand(C, *level_shape(size, s)).clone()
+                                for s in FeatureConfig().sides()), size)
+
+
+@pytest.fixture(scope="module")
+def mixed(pyr_a) -> dict[str, FeaturePyramid]:
+    """Pyramids of different shapes (so a batch pads), a copy, noise, and two opposite
+    uniform images whose every similarity is negative (a padding column wins there)."""
+    return {
+        "a": pyr_a,
+        "copy": _with_copies(pyr_a, (540, 405), [(_affine(0.8, 5.0, 60.0, 40.0), (160, 96, 480, 352))], seed=2),
+        "noise": _random_pyramid(7, (400, 600)),
+        "flat": _uniform_pyramid(1.0, (320, 240)),
+        "anti": _uniform_pyramid(-1.0, (400, 200)),  # fewer cells than the others: padded
+    }
+
+
+def test_trimmed_mutual_nearest_equals_padded(mixed):
+    pairs = [("a", "copy"), ("copy", "a"), ("noise", "a"), ("flat", "anti"), ("a", "noise"), ("anti", "flat")]
+    batch = stack_pairs([(mixed[a], mixed[b], None) for a, b in pairs], pairs, torch.device("cpu"), margin=3)
+    assert batch.twin == (1, 0, 4, 5, 2, 3)  # each pair's reverse is in the batch
+    for k in range(len(batch.feats_b)):
+        index, sim, mutual = mutual_nearest(batch.feats_a, batch.feats_b[k], chunk_elements=1 << 30)
+        t_index, t_sim, t_mutual = mutual_nearest_trimmed(batch, k)
+        assert torch.equal(t_index, index) and torch.equal(t_sim, sim)
+        positive = sim > 0  # where the caller keeps a match; zero padding rows decide nothing there
+        assert torch.equal(t_mutual[positive], mutual[positive])
+        if k == 0:  # "flat" vs "anti": inner rows point past B's cells, at a padding column
+            inner = batch.a_valid[3]
+            assert (t_index[3][inner] == batch.b_grid[3, 0].prod()).all() and (t_sim[3] == 0).all()
+
+
+def test_twins_need_the_same_pyramids(mixed):
+    pairs = [("a", "copy"), ("copy", "a"), ("a", "noise")]
+    triples = [(mixed["a"], mixed["copy"], None), (mixed["copy"], _random_pyramid(1, SIZE_A), None),
+               (mixed["a"], mixed["noise"], None)]
+    assert stack_pairs(triples, pairs, torch.device("cpu")).twin == (-1, -1, -1)  # another "a" object
+    boxed = [(mixed["a"], mixed["copy"], Box(0, 0, 320, 240)), (mixed["copy"], mixed["a"], None)]
+    assert stack_pairs(boxed, pairs[:2], torch.device("cpu")).twin == (-1, -1)  # a region of A
+
+
+def test_both_ways_equals_the_padded_path(mixed):
+    pairs = [("a", "copy"), ("noise", "a"), ("flat", "anti"), ("copy", "noise")]
+    assert both_ways(pairs[:2]) == [("a", "copy"), ("copy", "a"), ("noise", "a"), ("a", "noise")]
+    config = VerifyConfig(ransac_iterations=300)
+    padded = dict(verify_pairs(pairs + [(b, a) for a, b in pairs], mixed.__getitem__, config, batch_size=4,
+                               reference=True))
+    fast = list(verify_both_ways(pairs, mixed.__getitem__, config, batch_size=4))
+    assert [pair for pair, _ in fast] == both_ways(pairs)
+    assert sum(len(found) for found in padded.values()) >= 2  # the copy, found both ways
+    for pair, found in fast:
+        assert found == padded[pair]  # the same regions, bit for bit
+
+
+def test_ransac_skipping_small_groups_changes_nothing(mixed):
+    pairs = [("a", "copy"), ("noise", "a"), ("flat", "anti"), ("copy", "noise")]
+    config = VerifyConfig(ransac_iterations=200)
+    batch = stack_pairs([(mixed[a], mixed[b], None) for a, b in pairs], pairs, torch.device("cpu"))
+    m = dense_matches(batch, chunk_elements=1 << 21, trimmed=True)
+    group, in_group = candidate_groups(m, hough_candidates(m, batch, config), config)
+    count = in_group.sum(-1)
+    assert (count < 3).any() and (count >= 3).any()  # both kinds of group are there
+    uniform = torch.rand(config.n_candidates, config.ransac_iterations, 3, generator=torch.Generator().manual_seed(0))
+    skipped = ransac(m, group, in_group, config, uniform, skip_small=True)
+    scored = ransac(m, group, in_group, config, uniform, skip_small=False)
+    assert torch.equal(skipped[0], scored[0]) and torch.equal(skipped[1], scored[1])
+    assert (skipped[1][count < 3] == -1).all()
 
 
 def test_discovery_score_of_a_region(pyr_a):
