@@ -4,10 +4,18 @@ import pytest
 
 from db.records import CONFIRM, REJECT
 from engine.features import FeatureConfig
-from engine.train import TrainConfig
-from engine.types import Box, PairMatch
+from engine.train import TrainConfig, TrainResult
+from engine.types import Box, ModelRef, PairMatch
 from hitl.project import open_project
-from hitl.rounds import RoundConfig, RoundRefused, holdout_side, reviewed_links, run_round
+from hitl.rounds import (
+    RoundConfig,
+    RoundRefused,
+    holdout_side,
+    reviewed_links,
+    root_model,
+    run_round,
+    validated,
+)
 
 AFFINE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 
@@ -99,4 +107,34 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
     second = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False, seed=1, gate=False),
                        show_progress=False)
     assert second.parent == report.new_model
+    assert root_model(store, second.new_model) == "effnet-lite0"  # both rounds are anchored to ImageNet
     assert second.before["oneshot_map"] == report.after["oneshot_map"]
+
+
+def _result(best_step):
+    return TrainResult(ModelRef("m@1", "effnet-lite0"), 4, 0, (), validation=((0, 0.1),), best_step=best_step)
+
+
+def test_validated_uses_the_rounds_own_signal_only():
+    ok, why = validated(_result(0), {}, {})
+    assert not ok and "held-out pairs' loss" in why
+    ok, why = validated(_result(2), {"heldout_link_ap": 0.6, "oneshot_map": 0.1}, {"heldout_link_ap": 0.5, "oneshot_map": 0.9})
+    assert not ok and "0.600 -> 0.500" in why  # the annotations' mAP does not decide
+    ok, _ = validated(_result(2), {"heldout_link_ap": 0.5}, {"heldout_link_ap": 0.5})
+    assert ok
+    ok, why = validated(_result(None), {}, {})
+    assert ok and "no pair held out" in why
+
+
+def test_a_round_that_does_not_validate_keeps_its_parent_active(tiny_project):
+    store, paths = open_project(tiny_project)
+    lines: list[str] = []
+    frozen = _small_train(lr=0.0, validation_fraction=0.5)  # cannot move: its held-out loss cannot fall
+    report = run_round(store, paths, RoundConfig(sources=("mined",), train=frozen, rediscover=False), show_progress=False,
+                       log=lines.append)
+    assert not report.activated and report.active == report.before
+    assert store.active_model().model_id == "effnet-lite0"
+    (recorded,) = store.list_rounds()
+    assert recorded.status == "done" and recorded.metrics["activated"] is False and recorded.metrics["best_step"] == 0
+    assert "held-out pairs' loss" in recorded.metrics["gate"]
+    assert any("NOT activated" in line for line in lines)
