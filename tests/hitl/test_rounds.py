@@ -122,6 +122,10 @@ def test_validated_uses_the_rounds_own_signal_only():
     assert not ok and "0.600 -> 0.500" in why  # the annotations' mAP does not decide
     ok, _ = validated(_result(2), {"heldout_link_ap": 0.5}, {"heldout_link_ap": 0.5})
     assert ok
+    ok, _ = validated(_result(2), {"heldout_link_ap": 0.5}, {"heldout_link_ap": 0.46}, ap_tolerance=0.05)
+    assert ok  # within the noise of a few held-out links
+    ok, _ = validated(_result(2), {"heldout_link_ap": 0.5}, {"heldout_link_ap": 0.44}, ap_tolerance=0.05)
+    assert not ok
     ok, why = validated(_result(None), {}, {})
     assert ok and "no pair held out" in why
 
