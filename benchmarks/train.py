@@ -1,6 +1,6 @@
 """Seconds of one training round, phase by phase, on a collection of N generated images.
 
-    python -m benchmarks.train [--images 300] [--steps 100] [--minutes M] [--[no-]rediscover]
+    python -m benchmarks.train [--images 300] [--steps 100] [--minutes M] [--[no-]rediscover] [--freeze last-stage|none]
                                [--sample 8] [--workdir DIR] [--device cpu|cuda] [--threads 1]
 
 Writes the streamed synthetic collection of :mod:`benchmarks.discovery` (JPEGs with
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, help="time budget of the steps")
     parser.add_argument("--rediscover", action=argparse.BooleanOptionalAction, default=False,
                         help="re-run the whole discovery with the new model (default: no)")
+    parser.add_argument("--freeze", default="last-stage", choices=["last-stage", "none"],
+                        help="train the last stage on the cached trunk (default) or every layer")
     parser.add_argument("--sample", type=int, default=8, help="images timed for the former separate trunk pass")
     parser.add_argument("--workdir", help="keeps the generated images for the next run (default: temporary)")
     parser.add_argument("--device", default="cpu")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"discovery's feature pass with the trunk by-product: {features_s:.0f} s ({features_s / len(items):.2f} "
               f"s/image); on {len(sample)} images: features alone {plain_s:.2f} s/image, the separate trunk pass it "
               f"replaces {separate_s:.2f} s/image", flush=True)
-        train = replace(TrainConfig(), steps=args.steps, minutes=args.minutes, features=features)
+        train = replace(TrainConfig(), steps=args.steps, minutes=args.minutes, features=features, freeze=args.freeze)
         clock, began = PhaseClock(), time.perf_counter()
         report = run_round(store, paths, RoundConfig(sources=("mined",), rediscover=args.rediscover, train=train),
                            device=args.device, progress=StepProgress(), show_progress=False, on_phase=clock,
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         store.close()
     phases = clock.durations(end)
     scale = TARGET / args.images
-    print(f"\nround on {args.images} synthetic images ({report.steps} steps, re-discovery "
+    print(f"\nround on {args.images} synthetic images ({report.steps} steps, freeze {args.freeze}, re-discovery "
           f"{'on' if args.rediscover else 'off'}, {torch.get_num_threads()} thread(s)): {end - began:.0f} s")
     print(f"{'phase':<36} {'seconds':>8} {'per image':>10} {f'projected, {TARGET} images':>24}")
     projected = 0.0
