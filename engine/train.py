@@ -144,6 +144,7 @@ class TrainResult:
     stopped_by_time: bool = False
     validation: tuple[tuple[int, float], ...] = ()  # (step, held-out loss); step 0 is the start model
     best_step: int | None = None  # the step whose weights were kept (None: nothing held out)
+    drift: float = 0.0  # ||θ − θ₀|| of the kept weights from the L2-SP anchor (the lineage's root)
 
     @property
     def improved(self) -> bool | None:
@@ -557,7 +558,8 @@ def train(backbone: Backbone, source: TrunkInputs | Sequence[torch.Tensor], pair
     validate(done)
     run.keep_best()
     ref = save_checkpoint(backbone, out_dir / MODEL_FILE, parent=parent, config=_model_config(config))
-    return TrainResult(ref, done, start, tuple(history), by_time, tuple(run.validation), run.best_step)
+    return TrainResult(ref, done, start, tuple(history), by_time, tuple(run.validation), run.best_step,
+                       run.anchor.distance())
 
 
 class _Run:

@@ -257,7 +257,7 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
         store.update_round(round_id, status="done", new_model=new.model_id,
                            metrics={"after": after, "positives": positives, "steps": result.iterations,
                                     "activated": activated, "gate": why, "validation": list(result.validation),
-                                    "best_step": result.best_step})
+                                    "best_step": result.best_step, "drift": result.drift})
     except BaseException as err:
         reason = (f"{STOPPED_PREFIX}: {err}" if isinstance(err, RoundStopped)
                   else f"{type(err).__name__}: {err}")
@@ -288,7 +288,7 @@ def _validation_line(result: TrainResult) -> str:
         return "no pair held out to validate on"
     losses = dict(result.validation)
     return (f"held-out pairs' loss {losses[0 if 0 in losses else min(losses)]:.4f} -> {losses[result.best_step]:.4f} "
-            f"(best at step {result.best_step}, kept)")
+            f"(best at step {result.best_step}, kept); drift from the ImageNet weights {result.drift:.3f}")
 
 
 def root_model(store: Store, model_id: str) -> str:
