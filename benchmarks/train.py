@@ -142,9 +142,12 @@ def main(argv: list[str] | None = None) -> None:
             continue
         grows = name in GROWS
         at_target = phases[name] * scale if grows else phases[name]
+        if name == "training":  # a round of the default length (fewer steps may have been timed)
+            at_target *= TrainConfig.steps / max(1, report.steps)
         projected += at_target
         per_image = f"{phases[name] / args.images:.3f}" if grows else "-"
-        print(f"{name:<36} {phases[name]:>8.1f} {per_image:>10} {at_target:>19.0f} s{' (x N)' if grows else ''}")
+        note = " (x N)" if grows else f" ({TrainConfig.steps} steps)" if name == "training" else ""
+        print(f"{name:<36} {phases[name]:>8.1f} {per_image:>10} {at_target:>19.0f} s{note}")
     print(f"{'round':<36} {end - began:>8.1f} {'':>10} {projected:>19.0f} s  = {projected / 60:.1f} min (projection)")
     print(f"{'(first discovery: trunk by-product)':<36} {features_s:>8.1f} {features_s / args.images:>10.3f} "
           f"{features_s * scale:>19.0f} s; the by-product adds {(features_s / args.images - plain_s) * TARGET / 60:.1f} min "
