@@ -48,7 +48,7 @@ from engine.types import ModelRef
 __all__ = [
     "PairBatch", "TrainConfig", "IterationLog", "TrainResult", "triplet_loss", "train_step",
     "embed_collection", "level_shapes", "train", "PixelMaps", "CachedMaps", "L2SP", "held_out_loss",
-    "split_validation",
+    "split_validation", "image_pair_hash",
 ]
 
 STATE_FILE = "train_state.pt"
@@ -453,24 +453,32 @@ def _grouped_order(batch: PairBatch, generator: torch.Generator) -> torch.Tensor
     return rank.argsort(stable=True)
 
 
-def split_validation(pairs: PairBatch, config: TrainConfig, generator: torch.Generator) -> tuple[PairBatch, PairBatch]:
+def split_validation(pairs: PairBatch, config: TrainConfig) -> tuple[PairBatch, PairBatch]:
     """(steps' pairs, held-out pairs): whole image pairs held out, about
     ``validation_fraction`` of them and at most ``validation_pairs`` pairs, so validation
-    asks whether what was learnt holds on image pairs the steps never saw."""
+    asks whether what was learnt holds on image pairs the steps never saw.
+
+    An image pair's side is a hash of its two images and the seed, the same in every
+    round: pairs held out now were never trained on by an earlier round of the lineage
+    either (a split drawn afresh each round would validate on pairs learnt before).
+    """
     if config.validation_fraction == 0 or len(pairs) == 0:
         return pairs, pairs.select(torch.zeros(len(pairs), dtype=torch.bool))
-    keys = torch.stack([pairs.anchor[:, 0], pairs.negatives[:, 0, 0]], dim=1)  # P1's image, P2's image
-    _, group = torch.unique(keys, dim=0, return_inverse=True)
-    n_groups = int(group.max()) + 1
-    n_held = min(n_groups - 1, round(n_groups * config.validation_fraction))  # the steps keep one at least
-    rank = torch.randperm(n_groups, generator=generator)[group]  # (P,) the rank of each pair's group
-    order = rank.argsort(stable=True)
-    held = torch.zeros(len(pairs), dtype=torch.bool)
-    held[order] = (rank[order] < n_held) & (torch.arange(len(pairs)) < config.validation_pairs)
-    # the cap may cut a group: its other pairs leave training too, so no image pair is on both sides
-    cut = torch.zeros(n_groups, dtype=torch.bool)
-    cut[group[held]] = True
-    return pairs.select(~cut[group]), pairs.select(held)
+    a, b = pairs.anchor[:, 0], pairs.negatives[:, 0, 0]  # P1's image, P2's image (negatives live there)
+    side = image_pair_hash(torch.minimum(a, b), torch.maximum(a, b), config.seed)  # (P,) in [0, 1)
+    held = side < config.validation_fraction
+    # The cap keeps the pairs of lowest hash; held-out pairs past it are neither trained
+    # on nor validated (an image pair held out stays out of training in every round).
+    rank = torch.empty(len(pairs), dtype=torch.long)
+    rank[side.argsort(stable=True)] = torch.arange(len(pairs))
+    return pairs.select(~held), pairs.select(held & (rank < config.validation_pairs))
+
+
+def image_pair_hash(lo: torch.Tensor, hi: torch.Tensor, seed: int) -> torch.Tensor:
+    """(P,) a fixed pseudo-random number in [0, 1) per (image, image, seed)."""
+    prime = 1_000_003
+    mixed = torch.bitwise_xor(torch.bitwise_xor(lo.long() * 73_856_093, hi.long() * 19_349_663), torch.tensor(seed * 83_492_791))
+    return (mixed % prime).double() / prime
 
 
 def train(backbone: Backbone, source: TrunkInputs | Sequence[torch.Tensor], pairs: PairBatch,
@@ -523,7 +531,7 @@ def train(backbone: Backbone, source: TrunkInputs | Sequence[torch.Tensor], pair
     else:
         torch.save(pairs, out_dir / PAIRS_FILE)
     maps = CachedMaps(backbone, source, config.amp) if cached else PixelMaps(backbone, source, config.amp)
-    steps_pairs, held = split_validation(pairs, config, iteration_generator(config.seed, -1))
+    steps_pairs, held = split_validation(pairs, config)
     mined = steps_pairs.select(steps_pairs.source == PairBatch.MINED)
     others = steps_pairs.select(steps_pairs.source != PairBatch.MINED)
     backbone.eval()

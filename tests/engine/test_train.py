@@ -17,6 +17,7 @@ from engine.train import (
     TrainConfig,
     embed_collection,
     held_out_loss,
+    image_pair_hash,
     iteration_generator,
     level_shapes,
     mix_pairs,
@@ -297,20 +298,28 @@ def _grouped_batch(n_image_pairs: int, per_pair: int) -> PairBatch:
                      torch.zeros(len(image), dtype=torch.long))
 
 
-def test_split_validation_holds_out_whole_image_pairs():
-    batch = _grouped_batch(10, 4)
-    steps, held = split_validation(batch, _config(validation_fraction=0.2), iteration_generator(0, -1))
-    assert len(held) == 8 and len(steps) == 32  # 2 of 10 image pairs, all 4 pairs of each
+def test_split_validation_holds_out_whole_image_pairs_the_same_in_every_round():
+    batch = _grouped_batch(200, 4)
+    steps, held = split_validation(batch, _config(validation_fraction=0.2, validation_pairs=10_000))
+    assert 0.1 < len(held) / len(batch) < 0.3 and len(held) % 4 == 0  # whole image pairs, about the fraction
+    assert len(steps) + len(held) == len(batch)
     assert not set(held.anchor[:, 0].tolist()) & set(steps.anchor[:, 0].tolist())
-    capped_steps, capped = split_validation(batch, _config(validation_fraction=0.5, validation_pairs=6),
-                                            iteration_generator(0, -1))
-    # the cap cuts the second held-out image pair: its remaining pairs leave training too
-    assert len(capped) == 6 and len(capped_steps) == 32
-    assert not set(capped.anchor[:, 0].tolist()) & set(capped_steps.anchor[:, 0].tolist())
-    none_steps, none = split_validation(batch, _config(validation_fraction=0.0), iteration_generator(0, -1))
-    assert len(none) == 0 and len(none_steps) == 40
-    one_steps, one = split_validation(_grouped_batch(1, 4), _config(validation_fraction=0.5), iteration_generator(0, -1))
-    assert len(one) == 0 and len(one_steps) == 4  # a single image pair stays with the steps
+    # another round's pairs between some of the same images: the same image pairs are held out
+    later_steps, later = split_validation(batch.select(torch.arange(0, 800, 2)), _config(validation_fraction=0.2,
+                                                                                         validation_pairs=10_000))
+    assert set(later.anchor[:, 0].tolist()) == set(held.anchor[:, 0].tolist())
+    # the cap: at most that many held out, and the rest of the held-out image pairs never train
+    capped_steps, capped = split_validation(batch, _config(validation_fraction=0.2, validation_pairs=6))
+    assert len(capped) == 6 and torch.equal(capped_steps.anchor, steps.anchor)
+    none_steps, none = split_validation(batch, _config(validation_fraction=0.0))
+    assert len(none) == 0 and len(none_steps) == 800
+
+
+def test_image_pair_hash_is_fixed_and_spread():
+    lo, hi = torch.arange(1000), torch.arange(1000) + 7
+    h = image_pair_hash(lo, hi, seed=0)
+    assert torch.equal(h, image_pair_hash(lo, hi, seed=0)) and not torch.equal(h, image_pair_hash(lo, hi, seed=1))
+    assert ((h >= 0) & (h < 1)).all() and 0.15 < float((h < 0.2).double().mean()) < 0.25
 
 
 def test_held_out_loss_is_the_step_loss_without_a_step(random_effnet):
