@@ -2,7 +2,7 @@
 
     python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
                               [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--images N]
-                              [--anchor-weight A] [--validation-fraction F] [--[no-]gate]
+                              [--anchor-weight A] [--validation-fraction F] [--[no-]gate] [--mine-with root|parent]
                               [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
 
@@ -73,6 +73,7 @@ class LoopConfig:
     seed: int = 0  # demo, held-out split and training: the same in every arm
     rediscover: bool = True  # discover again with each new model (the expert then reviews its links)
     gate: bool = True  # hitl.rounds.RoundConfig.gate: activate only models that validated
+    mine_with: str = "root"  # hitl.rounds.RoundConfig.mine_with
     # torch CPU threads (0: torch's default). Two threads on two cores shared with other
     # work ran 3-20x slower than one here, waiting at OpenMP barriers.
     threads: int = 1
@@ -168,7 +169,7 @@ def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str)
         shutil.rmtree(folder)
     shutil.copytree(base.parent, folder)
     round_config = RoundConfig(sources=ARMS[arm], seed=config.seed, rediscover=config.rediscover, gate=config.gate,
-                               train=config.train)
+                               mine_with=config.mine_with, train=config.train)
     rows: list[Row] = []
     given = confirmed = 0
     with Store(folder / PROJECT) as store:
@@ -250,6 +251,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     parser.add_argument("--batch-pairs", type=int, help="feature pairs per gradient step (default: TrainConfig's)")
     parser.add_argument("--anchor-weight", type=float, help="L2-SP weight toward the ImageNet start (default: TrainConfig's)")
     parser.add_argument("--validation-fraction", type=float, help="image pairs held out for early stopping (default: TrainConfig's)")
+    parser.add_argument("--mine-with", default="root", choices=["root", "parent"],
+                        help="whose features mining verifies with (hitl.rounds.RoundConfig.mine_with)")
     parser.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True,
                         help="activate a round's model only when it validated (default: yes)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5, the paper's)")
@@ -292,7 +295,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
         train = replace(train, validation_fraction=args.validation_fraction)
     train = replace(train, seed=args.seed)
     config = replace(config, rounds=args.rounds, verdicts_per_round=args.verdicts_per_round, strategy=args.strategy,
-                     seed=args.seed, train=train, gate=args.gate)
+                     seed=args.seed, train=train, gate=args.gate, mine_with=args.mine_with)
     if args.images is not None:
         config = replace(config, images=args.images)
     if args.rediscover is not None:
@@ -310,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.steps} steps/round"
           f"{f' (at most {t.minutes:g} min)' if t.minutes else ''}, lr {t.lr:g}, freeze {t.freeze}, "
           f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, anchor {t.anchor_weight:g}, "
-          f"validation {t.validation_fraction:g}, gate {'on' if config.gate else 'off'}, "
+          f"validation {t.validation_fraction:g}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
           f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
     start = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))

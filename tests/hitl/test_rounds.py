@@ -1,6 +1,7 @@
 from dataclasses import replace
 
 import pytest
+import torch
 
 from db.records import CONFIRM, REJECT
 from engine.features import FeatureConfig
@@ -108,6 +109,20 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
                        show_progress=False)
     assert second.parent == report.new_model
     assert root_model(store, second.new_model) == "effnet-lite0"  # both rounds are anchored to ImageNet
+    # a fine-tuned parent mines with the root's (ImageNet) features, unless asked for its own
+    from engine.trunk_cache import bank_from_inputs, trunk_inputs
+    from hitl.project import load_model
+    from hitl.rounds import _mining_bank
+
+    tuned = load_model(store, report.new_model, "cpu")
+    images = store.list_images()
+    features = _small_train().features
+    inputs, _ = trunk_inputs(tuned, [(i.image_id, i.path) for i in images], features, progress=False)
+    own = bank_from_inputs(tuned, inputs)
+    miner = _mining_bank(store, tuned, inputs, own, RoundConfig(), "cpu")
+    root = bank_from_inputs(load_model(store, "effnet-lite0", "cpu"), inputs)
+    assert torch.equal(miner.levels[0], root.levels[0]) and not torch.equal(miner.levels[0], own.levels[0])
+    assert _mining_bank(store, tuned, inputs, own, RoundConfig(mine_with="parent"), "cpu") is None
     assert second.before["oneshot_map"] == report.after["oneshot_map"]
 
 
