@@ -19,7 +19,7 @@ project pays for training:
 
 Prints the progress of the steps with an ETA, the phases in seconds and per image, and a
 projection to 1,500 images (labelled as such): phases that read or refresh every image
-grow with N; mining (2,000 proposals among 20 shortlist neighbours) and the steps do not.
+grow with N; mining's proposals (among 20 shortlist neighbours) and the steps do not.
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'(first discovery: trunk by-product)':<36} {features_s:>8.1f} {features_s / args.images:>10.3f} "
           f"{features_s * scale:>19.0f} s; the by-product adds {(features_s / args.images - plain_s) * TARGET / 60:.1f} min "
           f"there, a separate trunk pass in the round would add {separate_s * TARGET / 60:.0f} min")
-    print("(mining is projected x N: an upper bound, its 2,000 proposals among 20 neighbours do not grow with N)")
+    print(f"(mining is projected x N: an upper bound, its {train.mining.n_proposals} proposals among 20 neighbours "
+          "do not grow with N; timings under other load are not comparable: compare lines of one run)")
 
 
 if __name__ == "__main__":
