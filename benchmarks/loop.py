@@ -2,6 +2,7 @@
 
     python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
                               [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--images N]
+                              [--anchor-weight A] [--validation-fraction F] [--[no-]gate] [--mine-with root|parent]
                               [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
 
@@ -71,6 +72,8 @@ class LoopConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)  # the demo's difficulty knobs
     seed: int = 0  # demo, held-out split and training: the same in every arm
     rediscover: bool = True  # discover again with each new model (the expert then reviews its links)
+    gate: bool = True  # hitl.rounds.RoundConfig.gate: activate only models that validated
+    mine_with: str = "root"  # hitl.rounds.RoundConfig.mine_with
     # torch CPU threads (0: torch's default). Two threads on two cores shared with other
     # work ran 3-20x slower than one here, waiting at OpenMP barriers.
     threads: int = 1
@@ -121,8 +124,9 @@ class Row:
     round: int
     verdicts: int  # given so far in this arm
     confirmed: int
-    metrics: dict  # hitl.rounds.measure's figures of the round's model
+    metrics: dict  # hitl.rounds.measure's figures of the model active after the round
     seconds: float
+    activated: bool = True  # False: the round's model did not validate (hitl.rounds.validated)
 
 
 def prepare_base(folder: Path, config: LoopConfig, device: str, copy_from: Path | None = None) -> Path:
@@ -164,7 +168,8 @@ def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str)
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(base.parent, folder)
-    round_config = RoundConfig(sources=ARMS[arm], seed=config.seed, rediscover=config.rediscover, train=config.train)
+    round_config = RoundConfig(sources=ARMS[arm], seed=config.seed, rediscover=config.rediscover, gate=config.gate,
+                               mine_with=config.mine_with, train=config.train)
     rows: list[Row] = []
     given = confirmed = 0
     with Store(folder / PROJECT) as store:
@@ -180,7 +185,8 @@ def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str)
                                progress=lambda log, _total, logs=logs: logs.append(log))
             if r == 1:
                 rows.append(Row(arm, 0, given, confirmed, report.before, 0.0))
-            rows.append(Row(arm, r, given, confirmed, report.after, time.perf_counter() - start))
+            # the model active after the round: a round that did not validate keeps its parent
+            rows.append(Row(arm, r, given, confirmed, report.active, time.perf_counter() - start, report.activated))
             print(_progress_line(rows[-1], report, logs), flush=True)
     return rows
 
@@ -200,19 +206,20 @@ def _progress_line(row: Row, report: RoundReport, logs: Sequence[IterationLog]) 
             f"loss {loss[0]:.3f} -> {loss[-1]:.3f}); "
             f"mAP {before.get('oneshot_map', nan):.3f} -> {after.get('oneshot_map', nan):.3f}, "
             f"held-out link AP {before.get('heldout_link_ap', nan):.3f} -> {after.get('heldout_link_ap', nan):.3f}; "
-            f"round {row.seconds:.0f} s")
+            f"{'activated' if report.activated else 'NOT activated'} ({report.gate}); round {row.seconds:.0f} s")
 
 
 def format_table(rows: Sequence[Row]) -> str:
     """One line per arm and round: verdicts so far, mAP, held-out link AP, recall."""
     header = f"{'arm':<13} {'round':>5} {'verdicts':>8} {'confirmed':>9} {'one-shot mAP':>12} " \
-             f"{'held-out AP':>11} {'recall':>6} {'held-out':>8} {'seconds':>7}"
+             f"{'held-out AP':>11} {'recall':>6} {'held-out':>8} {'seconds':>7} {'new model':>10}"
     lines = [header, "-" * len(header)]
     for row in rows:
         m = row.metrics
         lines.append(f"{row.arm:<13} {row.round:>5} {row.verdicts:>8} {row.confirmed:>9} "
                      f"{_fmt(m.get('oneshot_map')):>12} {_fmt(m.get('heldout_link_ap')):>11} "
-                     f"{_fmt(m.get('heldout_confirmed_recall')):>6} {m.get('heldout_links', 0):>8} {row.seconds:>7.0f}")
+                     f"{_fmt(m.get('heldout_confirmed_recall')):>6} {m.get('heldout_links', 0):>8} {row.seconds:>7.0f} "
+                     f"{'-' if row.round == 0 else 'active' if row.activated else 'rejected':>10}")
     return "\n".join(lines)
 
 
@@ -242,6 +249,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     parser.add_argument("--steps", type=int, help="Adam steps per round (default: TrainConfig's)")
     parser.add_argument("--minutes", type=float, help="time budget of each round's steps")
     parser.add_argument("--batch-pairs", type=int, help="feature pairs per gradient step (default: TrainConfig's)")
+    parser.add_argument("--anchor-weight", type=float, help="L2-SP weight toward the ImageNet start (default: TrainConfig's)")
+    parser.add_argument("--validation-fraction", type=float, help="image pairs held out for early stopping (default: TrainConfig's)")
+    parser.add_argument("--mine-with", default="root", choices=["root", "parent"],
+                        help="whose features mining verifies with (hitl.rounds.RoundConfig.mine_with)")
+    parser.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True,
+                        help="activate a round's model only when it validated (default: yes)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5, the paper's)")
     parser.add_argument("--images", type=int, help="demo collection size (default 60, --small 30)")
     parser.add_argument("--rediscover", action=argparse.BooleanOptionalAction,
@@ -276,9 +289,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
         train = replace(train, lr=args.lr)
     if args.batch_pairs is not None:
         train = replace(train, batch_pairs=args.batch_pairs)
+    if args.anchor_weight is not None:
+        train = replace(train, anchor_weight=args.anchor_weight)
+    if args.validation_fraction is not None:
+        train = replace(train, validation_fraction=args.validation_fraction)
     train = replace(train, seed=args.seed)
     config = replace(config, rounds=args.rounds, verdicts_per_round=args.verdicts_per_round, strategy=args.strategy,
-                     seed=args.seed, train=train)
+                     seed=args.seed, train=train, gate=args.gate, mine_with=args.mine_with)
     if args.images is not None:
         config = replace(config, images=args.images)
     if args.rediscover is not None:
@@ -295,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loop: {config.images} demo images, features {config.features.sides()}, {config.rounds} rounds x "
           f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.steps} steps/round"
           f"{f' (at most {t.minutes:g} min)' if t.minutes else ''}, lr {t.lr:g}, freeze {t.freeze}, "
-          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, "
+          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, anchor {t.anchor_weight:g}, "
+          f"validation {t.validation_fraction:g}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
           f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
     start = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))

@@ -1,10 +1,12 @@
 """Precision of each source of training positives on a project with ground truth attached.
 
     python -m benchmarks.positives --project DEMO/artminer.duckdb [--seeds 0,1,2]
-                                   [--shares 0,0.25,0.5,0.6] [--link-scores 0.02,0.03,0.05]
+                                   [--shares 0.5,0.6] [--link-scores 0.02,0.03,0.05]
+                                   [--proposal-weights 0.3,0.5,0.7] [--squares 6,12]
 
 With the project's active model: mines once per vote floor (``min_vote_share``, a share
-of the 36 ring votes) among shortlist neighbours, then once with the pre-issue-10
+of the 36 ring votes) among shortlist neighbours, with uniform proposals (the paper),
+per texture-weight floor of the proposals, per positive square, then once with the pre-issue-10
 settings (1,000 proposals, floor of 1 vote, P12 exact-cell positives, 3x3 negative
 exclusion, every image a candidate), pooling the pairs of every seed, and builds weak positives from the latest discovery's unrejected links at
 each score threshold. Prints pairs and precision per setting: a pair is right when both
@@ -60,8 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--project", required=True)
     parser.add_argument("--proposals", type=int, default=MiningConfig.n_proposals)
     parser.add_argument("--seeds", default="0,1,2", help="mining rounds pooled per setting (seeds)")
-    parser.add_argument("--shares", default="0,0.25,0.5,0.6", help="vote floors to try (share of the ring)")
+    parser.add_argument("--shares", default="0.5,0.6", help="vote floors to try (share of the ring)")
     parser.add_argument("--link-scores", default="0.02,0.03,0.05", help="discovery-link thresholds to try")
+    parser.add_argument("--proposal-weights", default="0.3,0.5,0.7",
+                        help="texture-weight floors of the proposals to try (MiningConfig.min_proposal_weight)")
+    parser.add_argument("--squares", default="6,12", help="positive squares to try (P6 ... P12, the paper's)")
     args = parser.parse_args(argv)
     store, paths = open_project(args.project)
     truth = ground_truth_copies(store)
@@ -77,9 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     base = MiningConfig(n_proposals=args.proposals)
     settings = [(f"mined, floor {replace(base, min_vote_share=float(v)).min_votes} votes (share {float(v):g}), k=20",
                  replace(base, min_vote_share=float(v)), neighbours) for v in args.shares.split(",")]
-    settings.append((f"mined, floor {base.min_votes} votes, P12 (paper's square), k=20", replace(base, positive_square=12),
-                     neighbours))
-    settings.append(("mined, before issue 10 (P12, floor 1, exact cell, 3x3)", replace(base, **OLD), None))
+    uniform = replace(base, texture_proposals=False)
+    settings.append((f"mined, uniform proposals (paper), floor {base.min_votes}, P{base.positive_square}", uniform, neighbours))
+    settings += [(f"mined, proposals of texture weight >= {float(v):g}", replace(base, min_proposal_weight=float(v)),
+                  neighbours) for v in args.proposal_weights.split(",")]
+    settings += [(f"mined, default proposals, P{int(v)} square", replace(base, positive_square=int(v)), neighbours)
+                 for v in args.squares.split(",")]
+    settings.append(("mined, before issue 10 (P12, floor 1, exact cell, 3x3)", replace(uniform, **OLD), None))
     for name, config, nbrs in settings:
         start = time.perf_counter()
         batch = PairBatch.cat([mine_pairs(bank, seed, config, neighbours=nbrs) for seed in seeds])

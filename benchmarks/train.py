@@ -1,121 +1,159 @@
-"""Seconds of one training round's stages: trunk cache, refresh, mining, steps.
+"""Seconds of one training round, phase by phase, on a collection of N generated images.
 
-    python -m benchmarks.train [--device cpu|cuda] [--images N] [--steps N] [--batch-pairs N]
-                               [--proposals N] [--max-side N] [--freeze last-stage|none]
+    python -m benchmarks.train [--images 300] [--steps 100] [--minutes M] [--[no-]rediscover] [--freeze last-stage|none]
+                               [--sample 8] [--workdir DIR] [--device cpu|cuda] [--threads 1]
 
-Builds a synthetic collection (smooth random textures with motifs pasted at random
-places and sizes, so mining has repeated content to find), loads the real ImageNet
-EfficientNet-Lite0 backbone, and times a round of :mod:`hitl.rounds` stage by stage, with
-device synchronisation: the frozen trunk's inputs (once per collection, cached on disk in
-a project), the bank from them (last stage only, the refresh after a round), mining among
-shortlist neighbours, and the steps (median per step). Prints a projection to 1,500 images:
-the trunk cache and the refresh grow with the collection; mining (20 neighbours per image)
-and a step do not.
+Writes the streamed synthetic collection of :mod:`benchmarks.discovery` (JPEGs with
+recurring motifs; not timed), ingests it into a fresh project and then times what a
+project pays for training:
+
+* discovery's feature pass (:func:`engine.features.collection_features`), which also
+  keeps the frozen trunk's output as a by-product (:class:`engine.trunk_cache.TrunkByProduct`):
+  the per-image cost with the by-product, and on ``--sample`` images the separate
+  full-trunk pass a round had to make before (now avoided);
+* one real round (:func:`hitl.rounds.run_round`, self-supervised: mined pairs, no
+  verdict, no annotation) phase by phase: loading, measuring, mining (trunk inputs read
+  from the cache, the parent's bank from the last stage, shortlist, mining), the steps,
+  the new model's measurement (its features refreshed by the last stage), and
+  re-discovery when ``--rediscover`` (the whole :func:`hitl.discover.run_discovery`).
+
+Prints the progress of the steps with an ETA, the phases in seconds and per image, and a
+projection to 1,500 images (labelled as such): phases that read or refresh every image
+grow with N; mining's proposals (among 20 shortlist neighbours) and the steps do not.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from engine.backbone import create_backbone, resolve_device
-from engine.features import FeatureConfig
-from engine.mining import MiningConfig, mine_pairs
-from engine.train import (
-    CachedMaps,
-    PixelMaps,
-    TrainConfig,
-    iteration_generator,
-    level_shapes,
-    mix_pairs,
-    train_step,
-)
-from engine.trunk_cache import bank_from_inputs, freeze_prefix, inputs_from_tensors
-from hitl.rounds import shortlist_neighbours
+from benchmarks.discovery import write_synthetic_folder
+from engine.features import FeatureConfig, collection_features
+from engine.train import IterationLog, TrainConfig
+from engine.trunk_cache import TrunkByProduct, trunk_inputs
+from hitl.ingest import ingest_paths
+from hitl.project import load_model, open_project
+from hitl.rounds import PHASES, RoundConfig, run_round
+
+TARGET = 1500  # images of the issue's projection
+# Phases whose work reads, refreshes or searches every image (grow with N); the others
+# (loading the model, mining's 2,000 proposals, the steps) do not.
+GROWS = {"measuring the parent model", "mining the training pairs", "measuring the new model",
+         "re-discovering with the new model"}
 
 
-def synthetic_collection(n: int, height: int = 480, width: int = 640, n_motifs: int = 6, seed: int = 0) -> list[torch.Tensor]:
-    """``n`` (3, H, W) uint8 images: a texture each, plus 3 of ``n_motifs`` shared motifs."""
-    g = torch.Generator().manual_seed(seed)
+class PhaseClock:
+    """Wall seconds of each phase of a round, from :func:`hitl.rounds.run_round`'s ``on_phase``."""
 
-    def texture(h: int, w: int, cell: int) -> torch.Tensor:
-        small = torch.rand(1, 3, h // cell + 2, w // cell + 2, generator=g)
-        return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    def __init__(self) -> None:
+        self.starts: list[tuple[str, float]] = []
 
-    motifs = [texture(160, 160, 12) for _ in range(n_motifs)]
-    images = []
-    for _ in range(n):
-        img = texture(height, width, 48)
-        for m in torch.randint(n_motifs, (3,), generator=g).tolist():
-            side = int(160 * (0.7 + 0.7 * torch.rand(1, generator=g).item()))
-            patch = F.interpolate(motifs[m][None], size=(side, side), mode="bilinear", align_corners=False)[0]
-            y = torch.randint(height - side + 1, (1,), generator=g).item()
-            x = torch.randint(width - side + 1, (1,), generator=g).item()
-            img[:, y : y + side, x : x + side] = patch
-        images.append((img * 255).round().byte())
-    return images
+    def __call__(self, index: int, total: int, name: str) -> None:
+        self.starts.append((name, time.perf_counter()))
+        print(f"  phase {index}/{total}: {name}", flush=True)
+
+    def durations(self, end: float) -> dict[str, float]:
+        marks = self.starts + [("", end)]
+        return {name: marks[i + 1][1] - t for i, (name, t) in enumerate(self.starts)}
 
 
-def _timed(device: torch.device, fn, *args, **kwargs):
-    """(fn(*args, **kwargs), seconds), with the device synchronised around it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+class StepProgress:
+    """Prints done/total, seconds per step and an ETA every tenth of the steps."""
+
+    def __init__(self) -> None:
+        self.began = None
+        self.done = 0
+
+    def __call__(self, log: IterationLog, total: int) -> None:
+        self.began = self.began or time.perf_counter() - log.step_s
+        self.done = log.iteration + 1
+        if self.done % max(1, total // 10) == 0 or self.done == total:
+            spent = time.perf_counter() - self.began
+            eta = spent / self.done * (total - self.done)
+            print(f"  steps {self.done}/{total}, {spent / self.done:.2f} s/step, loss {log.loss:.3f}, ETA {eta:.0f} s",
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-pairs", type=int, default=TrainConfig.batch_pairs)
-    parser.add_argument("--proposals", type=int, default=MiningConfig.n_proposals)
-    parser.add_argument("--max-side", type=int, default=FeatureConfig.max_side, help="cells; 40 is the paper's")
-    parser.add_argument("--freeze", default="last-stage", choices=["last-stage", "none"])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--minutes", type=float, help="time budget of the steps")
+    parser.add_argument("--rediscover", action=argparse.BooleanOptionalAction, default=False,
+                        help="re-run the whole discovery with the new model (default: no)")
+    parser.add_argument("--freeze", default="last-stage", choices=["last-stage", "none"],
+                        help="train the last stage on the cached trunk (default) or every layer")
+    parser.add_argument("--sample", type=int, default=8, help="images timed for the former separate trunk pass")
+    parser.add_argument("--workdir", help="keeps the generated images for the next run (default: temporary)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    device = resolve_device(args.device)
-    backbone = create_backbone("effnet-lite0").to(device)
-    features = FeatureConfig(max_side=args.max_side)
-    config = TrainConfig(batch_pairs=args.batch_pairs, freeze=args.freeze, mining=MiningConfig(n_proposals=args.proposals),
-                         features=features)
-    images = synthetic_collection(args.images)
-    inputs, t_cache = _timed(device, inputs_from_tensors, backbone, images, features)
-    bank, t_refresh = _timed(device, bank_from_inputs, backbone, inputs)
-    neighbours = shortlist_neighbours(bank, 20)
-    pairs, t_mine = _timed(device, mine_pairs, bank, 0, config.mining, neighbours)
-    params = freeze_prefix(backbone) if args.freeze == "last-stage" else list(backbone.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
-    maps = CachedMaps(backbone, inputs) if args.freeze == "last-stage" else PixelMaps(backbone, images)
-    shapes = level_shapes(inputs.sizes, features)
-    step_s, n_maps = [], []
-    for step in range(args.steps if len(pairs) else 0):
-        batch = mix_pairs(pairs, None, config, iteration_generator(0, step))
-        n_maps.append(len(torch.unique(torch.cat([batch.anchor, batch.positive, batch.negatives.reshape(-1, 4)])[:, :2], dim=0)))
-        _, seconds = _timed(device, train_step, maps, optimizer, batch, shapes, chunk_maps=config.chunk_maps)
-        step_s.append(seconds)
-    s = statistics.median(step_s) if step_s else float("nan")
-    scale = 1500 / args.images
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device                      {device} ({name})")
-    print(f"collection                  {args.images} synthetic images 640x480, feature sides {features.sides()}")
-    print(f"config                      {config.mining.n_proposals} proposals, {config.batch_pairs} pairs/step, freeze {args.freeze}")
-    print(f"trunk cache (once)          {t_cache:8.2f} s   ({1000 * t_cache / args.images:.0f} ms/image, {inputs.nbytes() / 2**20:.0f} MiB)")
-    print(f"refresh (last stage)        {t_refresh:8.2f} s   ({1000 * t_refresh / args.images:.0f} ms/image)")
-    print(f"mining                      {t_mine:8.2f} s   ({len(pairs)} pairs mined)")
-    print(f"step                        {s:8.2f} s   (median of {len(step_s)}, {statistics.median(n_maps) if n_maps else 0:.0f} maps touched)")
-    # Mining matches each proposal in its image's 20 shortlist neighbours: its cost does not
-    # grow with the collection (at 16 images, 15 are everyone's neighbours: an upper bound).
-    print(f"projected 1500 images       trunk cache (first round only) {t_cache * scale / 60:.1f} min; a round: refresh "
-          f"{t_refresh * scale / 60:.1f} min, mining ~{t_mine / 60:.1f} min, {config.steps} steps {config.steps * s / 60:.1f} min")
+    if args.images < 2 or args.steps < 1 or args.sample < 1:
+        parser.error("--images must be >= 2, --steps and --sample >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.workdir) if args.workdir else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        folder = (work or Path(tmp)) / f"synthetic-{args.images}-{args.seed}"
+        write_synthetic_folder(folder, args.images, args.seed)
+        store, paths = open_project(Path(tmp) / "artminer.duckdb", create=True)
+        ingest_paths(store, [folder], progress=False)
+        backbone = load_model(store, None, args.device)
+        features = FeatureConfig()
+        images = store.list_images()
+        items, hashes = [(i.image_id, i.path) for i in images], {i.image_id: i.sha256 for i in images}
+        start = time.perf_counter()
+        collection_features(backbone, items, features, paths.features, progress=False, hashes=hashes, keep=False,
+                            extract=TrunkByProduct(paths.features, backbone, features))
+        features_s = time.perf_counter() - start
+        sample = items[: args.sample]
+        start = time.perf_counter()
+        collection_features(backbone, sample, features, None, progress=False, hashes=hashes)  # without the by-product
+        plain_s = (time.perf_counter() - start) / len(sample)
+        start = time.perf_counter()
+        trunk_inputs(backbone, sample, features, None, hashes, progress=False)  # the pass a round no longer makes
+        separate_s = (time.perf_counter() - start) / len(sample)
+        print(f"discovery's feature pass with the trunk by-product: {features_s:.0f} s ({features_s / len(items):.2f} "
+              f"s/image); on {len(sample)} images: features alone {plain_s:.2f} s/image, the separate trunk pass it "
+              f"replaces {separate_s:.2f} s/image", flush=True)
+        train = replace(TrainConfig(), steps=args.steps, minutes=args.minutes, features=features, freeze=args.freeze)
+        clock, began = PhaseClock(), time.perf_counter()
+        report = run_round(store, paths, RoundConfig(sources=("mined",), rediscover=args.rediscover, train=train),
+                           device=args.device, progress=StepProgress(), show_progress=False, on_phase=clock,
+                           log=lambda line: print("  " + line, flush=True))
+        end = time.perf_counter()
+        store.close()
+    phases = clock.durations(end)
+    scale = TARGET / args.images
+    print(f"\nround on {args.images} synthetic images ({report.steps} steps, freeze {args.freeze}, re-discovery "
+          f"{'on' if args.rediscover else 'off'}, {torch.get_num_threads()} thread(s)): {end - began:.0f} s")
+    print(f"{'phase':<36} {'seconds':>8} {'per image':>10} {f'projected, {TARGET} images':>24}")
+    projected = 0.0
+    for name in PHASES:
+        if name not in phases:
+            continue
+        grows = name in GROWS
+        at_target = phases[name] * scale if grows else phases[name]
+        if name == "training":  # a round of the default length (fewer steps may have been timed)
+            at_target *= TrainConfig.steps / max(1, report.steps)
+        projected += at_target
+        per_image = f"{phases[name] / args.images:.3f}" if grows else "-"
+        note = " (x N)" if grows else f" ({TrainConfig.steps} steps)" if name == "training" else ""
+        print(f"{name:<36} {phases[name]:>8.1f} {per_image:>10} {at_target:>19.0f} s{note}")
+    print(f"{'round':<36} {end - began:>8.1f} {'':>10} {projected:>19.0f} s  = {projected / 60:.1f} min (projection)")
+    print(f"{'(first discovery: trunk by-product)':<36} {features_s:>8.1f} {features_s / args.images:>10.3f} "
+          f"{features_s * scale:>19.0f} s; the by-product adds {(features_s / args.images - plain_s) * TARGET / 60:.1f} min "
+          f"there, a separate trunk pass in the round would add {separate_s * TARGET / 60:.0f} min")
+    print(f"(mining is projected x N: an upper bound, its {train.mining.n_proposals} proposals among 20 neighbours "
+          "do not grow with N; timings under other load are not comparable: compare lines of one run)")
 
 
 if __name__ == "__main__":

@@ -343,6 +343,7 @@ def collection_features(
     progress: bool = True,
     hashes: dict[str, str] | None = None,
     keep: bool = True,
+    extract: Callable[..., Iterator[FeaturePyramid]] | None = None,
 ) -> CollectionFeatures:
     """Load from cache or compute the pyramids of ``(image_id, path)`` items.
 
@@ -350,6 +351,9 @@ def collection_features(
     ``hashes`` may give known content hashes (from the project store) to skip rehashing.
     With ``keep=False`` (needs a cache) the pyramids are only made sure to be cached and
     ``pyramids`` stays empty, so a 100k-image collection never sits in memory at once.
+    ``extract(backbone, arrays, config, sizes, hashes)`` computes the pyramids instead of
+    :func:`extract_pyramids` (:class:`engine.trunk_cache.TrunkByProduct` also keeps the
+    frozen trunk's output for training, from the same forward pass).
     """
     if not keep and cache_root is None:
         raise ValueError("keep=False needs a cache folder")
@@ -373,7 +377,9 @@ def collection_features(
             sizes.append(size)
             arrays.append(rgb)
             chunk.append((pos, image_id, digest))
-        for (pos, image_id, digest), pyramid in zip(chunk, extract_pyramids(backbone, arrays, config, sizes)):
+        pyramids = (extract(backbone, arrays, config, sizes, [digest for _, _, digest in chunk]) if extract
+                    else extract_pyramids(backbone, arrays, config, sizes))
+        for (pos, image_id, digest), pyramid in zip(chunk, pyramids):
             if cache:
                 cache.put(digest, pyramid)
             found[pos] = (image_id, pyramid if keep else None)

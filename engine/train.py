@@ -8,6 +8,14 @@ and discovery-link pairs from :mod:`hitl.positives`) and takes ``steps`` small s
 the paper's triplet loss, each pair weighted by its source, stopping early when the
 round's time budget (``minutes``) is spent.
 
+Two guards against a round that teaches noise, both from the round's own signal (never
+the evaluation annotations): an L2-SP penalty (``anchor_weight``) pulls the trained
+weights toward the start model's, so chained rounds cannot drift away from ImageNet
+features that work; and a share of the pairs' image pairs is held out
+(``validation_fraction``): every ``validate_every`` steps their loss is measured and the
+weights with the lowest held-out loss are kept (early stopping). When those are the
+start's, the round learnt nothing that holds (``TrainResult.improved`` is False).
+
 What trains. By default (``freeze="last-stage"``) the trunk up to its last stage is
 frozen and its output is read from :mod:`engine.trunk_cache`: a step then runs only the
 last stage on the maps it touches (about 50x cheaper on a CPU than the whole trunk).
@@ -39,7 +47,8 @@ from engine.types import ModelRef
 
 __all__ = [
     "PairBatch", "TrainConfig", "IterationLog", "TrainResult", "triplet_loss", "train_step",
-    "embed_collection", "level_shapes", "train", "PixelMaps", "CachedMaps",
+    "embed_collection", "level_shapes", "train", "PixelMaps", "CachedMaps", "L2SP", "held_out_loss",
+    "split_validation", "image_pair_hash",
 ]
 
 STATE_FILE = "train_state.pt"
@@ -67,13 +76,30 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA (no loss scaling needed); ignored on CPU
     chunk_maps: int = 32  # feature maps per forward/backward (bounds activation memory)
+    # L2-SP (Li, Grandvalet & Davoine, ICML 2018): the loss gains α/2·||θ − θ₀||², θ₀ the
+    # start model's weights (the ImageNet model at the root of the project's lineage), so
+    # that rounds chained on noisy positives cannot drift far from features that work.
+    # Not in the paper (its one long run starts from ImageNet once). Value: see README
+    # "Training rounds" (benchmarks/loop.py, mined-only arm).
+    anchor_weight: float = 0.1
+    # Pair groups (one verified match's corners, one link's cells) kept out of the steps to
+    # validate on: the weights with the lowest held-out loss are kept (early stopping), and
+    # a round whose best weights are its start's teaches nothing (hitl.rounds does not
+    # activate it). Only the round's own training signal, never the evaluation annotations.
+    validation_fraction: float = 0.2
+    validate_every: int = 25  # steps between validations (each runs the last stage on the held-out pairs' maps)
+    validation_pairs: int = 256  # at most this many held-out pairs (bounds a validation's cost)
     mining: MiningConfig = field(default_factory=MiningConfig)  # paper §3.1 defaults; holds N_neg = 20
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_pairs", "checkpoint_every", "chunk_maps"):
+        for name in ("steps", "batch_pairs", "checkpoint_every", "chunk_maps", "validate_every", "validation_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not self.anchor_weight >= 0.0:
+            raise ValueError(f"TrainConfig.anchor_weight must be >= 0, got {self.anchor_weight}")
         if not 0.0 <= self.expert_ratio <= 1.0:
             raise ValueError(f"TrainConfig.expert_ratio must be in [0, 1], got {self.expert_ratio}")
         if self.minutes is not None and not self.minutes > 0:
@@ -116,6 +142,14 @@ class TrainResult:
     resumed_from: int  # 0 for a fresh run
     history: tuple[IterationLog, ...]
     stopped_by_time: bool = False
+    validation: tuple[tuple[int, float], ...] = ()  # (step, held-out loss); step 0 is the start model
+    best_step: int | None = None  # the step whose weights were kept (None: nothing held out)
+    drift: float = 0.0  # ||θ − θ₀|| of the kept weights from the L2-SP anchor (the lineage's root)
+
+    @property
+    def improved(self) -> bool | None:
+        """Whether training lowered the held-out loss (None: nothing was held out)."""
+        return None if self.best_step is None else self.best_step > 0
 
 
 # ---------------------------------------------------------------- the loss
@@ -250,8 +284,32 @@ MapSource = Callable[[Sequence[tuple[int, int]], tuple[int, int]], torch.Tensor]
 # ---------------------------------------------------------------- one gradient step
 
 
+class L2SP:
+    """The L2-SP penalty α/2·||θ − θ₀||² of the trained tensors, as a gradient term."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], start: Sequence[torch.Tensor], weight: float):
+        if len(params) != len(start) or any(p.shape != s.shape for p, s in zip(params, start)):
+            raise ValueError("the anchor weights must match the trained parameters one for one")
+        self.params, self.weight = list(params), weight
+        self.start = [s.detach().to(p.device, p.dtype).clone() for p, s in zip(params, start)]
+
+    def add_grad(self) -> None:
+        """Add α·(θ − θ₀) to every parameter's gradient (the penalty's gradient)."""
+        if self.weight == 0:
+            return
+        for p, p0 in zip(self.params, self.start):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.add_(p.detach() - p0, alpha=self.weight)
+
+    def distance(self) -> float:
+        """||θ − θ₀||, the drift from the anchor (for the round's record)."""
+        return float(torch.sqrt(sum(((p.detach() - p0) ** 2).sum() for p, p0 in zip(self.params, self.start))))
+
+
 def train_step(maps: MapSource, optimizer: torch.optim.Optimizer, batch: PairBatch,
-               shapes: list[list[tuple[int, int]]], *, lambda_: float = 0.8, chunk_maps: int = 32) -> float:
+               shapes: list[list[tuple[int, int]]], *, lambda_: float = 0.8, chunk_maps: int = 32,
+               anchor: L2SP | None = None) -> float:
     """One Adam step on the weighted triplet loss of ``batch``; returns the loss.
 
     Only the (image, level) maps the batch touches are recomputed, with gradient, by
@@ -259,7 +317,7 @@ def train_step(maps: MapSource, optimizer: torch.optim.Optimizer, batch: PairBat
     the step runs in two passes (as in gradient caching): the cells' features without
     gradient, the loss and its gradient with respect to those cells, then each chunk
     again with gradient, back-propagating the cached cell gradients. The result equals
-    one big forward/backward, in bounded memory.
+    one big forward/backward, in bounded memory. ``anchor`` adds the L2-SP gradient.
 
     The backbone stays in eval mode: BatchNorm keeps its ImageNet statistics (batches
     mix images and scales of every size), both passes see the same function, and the
@@ -270,29 +328,52 @@ def train_step(maps: MapSource, optimizer: torch.optim.Optimizer, batch: PairBat
     """
     if len(batch) == 0:
         raise ValueError("train_step got an empty pair batch")
-    cells, pair_index = _unique_cells(batch)
-    _check_cells(cells, shapes)
-    keys, cell_map = torch.unique(cells[:, :2], dim=0, return_inverse=True)  # (M, 2) image, level
-    chunks = _groups({m: shapes[i][k] for m, (i, k) in enumerate(keys.tolist())}, chunk_maps)
+    cells, pair_index, keys, cell_map, chunks = _layout(batch, shapes, chunk_maps)
     optimizer.zero_grad(set_to_none=True)
     if len(chunks) == 1:
         feats = _chunk_cells(maps, keys, cells, cell_map, chunks[0])[1]
         loss = _pair_loss(feats, pair_index, batch, lambda_)
         loss.backward()
     else:
-        with torch.no_grad():
-            parts = [_chunk_cells(maps, keys, cells, cell_map, chunk) for chunk in chunks]
-        feats = torch.zeros(len(cells), parts[0][1].shape[1], device=parts[0][1].device)
-        for sel, part in parts:
-            feats[sel] = part
-        feats.requires_grad_(True)
+        feats = _cell_features(maps, cells, keys, cell_map, chunks).requires_grad_(True)
         loss = _pair_loss(feats, pair_index, batch, lambda_)
         loss.backward()
-        for chunk, (sel, _) in zip(chunks, parts):
-            _, part = _chunk_cells(maps, keys, cells, cell_map, chunk)
+        for chunk in chunks:
+            sel, part = _chunk_cells(maps, keys, cells, cell_map, chunk)
             part.backward(feats.grad[sel])
+    if anchor is not None:
+        anchor.add_grad()
     optimizer.step()
     return float(loss.detach())
+
+
+@torch.no_grad()
+def held_out_loss(maps: MapSource, batch: PairBatch, shapes: list[list[tuple[int, int]]], *,
+                  lambda_: float = 0.8, chunk_maps: int = 32) -> float:
+    """The weighted triplet loss of ``batch`` with the current weights, no step (validation)."""
+    if len(batch) == 0:
+        raise ValueError("held_out_loss got an empty pair batch")
+    cells, pair_index, keys, cell_map, chunks = _layout(batch, shapes, chunk_maps)
+    return float(_pair_loss(_cell_features(maps, cells, keys, cell_map, chunks), pair_index, batch, lambda_))
+
+
+def _layout(batch: PairBatch, shapes, chunk_maps: int):
+    """(cells, pair index, map keys, cell -> key, chunks of same-shape maps) of a batch."""
+    cells, pair_index = _unique_cells(batch)
+    _check_cells(cells, shapes)
+    keys, cell_map = torch.unique(cells[:, :2], dim=0, return_inverse=True)  # (M, 2) image, level
+    chunks = _groups({m: shapes[i][k] for m, (i, k) in enumerate(keys.tolist())}, chunk_maps)
+    return cells, pair_index, keys, cell_map, chunks
+
+
+@torch.no_grad()
+def _cell_features(maps: MapSource, cells, keys, cell_map, chunks) -> torch.Tensor:
+    """(U, C) features of every cell, chunk by chunk, without gradient."""
+    parts = [_chunk_cells(maps, keys, cells, cell_map, chunk) for chunk in chunks]
+    feats = torch.zeros(len(cells), parts[0][1].shape[1], device=parts[0][1].device)
+    for sel, part in parts:
+        feats[sel] = part
+    return feats
 
 
 def _unique_cells(batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -372,25 +453,58 @@ def _grouped_order(batch: PairBatch, generator: torch.Generator) -> torch.Tensor
     return rank.argsort(stable=True)
 
 
+def split_validation(pairs: PairBatch, config: TrainConfig) -> tuple[PairBatch, PairBatch]:
+    """(steps' pairs, held-out pairs): whole image pairs held out, about
+    ``validation_fraction`` of them and at most ``validation_pairs`` pairs, so validation
+    asks whether what was learnt holds on image pairs the steps never saw.
+
+    An image pair's side is a hash of its two images and the seed, the same in every
+    round: pairs held out now were never trained on by an earlier round of the lineage
+    either (a split drawn afresh each round would validate on pairs learnt before).
+    """
+    if config.validation_fraction == 0 or len(pairs) == 0:
+        return pairs, pairs.select(torch.zeros(len(pairs), dtype=torch.bool))
+    a, b = pairs.anchor[:, 0], pairs.negatives[:, 0, 0]  # P1's image, P2's image (negatives live there)
+    side = image_pair_hash(torch.minimum(a, b), torch.maximum(a, b), config.seed)  # (P,) in [0, 1)
+    held = side < config.validation_fraction
+    # The cap keeps the pairs of lowest hash; held-out pairs past it are neither trained
+    # on nor validated (an image pair held out stays out of training in every round).
+    rank = torch.empty(len(pairs), dtype=torch.long)
+    rank[side.argsort(stable=True)] = torch.arange(len(pairs))
+    return pairs.select(~held), pairs.select(held & (rank < config.validation_pairs))
+
+
+def image_pair_hash(lo: torch.Tensor, hi: torch.Tensor, seed: int) -> torch.Tensor:
+    """(P,) a fixed pseudo-random number in [0, 1) per (image, image, seed)."""
+    prime = 1_000_003
+    mixed = torch.bitwise_xor(torch.bitwise_xor(lo.long() * 73_856_093, hi.long() * 19_349_663), torch.tensor(seed * 83_492_791))
+    return (mixed % prime).double() / prime
+
+
 def train(backbone: Backbone, source: TrunkInputs | Sequence[torch.Tensor], pairs: PairBatch,
           config: TrainConfig = TrainConfig(), out_dir: str | Path = "train-run", resume: bool = True,
           progress: Callable[[IterationLog, int], None] | None = None,
-          image_sizes: Sequence[tuple[int, int]] | None = None) -> TrainResult:
+          image_sizes: Sequence[tuple[int, int]] | None = None,
+          anchor: Sequence[torch.Tensor] | None = None) -> TrainResult:
     """Fine-tune ``backbone`` in place on one round's pairs; write the new model to ``out_dir``.
 
     Args:
         source: where steps get their maps: the collection's cached trunk inputs
             (``freeze="last-stage"``), or its images, N (3, H, W) uint8 or [0, 1] float
             tensors (``freeze="none"``). Pair references index it.
-        pairs: the round's pairs, every source (``PairBatch.source``) and weight together.
+        pairs: the round's pairs, every source (``PairBatch.source``) and weight together;
+            ``validation_fraction`` of their image pairs are held out to validate on.
         out_dir: holds ``train_state.pt`` (resumable state), ``pairs.pt`` and ``model.pt``.
         resume: continue from ``out_dir``'s state when it exists (same config required,
             except ``steps`` and ``minutes``); the stored pairs are used then.
         progress: called after every step with its log and the number of steps asked.
         image_sizes: (W, H) defining level shapes (default: the inputs' or tensors' sizes).
+        anchor: θ₀ of the L2-SP penalty, one tensor per trained parameter in order
+            (default: the weights ``backbone`` starts from).
 
     Returns:
-        The new model's ref (``<arch>@<hash>``, parent = the starting model) and the history.
+        The new model's ref (``<arch>@<hash>``, parent = the starting model), the history,
+        and the validation: the weights kept are those of the lowest held-out loss.
     """
     cached = isinstance(source, TrunkInputs)
     if cached != (config.freeze == "last-stage"):
@@ -409,17 +523,25 @@ def train(backbone: Backbone, source: TrunkInputs | Sequence[torch.Tensor], pair
         raise ValueError(f"cannot use {out_dir} as the training folder ({err.strerror or err})") from err
     params = freeze_prefix(backbone) if cached else list(backbone.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    run = _Run(params, anchor if anchor is not None else [p.detach() for p in params], config.anchor_weight)
     parent, start, history = backbone.model_id, 0, []
     if resume and (out_dir / STATE_FILE).is_file():
-        parent, start, history = _load_state(out_dir / STATE_FILE, backbone, optimizer, config)
+        parent, start, history = _load_state(out_dir / STATE_FILE, backbone, optimizer, config, run)
         pairs = torch.load(out_dir / PAIRS_FILE, weights_only=False)
     else:
         torch.save(pairs, out_dir / PAIRS_FILE)
     maps = CachedMaps(backbone, source, config.amp) if cached else PixelMaps(backbone, source, config.amp)
-    mined = pairs.select(pairs.source == PairBatch.MINED)
-    others = pairs.select(pairs.source != PairBatch.MINED)
+    steps_pairs, held = split_validation(pairs, config)
+    mined = steps_pairs.select(steps_pairs.source == PairBatch.MINED)
+    others = steps_pairs.select(steps_pairs.source != PairBatch.MINED)
     backbone.eval()
+
+    def validate(step: int) -> None:
+        if len(held) and (not run.validation or run.validation[-1][0] != step):
+            run.record(step, held_out_loss(maps, held, shapes, lambda_=config.lambda_, chunk_maps=config.chunk_maps))
+
     began, done, by_time = time.perf_counter(), start, False
+    validate(start)
     for step in range(start, config.steps):
         if config.minutes is not None and time.perf_counter() - began > 60 * config.minutes:
             by_time = True
@@ -428,18 +550,56 @@ def train(backbone: Backbone, source: TrunkInputs | Sequence[torch.Tensor], pair
         batch = mix_pairs(mined, others if len(others) else None, config, iteration_generator(config.seed, step))
         loss = math.nan
         if len(batch):
-            loss = train_step(maps, optimizer, batch, shapes, lambda_=config.lambda_, chunk_maps=config.chunk_maps)
+            loss = train_step(maps, optimizer, batch, shapes, lambda_=config.lambda_, chunk_maps=config.chunk_maps,
+                              anchor=run.anchor)
         n_mined_used = int((batch.source == PairBatch.MINED).sum())
+        done = step + 1
+        if done % config.validate_every == 0:
+            validate(done)
         log = IterationLog(step, loss, len(mined), n_mined_used, len(batch) - n_mined_used, 0.0, 0.0,
                            time.perf_counter() - tick)
         history.append(log)
-        done = step + 1
         if done % config.checkpoint_every == 0:
-            _save_state(out_dir / STATE_FILE, backbone, optimizer, config, parent, done, history)
+            _save_state(out_dir / STATE_FILE, backbone, optimizer, config, parent, done, history, run)
         if progress is not None:
             progress(log, config.steps)
+    validate(done)
+    run.keep_best()
     ref = save_checkpoint(backbone, out_dir / MODEL_FILE, parent=parent, config=_model_config(config))
-    return TrainResult(ref, done, start, tuple(history), by_time)
+    return TrainResult(ref, done, start, tuple(history), by_time, tuple(run.validation), run.best_step,
+                       run.anchor.distance())
+
+
+class _Run:
+    """What a round carries besides the optimizer: the L2-SP anchor, the validation
+    history and the best weights so far (copies of the trained tensors)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], start: Sequence[torch.Tensor], anchor_weight: float):
+        self.params = list(params)
+        self.anchor = L2SP(self.params, start, anchor_weight)
+        self.validation: list[tuple[int, float]] = []
+        self.best_step: int | None = None
+        self.best: list[torch.Tensor] = []
+
+    def record(self, step: int, loss: float) -> None:
+        if self.best_step is None or loss < min(v for _, v in self.validation):
+            self.best_step, self.best = step, [p.detach().clone() for p in self.params]
+        self.validation.append((step, loss))
+
+    def keep_best(self) -> None:
+        """Put the best validated weights back (early stopping)."""
+        with torch.no_grad():
+            for p, b in zip(self.params, self.best):
+                p.copy_(b)
+
+    def state(self) -> dict:
+        return {"anchor": self.anchor.start, "validation": self.validation, "best_step": self.best_step, "best": self.best}
+
+    def load(self, state: dict) -> None:
+        self.anchor.start = [t.to(p.device) for p, t in zip(self.params, state["anchor"])]
+        self.validation = [tuple(v) for v in state["validation"]]
+        self.best_step = state["best_step"]
+        self.best = [t.to(p.device) for p, t in zip(self.params, state["best"])]
 
 
 def _model_config(config: TrainConfig) -> dict:
@@ -447,7 +607,7 @@ def _model_config(config: TrainConfig) -> dict:
 
 
 def _save_state(path: Path, backbone: Backbone, optimizer, config: TrainConfig, parent: str, done: int,
-                history: list[IterationLog]) -> None:
+                history: list[IterationLog], run: _Run) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "iteration": done,
@@ -459,13 +619,15 @@ def _save_state(path: Path, backbone: Backbone, optimizer, config: TrainConfig, 
         # is the whole RNG state a resumed run needs.
         "rng": {"seed": config.seed, "next_iteration": done},
         "history": [asdict(h) for h in history],
+        "run": run.state(),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a run killed while writing keeps the previous state
 
 
-def _load_state(path: Path, backbone: Backbone, optimizer, config: TrainConfig) -> tuple[str, int, list[IterationLog]]:
+def _load_state(path: Path, backbone: Backbone, optimizer, config: TrainConfig,
+                run: _Run) -> tuple[str, int, list[IterationLog]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         saved = TrainConfig.from_dict(state["config"])
@@ -477,5 +639,7 @@ def _load_state(path: Path, backbone: Backbone, optimizer, config: TrainConfig) 
         raise ValueError(f"{path} is at step {state['iteration']}, past the {config.steps} asked for")
     backbone.trunk.load_state_dict(state["trunk"])
     optimizer.load_state_dict(state["optimizer"])
+    if "run" in state:  # states written before validation existed carry none
+        run.load(state["run"])
     history = [IterationLog(**h) for h in state["history"]]
     return state["parent"], int(state["iteration"]), history

@@ -16,7 +16,7 @@ project read the same cache.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +188,43 @@ def bank_from_inputs(backbone: Backbone, inputs: TrunkInputs, batch_size: int = 
     device = next(backbone.parameters()).device
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     return FeatureBank.build(inputs.image_ids, pyramids_from_inputs(backbone, inputs, batch_size, amp), device=device, dtype=dtype)
+
+
+class TrunkByProduct:
+    """Feature extraction that keeps the frozen trunk's output on the way (one forward, two
+    caches): the prefix runs once per image and scale, its output goes to the trunk cache,
+    and the last stage on it gives the features. A training round then finds every
+    image's trunk input cached and never runs the trunk again.
+
+    The prefix runs in float32 on CPUs, as :func:`trunk_inputs` does (the cache must be
+    what training's forward computes); the features are the last stage of that output,
+    so they equal the whole backbone's in float32. Use as ``extract=`` of
+    :func:`engine.features.collection_features`.
+    """
+
+    def __init__(self, cache_root: str | Path, backbone: Backbone, config: FeatureConfig):
+        self.cache = TrunkCache(cache_root, backbone, config)
+
+    @staticmethod
+    def available(backbone: Backbone) -> bool:
+        """Whether the backbone's trunk splits into a prefix and a last stage."""
+        try:
+            split_trunk(backbone)
+        except ValueError:
+            return False
+        return True
+
+    @torch.no_grad()
+    def __call__(self, backbone: Backbone, arrays: Sequence, config: FeatureConfig, sizes: Sequence[tuple[int, int]],
+                 hashes: Sequence[str]) -> Iterator[FeaturePyramid]:
+        forward = lambda pixels: prefix_forward(backbone, pixels)  # noqa: E731 - closes over the backbone
+        inputs = list(extract_pyramids(backbone, arrays, config, sizes, forward))
+        for digest, pyramid in zip(hashes, inputs):
+            if not self.cache.path(digest).is_file():
+                self.cache.put(digest, FeaturePyramid(tuple(t.half() for t in pyramid.levels), pyramid.image_size))
+        as_inputs = TrunkInputs([str(i) for i in range(len(inputs))], [list(p.levels) for p in inputs],
+                                [p.image_size for p in inputs])
+        yield from pyramids_from_inputs(backbone, as_inputs)
 
 
 def fill_feature_cache(backbone: Backbone, inputs: TrunkInputs, cache_root: str | Path, config: FeatureConfig,

@@ -351,7 +351,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     store, paths = open_project(args.project)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     train_config = TrainConfig(steps=args.steps, minutes=args.minutes, seed=args.seed, freeze=args.freeze)
-    config = RoundConfig(sources=sources, seed=args.seed, rediscover=not args.no_discover, train=train_config)
+    config = RoundConfig(sources=sources, seed=args.seed, rediscover=not args.no_discover, gate=not args.no_gate,
+                         train=train_config)
     acquire_training_lock(paths, args=sys.argv[1:])
     settle_orphan_rounds(store, paths)  # we hold the lock: a 'running' round now is a killed one
     if not sys.stderr.isatty():  # a log file: one line per progress refresh, no '\r' redraws
@@ -408,6 +409,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "pairs" in figures:
             precision = f"   precision {figures['precision']:.3f}" if "precision" in figures else ""
             lines.append(f"  positives {name:<16} {figures['pairs']:>6} pairs{precision}")
+    lines.append(f"  new model {'made active' if report.activated else 'NOT activated'}: {report.gate}")
     _print(report.__dict__, args.json, "\n".join(lines))
     return 0
 
@@ -626,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_model", help="model to start from (default: the active model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-discover", action="store_true", help="skip re-discovery with the new model")
+    p.add_argument("--no-gate", action="store_true",
+                   help="make the new model active even when it did not validate on the round's held-out pairs and links")
 
     p = add("export", "export confirmed links (or all verdicts)", project=True)
     p.add_argument("--format", required=True, choices=["csv", "json", "w3c", "iiif", "training"])

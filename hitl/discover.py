@@ -50,6 +50,7 @@ from engine.shortlist import (
     vote_scores,
 )
 from engine.texture import TextureConfig, TextureWeights, collection_counts
+from engine.trunk_cache import TrunkByProduct
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, both_ways, merge_twins, verify_pairs
 from hitl.index import update_index
@@ -100,6 +101,10 @@ class DiscoverConfig:
     # "structure" uses alone (fast); "off" stores none.
     masks: str = "features"
     style: bool = True  # also the style map: images by early-layer statistics (hitl/style_map.py)
+    # Keep the frozen trunk's output of every image while computing its features
+    # (engine.trunk_cache.TrunkByProduct): a training round then runs only the last stage
+    # and never a second full-trunk pass. Costs disk beside the feature cache (README).
+    trunk_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.mirror not in MIRROR_MODES:
@@ -157,8 +162,10 @@ def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, mo
         hashes = {img.image_id: img.sha256 for img in images}
         if executor is not None:  # issue 12: its workers fill the caches; the steps below find them there
             executor.cache_features(backbone, [(i.image_id, i.path) for i in images], hashes, config, paths)
+        by_product = (TrunkByProduct(paths.features, backbone, config.features)
+                      if config.trunk_cache and TrunkByProduct.available(backbone) else None)  # issue 10: one forward, two caches
         feats = collection_features(backbone, [(i.image_id, i.path) for i in images], config.features,
-                                    paths.features, progress=progress, hashes=hashes, keep=False)
+                                    paths.features, progress=progress, hashes=hashes, keep=False, extract=by_product)
         ids = feats.image_ids
         pyramids = CachedPyramids(FeatureCache(paths.features, model_id, config.features), hashes)
         # The one-shot region index follows the collection (new images only).

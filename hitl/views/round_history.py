@@ -49,6 +49,8 @@ def round_table(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
                 p = positives[source]
                 row[f"{source} pairs"] = p.get("pairs")
                 row[f"{source} precision"] = p.get("precision")
+        if "activated" in rnd.metrics:  # rounds gated on their own held-out signal (hitl.rounds.validated)
+            row["new model"] = "made active" if rnd.metrics["activated"] else f"not activated: {rnd.metrics.get('gate', '')}"
         rows.append(row)
     return rows
 

@@ -14,6 +14,8 @@ from engine.mining import (
     corner_offsets,
     mine_pairs,
     positive_pairs,
+    proposal_weights,
+    sample_proposals,
     select_verified,
     top_matches,
     verification_offsets,
@@ -209,3 +211,38 @@ def test_positive_is_the_best_match_within_3x3_and_negatives_keep_away():
     assert (exact.positive[:, 2] - exact.anchor[:, 2] == SHIFT[0] + 1).all()  # without the search: off by one
     gap = (batch.negatives[..., 2:] - batch.positive[:, None, 2:]).abs().amax(dim=-1)
     assert (gap > 3).all()  # nothing within the 7x7 square around P2
+
+
+# ---------------------------------------------------------------- texture-weighted proposals
+
+
+def test_weighted_proposals_go_where_the_weight_is():
+    config = MiningConfig(n_proposals=200, verification_size=4, positive_square=4, min_proposal_weight=0.8)
+    valid = torch.tensor([[10, 10], [10, 8]])
+    weights = torch.full((2, 10, 10), 0.2)
+    weights[1, 4:6, 3:5] = 1.0  # the only 2x2 square of mean weight >= 0.8: top-left (4, 3) of image 1
+    props = sample_proposals(valid, config, torch.Generator().manual_seed(0), weights)
+    assert props.shape == (200, 3) and props.tolist() == [[1, 4, 3]] * 200
+    # no square heavy enough: no proposal, rather than proposals on texture
+    assert len(sample_proposals(valid, config, torch.Generator().manual_seed(0), torch.full((2, 10, 10), 0.2))) == 0
+
+
+def test_weighted_proposals_keep_the_span_inside_the_image():
+    config = MiningConfig(n_proposals=500, verification_size=6, positive_square=4, min_proposal_weight=0.0)
+    valid = torch.tensor([[9, 7]])
+    props = sample_proposals(valid, config, torch.Generator().manual_seed(1), torch.ones(1, 12, 12))
+    first = -((config.span - config.proposal_size) // 2)  # offset of the span square's first cell
+    rows, cols = props[:, 1] + first, props[:, 2] + first
+    assert (rows >= 0).all() and (cols >= 0).all()
+    assert (rows + config.span <= 9).all() and (cols + config.span <= 7).all()
+    assert len({tuple(p) for p in props.tolist()}) == (9 - 6 + 1) * (7 - 6 + 1)  # every legal position is drawn
+
+
+def test_proposal_weights_are_low_on_repeated_texture():
+    stripes = torch.zeros(64, 8, 8)
+    stripes[0] = 1.0  # every cell the same: a texture repeated all over the image
+    unique = _rand_map(3, 64, 8, 8)  # 64 random dimensions: no two cells alike
+    bank = FeatureBank.build(["t", "u"], [FeaturePyramid((stripes,), (128, 128)), FeaturePyramid((unique,), (128, 128))])
+    w = proposal_weights(bank, 0)
+    assert w.shape == (2, 8, 8)
+    assert float(w[0].max()) < 0.2 and float(w[1].min()) > 0.9

@@ -10,14 +10,18 @@ from engine.backbone import load_checkpoint
 from engine.features import FeatureConfig, extract_pyramids
 from engine.mining import MiningConfig, PairBatch, mine_pairs
 from engine.train import (
+    L2SP,
     STATE_FILE,
     CachedMaps,
     PixelMaps,
     TrainConfig,
     embed_collection,
+    held_out_loss,
+    image_pair_hash,
     iteration_generator,
     level_shapes,
     mix_pairs,
+    split_validation,
     train,
     train_step,
     triplet_loss,
@@ -86,6 +90,12 @@ def test_config_round_trips_and_rejects_bad_values():
         TrainConfig(freeze="stem")
     with pytest.raises(ValueError, match="minutes"):
         TrainConfig(minutes=0)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        TrainConfig(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="anchor_weight"):
+        TrainConfig(anchor_weight=-0.1)
+    with pytest.raises(ValueError, match="validate_every"):
+        TrainConfig(validate_every=0)
 
 
 def test_embed_collection_equals_feature_pyramids(random_effnet, monkeypatch):
@@ -244,3 +254,128 @@ def test_images_may_be_float(random_effnet):
     b = embed_collection(random_effnet, as_float, FEATURES).levels[0]
     assert torch.allclose(a, b, atol=1e-5)
     assert np.isfinite(a.numpy()).all()
+
+
+# ---------------------------------------------------------------- anchor and validation
+
+
+def test_l2sp_gradient_is_alpha_times_the_drift():
+    layer = torch.nn.Linear(2, 1)
+    start = [p.detach().clone() for p in layer.parameters()]
+    with torch.no_grad():
+        layer.weight += torch.tensor([[0.5, -1.0]])
+        layer.bias += 2.0
+    anchor = L2SP(list(layer.parameters()), start, weight=0.1)
+    anchor.add_grad()  # no loss gradient yet: the penalty's alone
+    assert layer.weight.grad[0].tolist() == pytest.approx([0.05, -0.1])
+    assert layer.bias.grad.tolist() == pytest.approx([0.2])
+    assert anchor.distance() == pytest.approx(math.sqrt(0.25 + 1 + 4))
+    with pytest.raises(ValueError, match="one for one"):
+        L2SP(list(layer.parameters()), start[:1], weight=0.1)
+
+
+def test_the_anchor_holds_the_weights_near_the_start(random_effnet, tmp_path):
+    images = _images()
+    inputs, pairs = inputs_from_tensors(random_effnet, images, FEATURES), _pairs(random_effnet, images)
+    drift = {}
+    for weight in (0.0, 1e3):
+        model = copy.deepcopy(random_effnet)
+        before = torch.cat([p.detach().flatten().clone() for p in split_trunk(model)[1].parameters()])
+        train(model, inputs, pairs, _config(steps=6, anchor_weight=weight, validation_fraction=0.0),
+              out_dir=tmp_path / str(weight))
+        after = torch.cat([p.detach().flatten() for p in split_trunk(model)[1].parameters()])
+        drift[weight] = float((after - before).norm())
+    assert 0 < drift[1e3] < 0.5 * drift[0.0]
+
+
+def _grouped_batch(n_image_pairs: int, per_pair: int) -> PairBatch:
+    """``per_pair`` pairs between images (i, i + 100) for i < n_image_pairs."""
+    image = torch.arange(n_image_pairs).repeat_interleave(per_pair)
+    zero = torch.zeros_like(image)
+    anchor = torch.stack([image, zero, zero, zero], 1)
+    other = torch.stack([image + 100, zero, zero, zero], 1)
+    return PairBatch(anchor, other, other[:, None].expand(-1, 2, -1).clone(), torch.ones(len(image), dtype=torch.bool),
+                     torch.zeros(len(image), dtype=torch.long))
+
+
+def test_split_validation_holds_out_whole_image_pairs_the_same_in_every_round():
+    batch = _grouped_batch(200, 4)
+    steps, held = split_validation(batch, _config(validation_fraction=0.2, validation_pairs=10_000))
+    assert 0.1 < len(held) / len(batch) < 0.3 and len(held) % 4 == 0  # whole image pairs, about the fraction
+    assert len(steps) + len(held) == len(batch)
+    assert not set(held.anchor[:, 0].tolist()) & set(steps.anchor[:, 0].tolist())
+    # another round's pairs between some of the same images: the same image pairs are held out
+    later_steps, later = split_validation(batch.select(torch.arange(0, 800, 2)), _config(validation_fraction=0.2,
+                                                                                         validation_pairs=10_000))
+    assert set(later.anchor[:, 0].tolist()) == set(held.anchor[:, 0].tolist())
+    # the cap: at most that many held out, and the rest of the held-out image pairs never train
+    capped_steps, capped = split_validation(batch, _config(validation_fraction=0.2, validation_pairs=6))
+    assert len(capped) == 6 and torch.equal(capped_steps.anchor, steps.anchor)
+    none_steps, none = split_validation(batch, _config(validation_fraction=0.0))
+    assert len(none) == 0 and len(none_steps) == 800
+
+
+def test_image_pair_hash_is_fixed_and_spread():
+    lo, hi = torch.arange(1000), torch.arange(1000) + 7
+    h = image_pair_hash(lo, hi, seed=0)
+    assert torch.equal(h, image_pair_hash(lo, hi, seed=0)) and not torch.equal(h, image_pair_hash(lo, hi, seed=1))
+    assert ((h >= 0) & (h < 1)).all() and 0.15 < float((h < 0.2).double().mean()) < 0.25
+
+
+def test_held_out_loss_is_the_step_loss_without_a_step(random_effnet):
+    model = copy.deepcopy(random_effnet)
+    maps = CachedMaps(model, inputs_from_tensors(model, _images(2), FEATURES))
+    batch = _batch(**BATCH)
+    before = _weights(model).clone()
+    held = held_out_loss(maps, batch, SHAPES, chunk_maps=1)
+    assert torch.equal(_weights(model), before)
+    assert held == pytest.approx(train_step(maps, torch.optim.SGD(model.parameters(), lr=0.0), batch, SHAPES), abs=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        held_out_loss(maps, PairBatch.empty(2), SHAPES)
+
+
+def _three_image_pairs(model):
+    images = _images(3)
+    images[2] = images[0].flip(-1).contiguous()  # a third image related to the first: more image pairs
+    return images, _pairs(model, images)
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation(random_effnet, tmp_path):
+    images, pairs = _three_image_pairs(random_effnet)
+    inputs = inputs_from_tensors(random_effnet, images, FEATURES)
+    model = copy.deepcopy(random_effnet)
+    seen = {0: _weights(model).clone()}
+    config = _config(steps=6, lr=5e-2, validation_fraction=0.5, validate_every=1)
+    result = train(model, inputs, pairs, config, out_dir=tmp_path / "a",
+                   progress=lambda log, _: seen.__setitem__(log.iteration + 1, _weights(model).clone()))
+    steps = [s for s, _ in result.validation]
+    assert steps == list(range(7)), "validated at the start and after every step"
+    losses = dict(result.validation)
+    assert result.best_step == min(losses, key=losses.get)
+    assert torch.equal(_weights(model), seen[result.best_step])
+    assert torch.equal(_weights(load_checkpoint(result.model.checkpoint)), seen[result.best_step])
+
+
+def test_a_round_that_cannot_move_does_not_improve(random_effnet, tmp_path):
+    images, pairs = _three_image_pairs(random_effnet)
+    inputs = inputs_from_tensors(random_effnet, images, FEATURES)
+    frozen = train(copy.deepcopy(random_effnet), inputs, pairs, _config(steps=2, lr=0.0, validation_fraction=0.5),
+                   out_dir=tmp_path / "frozen")
+    assert frozen.best_step == 0 and frozen.improved is False
+    unvalidated = train(copy.deepcopy(random_effnet), inputs, pairs, _config(steps=2, validation_fraction=0.0),
+                        out_dir=tmp_path / "none")
+    assert unvalidated.best_step is None and unvalidated.improved is None and unvalidated.validation == ()
+
+
+def test_a_killed_run_resumes_with_its_validation(random_effnet, tmp_path):
+    images, pairs = _three_image_pairs(random_effnet)
+    inputs = inputs_from_tensors(random_effnet, images, FEATURES)
+    config = dict(lr=5e-2, validation_fraction=0.5, validate_every=1)
+    straight_model = copy.deepcopy(random_effnet)
+    straight = train(straight_model, inputs, pairs, _config(steps=4, **config), out_dir=tmp_path / "straight")
+    killed = copy.deepcopy(random_effnet)
+    train(killed, inputs, pairs, _config(steps=2, **config), out_dir=tmp_path / "killed")
+    resumed_model = copy.deepcopy(random_effnet)
+    resumed = train(resumed_model, inputs, pairs, _config(steps=4, **config), out_dir=tmp_path / "killed")
+    assert resumed.validation == straight.validation and resumed.best_step == straight.best_step
+    assert torch.equal(_weights(resumed_model), _weights(straight_model))

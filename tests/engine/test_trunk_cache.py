@@ -10,6 +10,7 @@ from PIL import Image
 
 from engine.features import FeatureCache, FeatureConfig, collection_features
 from engine.trunk_cache import (
+    TrunkByProduct,
     TrunkCache,
     fill_feature_cache,
     freeze_prefix,
@@ -74,3 +75,27 @@ def test_fill_feature_cache_writes_only_what_is_missing(random_effnet, tmp_path)
     assert fill_feature_cache(random_effnet, inputs, tmp_path / "f", FEATURES, hashes) == 0
     cached = FeatureCache(tmp_path / "f", random_effnet.model_id, FEATURES).get("a" * 64)
     assert cached is not None and cached.image_size == (80, 64) and len(cached.levels) == 2
+
+
+def test_features_leave_the_trunk_cache_as_a_by_product(random_effnet, tmp_path, monkeypatch):
+    """One forward, two caches: discovery's features fill the trunk cache a round reads."""
+    monkeypatch.setenv("ARTMINER_PRECISION", "fp32")  # compare with the whole backbone in float32
+    items = _folder(tmp_path, n=3)
+    full = collection_features(random_effnet, items, FEATURES, None, progress=False)
+    by_product = TrunkByProduct(tmp_path / "cache", random_effnet, FEATURES)
+    feats = collection_features(random_effnet, items, FEATURES, tmp_path / "cache", progress=False, extract=by_product)
+    for mine, theirs in zip(feats.pyramids, full.pyramids):
+        for a, b in zip(mine.levels, theirs.levels):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+    assert len(list(by_product.cache.dir.rglob("*.npz"))) == 3
+    # trunk_inputs now finds every image cached, equal to computing them afresh
+    cached, _ = trunk_inputs(random_effnet, items, FEATURES, tmp_path / "cache", progress=False)
+    fresh, _ = trunk_inputs(random_effnet, items, FEATURES, None, progress=False)
+    assert all(torch.equal(a, b) for x, y in zip(cached.maps, fresh.maps) for a, b in zip(x, y))
+
+
+def test_the_by_product_needs_a_staged_trunk(random_effnet):
+    model = copy.deepcopy(random_effnet)
+    assert TrunkByProduct.available(model)
+    model.trunk = torch.nn.Identity()
+    assert not TrunkByProduct.available(model)

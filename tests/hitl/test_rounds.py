@@ -1,13 +1,22 @@
 from dataclasses import replace
 
 import pytest
+import torch
 
 from db.records import CONFIRM, REJECT
 from engine.features import FeatureConfig
-from engine.train import TrainConfig
-from engine.types import Box, PairMatch
+from engine.train import TrainConfig, TrainResult
+from engine.types import Box, ModelRef, PairMatch
+from hitl.discover import lineage_root
 from hitl.project import open_project
-from hitl.rounds import RoundConfig, RoundRefused, holdout_side, reviewed_links, run_round
+from hitl.rounds import (
+    RoundConfig,
+    RoundRefused,
+    holdout_side,
+    reviewed_links,
+    run_round,
+    validated,
+)
 
 AFFINE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 
@@ -81,7 +90,8 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
     ids = _links(store, 6)
     for i, link_id in enumerate(ids):
         store.add_verdict(link_id, CONFIRM if i % 2 else REJECT, annotator="t")
-    report = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False), show_progress=False)
+    # gate off: two steps on a tiny project need not validate; this test is about the record
+    report = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False, gate=False), show_progress=False)
     new = store.get_model(report.new_model)
     assert new.ref.parent == "effnet-lite0" and new.round == report.round_id
     assert store.active_model().model_id == report.new_model
@@ -95,6 +105,55 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
     # The refresh ran the last stage into the new model's feature cache.
     assert any((paths.features / report.new_model.replace("@", "-")).rglob("*.npz"))
     # The next round starts from the new model: its one-shot figures are not measured twice.
-    second = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False, seed=1), show_progress=False)
+    second = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False, seed=1, gate=False),
+                       show_progress=False)
     assert second.parent == report.new_model
+    assert lineage_root(store, second.new_model) == "effnet-lite0"  # both rounds are anchored to ImageNet
+    # a fine-tuned parent mines with the root's (ImageNet) features, unless asked for its own
+    from engine.trunk_cache import bank_from_inputs, trunk_inputs
+    from hitl.project import load_model
+    from hitl.rounds import _mining_bank
+
+    tuned = load_model(store, report.new_model, "cpu")
+    images = store.list_images()
+    features = _small_train().features
+    inputs, _ = trunk_inputs(tuned, [(i.image_id, i.path) for i in images], features, progress=False)
+    own = bank_from_inputs(tuned, inputs)
+    miner = _mining_bank(store, tuned, inputs, own, RoundConfig(), "cpu")
+    root = bank_from_inputs(load_model(store, "effnet-lite0", "cpu"), inputs)
+    assert torch.equal(miner.levels[0], root.levels[0]) and not torch.equal(miner.levels[0], own.levels[0])
+    assert _mining_bank(store, tuned, inputs, own, RoundConfig(mine_with="parent"), "cpu") is None
     assert second.before["oneshot_map"] == report.after["oneshot_map"]
+
+
+def _result(best_step):
+    return TrainResult(ModelRef("m@1", "effnet-lite0"), 4, 0, (), validation=((0, 0.1),), best_step=best_step)
+
+
+def test_validated_uses_the_rounds_own_signal_only():
+    ok, why = validated(_result(0), {}, {})
+    assert not ok and "held-out pairs' loss" in why
+    ok, why = validated(_result(2), {"heldout_link_ap": 0.6, "oneshot_map": 0.1}, {"heldout_link_ap": 0.5, "oneshot_map": 0.9})
+    assert not ok and "0.600 -> 0.500" in why  # the annotations' mAP does not decide
+    ok, _ = validated(_result(2), {"heldout_link_ap": 0.5}, {"heldout_link_ap": 0.5})
+    assert ok
+    ok, _ = validated(_result(2), {"heldout_link_ap": 0.5}, {"heldout_link_ap": 0.46}, ap_tolerance=0.05)
+    assert ok  # within the noise of a few held-out links
+    ok, _ = validated(_result(2), {"heldout_link_ap": 0.5}, {"heldout_link_ap": 0.44}, ap_tolerance=0.05)
+    assert not ok
+    ok, why = validated(_result(None), {}, {})
+    assert ok and "no pair held out" in why
+
+
+def test_a_round_that_does_not_validate_keeps_its_parent_active(tiny_project):
+    store, paths = open_project(tiny_project)
+    lines: list[str] = []
+    frozen = _small_train(lr=0.0, validation_fraction=0.5)  # cannot move: its held-out loss cannot fall
+    report = run_round(store, paths, RoundConfig(sources=("mined",), train=frozen, rediscover=False), show_progress=False,
+                       log=lines.append)
+    assert not report.activated and report.active == report.before
+    assert store.active_model().model_id == "effnet-lite0"
+    (recorded,) = store.list_rounds()
+    assert recorded.status == "done" and recorded.metrics["activated"] is False and recorded.metrics["best_step"] == 0
+    assert "held-out pairs' loss" in recorded.metrics["gate"]
+    assert any("NOT activated" in line for line in lines)

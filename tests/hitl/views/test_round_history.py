@@ -40,3 +40,10 @@ def test_round_table_shows_each_rounds_own_figures():
                      "heldout_link_ap": "- -> 0.500", "expert pairs": 8, "expert precision": None,
                      "mined pairs": 96, "mined precision": 0.44}
     assert second == {"round": 2, "status": "failed", "steps": None}
+
+
+def test_round_table_says_whether_the_new_model_was_activated():
+    kept = TrainingRound(3, "m1", "done", {}, T1, "m2", {"activated": False, "gate": "its held-out link AP fell"})
+    made = TrainingRound(4, "m1", "done", {}, T1, "m3", {"activated": True, "gate": "held-out pairs' loss fell"})
+    assert round_table([kept])[0]["new model"] == "not activated: its held-out link AP fell"
+    assert round_table([made])[0]["new model"] == "made active"
