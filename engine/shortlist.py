@@ -559,9 +559,12 @@ def vote_scores(queries: CellBag, database: CellBag, n_images: int, neighbours: 
             continue
         scale = database.width[idx] / queries.width[part, None]  # (r, n)
         shift = database.centre[idx] - scale[..., None] * queries.centre[part, None]  # (r, n, 2)
-        peaks = _hough_peaks(key.flatten(), database.level[idx].flatten(), shift.flatten(0, 1),
-                             (bin_cells * database.width[idx]).flatten(), vote.flatten(), n_images * n_images)
-        score = torch.maximum(score, peaks)
+        # The block's query images own the score rows [first, last]: its pairs alone.
+        first, last = int(queries.owner[part.start]), int(queries.owner[part.stop - 1])
+        offset = first * n_images
+        score[offset : (last + 1) * n_images] = _hough_peaks(
+            key.flatten() - offset, database.level[idx].flatten(), shift.flatten(0, 1),
+            (bin_cells * database.width[idx]).flatten(), vote.flatten(), (last - first + 1) * n_images)
     score = score.view(n_images, n_images)
     return torch.maximum(score, score.T).fill_diagonal_(0.0)
 
