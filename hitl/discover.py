@@ -63,10 +63,12 @@ from hitl.style_map import store_style_map
 if TYPE_CHECKING:
     from hitl.executors import Executor
 
-# issue 12: from this many images on, the shortlist comes from the FAISS region index
-# instead of the exact k-NN over all region pairs, whose N^2 cost is ~20 s of one core
-# at 1,000 images and ~1.2 h at 10,000 (python -m benchmarks.shortlist).
-ANN_SHORTLIST_FROM = 3000
+# From this many images on, the shortlist comes from the FAISS region index (issue 12)
+# instead of the exact cell votes, whose N^2 cost is ~4 min of one core at 400 images,
+# ~26 min at 1,000 (twice that with the mirror images' votes) and ~4 h at 3,000
+# (python -m benchmarks.shortlist --votes): at 1,000 images the votes cost about what
+# verifying the shortlist does.
+ANN_SHORTLIST_FROM = 1000
 
 # Links at or above this discovery score count as found: they build the clusters and are
 # the default threshold of precision/recall and the review queue. On the authors' scale
@@ -293,7 +295,7 @@ def collection_votes(ids: Sequence[str], pyramids: Callable[[str], FeaturePyrami
 
     Query cells at ``config.vote_level`` (or the coarsest, for short pyramids), database
     cells at that level and every coarser one. Exact search: every query cell against
-    every database cell, fine to a few thousand images on a CPU.
+    every database cell, O(N^2): ~26 min of one core at 1,000 images (``ANN_SHORTLIST_FROM``).
 
     With ``mirrored`` (pyramids of the mirror images), the cells of each mirror image vote
     too and a pair scores the larger of its direct and mirrored votes: a print reverses
