@@ -201,7 +201,8 @@ def print_quality(quality: dict) -> None:
         by = ", ".join(f"{sub} {v:.2f}" for sub, v in q["recall_by"].items())
         print(f"  >= {th}: {q['n_links']} links, {q['n_true']} true (precision {q['link_precision']:.3f}; "
               f"+{q['n_repeat']} joining one distractor's copies: {q['repeat_precision']:.3f}), "
-              f"{q['template_share']:.1%} on template or page layout; pairs: precision {q['pair_precision']:.3f}, "
+              f"{q['template_share']:.1%} on template or page layout; pairs: precision {q['pair_precision']:.3f} "
+              f"({q['repeat_pair_precision']:.3f} counting pairs that share a distractor), "
               f"recall {q['pair_recall']:.3f} ({by})")
 
 

@@ -146,6 +146,9 @@ class LinkQuality:
     pair_precision: float
     pair_recall: float
     recall_by: dict[str, float]
+    # Pairs right if one of their links is true or joins one unannotated element's copies:
+    # a pair of images holding the same pasted crop does share a detail.
+    repeat_pair_precision: float = 0.0
 
 
 def template_labels(regions: Iterable[Region], templates: Mapping[str, Sequence[Box]],
@@ -194,6 +197,7 @@ def link_quality(matches: Sequence[PairMatch], queries: Sequence[Query], templat
         if size and r.box.area >= 0.5 * size[0] * size[1]:
             on_template[r] = True
     true_pairs: set[ImagePair] = set()
+    repeat_pairs: set[ImagePair] = set()
     n_true = n_repeat = n_template = 0
     for m in matches:
         ra, rb = Region(m.image_a, m.box_a), Region(m.image_b, m.box_b)
@@ -203,6 +207,7 @@ def link_quality(matches: Sequence[PairMatch], queries: Sequence[Query], templat
                 true_pairs.add(frozenset((_name(m.image_a, image_names), _name(m.image_b, image_names))))
             else:
                 n_repeat += 1
+                repeat_pairs.add(frozenset((_name(m.image_a, image_names), _name(m.image_b, image_names))))
         n_template += bool(on_template[ra] or on_template[rb])
     linked = matched_pairs(matches, image_names)
     truth = ground_truth_pairs(queries)
@@ -212,4 +217,5 @@ def link_quality(matches: Sequence[PairMatch], queries: Sequence[Query], templat
     return LinkQuality(n, n_true, n_repeat, n_template, n_true / n if n else 0.0,
                        (n_true + n_repeat) / n if n else 0.0, n_template / n if n else 0.0,
                        len(true_pairs & linked) / len(linked) if linked else 0.0,
-                       len(found) / len(truth) if truth else 0.0, recall_by)
+                       len(found) / len(truth) if truth else 0.0, recall_by,
+                       len((true_pairs | repeat_pairs) & linked) / len(linked) if linked else 0.0)

@@ -79,6 +79,12 @@ class VerifyConfig:
     # Inliers on cells weighing less than this (texture) are left out of the region, so a
     # copied picture matched together with its page's script is stored as the picture.
     region_min_weight: float = 0.35
+    # A group's inliers that fall apart into separate clusters on A's grid (more than
+    # 2 x `split_gap` empty cells between them) are separate details, each its own region with
+    # its own score and refit affine, so two copied figures moved together, or a figure and
+    # a stretch of scenery that happen to agree, are stored as what they are, not as one box
+    # around both. -1 = one region per group (session 3).
+    split_gap: int = 1
     # Inlier correspondences kept per region (PairMatch.inliers), heaviest first: the
     # review page draws them; 64 show a region's pattern and keep a link's row small.
     max_points: int = 64
@@ -789,6 +795,37 @@ class Regions:
     points: np.ndarray
 
 
+def detail_labels(cells: np.ndarray, shape: tuple[int, int, int], gap: int) -> np.ndarray:
+    """Which separate detail of its region each inlier cell belongs to, numbered over all regions.
+
+    Cells of one region with at most ``2 * gap`` empty cells between them (8-connected
+    after a ``gap``-cell dilation) are one detail; labels run from 0 in region order.
+
+    Args:
+        cells: (K, 3) long (region, row, col) of each inlier on A's grid.
+        shape: (regions, h, w) of the grids.
+
+    Returns:
+        (K,) long.
+    """
+    grids = np.zeros(shape, dtype=bool)
+    grids[tuple(cells.T)] = True
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-connected, within a grid only
+    if gap > 0:
+        grids = ndimage.binary_dilation(grids, structure=structure, iterations=gap)
+    labels, _ = ndimage.label(grids, structure=structure)  # numbered in scan order: region-major
+    found = labels[tuple(cells.T)]
+    return np.unique(found, return_inverse=True)[1].reshape(-1)
+
+
+def _row_of_detail(detail: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(K,) detail label and region of each inlier -> (D,) the region of each detail."""
+    rows = np.zeros(int(detail.max()) + 1 if len(detail) else 0, dtype=np.int64)
+    rows[detail] = region
+    return rows
+
+
 def _cell_boxes(grids: np.ndarray) -> np.ndarray:
     """(R, h, w) bool, each with a cell set -> (R, 4) long (col0, row0, col1, row1)."""
     boxes = np.zeros((len(grids), 4), dtype=np.int64)
@@ -856,6 +893,14 @@ def build_regions(keep: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor
     else:
         b_at = a_at
     alive = surviving_inliers(a_at, b_at, (ha, wa), b_shape, config.min_component, config.connectivity, both)
+    if config.split_gap >= 0:  # one row per separate detail
+        detail = detail_labels(a_at[alive], (len(chosen), ha, wa), config.split_gap)
+        m_idx, a_at = m_idx[torch.from_numpy(alive).to(m_idx.device)], a_at[alive]
+        rows = torch.from_numpy(_row_of_detail(detail, a_at[:, 0])).to(keep.device)
+        a_at[:, 0] = detail
+        alive = np.ones(len(a_at), dtype=bool)
+        pair, chosen, r_idx = pair[rows], chosen[rows], torch.from_numpy(detail).to(keep.device)
+        keep, weight = keep[rows], weight[rows]
     grids = np.zeros((len(chosen), ha, wa), dtype=bool)
     grids[tuple(a_at[alive].T)] = True
     survive = torch.zeros_like(keep)

@@ -104,6 +104,9 @@ def test_link_quality_counts_copies_template_and_unannotated_repeats():
     assert (q.n_links, q.n_true, q.n_repeat, q.n_template) == (3, 1, 1, 1)
     assert q.link_precision == pytest.approx(1 / 3) and q.repeat_precision == pytest.approx(2 / 3)
     assert q.pair_precision == pytest.approx(1 / 2)  # (a, c) is linked, but by no copy
+    assert q.repeat_pair_precision == 1.0  # ... by the helmet pasted in both
+    no_helmet = link_quality(links[:2], gt, templates, unannotated=helmet)
+    assert no_helmet.repeat_pair_precision == pytest.approx(1 / 2)  # (a, c) linked by its script only
     assert q.pair_recall == 1.0 and q.recall_by == {"all": 1.0}
     empty = link_quality([], gt, {})
     assert empty.n_links == 0 and empty.link_precision == 0.0 and empty.pair_recall == 0.0

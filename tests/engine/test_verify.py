@@ -14,6 +14,7 @@ from engine.verify import (
     both_ways,
     candidate_groups,
     dense_matches,
+    detail_labels,
     discovery_score,
     hough_candidates,
     keep_best,
@@ -255,6 +256,32 @@ def test_two_copies_give_two_regions(pyr_a):
         assert np.abs(np.array(match.affine)[:, :2] - truth[:, :2]).max() < 0.05
         error = np.abs(_corners(box) @ np.array(match.affine).T - _corners(box) @ truth.T).max()
         assert error < 8.0  # pixels, half a cell
+
+
+def test_detail_labels_split_a_region_at_gaps():
+    # region 0: cells 0-1, then 1 empty cell, cell 3, then 3 empty cells, cell 7; region 1: a diagonal.
+    cells = np.array([[0, 0, 0], [0, 0, 1], [0, 0, 3], [0, 0, 7], [1, 2, 2], [1, 3, 3]])
+    assert detail_labels(cells, (2, 5, 9), gap=0).tolist() == [0, 0, 1, 2, 3, 3]
+    assert detail_labels(cells, (2, 5, 9), gap=1).tolist() == [0, 0, 0, 1, 2, 2]
+    assert detail_labels(cells, (2, 5, 9), gap=2).tolist() == [0, 0, 0, 0, 1, 1]  # never across regions
+    assert detail_labels(np.zeros((0, 3), dtype=np.int64), (0, 5, 9), gap=1).shape == (0,)
+
+
+def test_details_moved_together_are_separate_regions(pyr_a):
+    """Two details that one affine maps (a figure and, far from it, a piece of scenery) are
+    two tight regions, each with its own share of the score; -1 keeps one box round both."""
+    shift = _affine(1.0, 0.0, 16.0, 32.0)
+    box_1, box_2 = (32, 32, 192, 160), (400, 256, 592, 416)
+    pyr_b = _with_copies(pyr_a, SIZE_A, [(shift, box_1), (shift, box_2)], seed=6)
+    found = verify_pair(pyr_a, pyr_b, "a", "b")
+    assert len(found) == 2
+    for box in (box_1, box_2):
+        match = max(found, key=lambda m: m.box_a.iou(Box(*box)))
+        assert match.box_a.iou(Box(*box)) > 0.7
+        assert np.abs(np.array(match.affine) - shift).max() < 4.0
+    merged = verify_pair(pyr_a, pyr_b, "a", "b", VerifyConfig(split_gap=-1))
+    assert merged[0].box_a.iou(Box(*box_1)) < 0.4 and merged[0].box_a.iou(Box(*box_2)) < 0.4
+    assert merged[0].score == pytest.approx(sum(m.score for m in found), rel=0.02)
 
 
 def test_degenerate_inputs_give_nothing(pyr_a):
