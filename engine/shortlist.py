@@ -569,6 +569,29 @@ def vote_scores(queries: CellBag, database: CellBag, n_images: int, neighbours: 
     return torch.maximum(score, score.T).fill_diagonal_(0.0)
 
 
+@torch.no_grad()
+def cell_image_best(queries: CellBag, database: CellBag, n_images: int, block_elements: int = 1 << 25) -> torch.Tensor:
+    """Each query cell's best cosine in each image (a diagnostic: what the cells can tell).
+
+    Args:
+        queries, database: cells (see :func:`cell_bag`).
+        n_images: N, the number of owners.
+
+    Returns:
+        (M, N) float32, M query cells; -inf for the cell's own image and images without cells.
+    """
+    out = torch.full((len(queries.features), n_images), -torch.inf)
+    if len(queries.features) == 0 or len(database.features) == 0:
+        return out
+    rows = max(1, block_elements // len(database.features))
+    owner = database.owner[None, :]
+    for s in range(0, len(queries.features), rows):
+        sim = queries.features[s : s + rows] @ database.features.T  # (r, M_db)
+        out[s : s + rows].scatter_reduce_(1, owner.expand(len(sim), -1), sim, "amax")
+    out[torch.arange(len(out)), queries.owner] = -torch.inf
+    return out
+
+
 def capped_neighbours(score: torch.Tensor, k: int, groups: np.ndarray | None = None,
                       same_group_share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's ``k`` best-scoring other images, at most ``same_group_share * k`` of

@@ -14,6 +14,7 @@ from engine.shortlist import (
     all_pairs,
     capped_neighbours,
     cell_bag,
+    cell_image_best,
     distinctive_knn,
     gem_regions,
     global_descriptors,
@@ -358,3 +359,22 @@ def test_capped_neighbours_and_votes_shortlist():
     assert pairs[0] == (0, 1, 5.0)
     with pytest.raises(ValueError, match="vote scores"):
         shortlist_pairs(torch.zeros(4, 1, 2), ShortlistConfig(k=1))
+
+
+def test_cell_image_best_matches_a_loop_over_images():
+    g = torch.Generator().manual_seed(7)
+    feats = F.normalize(torch.randn(23, 5, generator=g), dim=1)
+    owner = torch.tensor([0] * 6 + [1] * 9 + [3] * 8)  # image 2 has no cells
+    bag = CellBag(feats, torch.ones(23), owner)
+    # Blocks of 2 query rows: the running blocks give the same answer as one block.
+    for block in (1 << 25, 2 * 23):
+        best = cell_image_best(bag, bag, 4, block_elements=block)
+        assert best.shape == (23, 4)
+        for i in range(23):
+            for j in range(4):
+                cells = feats[owner == j]
+                want = -torch.inf if j == owner[i] or len(cells) == 0 else float((cells @ feats[i]).max())
+                assert float(best[i, j]) == pytest.approx(want, abs=1e-6)
+    empty = CellBag(torch.zeros(0, 5), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    assert cell_image_best(empty, bag, 4).shape == (0, 4)
+    assert torch.all(cell_image_best(bag, empty, 4) == -torch.inf)
