@@ -225,15 +225,16 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
         if config.scoring == "votes":
             key = (config.vote_level, config.vote_neighbours, config.vote_bin, config.texture_weight,
                    variant.mirror, variant.centred)
-            if key not in cached:
+            if key in cached:
+                start -= cached[key][1]  # a row's time includes its votes, computed once
+            else:
                 cells, mirror = pyramids, mirrored
                 if variant.centred:
                     cells = lambda i: centred(pyramids(i), weights(i))  # noqa: E731
                     mirror = lambda i: centred(mirrored(i), tuple(w.flip(-1) for w in weights(i)))  # noqa: E731
                 cached[key] = (collection_votes(ids, cells, weights, config, mirror if variant.mirror else None),
                                time.perf_counter() - start)
-            votes, vote_seconds = cached[key]
-            start -= vote_seconds  # a row's time includes its votes, computed once
+            votes = cached[key][0]
             votes = variant.post(votes) if variant.post else votes
         groups = variant.groups
         group = None if groups is None else (look_alike_groups(desc) if groups == "look" else by_collection)
