@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from db.store import Store
 from engine.discovery_metrics import (
@@ -49,7 +48,6 @@ from engine.features import (
     CachedPyramids,
     FeatureCache,
     FeatureConfig,
-    FeaturePyramid,
     collection_features,
 )
 from engine.mirror import cache_mirrored_features, mirror_hash
@@ -57,6 +55,7 @@ from engine.shortlist import (
     ShortlistConfig,
     cell_bags,
     cell_image_best,
+    centre_cells,
     look_alike_groups,
     shortlist_pairs,
 )
@@ -103,38 +102,39 @@ def common_neighbours(score: torch.Tensor, t: int = 10, weight: float = 0.02) ->
 @dataclass(frozen=True)
 class Variant:
     """One shortlist of the table: its config, look-alike groups (None, "look",
-    "collection"), whether mirror images vote, whether cells are centred per image
-    (each level's texture-weighted mean feature subtracted: a medium's or a paper's
-    common component), and a post-processing of the (N, N) vote scores."""
+    "collection"), whether mirror images vote, and a post-processing of the (N, N) votes."""
 
     config: ShortlistConfig
     groups: str | None = None
     mirror: bool = False
-    centred: bool = False
     post: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-VOTES = ShortlistConfig()
-# Shortlists compared: the first version's, the default with each look-alike cap, and
-# the variants tried for issue 9 item 2 (README, *Discovery across sources*).
+VOTES = ShortlistConfig()  # today's default: centred cells, look-alike cap 50 %
+S3 = replace(VOTES, vote_centre=False, same_group_share=0.75)  # session 3's default
+# Shortlists compared: the first version's, session 3's default with each look-alike cap,
+# the variants of it tried for issue 9 item 2, and today's default (README, *Discovery
+# across sources*).
 SHORTLISTS = {
     "max region (first version)": Variant(ShortlistConfig(grids=(1, 8), scoring="max", texture_weight=False)),
     "distinctive regions": Variant(ShortlistConfig(scoring="distinctive")),
-    "cell votes summed, no cap": Variant(ShortlistConfig(vote_bin=0.0)),
-    "cell votes in one Hough bin": Variant(VOTES),
-    "Hough votes + mirror, no cap": Variant(VOTES, mirror=True),
-    "Hough votes + mirror, look cap": Variant(VOTES, "look", mirror=True),  # discovery's default
-    "Hough votes + mirror, coll. cap": Variant(VOTES, "collection", mirror=True),
-    "default, look cap 50 %": Variant(replace(VOTES, same_group_share=0.5), "look", mirror=True),
-    "default, coll. cap 10 %": Variant(replace(VOTES, same_group_share=0.1), "collection", mirror=True),
-    "default, query cells level 2": Variant(replace(VOTES, vote_level=2), "look", mirror=True),
-    "default, query cells level 4": Variant(replace(VOTES, vote_level=4), "look", mirror=True),
-    "default, top-1 cell votes": Variant(replace(VOTES, vote_neighbours=1), "look", mirror=True),
-    "default, top-10 cells vote": Variant(replace(VOTES, vote_neighbours=10), "look", mirror=True),
-    "default, cells centred per image": Variant(VOTES, "look", mirror=True, centred=True),
-    "default + image hubness (CSLS)": Variant(VOTES, "look", mirror=True, post=csls),
-    "default + rank from both sides": Variant(VOTES, "look", mirror=True, post=rank_fusion),
-    "default + common neighbours": Variant(VOTES, "look", mirror=True, post=common_neighbours),
+    "cell votes summed, no cap": Variant(replace(S3, vote_bin=0.0)),
+    "cell votes in one Hough bin": Variant(S3),
+    "Hough votes + mirror, no cap": Variant(S3, mirror=True),
+    "Hough votes + mirror, look cap": Variant(S3, "look", mirror=True),  # session 3's default
+    "Hough votes + mirror, coll. cap": Variant(S3, "collection", mirror=True),
+    "S3, look cap 50 %": Variant(replace(S3, same_group_share=0.5), "look", mirror=True),
+    "S3, coll. cap 10 %": Variant(replace(S3, same_group_share=0.1), "collection", mirror=True),
+    "S3, query cells level 2": Variant(replace(S3, vote_level=2), "look", mirror=True),
+    "S3, query cells level 4": Variant(replace(S3, vote_level=4), "look", mirror=True),
+    "S3, top-1 cell votes": Variant(replace(S3, vote_neighbours=1), "look", mirror=True),
+    "S3, top-10 cells vote": Variant(replace(S3, vote_neighbours=10), "look", mirror=True),
+    "S3 + image hubness (CSLS)": Variant(S3, "look", mirror=True, post=csls),
+    "S3 + rank from both sides": Variant(S3, "look", mirror=True, post=rank_fusion),
+    "S3 + common neighbours": Variant(S3, "look", mirror=True, post=common_neighbours),
+    "S3, cells centred": Variant(replace(S3, vote_centre=True), "look", mirror=True),
+    "centred, look cap 50 % (default)": Variant(VOTES, "look", mirror=True),  # discovery's default
+    "centred, look cap 50 %, + CSLS": Variant(VOTES, "look", mirror=True, post=csls),
 }
 
 
@@ -223,16 +223,12 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
         desc = image_descriptors(ids, pyramids, config, weights=weights if config.texture_weight else None)
         votes = None
         if config.scoring == "votes":
-            key = (config.vote_level, config.vote_neighbours, config.vote_bin, config.texture_weight,
-                   variant.mirror, variant.centred)
+            key = (config.vote_level, config.vote_neighbours, config.vote_bin, config.vote_centre,
+                   config.texture_weight, variant.mirror)
             if key in cached:
                 start -= cached[key][1]  # a row's time includes its votes, computed once
             else:
-                cells, mirror = pyramids, mirrored
-                if variant.centred:
-                    cells = lambda i: centred(pyramids(i), weights(i))  # noqa: E731
-                    mirror = lambda i: centred(mirrored(i), tuple(w.flip(-1) for w in weights(i)))  # noqa: E731
-                cached[key] = (collection_votes(ids, cells, weights, config, mirror if variant.mirror else None),
+                cached[key] = (collection_votes(ids, pyramids, weights, config, mirrored if variant.mirror else None),
                                time.perf_counter() - start)
             votes = cached[key][0]
             votes = variant.post(votes) if variant.post else votes
@@ -244,32 +240,27 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
                      shortlist_pairs(desc, replace(config, k=k), group, votes=votes)}
             row[k] = {**{sub: shortlist_recall(pairs, truth) for sub, truth in subsets.items()}, "pairs": len(pairs)}
         rows[name] = {"recall": row, "seconds": time.perf_counter() - start}
-    located = located_table(store, demo, ids, pyramids, mirrored, subsets)
+    located = located_table(store, demo, ids, pyramids, mirrored, weights, subsets)
     return {"texture_weights_seconds": weight_seconds, "ground_truth_pairs": {sub: len(t) for sub, t in subsets.items()},
             "shortlist": rows, "located": located}
 
 
-def centred(pyramid: FeaturePyramid, weights: tuple[torch.Tensor, ...]) -> FeaturePyramid:
-    """Each level's cells minus the level's texture-weighted mean cell, L2-normalised: the
-    component every cell of an image shares (paper tone, medium) taken out."""
-    levels = []
-    for fmap, w in zip(pyramid.levels, weights):
-        mean = (fmap.float() * w).sum((1, 2)) / w.sum().clamp_min(1e-6)
-        levels.append(F.normalize(fmap.float() - mean[:, None, None], dim=0))
-    return FeaturePyramid(tuple(levels), pyramid.image_size)
-
-
-def located_table(store: Store, demo: Path, ids: list[str], pyramids, mirrored, subsets: dict[str, set]) -> dict:
+def located_table(store: Store, demo: Path, ids: list[str], pyramids, mirrored, weights, subsets: dict[str, set]) -> dict:
     """Recall at each k of :func:`engine.discovery_metrics.located_recall`: image pairs
     ranked by the cells of their copies alone (level-3 cells whose centre lies in a box of
     a motif the pair shares; each cell's best cosine in each image at levels 3 and coarser,
-    mirror images' cells included, as the default votes), raw and with hubness removed."""
+    mirror images' cells included, as the default votes), raw and with hubness removed,
+    on the cells as they are and centred (:func:`engine.shortlist.centre_cells`)."""
     level = VOTES.vote_level
-    queries, database = cell_bags((pyramids(i) for i in ids), None, lambda n: range(level, level + 1),
-                                  lambda n: range(level, n))
-    (mirror_queries,) = cell_bags((mirrored(i) for i in ids), None, lambda n: range(level, level + 1))
-    best = torch.maximum(cell_image_best(queries, database, len(ids)),
-                         cell_image_best(mirror_queries, database, len(ids))).numpy()
+    flipped = (tuple(w.flip(-1) for w in weights(i)) for i in ids)
+    queries, database = cell_bags((pyramids(i) for i in ids), (weights(i) for i in ids),
+                                  lambda n: range(level, level + 1), lambda n: range(level, n))
+    (mirror_queries,) = cell_bags((mirrored(i) for i in ids), flipped, lambda n: range(level, level + 1))
+    bests = {}
+    for name, centre in (("", False), (", centred", True)):
+        q, d, m = (centre_cells(b) for b in (queries, database, mirror_queries)) if centre else (
+            queries, database, mirror_queries)
+        bests[name] = torch.maximum(cell_image_best(q, d, len(ids)), cell_image_best(m, d, len(ids))).numpy()
     id_of = {Path(img.path).name: img.image_id for img in store.list_images()}
     index = {image_id: n for n, image_id in enumerate(ids)}
     boxes: dict[int, list[tuple[str, list[float]]]] = {}
@@ -286,18 +277,19 @@ def located_table(store: Store, demo: Path, ids: list[str], pyramids, mirrored, 
         return np.nonzero(inside)[0]
 
     out = {}
-    for hubness in (False, True):
-        row = {}
-        for k in KS:
-            row[k] = {}
-            for sub, truth in subsets.items():
-                copies = []
-                for pair in truth:
-                    a, b = (index[i] for i in sorted(pair))
-                    shared = {m for m, _ in boxes.get(a, [])} & {m for m, _ in boxes.get(b, [])}
-                    copies.append((a, b, cells(a, shared), cells(b, shared)))
-                row[k][sub] = located_recall(best, copies, k, hubness)
-        out["copy located (oracle), hubness removed" if hubness else "copy located (oracle)"] = row
+    for cells_name, best in bests.items():
+        for hubness in (False, True):
+            row = {}
+            for k in KS:
+                row[k] = {}
+                for sub, truth in subsets.items():
+                    copies = []
+                    for pair in truth:
+                        a, b = (index[i] for i in sorted(pair))
+                        shared = {m for m, _ in boxes.get(a, [])} & {m for m, _ in boxes.get(b, [])}
+                        copies.append((a, b, cells(a, shared), cells(b, shared)))
+                    row[k][sub] = located_recall(best, copies, k, hubness)
+            out[f"copy located (oracle){cells_name}{', hubness removed' if hubness else ''}"] = row
     return out
 
 
@@ -328,10 +320,10 @@ def print_tables(result: dict) -> None:
     for name, row in result["shortlist"]["shortlist"].items():
         recall = {int(k): v for k, v in row["recall"].items()}  # JSON keys are strings
         cells = "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + f" [{recall[k]['pairs']}]" for k in KS)
-        print(f"  {name:34s} {cells}   ({row['seconds']:.1f} s)")
+        print(f"  {name:40s} {cells}   ({row['seconds']:.1f} s)")
     for name, row in result["shortlist"].get("located", {}).items():
         recall = {int(k): v for k, v in row.items()}
-        print(f"  {name:34s} " + "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + " [-]" for k in KS))
+        print(f"  {name:40s} " + "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + " [-]" for k in KS))
     if "discovery" in result:
         d = result["discovery"]
         print(f"discovery {d['config']}: {d['pairs_verified']} pairs shortlisted, "

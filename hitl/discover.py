@@ -44,6 +44,7 @@ from engine.shortlist import (
     ShortlistConfig,
     all_pairs,
     cell_bags,
+    centre_cells,
     global_descriptors,
     look_alike_groups,
     shortlist_pairs,
@@ -310,12 +311,16 @@ def collection_votes(ids: Sequence[str], pyramids: Callable[[str], FeaturePyrami
     use = weights if config.texture_weight else None
     queries, database = cell_bags((pyramids(i) for i in ids), (use(i) for i in ids) if use else None,
                                   query_levels, database_levels)
+    if config.vote_centre:
+        queries, database = centre_cells(queries), centre_cells(database)
     votes = vote_scores(queries, database, len(ids), config.vote_neighbours, bin_cells=config.vote_bin)
     if mirrored is None:
         return votes
     # A mirror image's cells weigh as the cells they reflect (repetition is mirror-blind).
     flipped = (tuple(w.flip(-1) for w in use(i)) for i in ids) if use else None
     (mirror_queries,) = cell_bags((mirrored(i) for i in ids), flipped, query_levels)
+    if config.vote_centre:
+        mirror_queries = centre_cells(mirror_queries)
     return torch.maximum(votes, vote_scores(mirror_queries, database, len(ids), config.vote_neighbours,
                                             bin_cells=config.vote_bin))
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from benchmarks.sources import SHORTLISTS, centred, common_neighbours, csls, rank_fusion
-from engine.features import FeaturePyramid
+from benchmarks.sources import SHORTLISTS, VOTES, common_neighbours, csls, rank_fusion
+from engine.shortlist import ShortlistConfig
 
 # Image 0 is a hub (everyone's best, 0.70-0.72); images 1 and 2 share a detail (0.6).
 HUB = torch.tensor([[0.0, 0.72, 0.71, 0.70],
@@ -42,26 +41,8 @@ def test_common_neighbours_adds_shared_neighbours():
     assert torch.all(out.diagonal() == 0)
 
 
-def test_centred_removes_the_common_component():
-    g = torch.Generator().manual_seed(0)
-    detail = F.normalize(torch.randn(8, 3, 4, generator=g), dim=0)
-    paper = torch.randn(8, generator=g)[:, None, None]  # every cell of the image shares it
-    weights = torch.ones(3, 4)
-    plain = centred(FeaturePyramid((F.normalize(detail, dim=0),), (64, 48)), (weights,))
-    toned = centred(FeaturePyramid((detail + 3 * paper,), (64, 48)), (weights,))
-    assert torch.allclose(plain.levels[0], toned.levels[0], atol=1e-5)
-    assert torch.allclose(plain.levels[0].norm(dim=0), torch.ones(3, 4))
-    # A zero weight leaves the cell out of the mean.
-    masked = torch.ones(3, 4)
-    masked[0, 0] = 0.0
-    spiked = detail.clone()
-    spiked[:, 0, 0] += 100.0
-    assert torch.allclose(centred(FeaturePyramid((spiked,), (64, 48)), (masked,)).levels[0][:, 1:],
-                          centred(FeaturePyramid((detail,), (64, 48)), (masked,)).levels[0][:, 1:], atol=1e-5)
-
-
 def test_every_variant_names_a_valid_shortlist():
-    assert SHORTLISTS["Hough votes + mirror, look cap"].config.scoring == "votes"
+    assert SHORTLISTS["centred, look cap 50 % (default)"].config == VOTES == ShortlistConfig()
     for variant in SHORTLISTS.values():
         assert variant.groups in (None, "look", "collection")
         assert variant.post is None or callable(variant.post)
