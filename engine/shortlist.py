@@ -62,7 +62,8 @@ class ShortlistConfig:
     # they are L2-normalised again (:func:`centre_cells`): the component every cell of a page
     # shares (paper tone, medium, a source's house look) no longer makes a page's cells near
     # to every page of its source. Multi-source demo, k = 20: cross-source recall 0.71 -> 0.74
-    # alone, 0.79 with `same_group_share=0.5` (benchmarks/sources.py).
+    # alone, 0.79 with `same_group_share=0.5`; single-source demo, all pairs 0.82 -> 0.84;
+    # no more pairs, no measurable time (benchmarks/sources.py).
     vote_centre: bool = True
     background_k: int = 10  # a region's background: its mean best match over this many images (CSLS's K = 10)
     top_regions: int = 3  # the pair score sums this many best distinctive region matches
@@ -70,7 +71,8 @@ class ShortlistConfig:
     # (same house look: a manuscript's pages, an album's sheets), so repeated layout can
     # never fill the whole shortlist. 1.0 turns the cap off. 0.5 (was 0.75): on the
     # multi-source demo, cross-source recall at k = 20 0.71 -> 0.75 at the same within-source
-    # recall (benchmarks/sources.py); the 0.75 of the first cap was not measured.
+    # recall, but 5 % more pairs to verify (12 % on the single-source demo, where recall at
+    # k = 5-10 drops); benchmarks/sources.py. The 0.75 of the first cap was not measured.
     same_group_share: float = 0.5
     # Regions pool their cells weighted by texture weight (engine.texture), so a region of
     # a page describes its picture, not its script; regions whose mean weight is below
