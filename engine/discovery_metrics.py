@@ -83,7 +83,8 @@ def located_recall(best: np.ndarray, copies: Sequence[tuple[int, int, np.ndarray
     describes itself by its copy's cells alone, ranks the other images by the mean of
     those cells' best cosine in each (``best``), and the pair is found when b ranks
     among a's first ``k`` or a among b's. A shortlist that does not know where the copies
-    are seldom beats it, so it bounds what better scoring of the same cells can gain.
+    are seldom beats it: it shows roughly how far better scoring of the same cells can go
+    (a reference, not a strict bound).
 
     Args:
         best: (M, N) each cell's best cosine in each image (:func:`engine.shortlist.cell_image_best`),

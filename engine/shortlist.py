@@ -500,7 +500,7 @@ def centre_cells(bag: CellBag) -> CellBag:
     The mean is weighted by the cells' texture weights, so it is the mean of the image's
     distinctive cells, not of its script. What every cell of an image shares (a paper tone,
     a medium, a source's house look) pulls all of its cells toward every image of the same
-    look; without it a detail redrawn in another medium is nearer to its copy.
+    look; with it taken out, a detail redrawn in another medium is nearer to its copy.
 
     Args:
         bag: cells (see :func:`cell_bag`); ``level`` None counts as one level.

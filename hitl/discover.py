@@ -295,7 +295,8 @@ def collection_votes(ids: Sequence[str], pyramids: Callable[[str], FeaturePyrami
     """(N, N) cell votes between the images (:func:`engine.shortlist.vote_scores`).
 
     Query cells at ``config.vote_level`` (or the coarsest, for short pyramids), database
-    cells at that level and every coarser one. Exact search: every query cell against
+    cells at that level and every coarser one; with ``config.vote_centre`` each image's
+    cells are centred first (:func:`engine.shortlist.centre_cells`). Exact search: every query cell against
     every database cell, O(N^2): ~26 min of one core at 1,000 images (``ANN_SHORTLIST_FROM``).
 
     With ``mirrored`` (pyramids of the mirror images), the cells of each mirror image vote
