@@ -57,9 +57,8 @@ def time_votes(sizes: list[int], channels: int) -> None:
         queries, database = cell_bags(pyramids, None, lambda k: range(1), lambda k: range(k))
         for name, bins in (("summed", 0.0), ("one Hough bin", config.vote_bin)):
             start, cpu = time.perf_counter(), time.process_time()
-            if config.vote_centre:  # as discovery does: centring is part of the cost
-                queries, database = centre_cells(queries), centre_cells(database)
-            vote_scores(queries, database, n, config.vote_neighbours, bin_cells=bins)
+            q, d = (centre_cells(queries), centre_cells(database)) if config.vote_centre else (queries, database)
+            vote_scores(q, d, n, config.vote_neighbours, bin_cells=bins)  # centring counted, as discovery does it
             seconds[(n, name)] = time.perf_counter() - start
             print(f"cell votes ({name}), {n:>6} images   {seconds[(n, name)]:7.1f} s wall, "
                   f"{time.process_time() - cpu:7.1f} s CPU ({len(queries.features)} x {len(database.features)} cells)")
