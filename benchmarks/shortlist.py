@@ -13,7 +13,8 @@ descriptors (each image a noisy copy of one of N/5 prototypes, so neighbours exi
 
 ``--votes`` times the default shortlist instead, discovery's cell votes
 (:func:`engine.shortlist.vote_scores`): every level-3 cell of each image (20 x 15) against
-every cell of levels 3-6 of all others, summed and in one Hough bin, with the N^2
+every cell of levels 3-6 of all others, cells centred per image (the default),
+summed and in one Hough bin, with the N^2
 extrapolation (random cells of the demo's shapes cost what real ones cost).
 """
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from engine.ann_index import ann_knn_graph
 from engine.features import FeaturePyramid
-from engine.shortlist import ShortlistConfig, cell_bags, knn_graph, vote_scores
+from engine.shortlist import ShortlistConfig, cell_bags, centre_cells, knn_graph, vote_scores
 
 
 def _planted_recall(neighbours: torch.Tensor, owner: torch.Tensor) -> float:
@@ -56,7 +57,8 @@ def time_votes(sizes: list[int], channels: int) -> None:
         queries, database = cell_bags(pyramids, None, lambda k: range(1), lambda k: range(k))
         for name, bins in (("summed", 0.0), ("one Hough bin", config.vote_bin)):
             start, cpu = time.perf_counter(), time.process_time()
-            vote_scores(queries, database, n, config.vote_neighbours, bin_cells=bins)
+            q, d = (centre_cells(queries), centre_cells(database)) if config.vote_centre else (queries, database)
+            vote_scores(q, d, n, config.vote_neighbours, bin_cells=bins)  # centring counted, as discovery does it
             seconds[(n, name)] = time.perf_counter() - start
             print(f"cell votes ({name}), {n:>6} images   {seconds[(n, name)]:7.1f} s wall, "
                   f"{time.process_time() - cpu:7.1f} s CPU ({len(queries.features)} x {len(database.features)} cells)")

@@ -29,17 +29,36 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from db.store import Store
-from engine.discovery_metrics import ground_truth_pairs, link_quality, shortlist_recall
+from engine.discovery_metrics import (
+    ground_truth_pairs,
+    link_quality,
+    located_recall,
+    shortlist_recall,
+)
 from engine.evaluate import Instance, Query
-from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
+from engine.features import (
+    CachedPyramids,
+    FeatureCache,
+    FeatureConfig,
+    collection_features,
+)
 from engine.mirror import cache_mirrored_features, mirror_hash
-from engine.shortlist import ShortlistConfig, look_alike_groups, shortlist_pairs
+from engine.shortlist import (
+    ShortlistConfig,
+    cell_bags,
+    cell_image_best,
+    centre_cells,
+    look_alike_groups,
+    shortlist_pairs,
+)
 from engine.texture import TextureConfig
 from engine.types import Box
 from hitl.demo import COPIES_FILE
@@ -56,15 +75,66 @@ from hitl.project import ProjectPaths, load_model
 
 KS = (5, 10, 20, 50)
 THRESHOLDS = (0.01, 0.02, 0.03, 0.05)
-# Shortlists compared: the first version's, and the default with each look-alike cap.
+
+
+def csls(score: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """Image-level hubness correction (CSLS, Conneau et al. 2018): ``2 s_ij - r_i - r_j``,
+    r_i the mean of image i's ``k`` best scores; images voted for by everyone drop."""
+    r = score.clone().fill_diagonal_(-torch.inf).topk(min(k, len(score) - 1), dim=1).values.mean(1)
+    return (2 * score - r[:, None] - r[None, :]).fill_diagonal_(0.0)
+
+
+def rank_fusion(score: torch.Tensor, c: float = 5.0) -> torch.Tensor:
+    """``1/(c + rank of j for i) + 1/(c + rank of i for j)``: the pair's rank from both sides."""
+    rank = score.clone().fill_diagonal_(-torch.inf).argsort(1, descending=True).argsort(1).float()
+    return (1 / (c + rank) + 1 / (c + rank.T)).fill_diagonal_(0.0)
+
+
+def common_neighbours(score: torch.Tensor, t: int = 10, weight: float = 0.02) -> torch.Tensor:
+    """Second-order score: the votes (scaled to max 1) plus ``weight`` per image both hold
+    among their ``t`` best (two copies of a motif share the motif's other copies)."""
+    rank = score.clone().fill_diagonal_(-torch.inf).argsort(1, descending=True).argsort(1)
+    near = (rank < t).float().fill_diagonal_(0.0)
+    near = ((near + near.T) > 0).float()
+    return (score / score.max().clamp_min(1e-12) + weight * near @ near).fill_diagonal_(0.0)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One shortlist of the table: its config, look-alike groups (None, "look",
+    "collection"), whether mirror images vote, and a post-processing of the (N, N) votes."""
+
+    config: ShortlistConfig
+    groups: str | None = None
+    mirror: bool = False
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+VOTES = ShortlistConfig()  # today's default: centred cells, look-alike cap 50 %
+S3 = replace(VOTES, vote_centre=False, same_group_share=0.75)  # session 3's default
+# Shortlists compared: the first version's, session 3's default with each look-alike cap,
+# the variants of it tried for issue 9 item 2, and today's default (README, *Discovery
+# across sources*).
 SHORTLISTS = {
-    "max region (first version)": (ShortlistConfig(grids=(1, 8), scoring="max", texture_weight=False), None),
-    "distinctive regions": (ShortlistConfig(scoring="distinctive"), None),
-    "cell votes summed, no cap": (ShortlistConfig(vote_bin=0.0), None),
-    "cell votes in one Hough bin": (ShortlistConfig(), None),
-    "Hough votes + mirror, no cap": (ShortlistConfig(), None),
-    "Hough votes + mirror, look cap": (ShortlistConfig(), "look"),  # discovery's default
-    "Hough votes + mirror, coll. cap": (ShortlistConfig(), "collection"),
+    "max region (first version)": Variant(ShortlistConfig(grids=(1, 8), scoring="max", texture_weight=False)),
+    "distinctive regions": Variant(ShortlistConfig(scoring="distinctive")),
+    "cell votes summed, no cap": Variant(replace(S3, vote_bin=0.0)),
+    "cell votes in one Hough bin": Variant(S3),
+    "Hough votes + mirror, no cap": Variant(S3, mirror=True),
+    "Hough votes + mirror, look cap": Variant(S3, "look", mirror=True),  # session 3's default
+    "Hough votes + mirror, coll. cap": Variant(S3, "collection", mirror=True),
+    "S3, look cap 50 %": Variant(replace(S3, same_group_share=0.5), "look", mirror=True),
+    "S3, coll. cap 10 %": Variant(replace(S3, same_group_share=0.1), "collection", mirror=True),
+    "S3, query cells level 2": Variant(replace(S3, vote_level=2), "look", mirror=True),
+    "S3, query cells level 4": Variant(replace(S3, vote_level=4), "look", mirror=True),
+    "S3, top-1 cell votes": Variant(replace(S3, vote_neighbours=1), "look", mirror=True),
+    "S3, top-10 cells vote": Variant(replace(S3, vote_neighbours=10), "look", mirror=True),
+    "S3 + image hubness (CSLS)": Variant(S3, "look", mirror=True, post=csls),
+    "S3 + rank from both sides": Variant(S3, "look", mirror=True, post=rank_fusion),
+    "S3 + common neighbours": Variant(S3, "look", mirror=True, post=common_neighbours),
+    "S3, cells centred": Variant(replace(S3, vote_centre=True), "look", mirror=True),
+    "centred, look cap 50 % (default)": Variant(VOTES, "look", mirror=True),  # discovery's default
+    "centred, look cap 50 %, + CSLS": Variant(VOTES, "look", mirror=True, post=csls),
 }
 
 
@@ -146,11 +216,23 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
     weights = texture_weights(pyramids, TextureConfig(), ids)  # as discovery computes them
     weights(ids[0])
     weight_seconds = time.perf_counter() - start
-    for name, (config, groups) in SHORTLISTS.items():
+    cached: dict[tuple, tuple[torch.Tensor, float]] = {}  # rows that differ only after the votes share them
+    for name, variant in SHORTLISTS.items():
         start = time.perf_counter()
+        config = variant.config
         desc = image_descriptors(ids, pyramids, config, weights=weights if config.texture_weight else None)
-        votes = (collection_votes(ids, pyramids, weights, config, mirrored if "mirror" in name else None)
-                 if config.scoring == "votes" else None)
+        votes = None
+        if config.scoring == "votes":
+            key = (config.vote_level, config.vote_neighbours, config.vote_bin, config.vote_centre,
+                   config.texture_weight, variant.mirror)
+            if key in cached:
+                start -= cached[key][1]  # a row's time includes its votes, computed once
+            else:
+                cached[key] = (collection_votes(ids, pyramids, weights, config, mirrored if variant.mirror else None),
+                               time.perf_counter() - start)
+            votes = cached[key][0]
+            votes = variant.post(votes) if variant.post else votes
+        groups = variant.groups
         group = None if groups is None else (look_alike_groups(desc) if groups == "look" else by_collection)
         row = {}
         for k in KS:
@@ -158,7 +240,57 @@ def shortlist_table(store: Store, paths: ProjectPaths, demo: Path, device: str) 
                      shortlist_pairs(desc, replace(config, k=k), group, votes=votes)}
             row[k] = {**{sub: shortlist_recall(pairs, truth) for sub, truth in subsets.items()}, "pairs": len(pairs)}
         rows[name] = {"recall": row, "seconds": time.perf_counter() - start}
-    return {"texture_weights_seconds": weight_seconds, "ground_truth_pairs": {sub: len(t) for sub, t in subsets.items()}, "shortlist": rows}
+    located = located_table(store, demo, ids, pyramids, mirrored, weights, subsets)
+    return {"texture_weights_seconds": weight_seconds, "ground_truth_pairs": {sub: len(t) for sub, t in subsets.items()},
+            "shortlist": rows, "located": located}
+
+
+def located_table(store: Store, demo: Path, ids: list[str], pyramids, mirrored, weights, subsets: dict[str, set]) -> dict:
+    """Recall at each k of :func:`engine.discovery_metrics.located_recall`: image pairs
+    ranked by the cells of their copies alone (level-3 cells whose centre lies in a box of
+    a motif the pair shares; each cell's best cosine in each image at levels 3 and coarser,
+    mirror images' cells included, as the default votes), raw and with hubness removed,
+    on the cells as they are and centred (:func:`engine.shortlist.centre_cells`)."""
+    level = VOTES.vote_level
+    flipped = (tuple(w.flip(-1) for w in weights(i)) for i in ids)
+    queries, database = cell_bags((pyramids(i) for i in ids), (weights(i) for i in ids),
+                                  lambda n: range(level, level + 1), lambda n: range(level, n))
+    (mirror_queries,) = cell_bags((mirrored(i) for i in ids), flipped, lambda n: range(level, level + 1))
+    bests = {}
+    for name, centre in (("", False), (", centred", True)):
+        q, d, m = (centre_cells(b) for b in (queries, database, mirror_queries)) if centre else (
+            queries, database, mirror_queries)
+        bests[name] = torch.maximum(cell_image_best(q, d, len(ids)), cell_image_best(m, d, len(ids))).numpy()
+    id_of = {Path(img.path).name: img.image_id for img in store.list_images()}
+    index = {image_id: n for n, image_id in enumerate(ids)}
+    boxes: dict[int, list[tuple[str, list[float]]]] = {}
+    for inst in json.loads((demo / COPIES_FILE).read_text()):
+        if inst.get("kind", "motif") == "motif" and inst["file"] in id_of:
+            boxes.setdefault(index[id_of[inst["file"]]], []).append((inst["motif"], inst["box"]))
+    x, y, owner = queries.centre[:, 0].numpy(), queries.centre[:, 1].numpy(), queries.owner.numpy()
+
+    def cells(image: int, motifs: set[str]) -> np.ndarray:
+        inside = np.zeros(len(owner), dtype=bool)
+        for motif, (x0, y0, x1, y1) in boxes.get(image, []):
+            if motif in motifs:
+                inside |= (owner == image) & (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+        return np.nonzero(inside)[0]
+
+    out = {}
+    for cells_name, best in bests.items():
+        for hubness in (False, True):
+            row = {}
+            for k in KS:
+                row[k] = {}
+                for sub, truth in subsets.items():
+                    copies = []
+                    for pair in truth:
+                        a, b = (index[i] for i in sorted(pair))
+                        shared = {m for m, _ in boxes.get(a, [])} & {m for m, _ in boxes.get(b, [])}
+                        copies.append((a, b, cells(a, shared), cells(b, shared)))
+                    row[k][sub] = located_recall(best, copies, k, hubness)
+            out[f"copy located (oracle){cells_name}{', hubness removed' if hubness else ''}"] = row
+    return out
 
 
 def discovery_table(store: Store, paths: ProjectPaths, demo: Path, config: DiscoverConfig, device: str) -> dict:
@@ -188,7 +320,10 @@ def print_tables(result: dict) -> None:
     for name, row in result["shortlist"]["shortlist"].items():
         recall = {int(k): v for k, v in row["recall"].items()}  # JSON keys are strings
         cells = "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + f" [{recall[k]['pairs']}]" for k in KS)
-        print(f"  {name:32s} {cells}   ({row['seconds']:.1f} s)")
+        print(f"  {name:40s} {cells}   ({row['seconds']:.1f} s)")
+    for name, row in result["shortlist"].get("located", {}).items():
+        recall = {int(k): v for k, v in row.items()}
+        print(f"  {name:40s} " + "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + " [-]" for k in KS))
     if "discovery" in result:
         d = result["discovery"]
         print(f"discovery {d['config']}: {d['pairs_verified']} pairs shortlisted, "
@@ -254,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.first_version:
                     config = replace(config, groups="none", verify=replace(config.verify, texture_weight=False),
                                      mirror="off", masks="off", style=False,
-                                     shortlist=SHORTLISTS["max region (first version)"][0])
+                                     shortlist=SHORTLISTS["max region (first version)"].config)
                 result["discovery"] = discovery_table(store, paths, work, config, args.device)
     if args.json:
         json.dump(result, sys.stdout, indent=1, default=str)

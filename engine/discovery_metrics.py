@@ -75,6 +75,49 @@ def shortlist_recall(candidate_pairs: Iterable[Iterable[str]], truth: set[ImageP
     return pair_precision_recall(candidate_pairs, truth)[1]
 
 
+def located_recall(best: np.ndarray, copies: Sequence[tuple[int, int, np.ndarray, np.ndarray]], k: int,
+                   hubness: bool = False) -> float:
+    """Shortlist recall at ``k`` of an oracle that knows where each copy is.
+
+    A reference for a shortlist that scores image pairs from feature cells: image a
+    describes itself by its copy's cells alone, ranks the other images by the mean of
+    those cells' best cosine in each (``best``), and the pair is found when b ranks
+    among a's first ``k`` or a among b's. A shortlist that does not know where the copies
+    are seldom beats it: it shows roughly how far better scoring of the same cells can go
+    (a reference, not a strict bound).
+
+    Args:
+        best: (M, N) each cell's best cosine in each image (:func:`engine.shortlist.cell_image_best`),
+            -inf for its own image.
+        copies: per ground-truth pair ``(a, b, cells_a, cells_b)``: image indices and the
+            rows of ``best`` that are a's and b's cells of the copy they share.
+        k: neighbours per image.
+        hubness: subtract each cell's mean over its 10 best images, then each image's mean
+            over all cells (CSLS-style), so images near to everything rank lower.
+
+    Returns:
+        Share of ``copies`` found (0.0 when empty).
+    """
+    best = np.asarray(best, dtype=np.float64)
+    if hubness:
+        finite = np.where(np.isfinite(best), best, np.nan)
+        top = -np.sort(-np.nan_to_num(finite, nan=-np.inf), axis=1)[:, : min(10, best.shape[1])]
+        finite = finite - np.nanmean(np.where(np.isfinite(top), top, np.nan), axis=1, keepdims=True)
+        finite = finite - np.nanmean(finite, axis=0, keepdims=True)
+        best = np.where(np.isnan(finite), -np.inf, finite)
+    found = 0
+    for a, b, cells_a, cells_b in copies:
+        hit = False
+        for x, y, cells in ((a, b, cells_a), (b, a, cells_b)):
+            if len(cells) == 0:
+                continue
+            score = best[cells].mean(axis=0)
+            score[x] = -np.inf
+            hit |= int((score > score[y]).sum()) < k
+        found += hit
+    return found / len(copies) if copies else 0.0
+
+
 def region_labels(regions: Iterable[Region], queries: Sequence[Query], iou: float = 0.3,
                   image_names: Mapping[str, str] | None = None) -> dict[Region, str]:
     """Motif of the annotated instance each region overlaps best with IoU > ``iou``, else ``"none"``.

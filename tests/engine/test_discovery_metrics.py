@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 
 from engine.discovery_metrics import (
     cluster_purity,
     ground_truth_pairs,
+    located_recall,
     matched_pairs,
     pair_precision_recall,
     region_labels,
@@ -119,3 +121,29 @@ def test_a_page_matched_to_a_page_counts_as_layout():
     q = link_quality([page], [], {}, image_sizes={"a": (100, 100), "b": (100, 100)})
     assert q.n_template == 1 and q.template_share == 1.0
     assert link_quality([page], [], {}).n_template == 0
+
+
+def _cell_bests() -> np.ndarray:
+    """Four images of two cells each (rows 2i, 2i+1); image 0's cell 0 and image 2's cell 4
+    are a shared copy. Image 1 is near to every cell (a hub): it ranks first for both."""
+    inf = -np.inf
+    return np.array([
+        [inf, .9, .5, .1], [inf, .9, .1, .1],  # image 0: copy cell, other cell
+        [.2, inf, .2, .2], [.2, inf, .2, .2],  # image 1
+        [.3, .8, inf, .2], [.1, .9, inf, .1],  # image 2: copy cell, other cell
+        [.1, .9, .1, inf], [.1, .9, .1, inf],  # image 3
+    ])
+
+
+def test_located_recall_known_answers():
+    copy = [(0, 2, np.array([0]), np.array([4]))]
+    assert located_recall(_cell_bests(), copy, k=1) == 0.0  # the hub ranks first both ways
+    assert located_recall(_cell_bests(), copy, k=2) == 1.0
+    # Hubness removed: image 1's column mean (~0.48 above the cells' own means) drops it
+    # below the copy's partner in both directions.
+    assert located_recall(_cell_bests(), copy, k=1, hubness=True) == 1.0
+    # Either direction suffices: image 2's copy cell alone still ranks image 0 second.
+    one_way = [(0, 2, np.array([], dtype=int), np.array([4]))]
+    assert located_recall(_cell_bests(), one_way, k=2) == 1.0
+    assert located_recall(_cell_bests(), one_way, k=1) == 0.0
+    assert located_recall(_cell_bests(), [], k=5) == 0.0
