@@ -1,13 +1,21 @@
 """Expert verdicts become training pairs for the next fine-tuning round.
 
-A **confirmed** link (two boxes and the affine that maps A's pixels onto B's) yields
-feature pairs: cells sampled inside box A, and the cells of B their centres map to
-through the affine, at the level of B whose cell size best matches A's cell times the
-affine's scale (scale-aware). Their hard negatives are, as for mined pairs, the top
-matches of the anchor in the positive's map away from the positive.
+A **confirmed** link yields feature pairs where the link's evidence is: when the link
+kept its RANSAC inliers (``PairMatch.inliers``, cell centres (x_a, y_a, x_b, y_b) in
+pixels, up to 64, as discovery stores them), each anchor is the cell of A holding an
+inlier point and its positive the cell of B holding that inlier's other end. The boxes
+are larger than the motif (on the multi-source demo ~40 % of cells sampled anywhere in
+box A lay on the scenery around it); the inliers are the cells that matched. A link
+without points (a confirmed cluster's links, links stored before schema v6) falls back
+to cells sampled inside box A, kept where their texture weight (:mod:`engine.texture`,
+within the image) is at least ``min_texture_weight``, mapped through the affine. Both
+use the level of B whose cell size best matches A's cell times the affine's scale
+(scale-aware). Their hard negatives are, as for mined pairs, the top matches of the
+anchor in the positive's map away from the positive.
 
-A **rejected** link yields pairs that only push apart: anchors in box A, negatives the
-anchor's best matches inside box B (``positive_mask`` False).
+A **rejected** link yields pairs that only push apart: anchors at its inlier points in
+A (else sampled in box A, as above), negatives the anchor's best matches inside box B
+(``positive_mask`` False): the cells the model wrongly matched.
 
 A confirmed **cluster** yields a link between every two of its members in different
 images, the affine estimated from the two boxes (scale + translation, box onto box).
@@ -32,6 +40,7 @@ import torch
 from db.records import REVOKE, UNREVIEWED
 from engine.detect import FeatureBank
 from engine.mining import PairBatch, cells_inside, near_cells, top_matches
+from engine.texture import pyramid_weights
 from engine.types import PairMatch, Region
 
 CONFIRM, REJECT, UNSURE = "confirm", "reject", "unsure"
@@ -39,7 +48,12 @@ CONFIRM, REJECT, UNSURE = "confirm", "reject", "unsure"
 
 @dataclass(frozen=True)
 class ExpertPairConfig:
-    cells_per_link: int = 16  # anchor cells sampled inside box A per link
+    cells_per_link: int = 16  # anchor cells per link (distinct cells holding inlier points, else sampled in box A)
+    use_inliers: bool = True  # anchors at the link's stored inlier points when it has any (module doc)
+    # Box sampling (links without inlier points) keeps the cells of box A whose within-image
+    # texture weight is at least this (mining's proposal floor, engine.mining.MiningConfig);
+    # all of the box when none is that heavy. 0 samples the whole box (before this floor).
+    min_texture_weight: float = 0.5
     anchor_levels: tuple[int, ...] | None = None  # levels of A anchors may come from; None = all
     n_negatives: int = 20  # paper: N_neg = 20; must equal the training's
     negative_exclusion: int = 1  # cells this close (both axes) to the positive are no negatives
@@ -48,6 +62,8 @@ class ExpertPairConfig:
     def __post_init__(self) -> None:
         if self.cells_per_link < 1 or self.n_negatives < 1:
             raise ValueError("ExpertPairConfig.cells_per_link and n_negatives must be >= 1")
+        if not 0.0 <= self.min_texture_weight <= 1.0:
+            raise ValueError(f"ExpertPairConfig.min_texture_weight must be in [0, 1], got {self.min_texture_weight}")
 
 
 class _StatusedLink(Protocol):
@@ -135,14 +151,17 @@ def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, co
         raise ValueError(f"link {link.image_a} -> {link.image_b}: degenerate affine {link.affine}")
     la, lb = choose_levels(_cell_sizes(bank, ia), _cell_sizes(bank, ib), math.sqrt(abs(det)),
                            config.anchor_levels, generator)
-    rows, cols = _cells_in_box(bank, ia, la, link.box_a)
-    pick = torch.randperm(len(rows), generator=generator)[: config.cells_per_link]
-    rows, cols = rows[pick], cols[pick]
-    cx, cy = _cell_size(bank, ia, la)
-    centres = torch.stack([(cols + 0.5) * cx, (rows + 0.5) * cy, torch.ones(len(rows), dtype=torch.float64)])
-    xb, yb = m @ centres  # (n,) each: the anchors' centres in B's pixels
     bx, by = _cell_size(bank, ib, lb)
     h, w = (int(v) for v in bank.valid[lb][ib])
+    if config.use_inliers and link.inliers:
+        rows, cols, xb, yb = _inlier_cells(link, bank, ia, la, config.cells_per_link, generator)
+    else:
+        rows, cols = _textured_cells(bank, ia, la, link.box_a, config.min_texture_weight)
+        pick = torch.randperm(len(rows), generator=generator)[: config.cells_per_link]
+        rows, cols = rows[pick], cols[pick]
+        cx, cy = _cell_size(bank, ia, la)
+        centres = torch.stack([(cols + 0.5) * cx, (rows + 0.5) * cy, torch.ones(len(rows), dtype=torch.float64)])
+        xb, yb = m @ centres  # (n,) each: the anchors' centres in B's pixels
     prow, pcol = torch.floor(yb / by).long(), torch.floor(xb / bx).long()
     if confirmed:
         keep = (prow >= 0) & (pcol >= 0) & (prow < h) & (pcol < w)
@@ -162,6 +181,35 @@ def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, co
         "mask": torch.full((n,), confirmed),
         "rect": rect.expand(n, 4),
     }
+
+
+def _inlier_cells(link: PairMatch, bank: FeatureBank, image: int, level: int, n: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Anchors at a link's inlier points: (rows, cols) of up to ``n`` distinct cells of A
+    at ``level`` holding an inlier, and (x_b, y_b) in B's pixels of each one's inlier
+    (of several inliers in one cell, the heaviest: the first stored)."""
+    points = torch.tensor(link.inliers, dtype=torch.float64).reshape(-1, 4)  # (K, 4) x_a, y_a, x_b, y_b
+    h, w = (int(v) for v in bank.valid[level][image])
+    cx, cy = _cell_size(bank, image, level)
+    rows = torch.floor(points[:, 1] / cy).long().clamp(0, h - 1)
+    cols = torch.floor(points[:, 0] / cx).long().clamp(0, w - 1)
+    _, cell = torch.unique(rows * w + cols, return_inverse=True)
+    first = torch.full((int(cell.max()) + 1,), len(points), dtype=torch.long)
+    first = first.scatter_reduce(0, cell, torch.arange(len(points)), reduce="amin")  # (U,) heaviest inlier per cell
+    first = first[torch.randperm(len(first), generator=generator)[:n]]
+    return rows[first], cols[first], points[first, 2], points[first, 3]
+
+
+def _textured_cells(bank: FeatureBank, image: int, level: int, box, min_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cells of ``box`` (:func:`_cells_in_box`) whose within-image texture weight is at
+    least ``min_weight``; all of them when none is (a box on uniform texture still teaches)."""
+    rows, cols = _cells_in_box(bank, image, level, box)
+    if min_weight <= 0:
+        return rows, cols
+    pyramid = bank.pyramid(image)
+    weights = pyramid_weights(type(pyramid)(tuple(lv.float() for lv in pyramid.levels), pyramid.image_size))[level]
+    heavy = weights.cpu()[rows, cols] >= min_weight
+    return (rows[heavy], cols[heavy]) if bool(heavy.any()) else (rows, cols)
 
 
 def choose_levels(cell_a: torch.Tensor, cell_b: torch.Tensor, scale: float, allowed: Sequence[int] | None,

@@ -144,8 +144,9 @@ def holdout_side(link_id: int, fraction: float, seed: int) -> str:
 
 
 def reviewed_links(store: Store, config: RoundConfig) -> tuple[list, list]:
-    """(train, held-out) links with a final confirm/reject verdict; records new sides."""
-    reviewed = store.list_links(status=[CONFIRM, REJECT])
+    """(train, held-out) links with a final confirm/reject verdict, with their inlier
+    points (expert pairs are anchored on them, :mod:`hitl.positives`); records new sides."""
+    reviewed = store.list_links(status=[CONFIRM, REJECT], inliers=True)
     known = store.link_split()
     new = {lk.link_id: holdout_side(lk.link_id, config.holdout_fraction, config.seed)
            for lk in reviewed if lk.link_id not in known}
@@ -396,7 +397,7 @@ def _latest_links(store: Store, min_score: float, model_id: str | None = None) -
     (of ``model_id`` when given) that stored links; a run cut short still verified them."""
     for run in reversed(store.list_runs(model_id=model_id, kind="discovery")):
         if store.count_links(run_id=run.run_id):
-            return store.list_links(run_id=run.run_id, status=[UNREVIEWED, UNSURE], min_score=min_score)
+            return store.list_links(run_id=run.run_id, status=[UNREVIEWED, UNSURE], min_score=min_score, inliers=True)
     return []
 
 
