@@ -54,7 +54,12 @@ class ExpertPairConfig:
     # texture weight is at least this (mining's proposal floor, engine.mining.MiningConfig);
     # all of the box when none is that heavy. 0 samples the whole box (before this floor).
     min_texture_weight: float = 0.5
-    anchor_levels: tuple[int, ...] | None = None  # levels of A anchors may come from; None = all
+    # Levels of A anchors may come from (None: all). The reference level, as mined anchors
+    # (MiningConfig.proposal_level); B's level follows the link's scale. On the multi-source
+    # demo a coarse cell's centre lands off the motif around the inlier it holds: the 16
+    # heaviest inliers' pairs were 0.878 right at level 0, 0.82 at levels 0-2, 0.71-0.76 at
+    # all 7 (benchmarks/positives.py, README "Training rounds").
+    anchor_levels: tuple[int, ...] | None = (0,)
     n_negatives: int = 20  # paper: N_neg = 20; must equal the training's
     negative_exclusion: int = 1  # cells this close (both axes) to the positive are no negatives
     seed: int = 0
@@ -154,7 +159,7 @@ def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, co
     bx, by = _cell_size(bank, ib, lb)
     h, w = (int(v) for v in bank.valid[lb][ib])
     if config.use_inliers and link.inliers:
-        rows, cols, xb, yb = _inlier_cells(link, bank, ia, la, config.cells_per_link, generator)
+        rows, cols, xb, yb = _inlier_cells(link, bank, ia, la, config.cells_per_link)
     else:
         rows, cols = _textured_cells(bank, ia, la, link.box_a, config.min_texture_weight)
         pick = torch.randperm(len(rows), generator=generator)[: config.cells_per_link]
@@ -183,11 +188,10 @@ def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, co
     }
 
 
-def _inlier_cells(link: PairMatch, bank: FeatureBank, image: int, level: int, n: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Anchors at a link's inlier points: (rows, cols) of up to ``n`` distinct cells of A
-    at ``level`` holding an inlier, and (x_b, y_b) in B's pixels of each one's inlier
-    (of several inliers in one cell, the heaviest: the first stored)."""
+def _inlier_cells(link: PairMatch, bank: FeatureBank, image: int, level: int, n: int) -> tuple[torch.Tensor, ...]:
+    """Anchors at a link's inlier points: (rows, cols) of the ``n`` distinct cells of A at
+    ``level`` holding its heaviest inliers (stored heaviest first), and (x_b, y_b) in B's
+    pixels of each one's inlier (of several inliers in one cell, the heaviest)."""
     points = torch.tensor(link.inliers, dtype=torch.float64).reshape(-1, 4)  # (K, 4) x_a, y_a, x_b, y_b
     h, w = (int(v) for v in bank.valid[level][image])
     cx, cy = _cell_size(bank, image, level)
@@ -196,7 +200,7 @@ def _inlier_cells(link: PairMatch, bank: FeatureBank, image: int, level: int, n:
     _, cell = torch.unique(rows * w + cols, return_inverse=True)
     first = torch.full((int(cell.max()) + 1,), len(points), dtype=torch.long)
     first = first.scatter_reduce(0, cell, torch.arange(len(points)), reduce="amin")  # (U,) heaviest inlier per cell
-    first = first[torch.randperm(len(first), generator=generator)[:n]]
+    first = first.sort().values[:n]  # the n heaviest cells: lighter inliers more often lie off the motif
     return rows[first], cols[first], points[first, 2], points[first, 3]
 
 

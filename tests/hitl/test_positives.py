@@ -86,8 +86,9 @@ def test_confirmed_link_with_inliers_pairs_the_inlier_cells():
     lb = int(batch.positive[0, 1])
     want = {(_cell_of(bank, 0, 0, xa, ya), _cell_of(bank, 1, lb, xb, yb)) for xa, ya, xb, yb in INLIERS[:1] + INLIERS[2:]}
     assert got == want
-    # cells_per_link caps the distinct inlier cells used
-    assert len(expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=2, n_negatives=5))) == 2
+    # cells_per_link keeps the cells of the heaviest inliers (stored first)
+    two = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=2, n_negatives=5))
+    assert {tuple(a[2:]) for a in two.anchor.tolist()} == {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS[::2][:2]}
     # without the inliers the anchors are sampled in box A and mapped through the affine
     boxed = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, use_inliers=False))
     assert len(boxed) == 8
