@@ -1,7 +1,7 @@
 """The review/retrain loop on the demo collection, scripted: does expert review make the model better?
 
     python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
-                              [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--images N]
+                              [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--expert-ratio R] [--images N]
                               [--anchor-weight A] [--validation-fraction F] [--[no-]gate] [--mine-with root|parent]
                               [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
@@ -249,6 +249,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     parser.add_argument("--steps", type=int, help="Adam steps per round (default: TrainConfig's)")
     parser.add_argument("--minutes", type=float, help="time budget of each round's steps")
     parser.add_argument("--batch-pairs", type=int, help="feature pairs per gradient step (default: TrainConfig's)")
+    parser.add_argument("--expert-ratio", type=float,
+                        help="share of each step's pairs drawn from expert/discovery pairs (default: TrainConfig's)")
     parser.add_argument("--anchor-weight", type=float, help="L2-SP weight toward the ImageNet start (default: TrainConfig's)")
     parser.add_argument("--validation-fraction", type=float, help="image pairs held out for early stopping (default: TrainConfig's)")
     parser.add_argument("--mine-with", default="root", choices=["root", "parent"],
@@ -291,6 +293,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
         train = replace(train, batch_pairs=args.batch_pairs)
     if args.anchor_weight is not None:
         train = replace(train, anchor_weight=args.anchor_weight)
+    if args.expert_ratio is not None:
+        if not 0.0 <= args.expert_ratio <= 1.0:
+            parser.error("--expert-ratio must be in [0, 1]")
+        train = replace(train, expert_ratio=args.expert_ratio)
     if args.validation_fraction is not None:
         train = replace(train, validation_fraction=args.validation_fraction)
     train = replace(train, seed=args.seed)
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loop: {config.images} demo images, features {config.features.sides()}, {config.rounds} rounds x "
           f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.steps} steps/round"
           f"{f' (at most {t.minutes:g} min)' if t.minutes else ''}, lr {t.lr:g}, freeze {t.freeze}, "
-          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, anchor {t.anchor_weight:g}, "
+          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step ({t.expert_ratio:g} expert), anchor {t.anchor_weight:g}, "
           f"validation {t.validation_fraction:g}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
           f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
     start = time.perf_counter()
