@@ -3,7 +3,7 @@
     python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
                               [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--expert-ratio R] [--images N]
                               [--anchor-weight A] [--validation-fraction F] [--[no-]gate] [--mine-with root|parent]
-                              [--expert-levels all|0,1,2] [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
+                              [--expert-levels all|0,1,2] [--expert-inliers exact|near|off] [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
 
 Builds the demo collection (:mod:`hitl.demo`) with its ground truth attached, discovers
@@ -53,7 +53,7 @@ from hitl.demo import DemoConfig, build_demo
 from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
 from hitl.ingest import ingest_paths
 from hitl.positive_precision import Copy, ground_truth_copies, motifs_at
-from hitl.positives import ExpertPairConfig
+from hitl.positives import INLIER_MODES, ExpertPairConfig
 from hitl.project import ProjectPaths, load_model
 from hitl.queue import STRATEGIES, next_links
 from hitl.rounds import RoundConfig, RoundReport, run_round
@@ -255,6 +255,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
                         help="share of each step's pairs drawn from expert/discovery pairs (default: TrainConfig's)")
     parser.add_argument("--expert-levels", help="levels expert pairs' anchors come from: 'all' or e.g. '0,1,2' "
                         "(default: ExpertPairConfig's)")
+    parser.add_argument("--expert-inliers", choices=INLIER_MODES,
+                        help="where links with inlier points put their cell pairs (default: ExpertPairConfig's)")
     parser.add_argument("--anchor-weight", type=float, help="L2-SP weight toward the ImageNet start (default: TrainConfig's)")
     parser.add_argument("--validation-fraction", type=float, help="image pairs held out for early stopping (default: TrainConfig's)")
     parser.add_argument("--mine-with", default="root", choices=["root", "parent"],
@@ -314,6 +316,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
         except ValueError:
             parser.error(f"--expert-levels must be 'all' or comma-separated levels, got {args.expert_levels!r}")
         config = replace(config, expert_pairs=replace(config.expert_pairs, anchor_levels=levels))
+    if args.expert_inliers is not None:
+        config = replace(config, expert_pairs=replace(config.expert_pairs, inliers=args.expert_inliers))
     if args.rediscover is not None:
         config = replace(config, rediscover=args.rediscover)
     if args.threads < 0:
@@ -329,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.steps} steps/round"
           f"{f' (at most {t.minutes:g} min)' if t.minutes else ''}, lr {t.lr:g}, freeze {t.freeze}, "
           f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step ({t.expert_ratio:g} expert), anchor {t.anchor_weight:g}, "
-          f"validation {t.validation_fraction:g}, expert anchor levels {config.expert_pairs.anchor_levels or 'all'}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
+          f"validation {t.validation_fraction:g}, expert pairs {config.expert_pairs.inliers} at levels {config.expert_pairs.anchor_levels or 'all'}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
           f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
     start = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))

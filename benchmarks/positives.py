@@ -12,8 +12,9 @@ exclusion, every image a candidate), pooling the pairs of every seed, and builds
 each score threshold. Then the expert's pairs: the ``--expert-links`` best links of the
 latest discovery, judged by the simulated expert of ``benchmarks.loop`` (confirm when
 both boxes lie on copies of one motif), turned into pairs several ways: cells sampled
-anywhere in box A at any level (before), where the texture weight is >= 0.5, and anchored
-on the cells of the links' 16 heaviest stored inlier points (the default at level 0). Prints pairs and precision per setting: a pair is right when both
+anywhere in box A at any level (before), where the texture weight is >= 0.5, the links'
+heaviest stored inliers paired with their own other ends, and cells near the inliers
+mapped through the affine. ``pos>negs`` tells easy positives (already matched) apart. Prints pairs and precision per setting: a pair is right when both
 cells lie on copies of one same motif (:mod:`hitl.positive_precision`). Also the mean
 share of pairs whose positive beats the mean of its negatives (the loss then pulls the
 right way).
@@ -123,12 +124,17 @@ def _expert_lines(store, bank, truth, index: dict[str, int], n_links: int) -> No
     with_points = sum(bool(m.inliers) for m in confirmed)
     print(f"expert: {len(links)} best links >= {DEFAULT_MIN_SCORE:g}, {len(confirmed)} true (confirmed), "
           f"{with_points} of them with inlier points")
-    before = ExpertPairConfig(use_inliers=False, min_texture_weight=0.0, anchor_levels=None)
+    before = ExpertPairConfig(inliers="off", min_texture_weight=0.0, anchor_levels=None)
     ways = [("expert, anywhere in box A, all levels (before)", before),
             ("expert, box A, texture weight >= 0.5, all levels", replace(before, min_texture_weight=0.5)),
-            ("expert, box A, texture weight >= 0.5, level 0", replace(before, min_texture_weight=0.5, anchor_levels=(0,))),
-            ("expert, 16 heaviest inliers, all levels", replace(before, use_inliers=True)),
-            ("expert, 16 heaviest inliers, level 0 (default)", ExpertPairConfig())]
+            ("expert, 16 heaviest inliers' own pairs, all levels", replace(before, inliers="exact")),
+            ("expert, 16 heaviest inliers' own pairs, level 0", replace(before, inliers="exact", anchor_levels=(0,))),
+            ("expert, inliers' cells through the affine, level 0", replace(before, inliers="near", inlier_radius=0,
+                                                                              anchor_levels=(0,))),
+            ("expert, within 1 cell of inliers, level 0", replace(before, inliers="near", anchor_levels=(0,))),
+            ("expert, within 1 cell of inliers, all levels", replace(before, inliers="near")),
+            ("expert, within 2 cells of inliers, all levels", replace(before, inliers="near", inlier_radius=2)),
+            ("expert, default", ExpertPairConfig())]
     for name, config in ways:
         batch = expert_pairs(confirmed, [], bank, config, image_index=index) if confirmed else PairBatch.empty(20)
         print(_line(name, batch, right_pairs(batch, bank, truth), bank), flush=True)

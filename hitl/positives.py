@@ -36,6 +36,7 @@ from itertools import combinations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from db.records import REVOKE, UNREVIEWED
 from engine.detect import FeatureBank
@@ -44,12 +45,19 @@ from engine.texture import pyramid_weights
 from engine.types import PairMatch, Region
 
 CONFIRM, REJECT, UNSURE = "confirm", "reject", "unsure"
+INLIER_MODES = ("near", "exact", "off")
 
 
 @dataclass(frozen=True)
 class ExpertPairConfig:
     cells_per_link: int = 16  # anchor cells per link (distinct cells holding inlier points, else sampled in box A)
-    use_inliers: bool = True  # anchors at the link's stored inlier points when it has any (module doc)
+    # Where a link with stored inlier points puts its anchors (module doc): "exact", the cells
+    # of its heaviest inliers paired with their stored other ends; "near", cells of A within
+    # `inlier_radius` cells of an inlier's cell, their positives through the affine (harder
+    # positives, but on the multi-source demo 0.566 right at radius 1, level 0, against 0.878);
+    # "off", sampled in box A as for links without points.
+    inliers: str = "exact"
+    inlier_radius: int = 1
     # Box sampling (links without inlier points) keeps the cells of box A whose within-image
     # texture weight is at least this (mining's proposal floor, engine.mining.MiningConfig);
     # all of the box when none is that heavy. 0 samples the whole box (before this floor).
@@ -67,6 +75,9 @@ class ExpertPairConfig:
     def __post_init__(self) -> None:
         if self.cells_per_link < 1 or self.n_negatives < 1:
             raise ValueError("ExpertPairConfig.cells_per_link and n_negatives must be >= 1")
+        if self.inliers not in INLIER_MODES or self.inlier_radius < 0:
+            raise ValueError(f"ExpertPairConfig.inliers must be one of {', '.join(INLIER_MODES)} and inlier_radius "
+                             f">= 0, got {self.inliers!r}, {self.inlier_radius}")
         if not 0.0 <= self.min_texture_weight <= 1.0:
             raise ValueError(f"ExpertPairConfig.min_texture_weight must be in [0, 1], got {self.min_texture_weight}")
 
@@ -158,10 +169,11 @@ def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, co
                            config.anchor_levels, generator)
     bx, by = _cell_size(bank, ib, lb)
     h, w = (int(v) for v in bank.valid[lb][ib])
-    if config.use_inliers and link.inliers:
+    if config.inliers == "exact" and link.inliers:
         rows, cols, xb, yb = _inlier_cells(link, bank, ia, la, config.cells_per_link)
     else:
-        rows, cols = _textured_cells(bank, ia, la, link.box_a, config.min_texture_weight)
+        rows, cols = (_near_inliers(link, bank, ia, la, config.inlier_radius) if config.inliers == "near" and link.inliers
+                      else _textured_cells(bank, ia, la, link.box_a, config.min_texture_weight))
         pick = torch.randperm(len(rows), generator=generator)[: config.cells_per_link]
         rows, cols = rows[pick], cols[pick]
         cx, cy = _cell_size(bank, ia, la)
@@ -202,6 +214,18 @@ def _inlier_cells(link: PairMatch, bank: FeatureBank, image: int, level: int, n:
     first = first.scatter_reduce(0, cell, torch.arange(len(points)), reduce="amin")  # (U,) heaviest inlier per cell
     first = first.sort().values[:n]  # the n heaviest cells: lighter inliers more often lie off the motif
     return rows[first], cols[first], points[first, 2], points[first, 3]
+
+
+def _near_inliers(link: PairMatch, bank: FeatureBank, image: int, level: int, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the cells of A at ``level`` within ``radius`` cells (both axes) of a
+    cell holding one of the link's inlier points: the verified detail, not the box around it."""
+    points = torch.tensor(link.inliers, dtype=torch.float64).reshape(-1, 4)
+    h, w = (int(v) for v in bank.valid[level][image])
+    cx, cy = _cell_size(bank, image, level)
+    held = torch.zeros(1, 1, h, w)
+    held[0, 0, torch.floor(points[:, 1] / cy).long().clamp(0, h - 1), torch.floor(points[:, 0] / cx).long().clamp(0, w - 1)] = 1
+    near = F.max_pool2d(held, 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0  # (h, w)
+    return near.nonzero(as_tuple=True)
 
 
 def _textured_cells(bank: FeatureBank, image: int, level: int, box, min_weight: float) -> tuple[torch.Tensor, torch.Tensor]:

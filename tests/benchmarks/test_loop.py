@@ -58,7 +58,8 @@ def test_bad_arguments_are_refused():
 
 def test_small_flag_and_overrides_reach_the_round_config():
     _, config = parse_args(["--small", "--steps", "7", "--minutes", "2", "--lr", "0.001", "--seed", "3",
-                            "--expert-ratio", "0.75", "--expert-levels", "all"])
+                            "--expert-ratio", "0.75", "--expert-levels", "all", "--expert-inliers", "off"])
+    assert config.expert_pairs.inliers == "off"
     assert config.expert_pairs.anchor_levels is None and parse_args(["--expert-levels", "0,2"])[1].expert_pairs.anchor_levels == (0, 2)
     assert config.train.steps == 7 and config.train.minutes == 2 and config.train.lr == 0.001
     assert config.train.expert_ratio == 0.75

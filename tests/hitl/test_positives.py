@@ -90,7 +90,7 @@ def test_confirmed_link_with_inliers_pairs_the_inlier_cells():
     two = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=2, n_negatives=5))
     assert {tuple(a[2:]) for a in two.anchor.tolist()} == {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS[::2][:2]}
     # without the inliers the anchors are sampled in box A and mapped through the affine
-    boxed = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, use_inliers=False))
+    boxed = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, inliers="off"))
     assert len(boxed) == 8
 
 
