@@ -94,6 +94,24 @@ def test_confirmed_link_with_inliers_pairs_the_inlier_cells():
     assert len(boxed) == 8
 
 
+
+def test_near_inliers_map_the_cells_around_them_through_the_affine():
+    bank = _bank()
+    link = replace(LINK, inliers=INLIERS)
+    at = {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS}
+    for radius in (0, 1):
+        config = ExpertPairConfig(cells_per_link=64, n_negatives=3, anchor_levels=(0,), inliers="near", inlier_radius=radius)
+        batch = expert_pairs([link], [], bank, config)
+        got = {tuple(a[2:]) for a in batch.anchor.tolist()}
+        assert got == {(r + dr, c + dc) for r, c in at for dr in range(-radius, radius + 1) for dc in range(-radius, radius + 1)}
+        for anchor, positive in zip(batch.anchor.tolist(), batch.positive.tolist()):  # positives follow AFFINE
+            x0, y0, x1, y1 = _cell_box(bank, anchor)
+            bx0, by0, bx1, by1 = _cell_box(bank, positive)
+            assert bx0 <= (x0 + x1) + 20 < bx1 and by0 <= (y0 + y1) < by1
+    with pytest.raises(ValueError, match="inliers must be one of"):
+        ExpertPairConfig(inliers="some")
+
+
 def test_rejected_link_with_inliers_pushes_its_inlier_cells_apart():
     bank = _bank()
     link = replace(LINK, inliers=INLIERS)
