@@ -80,14 +80,14 @@ INLIERS = ((15.0, 15.0, 200.0, 30.0), (18.0, 12.0, 10.0, 10.0), (45.0, 35.0, 100
 def test_confirmed_link_with_inliers_pairs_the_inlier_cells():
     bank = _bank()
     link = replace(LINK, inliers=INLIERS)
-    batch = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, anchor_levels=(0,)))
+    batch = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, anchor_levels=(0,), inliers="exact"))
     assert len(batch) == 3 and batch.positive_mask.all()
     got = {(tuple(a[2:]), tuple(p[2:])) for a, p in zip(batch.anchor.tolist(), batch.positive.tolist())}
     lb = int(batch.positive[0, 1])
     want = {(_cell_of(bank, 0, 0, xa, ya), _cell_of(bank, 1, lb, xb, yb)) for xa, ya, xb, yb in INLIERS[:1] + INLIERS[2:]}
     assert got == want
     # cells_per_link keeps the cells of the heaviest inliers (stored first)
-    two = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=2, n_negatives=5))
+    two = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=2, n_negatives=5, anchor_levels=(0,), inliers="exact"))
     assert {tuple(a[2:]) for a in two.anchor.tolist()} == {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS[::2][:2]}
     # without the inliers the anchors are sampled in box A and mapped through the affine
     boxed = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, inliers="off"))
@@ -115,7 +115,7 @@ def test_near_inliers_map_the_cells_around_them_through_the_affine():
 def test_rejected_link_with_inliers_pushes_its_inlier_cells_apart():
     bank = _bank()
     link = replace(LINK, inliers=INLIERS)
-    batch = expert_pairs([], [link], bank, ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,)))
+    batch = expert_pairs([], [link], bank, ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact"))
     assert len(batch) == 3 and not batch.positive_mask.any()
     assert {tuple(a[2:]) for a in batch.anchor.tolist()} == {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS}
     for negs in batch.negatives.tolist():
