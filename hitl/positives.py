@@ -1,23 +1,23 @@
 """Expert verdicts become training pairs for the next fine-tuning round.
 
-A **confirmed** link yields feature pairs: by default (``ExpertPairConfig.inliers="off"``)
-cells sampled inside box A, kept where their texture weight (:mod:`engine.texture`, within
-the image) is at least ``min_texture_weight``, and the cells of B their centres map to
-through the affine. A link that kept its RANSAC inliers (``PairMatch.inliers``, cell
-centres (x_a, y_a, x_b, y_b) in pixels, up to 64, as discovery stores them) can instead
-give the cells of its heaviest inliers paired with their stored other ends (``"exact"``),
-or the cells near its inliers mapped through the affine (``"near"``). Box cells are right
-less often (the boxes are larger than the motif: on the multi-source demo ~40 % of them
-lay on the scenery around it, against 12 % of the inlier pairs) but they are hard
-positives, where an inlier is a pair the model already matches, and in the loop they
-raised one-shot mAP more (see ``ExpertPairConfig.inliers``). Pairs use the level of B
-whose cell size best matches A's cell times the affine's scale (scale-aware). Their hard
-negatives are, as for mined pairs, the top matches of the anchor in the positive's map
-away from the positive.
+A **confirmed** link yields feature pairs where its evidence is: when the link kept its
+RANSAC inliers (``PairMatch.inliers``, cell centres (x_a, y_a, x_b, y_b) in pixels, up to
+64, heaviest first, as discovery stores them), the anchors are the cells of A holding its
+16 heaviest inliers, at the reference level, each paired with the cell of B holding that
+inlier's other end. The boxes are larger than the motif: on the multi-source demo ~40 %
+of cells sampled anywhere in box A lay on the scenery around it; 0.878 of inlier pairs are
+right (``ExpertPairConfig.inliers``: ``"near"`` takes the cells around the inliers through the
+affine, ``"off"`` samples the box). A link without points (a confirmed cluster's links,
+links stored before schema v6) falls back to cells sampled inside box A, kept where their
+texture weight (:mod:`engine.texture`, within the image) is at least
+``min_texture_weight``, mapped through the affine. B's level is the one whose cell size
+best matches A's cell times the affine's scale (scale-aware). Their hard negatives are,
+as for mined pairs, the top matches of the anchor in the positive's map away from the
+positive.
 
-A **rejected** link yields pairs that only push apart: anchors placed as above,
-negatives the anchor's best matches inside box B
-(``positive_mask`` False): the cells the model wrongly matched.
+A **rejected** link yields pairs that only push apart: anchors placed as above (at its
+inliers: the cells the model wrongly matched), negatives the anchor's best matches inside
+box B (``positive_mask`` False).
 
 A confirmed **cluster** yields a link between every two of its members in different
 images, the affine estimated from the two boxes (scale + translation, box onto box).
@@ -56,22 +56,22 @@ class ExpertPairConfig:
     # Where a link with stored inlier points puts its anchors (module doc): "exact", the cells
     # of its heaviest inliers paired with their stored other ends; "near", cells of A within
     # `inlier_radius` cells of an inlier's cell, their positives through the affine; "off",
-    # sampled in box A as for links without points. "off" by default: on the multi-source
-    # demo "exact" pairs were right far more often (656 @ 0.94 against 589 @ 0.67 in round 1
-    # of the loop's expert arm) but taught less: one-shot mAP 0.554 -> 0.559 against -> 0.621.
-    # An inlier is a pair the model already matches (an easy positive: 0.90 of them beat
-    # their negatives), where box cells off the inliers are hard positives (README).
-    inliers: str = "off"
+    # sampled in box A as for links without points. On the multi-source demo "exact" pairs
+    # were 0.94-0.87 right in the loop (box cells 0.67-0.61), and three rounds of the loop
+    # never fell with them: mined + expert 0.554 -> 0.628, expert 0.554 -> 0.635; with box
+    # cells 0.554 -> 0.599 and -> 0.658, each with a fall on the way (README).
+    inliers: str = "exact"
     inlier_radius: int = 1
     # Box sampling (links without inlier points) keeps the cells of box A whose within-image
     # texture weight is at least this (mining's proposal floor, engine.mining.MiningConfig);
     # all of the box when none is that heavy. 0 samples the whole box (before this floor).
     min_texture_weight: float = 0.5
-    # Levels of A anchors may come from (None: all); B's level follows the link's scale.
-    # Inlier pairs are more often right at the reference level alone (the 16 heaviest
-    # inliers' pairs on the multi-source demo: 0.878 at level 0, 0.76 at all 7), but pairs
-    # at every level train one-shot detection, which matches the query at every scale.
-    anchor_levels: tuple[int, ...] | None = None
+    # Levels of A anchors may come from (None: all); B's level follows the link's scale. The
+    # reference level, as mined anchors (MiningConfig.proposal_level): a coarse cell's centre
+    # lands off the motif around the inlier it holds (the 16 heaviest inliers' pairs on the
+    # multi-source demo: 0.878 right at level 0, 0.76 at all 7; in the loop's expert arm
+    # mAP 0.554 -> 0.635 against -> 0.576 after three rounds, README "Training rounds").
+    anchor_levels: tuple[int, ...] | None = (0,)
     n_negatives: int = 20  # paper: N_neg = 20; must equal the training's
     negative_exclusion: int = 1  # cells this close (both axes) to the positive are no negatives
     seed: int = 0
