@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 
 from benchmarks.loop import is_true_link
-from engine.mining import MiningConfig, PairBatch, mine_pairs
+from engine.mining import MiningConfig, PairBatch, mine_pairs, proposal_weights
 from hitl.discover import DEFAULT_MIN_SCORE
 from hitl.oneshot import load_project_collection
 from hitl.positive_precision import ground_truth_copies, right_pairs
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expert-links", type=int, default=150,
                         help="best links of the latest discovery the simulated expert judges (0: skip)")
     parser.add_argument("--skip-mining", action="store_true", help="only the link-based sources")
+    parser.add_argument("--time-mining", action="store_true",
+                        help="only time one default mining (seed 0; shortlist and texture weights computed before)")
     args = parser.parse_args(argv)
     store, paths = open_project(args.project)
     truth = ground_truth_copies(store)
@@ -87,6 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     bank.levels = [lv.float() for lv in bank.levels]
     neighbours = shortlist_neighbours(bank, 20)
     seeds = [int(v) for v in args.seeds.split(",")]
+    if args.time_mining:
+        weights = proposal_weights(bank, 0)
+        start, cpu = time.perf_counter(), time.process_time()
+        batch = mine_pairs(bank, 0, MiningConfig(n_proposals=args.proposals), neighbours=neighbours, weights=weights)
+        print(f"mine_pairs: {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU, "
+              f"{len(batch)} pairs, {store.count_images()} images, {torch.get_num_threads()} threads")
+        return
     print(f"{store.count_images()} images, model {model.model_id}, {args.proposals} proposals, seeds {seeds}")
     print(f"{'source':<52} {'pairs':>7} {'precision':>9} {'pos>negs':>10}")
     base = MiningConfig(n_proposals=args.proposals)
