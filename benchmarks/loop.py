@@ -1,9 +1,9 @@
 """The review/retrain loop on the demo collection, scripted: does expert review make the model better?
 
     python -m benchmarks.loop [--device auto|cpu|cuda] [--small] [--rounds 3] [--verdicts-per-round 50]
-                              [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--images N]
+                              [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--expert-ratio R] [--images N]
                               [--anchor-weight A] [--validation-fraction F] [--[no-]gate] [--mine-with root|parent]
-                              [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
+                              [--expert-levels all|0,1,2] [--expert-inliers exact|near|off] [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
 
 Builds the demo collection (:mod:`hitl.demo`) with its ground truth attached, discovers
@@ -53,6 +53,7 @@ from hitl.demo import DemoConfig, build_demo
 from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
 from hitl.ingest import ingest_paths
 from hitl.positive_precision import Copy, ground_truth_copies, motifs_at
+from hitl.positives import INLIER_MODES, ExpertPairConfig
 from hitl.project import ProjectPaths, load_model
 from hitl.queue import STRATEGIES, next_links
 from hitl.rounds import RoundConfig, RoundReport, run_round
@@ -74,6 +75,7 @@ class LoopConfig:
     rediscover: bool = True  # discover again with each new model (the expert then reviews its links)
     gate: bool = True  # hitl.rounds.RoundConfig.gate: activate only models that validated
     mine_with: str = "root"  # hitl.rounds.RoundConfig.mine_with
+    expert_pairs: ExpertPairConfig = field(default_factory=ExpertPairConfig)  # hitl.rounds.RoundConfig.expert_pairs
     # torch CPU threads (0: torch's default). Two threads on two cores shared with other
     # work ran 3-20x slower than one here, waiting at OpenMP barriers.
     threads: int = 1
@@ -169,7 +171,7 @@ def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str)
         shutil.rmtree(folder)
     shutil.copytree(base.parent, folder)
     round_config = RoundConfig(sources=ARMS[arm], seed=config.seed, rediscover=config.rediscover, gate=config.gate,
-                               mine_with=config.mine_with, train=config.train)
+                               mine_with=config.mine_with, train=config.train, expert_pairs=config.expert_pairs)
     rows: list[Row] = []
     given = confirmed = 0
     with Store(folder / PROJECT) as store:
@@ -249,6 +251,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
     parser.add_argument("--steps", type=int, help="Adam steps per round (default: TrainConfig's)")
     parser.add_argument("--minutes", type=float, help="time budget of each round's steps")
     parser.add_argument("--batch-pairs", type=int, help="feature pairs per gradient step (default: TrainConfig's)")
+    parser.add_argument("--expert-ratio", type=float,
+                        help="share of each step's pairs drawn from expert/discovery pairs (default: TrainConfig's)")
+    parser.add_argument("--expert-levels", help="levels expert pairs' anchors come from: 'all' or e.g. '0,1,2' "
+                        "(default: ExpertPairConfig's)")
+    parser.add_argument("--expert-inliers", choices=INLIER_MODES,
+                        help="where links with inlier points put their cell pairs (default: ExpertPairConfig's)")
     parser.add_argument("--anchor-weight", type=float, help="L2-SP weight toward the ImageNet start (default: TrainConfig's)")
     parser.add_argument("--validation-fraction", type=float, help="image pairs held out for early stopping (default: TrainConfig's)")
     parser.add_argument("--mine-with", default="root", choices=["root", "parent"],
@@ -291,6 +299,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
         train = replace(train, batch_pairs=args.batch_pairs)
     if args.anchor_weight is not None:
         train = replace(train, anchor_weight=args.anchor_weight)
+    if args.expert_ratio is not None:
+        if not 0.0 <= args.expert_ratio <= 1.0:
+            parser.error("--expert-ratio must be in [0, 1]")
+        train = replace(train, expert_ratio=args.expert_ratio)
     if args.validation_fraction is not None:
         train = replace(train, validation_fraction=args.validation_fraction)
     train = replace(train, seed=args.seed)
@@ -298,6 +310,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
                      seed=args.seed, train=train, gate=args.gate, mine_with=args.mine_with)
     if args.images is not None:
         config = replace(config, images=args.images)
+    if args.expert_levels is not None:
+        try:
+            levels = None if args.expert_levels == "all" else tuple(int(v) for v in args.expert_levels.split(","))
+        except ValueError:
+            parser.error(f"--expert-levels must be 'all' or comma-separated levels, got {args.expert_levels!r}")
+        config = replace(config, expert_pairs=replace(config.expert_pairs, anchor_levels=levels))
+    if args.expert_inliers is not None:
+        config = replace(config, expert_pairs=replace(config.expert_pairs, inliers=args.expert_inliers))
     if args.rediscover is not None:
         config = replace(config, rediscover=args.rediscover)
     if args.threads < 0:
@@ -312,8 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loop: {config.images} demo images, features {config.features.sides()}, {config.rounds} rounds x "
           f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.steps} steps/round"
           f"{f' (at most {t.minutes:g} min)' if t.minutes else ''}, lr {t.lr:g}, freeze {t.freeze}, "
-          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step, anchor {t.anchor_weight:g}, "
-          f"validation {t.validation_fraction:g}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
+          f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step ({t.expert_ratio:g} expert), anchor {t.anchor_weight:g}, "
+          f"validation {t.validation_fraction:g}, expert pairs {config.expert_pairs.inliers} at levels {config.expert_pairs.anchor_levels or 'all'}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
           f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
     start = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))

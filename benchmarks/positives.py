@@ -2,14 +2,19 @@
 
     python -m benchmarks.positives --project DEMO/artminer.duckdb [--seeds 0,1,2]
                                    [--shares 0.5,0.6] [--link-scores 0.02,0.03,0.05]
-                                   [--proposal-weights 0.3,0.5,0.7] [--squares 6,12]
+                                   [--proposal-weights 0.3,0.5,0.7] [--squares 6,12] [--expert-links 150]
 
 With the project's active model: mines once per vote floor (``min_vote_share``, a share
 of the 36 ring votes) among shortlist neighbours, with uniform proposals (the paper),
 per texture-weight floor of the proposals, per positive square, then once with the pre-issue-10
 settings (1,000 proposals, floor of 1 vote, P12 exact-cell positives, 3x3 negative
 exclusion, every image a candidate), pooling the pairs of every seed, and builds weak positives from the latest discovery's unrejected links at
-each score threshold. Prints pairs and precision per setting: a pair is right when both
+each score threshold. Then the expert's pairs: the ``--expert-links`` best links of the
+latest discovery, judged by the simulated expert of ``benchmarks.loop`` (confirm when
+both boxes lie on copies of one motif), turned into pairs several ways: cells sampled
+anywhere in box A at any level (before), where the texture weight is >= 0.5, the links'
+heaviest stored inliers paired with their own other ends, and cells near the inliers
+mapped through the affine. ``pos>negs`` tells easy positives (already matched) apart. Prints pairs and precision per setting: a pair is right when both
 cells lie on copies of one same motif (:mod:`hitl.positive_precision`). Also the mean
 share of pairs whose positive beats the mean of its negatives (the loss then pulls the
 right way).
@@ -23,10 +28,12 @@ from dataclasses import replace
 
 import torch
 
-from engine.mining import MiningConfig, PairBatch, mine_pairs
+from benchmarks.loop import is_true_link
+from engine.mining import MiningConfig, PairBatch, mine_pairs, proposal_weights
+from hitl.discover import DEFAULT_MIN_SCORE
 from hitl.oneshot import load_project_collection
 from hitl.positive_precision import ground_truth_copies, right_pairs
-from hitl.positives import expert_pairs
+from hitl.positives import ExpertPairConfig, expert_pairs
 from hitl.project import load_model, open_project
 from hitl.rounds import _latest_links, shortlist_neighbours
 
@@ -67,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--proposal-weights", default="0.3,0.5,0.7",
                         help="texture-weight floors of the proposals to try (MiningConfig.min_proposal_weight)")
     parser.add_argument("--squares", default="6,12", help="positive squares to try (P6 ... P12, the paper's)")
+    parser.add_argument("--expert-links", type=int, default=150,
+                        help="best links of the latest discovery the simulated expert judges (0: skip)")
+    parser.add_argument("--skip-mining", action="store_true", help="only the link-based sources")
+    parser.add_argument("--time-mining", action="store_true",
+                        help="only time one default mining (seed 0; shortlist and texture weights computed before)")
     args = parser.parse_args(argv)
     store, paths = open_project(args.project)
     truth = ground_truth_copies(store)
@@ -77,6 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     bank.levels = [lv.float() for lv in bank.levels]
     neighbours = shortlist_neighbours(bank, 20)
     seeds = [int(v) for v in args.seeds.split(",")]
+    if args.time_mining:
+        weights = proposal_weights(bank, 0)
+        start, cpu = time.perf_counter(), time.process_time()
+        batch = mine_pairs(bank, 0, MiningConfig(n_proposals=args.proposals), neighbours=neighbours, weights=weights)
+        print(f"mine_pairs: {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU, "
+              f"{len(batch)} pairs, {store.count_images()} images, {torch.get_num_threads()} threads")
+        return
     print(f"{store.count_images()} images, model {model.model_id}, {args.proposals} proposals, seeds {seeds}")
     print(f"{'source':<52} {'pairs':>7} {'precision':>9} {'pos>negs':>10}")
     base = MiningConfig(n_proposals=args.proposals)
@@ -89,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     settings += [(f"mined, default proposals, P{int(v)} square", replace(base, positive_square=int(v)), neighbours)
                  for v in args.squares.split(",")]
     settings.append(("mined, before issue 10 (P12, floor 1, exact cell, 3x3)", replace(uniform, **OLD), None))
-    for name, config, nbrs in settings:
+    for name, config, nbrs in ([] if args.skip_mining else settings):
         start = time.perf_counter()
         batch = PairBatch.cat([mine_pairs(bank, seed, config, neighbours=nbrs) for seed in seeds])
         print(_line(name, batch, right_pairs(batch, bank, truth), bank, time.perf_counter() - start), flush=True)
@@ -98,6 +117,36 @@ def main(argv: list[str] | None = None) -> None:
         links = [lk.match for lk in _latest_links(store, score) if lk.image_a in index and lk.image_b in index]
         batch = expert_pairs(links, [], bank, image_index=index) if links else PairBatch.empty(20)
         print(_line(f"discovery links >= {score:g} ({len(links)} links)", batch, right_pairs(batch, bank, truth), bank))
+    if args.expert_links > 0:
+        _expert_lines(store, bank, truth, index, args.expert_links)
+
+
+def _expert_lines(store, bank, truth, index: dict[str, int], n_links: int) -> None:
+    """Precision of the simulated expert's confirmed links' pairs, per way of placing the cells."""
+    run = next((r for r in reversed(store.list_runs(kind="discovery")) if store.count_links(run_id=r.run_id)), None)
+    if run is None:
+        print("expert: no discovery run with links")
+        return
+    links = [lk for lk in store.list_links(run_id=run.run_id, min_score=DEFAULT_MIN_SCORE, limit=n_links, inliers=True)
+             if lk.image_a in index and lk.image_b in index]
+    confirmed = [lk.match for lk in links if is_true_link(lk, truth)]
+    with_points = sum(bool(m.inliers) for m in confirmed)
+    print(f"expert: {len(links)} best links >= {DEFAULT_MIN_SCORE:g}, {len(confirmed)} true (confirmed), "
+          f"{with_points} of them with inlier points")
+    before = ExpertPairConfig(inliers="off", min_texture_weight=0.0, anchor_levels=None)
+    ways = [("expert, anywhere in box A, all levels (before)", before),
+            ("expert, box A, texture weight >= 0.5, all levels", replace(before, min_texture_weight=0.5)),
+            ("expert, 16 heaviest inliers' own pairs, all levels", replace(before, inliers="exact")),
+            ("expert, 16 heaviest inliers' own pairs, level 0", replace(before, inliers="exact", anchor_levels=(0,))),
+            ("expert, inliers' cells through the affine, level 0", replace(before, inliers="near", inlier_radius=0,
+                                                                              anchor_levels=(0,))),
+            ("expert, within 1 cell of inliers, level 0", replace(before, inliers="near", anchor_levels=(0,))),
+            ("expert, within 1 cell of inliers, all levels", replace(before, inliers="near")),
+            ("expert, within 2 cells of inliers, all levels", replace(before, inliers="near", inlier_radius=2)),
+            ("expert, default", ExpertPairConfig())]
+    for name, config in ways:
+        batch = expert_pairs(confirmed, [], bank, config, image_index=index) if confirmed else PairBatch.empty(20)
+        print(_line(name, batch, right_pairs(batch, bank, truth), bank), flush=True)
 
 
 if __name__ == "__main__":

@@ -438,11 +438,16 @@ def count_votes(bank: FeatureBank, cand: Candidates, config: MiningConfig) -> to
     level_a = bank.levels[config.proposal_level]
     offsets = verification_offsets(config).to(level_a.device)  # (V, 2)
     votes = torch.zeros(len(cand), dtype=torch.long, device=level_a.device)
+    side = level_a.shape[-1]
     for b, k, sel in _groups_by_map(cand.image_b, cand.level_b, len(bank.levels), config.chunk_candidates):
         c = cand.select(sel)
         fmap, _, w = _map_of(bank, b, k)
-        voters = gather_cells(level_a, c.image_a[:, None], c.row_a[:, None] + offsets[:, 0], c.col_a[:, None] + offsets[:, 1])
-        nearest = (voters.to(fmap.dtype) @ fmap).float().argmax(dim=2)  # (n, V) into the map's h*w cells
+        # Overlapping proposals of one image share voting cells: each distinct cell is
+        # matched once (on the demo 1.7x fewer matmul rows, the bulk of mining's time).
+        rows, cols = c.row_a[:, None] + offsets[:, 0], c.col_a[:, None] + offsets[:, 1]  # (n, V)
+        cells, inverse = torch.unique((c.image_a[:, None] * side + rows) * side + cols, return_inverse=True)
+        voters = gather_cells(level_a, cells // (side * side), cells // side % side, cells % side)  # (U, C)
+        nearest = (voters.to(fmap.dtype) @ fmap).float().argmax(dim=1)[inverse]  # (n, V) into the map's h*w cells
         drow = nearest // w - (c.row_b[:, None] + offsets[:, 0])
         dcol = nearest % w - (c.col_b[:, None] + offsets[:, 1])
         agree = (drow.abs() <= config.vote_tolerance) & (dcol.abs() <= config.vote_tolerance)

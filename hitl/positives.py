@@ -1,13 +1,23 @@
 """Expert verdicts become training pairs for the next fine-tuning round.
 
-A **confirmed** link (two boxes and the affine that maps A's pixels onto B's) yields
-feature pairs: cells sampled inside box A, and the cells of B their centres map to
-through the affine, at the level of B whose cell size best matches A's cell times the
-affine's scale (scale-aware). Their hard negatives are, as for mined pairs, the top
-matches of the anchor in the positive's map away from the positive.
+A **confirmed** link yields feature pairs where its evidence is: when the link kept its
+RANSAC inliers (``PairMatch.inliers``, cell centres (x_a, y_a, x_b, y_b) in pixels, up to
+64, heaviest first, as discovery stores them), the anchors are the cells of A holding its
+16 heaviest inliers, at the reference level, each paired with the cell of B holding that
+inlier's other end. The boxes are larger than the motif: on the multi-source demo ~40 %
+of cells sampled anywhere in box A lay on the scenery around it; 0.878 of inlier pairs are
+right (``ExpertPairConfig.inliers``: ``"near"`` takes the cells around the inliers through the
+affine, ``"off"`` samples the box). A link without points (a confirmed cluster's links,
+links stored before schema v6) falls back to cells sampled inside box A, kept where their
+texture weight (:mod:`engine.texture`, within the image) is at least
+``min_texture_weight``, mapped through the affine. B's level is the one whose cell size
+best matches A's cell times the affine's scale (scale-aware). Their hard negatives are,
+as for mined pairs, the top matches of the anchor in the positive's map away from the
+positive.
 
-A **rejected** link yields pairs that only push apart: anchors in box A, negatives the
-anchor's best matches inside box B (``positive_mask`` False).
+A **rejected** link yields pairs that only push apart: anchors placed as above (at its
+inliers: the cells the model wrongly matched), negatives the anchor's best matches inside
+box B (``positive_mask`` False).
 
 A confirmed **cluster** yields a link between every two of its members in different
 images, the affine estimated from the two boxes (scale + translation, box onto box).
@@ -28,19 +38,40 @@ from itertools import combinations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from db.records import REVOKE, UNREVIEWED
 from engine.detect import FeatureBank
 from engine.mining import PairBatch, cells_inside, near_cells, top_matches
+from engine.texture import pyramid_weights
 from engine.types import PairMatch, Region
 
 CONFIRM, REJECT, UNSURE = "confirm", "reject", "unsure"
+INLIER_MODES = ("near", "exact", "off")
 
 
 @dataclass(frozen=True)
 class ExpertPairConfig:
-    cells_per_link: int = 16  # anchor cells sampled inside box A per link
-    anchor_levels: tuple[int, ...] | None = None  # levels of A anchors may come from; None = all
+    cells_per_link: int = 16  # anchor cells per link (distinct cells holding inlier points, else sampled in box A)
+    # Where a link with stored inlier points puts its anchors (module doc): "exact", the cells
+    # of its heaviest inliers paired with their stored other ends; "near", cells of A within
+    # `inlier_radius` cells of an inlier's cell, their positives through the affine; "off",
+    # sampled in box A as for links without points. On the multi-source demo "exact" pairs
+    # were 0.94-0.87 right in the loop (box cells 0.67-0.61), and three rounds of the loop
+    # never fell with them: mined + expert 0.554 -> 0.628, expert 0.554 -> 0.635; with box
+    # cells 0.554 -> 0.599 and -> 0.658, each with a fall on the way (README).
+    inliers: str = "exact"
+    inlier_radius: int = 1
+    # Box sampling (links without inlier points) keeps the cells of box A whose within-image
+    # texture weight is at least this (mining's proposal floor, engine.mining.MiningConfig);
+    # all of the box when none is that heavy. 0 samples the whole box (before this floor).
+    min_texture_weight: float = 0.5
+    # Levels of A anchors may come from (None: all); B's level follows the link's scale. The
+    # reference level, as mined anchors (MiningConfig.proposal_level): a coarse cell's centre
+    # lands off the motif around the inlier it holds (the 16 heaviest inliers' pairs on the
+    # multi-source demo: 0.878 right at level 0, 0.76 at all 7; in the loop's expert arm
+    # mAP 0.554 -> 0.635 against -> 0.576 after three rounds, README "Training rounds").
+    anchor_levels: tuple[int, ...] | None = (0,)
     n_negatives: int = 20  # paper: N_neg = 20; must equal the training's
     negative_exclusion: int = 1  # cells this close (both axes) to the positive are no negatives
     seed: int = 0
@@ -48,6 +79,11 @@ class ExpertPairConfig:
     def __post_init__(self) -> None:
         if self.cells_per_link < 1 or self.n_negatives < 1:
             raise ValueError("ExpertPairConfig.cells_per_link and n_negatives must be >= 1")
+        if self.inliers not in INLIER_MODES or self.inlier_radius < 0:
+            raise ValueError(f"ExpertPairConfig.inliers must be one of {', '.join(INLIER_MODES)} and inlier_radius "
+                             f">= 0, got {self.inliers!r}, {self.inlier_radius}")
+        if not 0.0 <= self.min_texture_weight <= 1.0:
+            raise ValueError(f"ExpertPairConfig.min_texture_weight must be in [0, 1], got {self.min_texture_weight}")
 
 
 class _StatusedLink(Protocol):
@@ -135,14 +171,18 @@ def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, co
         raise ValueError(f"link {link.image_a} -> {link.image_b}: degenerate affine {link.affine}")
     la, lb = choose_levels(_cell_sizes(bank, ia), _cell_sizes(bank, ib), math.sqrt(abs(det)),
                            config.anchor_levels, generator)
-    rows, cols = _cells_in_box(bank, ia, la, link.box_a)
-    pick = torch.randperm(len(rows), generator=generator)[: config.cells_per_link]
-    rows, cols = rows[pick], cols[pick]
-    cx, cy = _cell_size(bank, ia, la)
-    centres = torch.stack([(cols + 0.5) * cx, (rows + 0.5) * cy, torch.ones(len(rows), dtype=torch.float64)])
-    xb, yb = m @ centres  # (n,) each: the anchors' centres in B's pixels
     bx, by = _cell_size(bank, ib, lb)
     h, w = (int(v) for v in bank.valid[lb][ib])
+    if config.inliers == "exact" and link.inliers:
+        rows, cols, xb, yb = _inlier_cells(link, bank, ia, la, config.cells_per_link)
+    else:
+        rows, cols = (_near_inliers(link, bank, ia, la, config.inlier_radius) if config.inliers == "near" and link.inliers
+                      else _textured_cells(bank, ia, la, link.box_a, config.min_texture_weight))
+        pick = torch.randperm(len(rows), generator=generator)[: config.cells_per_link]
+        rows, cols = rows[pick], cols[pick]
+        cx, cy = _cell_size(bank, ia, la)
+        centres = torch.stack([(cols + 0.5) * cx, (rows + 0.5) * cy, torch.ones(len(rows), dtype=torch.float64)])
+        xb, yb = m @ centres  # (n,) each: the anchors' centres in B's pixels
     prow, pcol = torch.floor(yb / by).long(), torch.floor(xb / bx).long()
     if confirmed:
         keep = (prow >= 0) & (pcol >= 0) & (prow < h) & (pcol < w)
@@ -162,6 +202,46 @@ def _link_cells(link: PairMatch, index: Mapping[str, int], bank: FeatureBank, co
         "mask": torch.full((n,), confirmed),
         "rect": rect.expand(n, 4),
     }
+
+
+def _inlier_cells(link: PairMatch, bank: FeatureBank, image: int, level: int, n: int) -> tuple[torch.Tensor, ...]:
+    """Anchors at a link's inlier points: (rows, cols) of the ``n`` distinct cells of A at
+    ``level`` holding its heaviest inliers (stored heaviest first), and (x_b, y_b) in B's
+    pixels of each one's inlier (of several inliers in one cell, the heaviest)."""
+    points = torch.tensor(link.inliers, dtype=torch.float64).reshape(-1, 4)  # (K, 4) x_a, y_a, x_b, y_b
+    h, w = (int(v) for v in bank.valid[level][image])
+    cx, cy = _cell_size(bank, image, level)
+    rows = torch.floor(points[:, 1] / cy).long().clamp(0, h - 1)
+    cols = torch.floor(points[:, 0] / cx).long().clamp(0, w - 1)
+    _, cell = torch.unique(rows * w + cols, return_inverse=True)
+    first = torch.full((int(cell.max()) + 1,), len(points), dtype=torch.long)
+    first = first.scatter_reduce(0, cell, torch.arange(len(points)), reduce="amin")  # (U,) heaviest inlier per cell
+    first = first.sort().values[:n]  # the n heaviest cells: lighter inliers more often lie off the motif
+    return rows[first], cols[first], points[first, 2], points[first, 3]
+
+
+def _near_inliers(link: PairMatch, bank: FeatureBank, image: int, level: int, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the cells of A at ``level`` within ``radius`` cells (both axes) of a
+    cell holding one of the link's inlier points: the verified detail, not the box around it."""
+    points = torch.tensor(link.inliers, dtype=torch.float64).reshape(-1, 4)
+    h, w = (int(v) for v in bank.valid[level][image])
+    cx, cy = _cell_size(bank, image, level)
+    held = torch.zeros(1, 1, h, w)
+    held[0, 0, torch.floor(points[:, 1] / cy).long().clamp(0, h - 1), torch.floor(points[:, 0] / cx).long().clamp(0, w - 1)] = 1
+    near = F.max_pool2d(held, 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0  # (h, w)
+    return near.nonzero(as_tuple=True)
+
+
+def _textured_cells(bank: FeatureBank, image: int, level: int, box, min_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cells of ``box`` (:func:`_cells_in_box`) whose within-image texture weight is at
+    least ``min_weight``; all of them when none is (a box on uniform texture still teaches)."""
+    rows, cols = _cells_in_box(bank, image, level, box)
+    if min_weight <= 0:
+        return rows, cols
+    pyramid = bank.pyramid(image)
+    weights = pyramid_weights(type(pyramid)(tuple(lv.float() for lv in pyramid.levels), pyramid.image_size))[level]
+    heavy = weights.cpu()[rows, cols] >= min_weight
+    return (rows[heavy], cols[heavy]) if bool(heavy.any()) else (rows, cols)
 
 
 def choose_levels(cell_a: torch.Tensor, cell_b: torch.Tensor, scale: float, allowed: Sequence[int] | None,

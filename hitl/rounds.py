@@ -31,7 +31,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,9 @@ class RoundConfig:
     # fell from 88 @ 0.74 precision (round 1) to 368 @ 0.32 (round 2) and mAP 0.565 -> 0.533.
     mine_with: str = "root"
     weights: SourceWeights = field(default_factory=SourceWeights)
+    # How confirmed/rejected (and discovery) links become cell pairs (hitl.positives); its
+    # n_negatives is replaced by the training's.
+    expert_pairs: ExpertPairConfig = field(default_factory=ExpertPairConfig)
     # Activate the new model only when it validated on the round's own held-out signal
     # (module doc, step 6); False activates every round, as before this guard.
     gate: bool = True
@@ -144,8 +147,9 @@ def holdout_side(link_id: int, fraction: float, seed: int) -> str:
 
 
 def reviewed_links(store: Store, config: RoundConfig) -> tuple[list, list]:
-    """(train, held-out) links with a final confirm/reject verdict; records new sides."""
-    reviewed = store.list_links(status=[CONFIRM, REJECT])
+    """(train, held-out) links with a final confirm/reject verdict, with their inlier
+    points (expert pairs are anchored on them, :mod:`hitl.positives`); records new sides."""
+    reviewed = store.list_links(status=[CONFIRM, REJECT], inliers=True)
     known = store.link_split()
     new = {lk.link_id: holdout_side(lk.link_id, config.holdout_fraction, config.seed)
            for lk in reviewed if lk.link_id not in known}
@@ -373,7 +377,7 @@ def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_link
     n_neg = config.train.n_negatives
     parts, stats = [PairBatch.empty(n_neg)], []
     if "expert" in config.sources:
-        expert = _expert_batch(train_links, clusters, bank, index, n_neg)
+        expert = _expert_batch(train_links, clusters, bank, index, replace(config.expert_pairs, n_negatives=n_neg))
         if expert is not None:
             parts.append(expert.tagged(PairBatch.EXPERT, config.weights.expert))
     if "discovery" in config.sources:
@@ -381,7 +385,7 @@ def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_link
         links = [lk.match for lk in _latest_links(store, config.link_min_score)
                  if lk.link_id not in held and lk.image_a in index and lk.image_b in index]
         if links:
-            batch = expert_pairs(links, [], bank, ExpertPairConfig(n_negatives=n_neg), image_index=index)
+            batch = expert_pairs(links, [], bank, replace(config.expert_pairs, n_negatives=n_neg), image_index=index)
             parts.append(batch.tagged(PairBatch.DISCOVERY, config.weights.discovery))
     if "mined" in config.sources:
         neighbours = shortlist_neighbours(bank, config.shortlist_k)
@@ -396,18 +400,19 @@ def _latest_links(store: Store, min_score: float, model_id: str | None = None) -
     (of ``model_id`` when given) that stored links; a run cut short still verified them."""
     for run in reversed(store.list_runs(model_id=model_id, kind="discovery")):
         if store.count_links(run_id=run.run_id):
-            return store.list_links(run_id=run.run_id, status=[UNREVIEWED, UNSURE], min_score=min_score)
+            return store.list_links(run_id=run.run_id, status=[UNREVIEWED, UNSURE], min_score=min_score, inliers=True)
     return []
 
 
-def _expert_batch(train_links, clusters, bank: FeatureBank, index: dict[str, int], n_negatives: int) -> PairBatch | None:
+def _expert_batch(train_links, clusters, bank: FeatureBank, index: dict[str, int],
+                  config: ExpertPairConfig) -> PairBatch | None:
     confirmed = [lk.match for lk in train_links if lk.status == CONFIRM and lk.image_a in index and lk.image_b in index]
     rejected = [lk.match for lk in train_links if lk.status == REJECT and lk.image_a in index and lk.image_b in index]
     for c in clusters:
         confirmed += [m for m in cluster_matches([r.region for r in c.regions]) if m.image_a in index and m.image_b in index]
     if not confirmed and not rejected:
         return None
-    batch = expert_pairs(confirmed, rejected, bank, ExpertPairConfig(n_negatives=n_negatives), image_index=index)
+    batch = expert_pairs(confirmed, rejected, bank, config, image_index=index)
     return batch if len(batch) else None
 
 

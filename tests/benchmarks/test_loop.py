@@ -49,15 +49,20 @@ def test_a_link_is_true_only_between_copies_of_one_motif():
 
 
 def test_bad_arguments_are_refused():
-    for argv in (["--arms", "magic"], ["--rounds", "0"], ["--steps", "0"], ["--minutes", "0"]):
+    for argv in (["--arms", "magic"], ["--rounds", "0"], ["--steps", "0"], ["--minutes", "0"], ["--expert-ratio", "1.5"],
+                 ["--expert-levels", "fine"]):
         with pytest.raises(SystemExit) as err:
             parse_args(argv)
         assert err.value.code == 2
 
 
 def test_small_flag_and_overrides_reach_the_round_config():
-    _, config = parse_args(["--small", "--steps", "7", "--minutes", "2", "--lr", "0.001", "--seed", "3"])
+    _, config = parse_args(["--small", "--steps", "7", "--minutes", "2", "--lr", "0.001", "--seed", "3",
+                            "--expert-ratio", "0.75", "--expert-levels", "all", "--expert-inliers", "off"])
+    assert config.expert_pairs.inliers == "off"
+    assert config.expert_pairs.anchor_levels is None and parse_args(["--expert-levels", "0,2"])[1].expert_pairs.anchor_levels == (0, 2)
     assert config.train.steps == 7 and config.train.minutes == 2 and config.train.lr == 0.001
+    assert config.train.expert_ratio == 0.75
     assert config.seed == config.train.seed == 3
     assert config.train.features == config.features and config.features.max_side < FeatureConfig().max_side
 

@@ -12,6 +12,8 @@ from engine.mining import (
     PairBatch,
     allowed_targets,
     corner_offsets,
+    count_votes,
+    match_candidates,
     mine_pairs,
     positive_pairs,
     proposal_weights,
@@ -120,6 +122,29 @@ def test_mined_pairs_follow_the_known_transform():
     gap = (batch.negatives[..., 2:] - batch.positive[:, None, 2:]).abs().amax(dim=-1)
     assert (gap > 1).all()
     assert (batch.negatives[..., 2] < 20).all() and (batch.negatives[..., 3] < 20).all()
+
+
+
+def test_count_votes_equals_matching_every_voter_alone():
+    """Voting cells shared by overlapping proposals are matched once: same votes as one by one."""
+    bank = _known_pair_bank()
+    config = MiningConfig(n_proposals=50, top_k=2, chunk_candidates=7)
+    props = sample_proposals(bank.valid[0], config, torch.Generator().manual_seed(0))
+    props = torch.cat([props, props[:10], props[:5] + torch.tensor([0, 1, 0])])  # duplicates and overlaps
+    cand = match_candidates(bank, props, config)
+    votes = count_votes(bank, cand, config)
+    offsets = verification_offsets(config)
+    want = []
+    for q in range(len(cand)):
+        b, k = int(cand.image_b[q]), int(cand.level_b[q])
+        h, w = bank.valid[k][b].tolist()
+        fmap = bank.levels[k][b, :, :h, :w].reshape(bank.levels[k].shape[1], -1)
+        voters = bank.levels[0][int(cand.image_a[q])][:, cand.row_a[q] + offsets[:, 0], cand.col_a[q] + offsets[:, 1]].T  # (V, C)
+        nearest = (voters @ fmap).argmax(dim=1)
+        drow = nearest // w - (cand.row_b[q] + offsets[:, 0])
+        dcol = nearest % w - (cand.col_b[q] + offsets[:, 1])
+        want.append(int(((drow.abs() <= 1) & (dcol.abs() <= 1)).sum()))
+    assert votes.tolist() == want and max(want) > 0
 
 
 def test_mining_is_deterministic_per_seed():

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -61,6 +62,83 @@ def test_confirmed_link_pairs_land_where_the_affine_says():
         assert abs(math.log2(ratio / 2.0)) <= 1 / 6 + 1e-6
     gap = (batch.negatives[..., 2:] - batch.positive[:, None, 2:]).abs().amax(dim=-1)
     assert (gap > 1).all() and (batch.negatives[..., :2] == batch.positive[:, None, :2]).all()
+
+
+
+def _cell_of(bank: FeatureBank, image: int, level: int, x: float, y: float) -> tuple[int, int]:
+    h, w = bank.valid[level][image].tolist()
+    width, height = bank.sizes[image].tolist()
+    return int(y // (height / h)), int(x // (width / w))
+
+
+# Inlier points (x_a, y_a, x_b, y_b) that do *not* follow AFFINE: the pairs must follow the
+# points, not the affine. The first two share A's level-0 cell (10 px cells): one pair, from
+# the first (the heaviest, as discovery stores them).
+INLIERS = ((15.0, 15.0, 200.0, 30.0), (18.0, 12.0, 10.0, 10.0), (45.0, 35.0, 100.0, 150.0), (25.0, 45.0, 60.0, 220.0))
+
+
+def test_confirmed_link_with_inliers_pairs_the_inlier_cells():
+    bank = _bank()
+    link = replace(LINK, inliers=INLIERS)
+    batch = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, anchor_levels=(0,), inliers="exact"))
+    assert len(batch) == 3 and batch.positive_mask.all()
+    got = {(tuple(a[2:]), tuple(p[2:])) for a, p in zip(batch.anchor.tolist(), batch.positive.tolist())}
+    lb = int(batch.positive[0, 1])
+    want = {(_cell_of(bank, 0, 0, xa, ya), _cell_of(bank, 1, lb, xb, yb)) for xa, ya, xb, yb in INLIERS[:1] + INLIERS[2:]}
+    assert got == want
+    # cells_per_link keeps the cells of the heaviest inliers (stored first)
+    two = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=2, n_negatives=5, anchor_levels=(0,), inliers="exact"))
+    assert {tuple(a[2:]) for a in two.anchor.tolist()} == {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS[::2][:2]}
+    # without the inliers the anchors are sampled in box A and mapped through the affine
+    boxed = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=8, n_negatives=5, inliers="off"))
+    assert len(boxed) == 8
+
+
+
+def test_near_inliers_map_the_cells_around_them_through_the_affine():
+    bank = _bank()
+    link = replace(LINK, inliers=INLIERS)
+    at = {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS}
+    for radius in (0, 1):
+        config = ExpertPairConfig(cells_per_link=64, n_negatives=3, anchor_levels=(0,), inliers="near", inlier_radius=radius)
+        batch = expert_pairs([link], [], bank, config)
+        got = {tuple(a[2:]) for a in batch.anchor.tolist()}
+        assert got == {(r + dr, c + dc) for r, c in at for dr in range(-radius, radius + 1) for dc in range(-radius, radius + 1)}
+        for anchor, positive in zip(batch.anchor.tolist(), batch.positive.tolist()):  # positives follow AFFINE
+            x0, y0, x1, y1 = _cell_box(bank, anchor)
+            bx0, by0, bx1, by1 = _cell_box(bank, positive)
+            assert bx0 <= (x0 + x1) + 20 < bx1 and by0 <= (y0 + y1) < by1
+    with pytest.raises(ValueError, match="inliers must be one of"):
+        ExpertPairConfig(inliers="some")
+
+
+def test_rejected_link_with_inliers_pushes_its_inlier_cells_apart():
+    bank = _bank()
+    link = replace(LINK, inliers=INLIERS)
+    batch = expert_pairs([], [link], bank, ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact"))
+    assert len(batch) == 3 and not batch.positive_mask.any()
+    assert {tuple(a[2:]) for a in batch.anchor.tolist()} == {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS}
+    for negs in batch.negatives.tolist():
+        for ref in negs:
+            x0, y0, x1, y1 = _cell_box(bank, ref)
+            assert LINK.box_b.x0 <= (x0 + x1) / 2 < LINK.box_b.x1 and LINK.box_b.y0 <= (y0 + y1) / 2 < LINK.box_b.y1
+
+
+def test_box_sampling_skips_repeated_texture():
+    """Without inliers, anchors avoid cells of box A that repeat within the image."""
+    bank = _bank()
+    level = bank.levels[0]
+    texture = level[0, :, 1, 1].clone()
+    level[0, :, :, :3] = texture[:, None, None]  # columns 0-2 of image a: one repeated texture cell
+    box = Box(0, 0, 60, 60)  # level-0 cells are 10 px: columns 0-5, half of them texture
+    link = PairMatch("a", "b", box, Box(20, 0, 140, 120), AFFINE, 0.9, 30)
+    floor = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=36, n_negatives=3, anchor_levels=(0,)))
+    assert len(floor) == 18 and (floor.anchor[:, 3] >= 3).all()
+    none = expert_pairs([link], [], bank, ExpertPairConfig(cells_per_link=36, n_negatives=3, anchor_levels=(0,),
+                                                           min_texture_weight=0.0))
+    assert len(none) == 36 and (none.anchor[:, 3] < 3).any()
+    with pytest.raises(ValueError, match="min_texture_weight"):
+        ExpertPairConfig(min_texture_weight=1.5)
 
 
 def test_negatives_are_the_anchors_best_matches():

@@ -49,6 +49,22 @@ def test_split_is_recorded_once_and_never_moves(tiny_project):
     assert {lk.link_id for lk in held2} == {lk.link_id for lk in held}
 
 
+
+def test_reviewed_links_carry_their_inlier_points(tiny_project):
+    """Expert pairs are anchored on a link's inliers: the round must read them from the store."""
+    from hitl.project import active_model_id
+
+    store, _ = open_project(tiny_project)
+    a, b = [img.image_id for img in store.list_images()][:2]
+    points = ((12.0, 14.0, 30.0, 32.0), (40.0, 18.0, 58.0, 36.0))
+    run = store.start_run(active_model_id(store), {"test": True})
+    (link_id,) = store.add_links(run, [PairMatch(a, b, Box(10, 10, 60, 60), Box(28, 28, 78, 78), AFFINE, 0.1, 2,
+                                                 inliers=points)])
+    store.add_verdict(link_id, CONFIRM, annotator="t")
+    train, held = reviewed_links(store, RoundConfig(holdout_fraction=0.0))
+    assert [lk.match.inliers for lk in train + held] == [points]
+
+
 def test_expert_only_round_without_verdicts_is_refused(tiny_project):
     store, paths = open_project(tiny_project)
     with pytest.raises(RoundRefused, match="nothing to learn from"):
