@@ -27,6 +27,7 @@ is matched at its finest level only, so a copy is found when it is at least as l
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +38,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch.nn.utils.rnn import pad_sequence
 
-from engine.features import FeaturePyramid
+from engine.features import FeaturePyramid, cpu_has_native_bf16
 from engine.texture import TextureConfig, pyramid_weights
 from engine.types import Box, PairMatch
 
 SCORES = ("authors", "gaussian")
+SIMILARITIES = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,14 @@ class VerifyConfig:
     # Inlier correspondences kept per region (PairMatch.inliers), heaviest first: the
     # review page draws them; 64 show a region's pattern and keep a link's row small.
     max_points: int = 64
+    # Dtype of the dense similarity products on CPUs (step 1, about two thirds of the time).
+    # "auto": bfloat16 where the CPU computes it natively (engine.features.cpu_has_native_bf16:
+    # avx512_bf16 / AMX; a 1200 x 3300 block 21 -> 5 ms on one core), float32 elsewhere.
+    # bf16 ranks the matches on rounded similarities (near-ties may pick another neighbour)
+    # and recomputes each kept similarity in float32. "fp32": the exact path, bit for bit
+    # the first version's results. "bf16": bfloat16 even without native support (slow; tests).
+    # GPUs keep their float16 batched path whatever this says.
+    similarity: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("n_candidates", "max_group", "ransac_iterations", "max_regions_per_pair",
@@ -99,6 +109,14 @@ class VerifyConfig:
             raise ValueError(f"VerifyConfig.score must be one of {SCORES}, got {self.score!r}")
         if self.margin < 0:
             raise ValueError(f"VerifyConfig.margin must be >= 0, got {self.margin}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"VerifyConfig.similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+
+    def similarity_dtype(self) -> torch.dtype | None:
+        """bfloat16 for the CPU's similarity products, or None for float32."""
+        if self.similarity == "auto":
+            return torch.bfloat16 if cpu_has_native_bf16() else None
+        return torch.bfloat16 if self.similarity == "bf16" else None
 
 
 # Largest (rows x cols) tensor one batched step materialises at once: small on CPU, where
@@ -301,6 +319,72 @@ def _inner_rectangle(rows: torch.Tensor, grid: tuple[int, int]) -> tuple[int, in
     return box if int(rows.sum()) == (box[1] - box[0]) * (box[3] - box[2]) else None
 
 
+# Row maxima with their first index, in two steps: a plain max over each row (vectorised
+# along the row, ~15x faster than torch.max with indices on CPUs), then an argmax only
+# inside the first group of _ARGMAX_GROUP columns that holds it. Columns are reduced by
+# folding rows onto each other (a reduction over a leading dimension vectorises along the
+# row too; torch's 2-D amax(dim=0) does not). Same values and first indices as torch.max.
+_ARGMAX_GROUP = 64
+_FOLD = 16
+
+
+def row_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, m) -> row maxima (n,) and the first column holding each (n,) long, as
+    ``scores.max(dim=1)``; ``scores`` row-contiguous or a transposed view of such."""
+    if scores.stride(-1) != 1 and scores.stride(0) == 1:
+        return column_argmax(scores.T)
+    n, m = scores.shape
+    if m <= _ARGMAX_GROUP or n == 0:
+        return scores.max(dim=1)
+    best = scores.amax(dim=1)
+    g = m // _ARGMAX_GROUP
+    groups = scores[:, : g * _ARGMAX_GROUP].unflatten(1, (g, _ARGMAX_GROUP)).amax(2)  # (n, g)
+    if g * _ARGMAX_GROUP < m:
+        groups = torch.cat([groups, scores[:, g * _ARGMAX_GROUP :].amax(1, keepdim=True)], 1)
+    first = (groups == best[:, None]).to(torch.uint8).argmax(1)  # (n,) first group holding the max
+    cols = (first[:, None] * _ARGMAX_GROUP + torch.arange(_ARGMAX_GROUP, device=scores.device)).clamp_max(m - 1)
+    within = scores.gather(1, cols).argmax(1)  # first in the group (clamped repeats come last)
+    return best, cols.gather(1, within[:, None])[:, 0]
+
+
+def column_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, m) row-contiguous -> column maxima (m,) and the first row holding each, as
+    ``scores.max(dim=0)``."""
+    n, m = scores.shape
+    if n <= _ARGMAX_GROUP or m == 0:
+        return scores.max(dim=0)
+    g = n // _ARGMAX_GROUP
+    groups = scores[: g * _ARGMAX_GROUP].unflatten(0, (g, _ARGMAX_GROUP)).amax(1)  # (g, m)
+    if g * _ARGMAX_GROUP < n:
+        groups = torch.cat([groups, scores[g * _ARGMAX_GROUP :].amax(0, keepdim=True)], 0)
+    best = groups.amax(0)
+    first = (groups == best).to(torch.uint8).argmax(0)  # (m,)
+    rows = (first * _ARGMAX_GROUP + torch.arange(_ARGMAX_GROUP, device=scores.device)[:, None]).clamp_max(n - 1)
+    within = scores.gather(0, rows).T.contiguous().argmax(1)  # (m,) small: transposing costs nothing
+    return best, rows.T.gather(1, within[:, None])[:, 0]
+
+
+def column_max(scores: torch.Tensor) -> torch.Tensor:
+    """(n, m) -> column maxima (m,), as ``scores.amax(dim=0)``, for row-contiguous
+    ``scores`` or a transposed view of such (then a plain row max)."""
+    if scores.stride(-1) != 1 and scores.stride(0) == 1:
+        return scores.T.amax(dim=1)
+    n = scores.shape[0]
+    if n < 2 * _FOLD:
+        return scores.amax(dim=0)
+    folded = scores[: n // _FOLD * _FOLD].unflatten(0, (_FOLD, n // _FOLD)).amax(0).amax(0)
+    return folded if n % _FOLD == 0 else torch.maximum(folded, scores[n // _FOLD * _FOLD :].amax(0))
+
+
+def _box_column_max(scores: torch.Tensor, grid: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """Column maxima over the rows of ``scores`` (A cells on an (h, w) ``grid``) inside the
+    rectangle ``box`` = (row0, row1, col0, col1), without a masked copy."""
+    row0, row1, col0, col1 = box
+    if scores.stride(-1) != 1 and scores.stride(0) == 1:  # a transposed view: rows are columns there
+        return scores.T.unflatten(1, grid)[:, row0:row1, col0:col1].amax(dim=(1, 2))
+    return column_max(scores.unflatten(0, grid)[row0:row1, col0:col1].flatten(0, 1))
+
+
 def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None = None,
                   grid: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mutual nearest neighbours in one (na, nb) similarity block, A's cells on an (h, w) ``grid``.
@@ -309,20 +393,34 @@ def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None = None,
     padded path (index 0, similarity 0; a column's maximum is at least 0 with them).
     """
     if rows is None or bool(rows.all()):
-        best_sim, best = scores.max(dim=1)
-        return best, best_sim, best_sim >= scores.amax(dim=0).gather(0, best)
+        best_sim, best = row_argmax(scores)
+        return best, best_sim, best_sim >= column_max(scores).gather(0, best)
     box = _inner_rectangle(rows, grid)
     if box is None:  # any other set of rows: zero them, as the padded path does
         return _mutual_block(scores.masked_fill(~rows[:, None], 0.0))
     # The margin's rectangle: column maxima over a strided view, no masked copy.
-    row0, row1, col0, col1 = box
-    column = scores.view(*grid, -1)[row0:row1, col0:col1].amax(dim=(0, 1)).clamp_min(0.0)
-    best_sim, best = scores.max(dim=1)
+    column = _box_column_max(scores, grid, box).clamp_min(0.0)
+    best_sim, best = row_argmax(scores)
     best, best_sim = torch.where(rows, best, 0), torch.where(rows, best_sim, 0.0)
     return best, best_sim, best_sim >= column.gather(0, best)
 
 
-def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _block(fa: torch.Tensor, fb: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
+    """(na, C) x (nb, C) -> (na, nb) float32 similarities; with ``low`` (bfloat16) the
+    product runs in that dtype (about 4x faster where the CPU has native bf16) and its
+    rounded result is only used to rank: :func:`_rescore` gives the kept similarities."""
+    if low is None:
+        return fa @ fb.T
+    return (fa.to(low) @ fb.to(low).T).float()
+
+
+def _rescore(fa: torch.Tensor, fb: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """(na, C), (nb, C), (na,) -> (na,) float32 similarity of each A row with its chosen B row."""
+    return torch.einsum("nc,nc->n", fa, fb[best.clamp_max(len(fb) - 1)])
+
+
+def mutual_nearest_trimmed(batch: PairBatch, level: int,
+                           low: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`mutual_nearest` of A's reference level with B's ``level``, pair by pair on
     each pair's true cells (no padding rows or columns), the level-0 block of twin pairs
     (A, B) and (B, A) computed once and read transposed by the second.
@@ -331,6 +429,10 @@ def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, 
     every A row (a row whose best real similarity is negative points past B's cells with
     similarity 0, as it found a padding column there), and equal ``mutual`` wherever the
     similarity is positive (a zero padding row cannot beat a positive column maximum).
+
+    ``low``: the dtype of the similarity products (bfloat16; None: float32, exact). The
+    matches are then ranked on rounded similarities (near-ties may resolve otherwise than
+    in float32) and each kept similarity is recomputed in float32.
 
     Returns:
         index, sim, mutual: (P, NA) as :func:`mutual_nearest`.
@@ -350,19 +452,119 @@ def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, 
         if nb == 0:
             continue
         q = twin[p]
+        fa = feats_b[q, :na] if q >= 0 else batch.feats_a[p, :na]  # twins: A0 unmasked (the twin's B level 0)
         if q >= 0 and q in shared:  # B0 x A0 of the twin, transposed: this pair's A0 x B0
             scores = shared.pop(q).T
-        elif q >= 0:  # A0 unmasked (the twin's B level 0) against B0: shared by both
-            scores = feats_b[q, :na] @ feats_b[p, :nb].T
-            shared[p] = scores
         else:
-            scores = batch.feats_a[p, :na] @ feats_b[p, :nb].T
+            scores = _block(fa, feats_b[p, :nb], low)
+            if q >= 0:
+                shared[p] = scores
         grid = (int(batch.a_grid[p, 0]), int(batch.a_grid[p, 1]))
         best, best_sim, both = _mutual_block(scores, batch.a_valid[p, :na] if q >= 0 else None, grid)
+        if low is not None:
+            best_sim = torch.where(best_sim > 0, _rescore(fa, feats_b[p, :nb], best), best_sim)
         if nb < feats_b.shape[1]:  # a padding column (similarity 0) beats negative rows
             past = best_sim < 0
             best, best_sim = torch.where(past, nb, best), best_sim.clamp_min(0.0)
         index[p, :na], sim[p, :na], mutual[p, :na] = best, best_sim.float(), both
+    return index, sim, mutual
+
+
+def _pair_columns(feats_b: Sequence[torch.Tensor], p: int, n_b: list[int],
+                  ) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+    """Pair ``p``'s B features, its levels side by side, each padded to whole groups of
+    :data:`_ARGMAX_GROUP` rows (so that no group of columns spans two levels; the padding
+    rows repeat a true cell and their columns are masked).
+
+    Returns:
+        feats (NP, C); pads: the (first, end) columns of each level's padding; level
+        (NP / group,) long, the level of each group of columns; start (L,) long, the first
+        column of each level.
+    """
+    device = feats_b[0].device
+    widths = [-(-n // _ARGMAX_GROUP) * _ARGMAX_GROUP for n in n_b]
+    starts = [0, *itertools.accumulate(widths)][:-1]
+    feats = torch.cat([f[p, torch.arange(w, device=device).clamp_max(n - 1)] for f, n, w in zip(feats_b, n_b, widths)])
+    pads = [(s + n, s + w) for s, n, w in zip(starts, n_b, widths) if w > n]
+    level = torch.repeat_interleave(torch.arange(len(n_b), device=device),
+                                    torch.tensor(widths, device=device) // _ARGMAX_GROUP)
+    return feats, pads, level, torch.tensor(starts, device=device)
+
+
+def _level_argmax(scores: torch.Tensor, level: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(na, NP) similarities with B's levels side by side (whole groups of columns per
+    level, padding columns -inf) -> per level the row maxima (na, L) and the first column
+    holding each (na, L), as ``torch.max`` over each level's columns (-inf and an
+    arbitrary column for a level without columns)."""
+    na, n_cols = scores.shape
+    n_groups = n_cols // _ARGMAX_GROUP
+    blocks = scores.view(na, n_groups, _ARGMAX_GROUP)
+    groups = blocks.amax(2)  # (na, G)
+    at = level[None].expand(na, -1)
+    best = groups.new_full((na, n_levels), -math.inf).scatter_reduce_(1, at, groups, "amax")
+    # The first group holding its level's maximum: the largest (G - group) among those that do.
+    from_end = torch.where(groups == best.gather(1, at), n_groups - torch.arange(n_groups, device=scores.device), 0)
+    first = n_groups - torch.zeros_like(best, dtype=torch.long).scatter_reduce_(1, at, from_end, "amax")
+    window = blocks[torch.arange(na, device=scores.device)[:, None], first.clamp_max(n_groups - 1)]  # (na, L, group)
+    # The first column of the window holding the maximum, by a max (vectorised) not an argmax.
+    rank = torch.arange(_ARGMAX_GROUP, 0, -1, device=scores.device, dtype=scores.dtype)
+    within = _ARGMAX_GROUP - torch.where(window == best[..., None], rank, 0).amax(2).long()
+    return best, first * _ARGMAX_GROUP + within
+
+
+def mutual_nearest_levels(batch: PairBatch, low: torch.dtype | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`mutual_nearest` of A's reference level with every level of B, pair by pair
+    on true sizes: one product per pair with all of B's levels side by side, one column
+    maximum, one grouped row maximum for all levels (few large operations, not many small),
+    and only A's rows that take part (``a_valid``: the margin's cells are a third of a
+    40 x 30 grid).
+
+    Gives what the padded path gives wherever it matters: equal index and similarity for
+    every A row (a row whose best real similarity is negative points past B's cells with
+    similarity 0 where the batch pads that level, as it found a padding column there), and
+    equal ``mutual`` wherever the similarity is positive (a zero padding row cannot beat a
+    positive column maximum).
+
+    ``low``: the dtype of the similarity products (bfloat16; None: float32, exact). The
+    matches are then ranked on rounded similarities (near-ties may resolve otherwise than
+    in float32) and each kept similarity is recomputed in float32.
+
+    Returns:
+        index, sim, mutual: (P, L, NA), per level of B as :func:`mutual_nearest`.
+    """
+    P, n_a_pad, _ = batch.feats_a.shape
+    n_levels, device = len(batch.feats_b), batch.feats_a.device
+    index = torch.zeros(P, n_levels, n_a_pad, dtype=torch.long, device=device)
+    sim = torch.zeros(P, n_levels, n_a_pad, device=device)
+    mutual = torch.zeros(P, n_levels, n_a_pad, dtype=torch.bool, device=device)
+    padded = torch.tensor([f.shape[1] for f in batch.feats_b], device=device)  # the batch's cells per level
+    for p, counts in enumerate(batch.b_grid.prod(-1).tolist()):
+        fb, pads, level, start = _pair_columns(batch.feats_b, p, counts)
+        # Rows left out are the padded path's zero rows: index 0, similarity 0, and no
+        # influence on a positive column maximum.
+        rows = batch.a_valid[p].nonzero()[:, 0]
+        if len(rows) == 0:
+            continue
+        fa = batch.feats_a[p, rows]
+        scores = fa @ fb.T if low is None else (fa.to(low) @ fb.to(low).T).float()  # (na, NP)
+        column = column_max(scores)
+        for first, end in pads:  # padding columns never win a row
+            scores[:, first:end] = -math.inf
+        best_sim, best = _level_argmax(scores, level, n_levels)  # (na, L)
+        both = best_sim >= column.gather(0, best.flatten().clamp_max(len(column) - 1)).view_as(best)
+        if low is not None:  # the similarities of the mutual matches, recomputed in float32
+            row, lev = (both & (best_sim > 0)).nonzero(as_tuple=True)
+            exact = (fa[row] * fb[best[row, lev]]).sum(-1)
+            best_sim = best_sim.index_put((row, lev), exact)
+        n_b = torch.tensor(counts, device=device)
+        past = (best_sim < 0) & (n_b < padded)  # the padded path's padding column (similarity 0) wins there
+        best = torch.where(past, n_b, best - start)
+        best_sim = torch.where(past, 0.0, best_sim)
+        absent = n_b == 0  # B lacks the level: nothing to match
+        index[p, :, rows] = torch.where(absent, 0, best).T
+        sim[p, :, rows] = torch.where(absent, 0.0, best_sim).T
+        mutual[p, :, rows] = (both & ~absent).T
     return index, sim, mutual
 
 
@@ -396,11 +598,13 @@ def _cell_centres(flat: torch.Tensor, width: torch.Tensor, cell: torch.Tensor) -
     return colrow, (colrow.float() + 0.5) * cell
 
 
-def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False) -> Matches:
+def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False,
+                  low: torch.dtype | None = None) -> Matches:
     """Mutual nearest neighbours of A's reference cells with each level of B, compacted.
 
     ``trimmed``: pair by pair on true sizes (:func:`mutual_nearest_trimmed`, the same
-    matches); else batched over the padded tensors (one bmm per level: best on a GPU).
+    matches, or nearly with ``low`` = bfloat16 products); else batched over the padded
+    tensors (one bmm per level: best on a GPU).
     """
     P, n_a, _ = batch.feats_a.shape
     n_levels = len(batch.feats_b)
@@ -409,11 +613,11 @@ def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False) 
     sim = torch.zeros(P, n_levels, n_a, device=batch.feats_a.device)
     ok = torch.zeros(P, n_levels, n_a, dtype=torch.bool, device=batch.feats_a.device)
     n_b = batch.b_grid.prod(-1)  # (P, L) true cells per level
-    for k, feats_b in enumerate(batch.feats_b):  # one matmul per level of B
-        if trimmed:
-            index, s, mutual = mutual_nearest_trimmed(batch, k)
-        else:
-            index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
+    if trimmed:  # every level at once, pair by pair
+        b_index, sim, mutual = mutual_nearest_levels(batch, low)
+        ok = mutual & batch.a_valid[:, None] & (b_index < n_b[..., None]) & (sim > 0)
+    for k, feats_b in enumerate(batch.feats_b if not trimmed else ()):  # one matmul per level of B
+        index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
         b_index[:, k], sim[:, k] = index, s
         ok[:, k] = mutual & batch.a_valid & (index < n_b[:, k : k + 1]) & (s > 0)
     # Compact the (level, A cell) slots of each pair; a stable sort keeps them in that
@@ -938,7 +1142,8 @@ def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | No
         weights = [(pyramid_weights(a, config.texture)[:1], pyramid_weights(b, config.texture)) for a, b, _ in pairs]
     batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None, config.margin)
     # Pair by pair on CPUs, where padding costs time; one batched bmm per level on a GPU.
-    m = dense_matches(batch, _chunk_elements(device), device.type == "cpu" and not reference)
+    trimmed = device.type == "cpu" and not reference
+    m = dense_matches(batch, _chunk_elements(device), trimmed, config.similarity_dtype() if trimmed else None)
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
     cand = hough_candidates(m, batch, config)
