@@ -43,7 +43,7 @@ from engine.texture import TextureConfig, pyramid_weights
 from engine.types import Box, PairMatch
 
 SCORES = ("authors", "gaussian")
-SIMILARITIES = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,16 @@ class VerifyConfig:
     # Inlier correspondences kept per region (PairMatch.inliers), heaviest first: the
     # review page draws them; 64 show a region's pattern and keep a link's row small.
     max_points: int = 64
-    # Dtype of the dense similarity products on CPUs (step 1, about two thirds of the time).
-    # "auto": bfloat16 where the CPU computes it natively (engine.features.cpu_has_native_bf16:
-    # avx512_bf16 / AMX; a 1200 x 3300 block 21 -> 5 ms on one core), float32 elsewhere.
-    # bf16 ranks the matches on rounded similarities (near-ties may pick another neighbour)
-    # and recomputes each kept similarity in float32. "fp32": the exact path, bit for bit
-    # the first version's results. "bf16": bfloat16 even without native support (slow; tests).
-    # GPUs keep their float16 batched path whatever this says.
-    similarity: str = "auto"
+    # Arithmetic on CPUs (issue 12). "auto": the dense similarity products (step 1, about
+    # two thirds of the time) in bfloat16 where the CPU computes it natively
+    # (engine.features.cpu_has_native_bf16: avx512_bf16 / AMX; a 1200 x 3300 block 21 -> 5 ms
+    # on one core), float32 elsewhere, and the Hough votes smoothed by a separable kernel
+    # (the same Gaussian, float rounding differs). bf16 ranks the matches on rounded
+    # similarities (near-ties may pick another neighbour) and recomputes each kept
+    # similarity in float32. "fp32": the exact switch, float32 products and the 2-D
+    # smoothing, bit for bit the first version's results. "bf16": as "auto", bfloat16
+    # even without native support (slow; for tests). GPUs keep their float16 batched path.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("n_candidates", "max_group", "ransac_iterations", "max_regions_per_pair",
@@ -109,14 +111,14 @@ class VerifyConfig:
             raise ValueError(f"VerifyConfig.score must be one of {SCORES}, got {self.score!r}")
         if self.margin < 0:
             raise ValueError(f"VerifyConfig.margin must be >= 0, got {self.margin}")
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"VerifyConfig.similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"VerifyConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
-    def similarity_dtype(self) -> torch.dtype | None:
+    def product_dtype(self) -> torch.dtype | None:
         """bfloat16 for the CPU's similarity products, or None for float32."""
-        if self.similarity == "auto":
+        if self.precision == "auto":
             return torch.bfloat16 if cpu_has_native_bf16() else None
-        return torch.bfloat16 if self.similarity == "bf16" else None
+        return torch.bfloat16 if self.precision == "bf16" else None
 
 
 # Largest (rows x cols) tensor one batched step materialises at once: small on CPU, where
@@ -669,8 +671,40 @@ def _tie_break(n_levels: int, ty: int, tx: int, ha: int, wa: int, device: torch.
     return ((level * 4096 + dy) * 4096 + dx).flatten()
 
 
-def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig) -> Candidates:
-    """Vote in (level of B, dy, dx); smooth the votes; the top peaks per pair."""
+def _window_max(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N, h, w) -> the max over each (2r + 1)^2 window, as a stride-1 max pool padded with
+    -inf (the same values: a max is exact), by shifted maxima: several times faster on CPUs."""
+    out = x.clone()
+    for axis in (-1, -2):
+        src, out = out, out.clone()
+        n = src.shape[axis]
+        for d in range(1, min(radius, n - 1) + 1):
+            head, tail = out.narrow(axis, 0, n - d), out.narrow(axis, d, n - d)
+            torch.maximum(head, src.narrow(axis, d, n - d), out=head)
+            torch.maximum(tail, src.narrow(axis, 0, n - d), out=tail)
+    return out
+
+
+def _smooth_separable(votes: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(N, h, w) votes convolved with :func:`_vote_kernel`'s Gaussian as two 1-D passes of
+    shifted sums, zero padding (a 1-channel conv2d is slow on CPUs); differs from the 2-D
+    convolution by float rounding only."""
+    radius = math.ceil(tolerance)
+    taps = torch.exp(-torch.arange(radius + 1, dtype=torch.float32) ** 2 / tolerance**2).tolist()
+    for axis in (-1, -2):
+        n, out = votes.shape[axis], votes * taps[0]
+        for d in range(1, min(radius, n - 1) + 1):
+            out.narrow(axis, 0, n - d).add_(votes.narrow(axis, d, n - d), alpha=taps[d])
+            out.narrow(axis, d, n - d).add_(votes.narrow(axis, 0, n - d), alpha=taps[d])
+        votes = out
+    return votes
+
+
+def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig, reference: bool = False) -> Candidates:
+    """Vote in (level of B, dy, dx); smooth the votes; the top peaks per pair.
+
+    ``reference``: the first version's 2-D convolution and max pools (``precision="fp32"``
+    smooths the same way; local maxima are exact either way)."""
     P, n_levels = batch.b_grid.shape[:2]
     ha, wa = (int(v) for v in batch.a_grid.amax(0))
     hb, wb = (int(v) for v in batch.b_grid.amax((0, 1)))
@@ -680,12 +714,18 @@ def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig) -> Cand
     flat = torch.where(m.valid, flat, 0)
     # Each match votes with its texture weight: script and hatching cannot make a peak.
     votes = torch.bincount(flat.flatten(), m.texture.flatten().float(), minlength=P * n_levels * ty * tx)
-    kernel = _vote_kernel(config.hough_tolerance, votes.device)
-    radius = kernel.shape[-1] // 2
-    smooth = F.conv2d(votes.view(P * n_levels, 1, ty, tx), kernel, padding=radius)
+    radius = math.ceil(config.hough_tolerance)
+    planes = votes.view(P * n_levels, ty, tx)
+    if reference or config.precision == "fp32" or votes.device.type != "cpu":
+        smooth = F.conv2d(planes[:, None], _vote_kernel(config.hough_tolerance, votes.device), padding=radius)[:, 0]
+    else:
+        smooth = _smooth_separable(planes, config.hough_tolerance)
     # Local maxima over the kernel's window; a separable max pool is cheaper on CPUs.
-    window = F.max_pool2d(smooth, (1, 2 * radius + 1), stride=1, padding=(0, radius))
-    window = F.max_pool2d(window, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    if reference:
+        window = F.max_pool2d(smooth[:, None], (1, 2 * radius + 1), stride=1, padding=(0, radius))
+        window = F.max_pool2d(window, (2 * radius + 1, 1), stride=1, padding=(radius, 0))[:, 0]
+    else:
+        window = _window_max(smooth, radius)
     peaks = (smooth >= window) & (smooth >= config.hough_min_votes)
     # Quantised votes first, then the tie-break rank: an exact, layout-free ordering.
     tie = _tie_break(n_levels, ty, tx, ha, wa, votes.device)
@@ -1143,10 +1183,10 @@ def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | No
     batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None, config.margin)
     # Pair by pair on CPUs, where padding costs time; one batched bmm per level on a GPU.
     trimmed = device.type == "cpu" and not reference
-    m = dense_matches(batch, _chunk_elements(device), trimmed, config.similarity_dtype() if trimmed else None)
+    m = dense_matches(batch, _chunk_elements(device), trimmed, config.product_dtype() if trimmed else None)
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
-    cand = hough_candidates(m, batch, config)
+    cand = hough_candidates(m, batch, config, reference)
     group, in_group = candidate_groups(m, cand, config)
     if group.shape[-1] < 3:
         return [[] for _ in pairs]

@@ -199,8 +199,8 @@ def test_config_rejects_bad_values():
         VerifyConfig(score="median")
     with pytest.raises(ValueError, match="margin"):
         VerifyConfig(margin=-1)
-    with pytest.raises(ValueError, match="similarity"):
-        VerifyConfig(similarity="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        VerifyConfig(precision="fp16")
 
 
 # ---------------------------------------------------------------- known answers
@@ -291,7 +291,7 @@ def test_batched_equals_one_by_one(pyr_a):
         "noise": _random_pyramid(7, (400, 600)),
     }
     pairs = [("a", "copy"), ("a", "noise"), ("copy", "a"), ("a", "wide"), ("noise", "copy"), ("wide", "a")]
-    config = VerifyConfig(ransac_iterations=300, similarity="fp32")  # bf16: twins in a batch may rank ties otherwise
+    config = VerifyConfig(ransac_iterations=300, precision="fp32")  # bf16: twins in a batch may rank ties otherwise
     batched = list(verify_pairs(pairs, pyramids.__getitem__, config, batch_size=4))
     assert [pair for pair, _ in batched] == pairs
     assert sum(len(found) for _, found in batched) >= 3
@@ -350,7 +350,7 @@ def test_twins_need_the_same_pyramids(mixed):
 def test_both_ways_equals_the_padded_path(mixed):
     pairs = [("a", "copy"), ("noise", "a"), ("flat", "anti"), ("copy", "noise")]
     assert both_ways(pairs[:2]) == [("a", "copy"), ("copy", "a"), ("noise", "a"), ("a", "noise")]
-    config = VerifyConfig(ransac_iterations=300, similarity="fp32")  # the exact switch
+    config = VerifyConfig(ransac_iterations=300, precision="fp32")  # the exact switch
     padded = dict(verify_pairs(pairs + [(b, a) for a, b in pairs], mixed.__getitem__, config, batch_size=4,
                                reference=True))
     fast = list(verify_both_ways(pairs, mixed.__getitem__, config, batch_size=4))
@@ -439,12 +439,12 @@ def test_fast_maxima_of_empty_blocks():
     assert column_argmax(torch.zeros(100, 0))[0].shape == (0,)
 
 
-def test_similarity_dtype_follows_the_cpu():
+def test_product_dtype_follows_the_cpu():
     from engine.features import cpu_has_native_bf16
 
-    assert VerifyConfig(similarity="fp32").similarity_dtype() is None
-    assert VerifyConfig(similarity="bf16").similarity_dtype() == torch.bfloat16
-    assert VerifyConfig().similarity_dtype() == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert VerifyConfig(precision="fp32").product_dtype() is None
+    assert VerifyConfig(precision="bf16").product_dtype() == torch.bfloat16
+    assert VerifyConfig().product_dtype() == (torch.bfloat16 if cpu_has_native_bf16() else None)
 
 
 def test_bf16_similarities_keep_the_matches(mixed):
@@ -460,6 +460,35 @@ def test_bf16_similarities_keep_the_matches(mixed):
     same, total = int(both.sum()), int((kept | l_kept).sum())
     assert torch.allclose(l_sim[both], sim[both], atol=1e-5)  # recomputed in float32
     assert total > 500 and same / total > 0.95  # measured 0.967 (random features: many near-ties)
-    exact = verify_pair(mixed["a"], mixed["copy"], "a", "copy", VerifyConfig(similarity="fp32"))[0]
-    fast = verify_pair(mixed["a"], mixed["copy"], "a", "copy", VerifyConfig(similarity="bf16"))[0]
+    exact = verify_pair(mixed["a"], mixed["copy"], "a", "copy", VerifyConfig(precision="fp32"))[0]
+    fast = verify_pair(mixed["a"], mixed["copy"], "a", "copy", VerifyConfig(precision="bf16"))[0]
     assert fast.box_a.iou(exact.box_a) > 0.9 and fast.score == pytest.approx(exact.score, rel=0.02)
+
+
+def test_window_max_equals_max_pool():
+    from engine.verify import _window_max
+
+    gen = torch.Generator().manual_seed(3)
+    for shape, radius in (((4, 9, 11), 2), ((2, 3, 2), 2), ((1, 6, 6), 1)):
+        x = torch.randn(*shape, generator=gen)
+        k = 2 * radius + 1
+        pooled = F.max_pool2d(x[:, None], k, stride=1, padding=radius)[:, 0] if min(shape[1:]) > radius else None
+        if pooled is not None:
+            assert torch.equal(_window_max(x, radius), pooled)
+    x = torch.zeros(1, 7, 7)
+    x[0, 3, 3] = 1.0
+    assert _window_max(x, 2)[0, 1:6, 1:6].eq(1).all() and _window_max(x, 2).sum() == 25
+
+
+def test_separable_smoothing_equals_the_2d_kernel():
+    from engine.verify import _smooth_separable, _vote_kernel
+
+    gen = torch.Generator().manual_seed(4)
+    votes = (torch.rand(3, 12, 15, generator=gen) > 0.8).float() * torch.rand(3, 12, 15, generator=gen)
+    for tolerance in (2.0, 1.5):
+        kernel = _vote_kernel(tolerance, votes.device)
+        conv = F.conv2d(votes[:, None], kernel, padding=kernel.shape[-1] // 2)[:, 0]
+        assert torch.allclose(_smooth_separable(votes, tolerance), conv, atol=1e-5)
+    one = torch.zeros(1, 5, 5)
+    one[0, 2, 2] = 1.0
+    assert torch.allclose(_smooth_separable(one, 2.0)[0], _vote_kernel(2.0, one.device)[0, 0])  # the kernel itself
