@@ -90,7 +90,8 @@ def time_features(model: str, items, device: torch.device, cache: Path) -> tuple
     n = len(after.pyramids)
     figures = {
         "n": n, "before": n / before_s, "after": n / after_s, "load": n / load_s,
-        "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+        "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "cos_p001": float(cos.quantile(0.001)),
+        "cos_p01": float(cos.quantile(0.01)), "cos_below": float((cos < 0.995).float().mean()),
         "precision": features.autocast_dtype(new, device), "cache_mb": sum(p.stat().st_size for p in cache.rglob("*.npz")) / n / 1e6,
     }
     return after.pyramids, figures
@@ -302,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
           f"features in {feat['precision'] or 'float32'}")
     print(f"features, old path          {feat['before']:.2f} images/s ({feat['n']} images, float32 NCHW)")
     print(f"features, new path          {feat['after']:.2f} images/s  ({feat['after'] / feat['before']:.1f}x)")
-    print(f"per-cell cosine new vs old  mean {feat['cos_mean']:.4f}, min {feat['cos_min']:.4f}")
+    print(f"per-cell cosine new vs old  mean {feat['cos_mean']:.4f}, min {feat['cos_min']:.4f}, 0.1st / 1st "
+          f"percentile {feat['cos_p001']:.4f} / {feat['cos_p01']:.4f}, {feat['cos_below']:.2%} of cells below 0.995")
     print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
     print(f"query features              median {_median_ms(query_s)} ({len(queries)} queries, {len(real)} real images)")
     candidate_counts = args.candidates or [AnnConfig().candidates]
