@@ -4,7 +4,8 @@ For a pair (A, B), every step batched over many pairs at once on the device:
 
 1. dense matches: A's features at its reference level against every level of B, mutual
    nearest neighbours per level of B (cosine similarity, one matmul per level; on CPUs
-   pair by pair on true sizes, and (A, B) and (B, A) in one batch share the level-0 block);
+   pair by pair on true sizes with all of B's levels in one product, bf16 products where
+   the CPU has them natively (``VerifyConfig.precision``);
 2. Hough voting: each match votes for a change of scale (the level of B it was found at)
    and a translation (in B cells of that level); votes are spread by a Gaussian and the
    top ``n_candidates`` peaks are the candidate transforms;
@@ -156,8 +157,6 @@ class PairBatch:
         b_grid: (P, L, 2) long (h, w) per level, 0 where B lacks the level.
         b_cell: (P, L, 2) float pixels per B cell (x, y), 1 where B lacks the level.
         b_size: (P, 2) float (W, H) of B.
-        twin: per pair, the index in the batch of its reverse pair (B, A), or -1: the
-            two share their level-0 similarity block (one matrix, transposed).
     """
 
     feats_a: torch.Tensor
@@ -171,7 +170,6 @@ class PairBatch:
     b_grid: torch.Tensor
     b_cell: torch.Tensor
     b_size: torch.Tensor
-    twin: tuple[int, ...] = ()
 
 
 def _check_pyramid(pyramid: FeaturePyramid, name: str) -> None:
@@ -259,21 +257,7 @@ def stack_pairs(
         b_grid=torch.tensor(b_grid, dtype=torch.long, device=device),
         b_cell=torch.tensor(b_cell, dtype=torch.float32, device=device),
         b_size=torch.tensor([b.image_size for _, b, _ in pairs], dtype=torch.float32, device=device),
-        twin=_twins(pairs, names),
     )
-
-
-def _twins(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
-           names: Sequence[tuple[str, str]]) -> tuple[int, ...]:
-    """Per pair, the index of its reverse pair in the batch (-1 if none): (A, B) and (B, A),
-    both of whole images, the same pyramid objects (so the same level-0 features)."""
-    where = {name: i for i, name in enumerate(names)}
-    twins = []
-    for i, ((a, b, region), (name_a, name_b)) in enumerate(zip(pairs, names)):
-        j = where.get((name_b, name_a), -1)
-        ok = j >= 0 and j != i and region is None and pairs[j][2] is None and pairs[j][0] is b and pairs[j][1] is a
-        twins.append(j if ok else -1)
-    return tuple(twins)
 
 
 # ---------------------------------------------------------------- dense matches
@@ -310,166 +294,22 @@ def mutual_nearest(feats_a: torch.Tensor, feats_b: torch.Tensor, chunk_elements:
     return index, sim, mutual
 
 
-def _inner_rectangle(rows: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """(row0, row1, col0, col1) when the True cells of ``rows`` (h * w,) fill exactly that
-    rectangle of the (h, w) grid (A's cells less a margin), else None."""
-    cells = rows.view(grid)
-    r, c = cells.any(1).nonzero()[:, 0], cells.any(0).nonzero()[:, 0]
-    if len(r) == 0:
-        return None
-    box = (int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1)
-    return box if int(rows.sum()) == (box[1] - box[0]) * (box[3] - box[2]) else None
-
-
-# Row maxima with their first index, in two steps: a plain max over each row (vectorised
-# along the row, ~15x faster than torch.max with indices on CPUs), then an argmax only
-# inside the first group of _ARGMAX_GROUP columns that holds it. Columns are reduced by
-# folding rows onto each other (a reduction over a leading dimension vectorises along the
-# row too; torch's 2-D amax(dim=0) does not). Same values and first indices as torch.max.
+# Row maxima with their first index, in two steps: a plain max over each group of
+# _ARGMAX_GROUP columns (vectorised along the row, ~15x faster than torch.max with indices
+# on CPUs), then a search only inside the first group that holds the maximum. Columns are
+# reduced by folding rows onto each other (a reduction over a leading dimension vectorises
+# along the row too; torch's 2-D amax(dim=0) does not). Same values and first indices as torch.max.
 _ARGMAX_GROUP = 64
 _FOLD = 16
 
 
-def row_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, m) -> row maxima (n,) and the first column holding each (n,) long, as
-    ``scores.max(dim=1)``; ``scores`` row-contiguous or a transposed view of such."""
-    if scores.stride(-1) != 1 and scores.stride(0) == 1:
-        return column_argmax(scores.T)
-    n, m = scores.shape
-    if m <= _ARGMAX_GROUP or n == 0:
-        return scores.max(dim=1)
-    best = scores.amax(dim=1)
-    g = m // _ARGMAX_GROUP
-    groups = scores[:, : g * _ARGMAX_GROUP].unflatten(1, (g, _ARGMAX_GROUP)).amax(2)  # (n, g)
-    if g * _ARGMAX_GROUP < m:
-        groups = torch.cat([groups, scores[:, g * _ARGMAX_GROUP :].amax(1, keepdim=True)], 1)
-    first = (groups == best[:, None]).to(torch.uint8).argmax(1)  # (n,) first group holding the max
-    cols = (first[:, None] * _ARGMAX_GROUP + torch.arange(_ARGMAX_GROUP, device=scores.device)).clamp_max(m - 1)
-    within = scores.gather(1, cols).argmax(1)  # first in the group (clamped repeats come last)
-    return best, cols.gather(1, within[:, None])[:, 0]
-
-
-def column_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, m) row-contiguous -> column maxima (m,) and the first row holding each, as
-    ``scores.max(dim=0)``."""
-    n, m = scores.shape
-    if n <= _ARGMAX_GROUP or m == 0:
-        return scores.max(dim=0)
-    g = n // _ARGMAX_GROUP
-    groups = scores[: g * _ARGMAX_GROUP].unflatten(0, (g, _ARGMAX_GROUP)).amax(1)  # (g, m)
-    if g * _ARGMAX_GROUP < n:
-        groups = torch.cat([groups, scores[g * _ARGMAX_GROUP :].amax(0, keepdim=True)], 0)
-    best = groups.amax(0)
-    first = (groups == best).to(torch.uint8).argmax(0)  # (m,)
-    rows = (first * _ARGMAX_GROUP + torch.arange(_ARGMAX_GROUP, device=scores.device)[:, None]).clamp_max(n - 1)
-    within = scores.gather(0, rows).T.contiguous().argmax(1)  # (m,) small: transposing costs nothing
-    return best, rows.T.gather(1, within[:, None])[:, 0]
-
-
 def column_max(scores: torch.Tensor) -> torch.Tensor:
-    """(n, m) -> column maxima (m,), as ``scores.amax(dim=0)``, for row-contiguous
-    ``scores`` or a transposed view of such (then a plain row max)."""
-    if scores.stride(-1) != 1 and scores.stride(0) == 1:
-        return scores.T.amax(dim=1)
+    """(n, m) row-contiguous -> column maxima (m,), as ``scores.amax(dim=0)``."""
     n = scores.shape[0]
     if n < 2 * _FOLD:
         return scores.amax(dim=0)
     folded = scores[: n // _FOLD * _FOLD].unflatten(0, (_FOLD, n // _FOLD)).amax(0).amax(0)
     return folded if n % _FOLD == 0 else torch.maximum(folded, scores[n // _FOLD * _FOLD :].amax(0))
-
-
-def _box_column_max(scores: torch.Tensor, grid: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
-    """Column maxima over the rows of ``scores`` (A cells on an (h, w) ``grid``) inside the
-    rectangle ``box`` = (row0, row1, col0, col1), without a masked copy."""
-    row0, row1, col0, col1 = box
-    if scores.stride(-1) != 1 and scores.stride(0) == 1:  # a transposed view: rows are columns there
-        return scores.T.unflatten(1, grid)[:, row0:row1, col0:col1].amax(dim=(1, 2))
-    return column_max(scores.unflatten(0, grid)[row0:row1, col0:col1].flatten(0, 1))
-
-
-def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None = None,
-                  grid: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours in one (na, nb) similarity block, A's cells on an (h, w) ``grid``.
-
-    ``rows``: (na,) bool, the A rows that take part; the others are zero rows of the
-    padded path (index 0, similarity 0; a column's maximum is at least 0 with them).
-    """
-    if rows is None or bool(rows.all()):
-        best_sim, best = row_argmax(scores)
-        return best, best_sim, best_sim >= column_max(scores).gather(0, best)
-    box = _inner_rectangle(rows, grid)
-    if box is None:  # any other set of rows: zero them, as the padded path does
-        return _mutual_block(scores.masked_fill(~rows[:, None], 0.0))
-    # The margin's rectangle: column maxima over a strided view, no masked copy.
-    column = _box_column_max(scores, grid, box).clamp_min(0.0)
-    best_sim, best = row_argmax(scores)
-    best, best_sim = torch.where(rows, best, 0), torch.where(rows, best_sim, 0.0)
-    return best, best_sim, best_sim >= column.gather(0, best)
-
-
-def _block(fa: torch.Tensor, fb: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
-    """(na, C) x (nb, C) -> (na, nb) float32 similarities; with ``low`` (bfloat16) the
-    product runs in that dtype (about 4x faster where the CPU has native bf16) and its
-    rounded result is only used to rank: :func:`_rescore` gives the kept similarities."""
-    if low is None:
-        return fa @ fb.T
-    return (fa.to(low) @ fb.to(low).T).float()
-
-
-def _rescore(fa: torch.Tensor, fb: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """(na, C), (nb, C), (na,) -> (na,) float32 similarity of each A row with its chosen B row."""
-    return torch.einsum("nc,nc->n", fa, fb[best.clamp_max(len(fb) - 1)])
-
-
-def mutual_nearest_trimmed(batch: PairBatch, level: int,
-                           low: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`mutual_nearest` of A's reference level with B's ``level``, pair by pair on
-    each pair's true cells (no padding rows or columns), the level-0 block of twin pairs
-    (A, B) and (B, A) computed once and read transposed by the second.
-
-    Gives what the padded path gives wherever it matters: equal index and similarity for
-    every A row (a row whose best real similarity is negative points past B's cells with
-    similarity 0, as it found a padding column there), and equal ``mutual`` wherever the
-    similarity is positive (a zero padding row cannot beat a positive column maximum).
-
-    ``low``: the dtype of the similarity products (bfloat16; None: float32, exact). The
-    matches are then ranked on rounded similarities (near-ties may resolve otherwise than
-    in float32) and each kept similarity is recomputed in float32.
-
-    Returns:
-        index, sim, mutual: (P, NA) as :func:`mutual_nearest`.
-    """
-    feats_b = batch.feats_b[level]
-    P, n_a_pad, _ = batch.feats_a.shape
-    device = batch.feats_a.device
-    index = torch.zeros(P, n_a_pad, dtype=torch.long, device=device)
-    sim = torch.zeros(P, n_a_pad, device=device)
-    mutual = torch.zeros(P, n_a_pad, dtype=torch.bool, device=device)
-    n_a = batch.a_grid.prod(-1).tolist()
-    n_b = batch.b_grid[:, level].prod(-1).tolist()
-    twin = batch.twin if level == 0 and batch.twin else (-1,) * P
-    shared: dict[int, torch.Tensor] = {}
-    for p in range(P):
-        na, nb = n_a[p], n_b[p]
-        if nb == 0:
-            continue
-        q = twin[p]
-        fa = feats_b[q, :na] if q >= 0 else batch.feats_a[p, :na]  # twins: A0 unmasked (the twin's B level 0)
-        if q >= 0 and q in shared:  # B0 x A0 of the twin, transposed: this pair's A0 x B0
-            scores = shared.pop(q).T
-        else:
-            scores = _block(fa, feats_b[p, :nb], low)
-            if q >= 0:
-                shared[p] = scores
-        grid = (int(batch.a_grid[p, 0]), int(batch.a_grid[p, 1]))
-        best, best_sim, both = _mutual_block(scores, batch.a_valid[p, :na] if q >= 0 else None, grid)
-        if low is not None:
-            best_sim = torch.where(best_sim > 0, _rescore(fa, feats_b[p, :nb], best), best_sim)
-        if nb < feats_b.shape[1]:  # a padding column (similarity 0) beats negative rows
-            past = best_sim < 0
-            best, best_sim = torch.where(past, nb, best), best_sim.clamp_min(0.0)
-        index[p, :na], sim[p, :na], mutual[p, :na] = best, best_sim.float(), both
-    return index, sim, mutual
 
 
 def _pair_columns(feats_b: Sequence[torch.Tensor], p: int, n_b: list[int],
@@ -627,7 +467,7 @@ def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False,
                   low: torch.dtype | None = None) -> Matches:
     """Mutual nearest neighbours of A's reference cells with each level of B, compacted.
 
-    ``trimmed``: pair by pair on true sizes (:func:`mutual_nearest_trimmed`, the same
+    ``trimmed``: pair by pair on true sizes (:func:`mutual_nearest_levels`, the same
     matches, or nearly with ``low`` = bfloat16 products); else batched over the padded
     tensors (one bmm per level: best on a GPU).
     """
@@ -1270,9 +1110,7 @@ def verify_pairs(
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """Verify many (A, B) pairs, ``batch_size`` per batch on the device, in input order.
 
-    A pair gives the same result alone (:func:`verify_pair`) or in any batch. A pair and
-    its reverse in one batch share their level-0 similarity block: see
-    :func:`verify_both_ways`, which orders them so.
+    A pair gives the same result alone (:func:`verify_pair`) or in any batch.
 
     Args:
         get_weights: an image's texture weights (:func:`engine.texture.pyramid_weights`),
@@ -1298,8 +1136,7 @@ def verify_pairs(
 
 
 def both_ways(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(A, B), (B, A) for each pair, side by side: with an even batch size a pair and its
-    reverse share a batch, hence their level-0 similarity block."""
+    """(A, B), (B, A) for each pair, side by side (one batch with an even batch size)."""
     return [ordered for a, b in pairs for ordered in ((str(a), str(b)), (str(b), str(a)))]
 
 
@@ -1312,8 +1149,7 @@ def verify_both_ways(
     get_weights: Callable[[str], Weights] | None = None,
     reference: bool = False,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
-    """:func:`verify_pairs` of every (A, B) and (B, A): the same results, in the order of
-    :func:`both_ways`, with the level-0 block A x B computed once per pair."""
+    """:func:`verify_pairs` of every (A, B) and (B, A), in the order of :func:`both_ways`."""
     yield from verify_pairs(both_ways(pairs), get_pyramid, config, device, batch_size + batch_size % 2,
                             get_weights, reference)
 

@@ -13,7 +13,6 @@ from engine.verify import (
     affine_from_triplets,
     both_ways,
     candidate_groups,
-    column_argmax,
     column_max,
     dense_matches,
     discovery_score,
@@ -24,7 +23,6 @@ from engine.verify import (
     mutual_nearest_levels,
     plausible,
     ransac,
-    row_argmax,
     stack_pairs,
     surviving_inliers,
     verify_both_ways,
@@ -291,7 +289,7 @@ def test_batched_equals_one_by_one(pyr_a):
         "noise": _random_pyramid(7, (400, 600)),
     }
     pairs = [("a", "copy"), ("a", "noise"), ("copy", "a"), ("a", "wide"), ("noise", "copy"), ("wide", "a")]
-    config = VerifyConfig(ransac_iterations=300, precision="fp32")  # bf16: twins in a batch may rank ties otherwise
+    config = VerifyConfig(ransac_iterations=300, precision="fp32")  # the exact switch: bit for bit
     batched = list(verify_pairs(pairs, pyramids.__getitem__, config, batch_size=4))
     assert [pair for pair, _ in batched] == pairs
     assert sum(len(found) for _, found in batched) >= 3
@@ -336,15 +334,6 @@ def test_mutual_nearest_levels_equals_padded(mixed):
         if k == 0:  # "flat" vs "anti": inner rows point past B's cells, at a padding column
             inner = batch.a_valid[3]
             assert (t_index[3, 0][inner] == batch.b_grid[3, 0].prod()).all() and (t_sim[3, 0] == 0).all()
-
-
-def test_twins_need_the_same_pyramids(mixed):
-    pairs = [("a", "copy"), ("copy", "a"), ("a", "noise")]
-    triples = [(mixed["a"], mixed["copy"], None), (mixed["copy"], _random_pyramid(1, SIZE_A), None),
-               (mixed["a"], mixed["noise"], None)]
-    assert stack_pairs(triples, pairs, torch.device("cpu")).twin == (-1, -1, -1)  # another "a" object
-    boxed = [(mixed["a"], mixed["copy"], Box(0, 0, 320, 240)), (mixed["copy"], mixed["a"], None)]
-    assert stack_pairs(boxed, pairs[:2], torch.device("cpu")).twin == (-1, -1)  # a region of A
 
 
 def test_both_ways_equals_the_padded_path(mixed):
@@ -417,26 +406,35 @@ def test_real_image_copy_with_effnet(effnet):
 # ---------------------------------------------------------------- fast reductions, bf16 similarities
 
 
-@pytest.mark.parametrize("shape", [(5, 7), (64, 64), (130, 200), (200, 130), (301, 1027)])
-def test_fast_maxima_equal_torch_max(shape):
-    gen = torch.Generator().manual_seed(sum(shape))
-    random = torch.randn(*shape, generator=gen)
-    coarse = torch.randint(0, 3, shape, generator=gen).float()  # ties everywhere: first index wins
-    for scores in (random, coarse):
-        values, index = scores.max(dim=1)
-        assert all(torch.equal(x, y) for x, y in zip(row_argmax(scores), (values, index)))
-        values, index = scores.max(dim=0)
-        assert all(torch.equal(x, y) for x, y in zip(column_argmax(scores), (values, index)))
-        assert torch.equal(column_max(scores), values)
-        transposed = scores.T  # a view: rows of the view are columns of the stored block
-        assert all(torch.equal(x, y) for x, y in zip(row_argmax(transposed), transposed.max(dim=1)))
-        assert torch.equal(column_max(transposed), transposed.amax(dim=0))
+@pytest.mark.parametrize("widths", [(5,), (64, 64), (130, 1, 70), (0, 200, 3)])
+def test_grouped_maxima_equal_torch_max(widths):
+    """Per level (whole groups of columns, padding -inf), the first maximum, as torch.max."""
+    from engine.verify import _ARGMAX_GROUP, _level_argmax
+
+    gen = torch.Generator().manual_seed(sum(widths))
+    padded = [-(-w // _ARGMAX_GROUP) * _ARGMAX_GROUP for w in widths]
+    level = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(padded) // _ARGMAX_GROUP)
+    for values in (torch.randn(37, sum(padded), generator=gen), torch.randint(0, 3, (37, sum(padded)), generator=gen).float()):
+        start = 0
+        for w, width in zip(widths, padded):  # the coarse values tie everywhere: the first wins
+            values[:, start + w : start + width] = -math.inf
+            start += width
+        best, index = _level_argmax(values, level, len(widths))
+        start = 0
+        for k, (w, width) in enumerate(zip(widths, padded)):
+            if w:
+                expected = values[:, start : start + w].max(dim=1)
+                assert torch.equal(best[:, k], expected.values) and torch.equal(index[:, k] - start, expected.indices)
+            else:
+                assert (best[:, k] == -math.inf).all()
+            start += width
 
 
-def test_fast_maxima_of_empty_blocks():
-    assert row_argmax(torch.zeros(0, 100))[0].shape == (0,)
+@pytest.mark.parametrize("shape", [(5, 7), (31, 9), (32, 9), (301, 1027)])
+def test_folded_column_max_equals_amax(shape):
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+    assert torch.equal(column_max(values), values.amax(dim=0))
     assert column_max(torch.zeros(100, 0)).shape == (0,)
-    assert column_argmax(torch.zeros(100, 0))[0].shape == (0,)
 
 
 def test_product_dtype_follows_the_cpu():
