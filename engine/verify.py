@@ -711,21 +711,29 @@ def ransac(m: Matches, group: torch.Tensor, in_group: torch.Tensor, config: Veri
         affine (P, G, 2, 3) and score (P, G), -1 where no valid hypothesis exists.
     """
     P, G, size = group.shape
+    n_hyp = uniform.shape[1]
     count = in_group.sum(-1)  # (P, G)
-    draw = (uniform[None, :G] * count[..., None, None]).long()
-    draw = torch.minimum(draw, (count - 1).clamp_min(0)[..., None, None])  # (P, G, H, 3)
-    pick = group.gather(2, draw.flatten(2)).view(*draw.shape)  # match indices
-    hyp, ok = affine_from_triplets(_take(m.pa, pick), _take(m.pb, pick))  # (P, G, H, 2, 3)
-    ok &= plausible(hyp, config.max_anisotropy) & (count >= 3)[..., None]
-    sim = m.sim.gather(1, group.flatten(1)).view(P, G, size) * in_group
     # Only groups of 3 matches or more can hold a valid hypothesis (``ok`` is False for
-    # every other one, so its scores are never read): most groups are empty candidates
-    # of pairs with few Hough peaks, and scoring them was most of RANSAC's time.
+    # every other one, so neither their hypotheses nor their scores are ever read): most
+    # groups are empty candidates of pairs with few Hough peaks, and drawing and scoring
+    # them was most of RANSAC's time.
     live = ((count >= 3) | (not skip_small)).flatten().nonzero()[:, 0]  # (R,)
-    score = torch.full((P * G, hyp.shape[2]), -1.0, device=hyp.device)
+    pair = torch.div(live, G, rounding_mode="floor")
+    count_live, group_live = count.flatten()[live], group.flatten(0, 1)[live]  # (R,), (R, Mg)
+    draw = (uniform[None, :G].expand(P, -1, -1, -1).flatten(0, 1)[live] * count_live[:, None, None]).long()
+    draw = torch.minimum(draw, (count_live - 1).clamp_min(0)[:, None, None])  # (R, H, 3)
+    pick = group_live.gather(1, draw.flatten(1))  # (R, H * 3) match indices
+    points = [values[pair].gather(1, pick[..., None].expand(-1, -1, 2)).view(len(live), n_hyp, 3, 2)
+              for values in (m.pa, m.pb)]
+    hyp_live, ok_live = affine_from_triplets(*points)  # (R, H, 2, 3)
+    ok_live &= plausible(hyp_live, config.max_anisotropy) & (count_live >= 3)[:, None]
+    hyp = torch.zeros(P * G, n_hyp, 2, 3, device=group.device).index_copy_(0, live, hyp_live).view(P, G, n_hyp, 2, 3)
+    ok = torch.zeros(P * G, n_hyp, dtype=torch.bool, device=group.device).index_copy_(0, live, ok_live).view(P, G, -1)
+    sim = m.sim.gather(1, group.flatten(1)).view(P, G, size) * in_group
+    score = torch.full((P * G, n_hyp), -1.0, device=hyp.device)
     if len(live):
         score[live] = score_hypotheses(
-            hyp.flatten(0, 1)[live], _take(m.pa, group).flatten(0, 1)[live], _take(m.pb, group).flatten(0, 1)[live],
+            hyp_live, _take(m.pa, group).flatten(0, 1)[live], _take(m.pb, group).flatten(0, 1)[live],
             _take(m.unit, group).flatten(0, 1)[live], sim.flatten(0, 1)[live], config,
         )
     score = torch.where(ok, score.view(P, G, -1), -1.0)
