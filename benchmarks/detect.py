@@ -34,6 +34,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-images", type=int, default=20, help="images timed for features before/after")
     parser.add_argument("--candidates", type=int, action="append",
                         help=f"images the dense scan re-scores (repeat to compare; default {AnnConfig().candidates})")
+    parser.add_argument("--nprobe", type=int, action="append",
+                        help=f"IVF cells visited per query (repeat to compare; default {AnnConfig().nprobe})")
     parser.add_argument("--exact-max", type=int, default=10_000, help="largest bank the exact scan runs over")
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
     args = parser.parse_args(argv)
@@ -331,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
     print(f"query features              median {_median_ms(query_s)} ({len(queries)} queries, {len(real)} real images)")
     candidate_counts = args.candidates or [AnnConfig().candidates]
+    nprobes = args.nprobe or [AnnConfig().nprobe]
     per_image = float("nan")  # exact-scan seconds per image, from the first size
     for n in sizes:
         bank = SyntheticBank(real, n)
@@ -340,11 +344,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"index                       {'flat' if index.is_flat else 'IVF-PQ'}, {index.n_regions / n:.0f} regions "
               f"and {index.nbytes() / n / 1e3:.2f} kB per image, built in {build_s:.1f} s")
         runs = {}
-        for count in candidate_counts:
-            runs[count] = indexed, search_s, dense_s, cpu_s = indexed_scan(queries, index, bank, config, count, device)
-            print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} + dense scan {_median_ms(dense_s)} "
-                  f"+ cache reads ~{count / feat['load'] * 1e3:.0f} ms (at {feat['load']:.0f} images/s); "
-                  f"CPU time of search + scan {_median_ms(cpu_s)}")
+        for nprobe in nprobes:
+            index.config = replace(index.config, nprobe=nprobe)
+            for count in candidate_counts:
+                runs[nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
+                    queries, index, bank, config, count, device)
+                print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense scan "
+                      f"{_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
+                      f"{feat['load']:.0f} images/s); CPU time of search + scan {_median_ms(cpu_s)}")
         if n == sizes[0] and n <= args.exact_max:
             print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
                   "(2 queries; float16 bank converted per query, convolution)")
@@ -352,9 +359,10 @@ def main(argv: list[str] | None = None) -> None:
             exact, exact_s, exact_cpu = exact_scan(queries, bank, config, args.chunk, device)
             print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}); CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for count, (indexed, *_) in runs.items():
+            for (nprobe, count), (indexed, *_) in runs.items():
                 recall, top1 = agreement(exact, indexed)
-                print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same {top1:.2f}")
+                print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same "
+                      f"{top1:.2f} (nprobe {nprobe})")
         else:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")
