@@ -137,9 +137,9 @@ CHANNELS_LAST = True  # benchmarks.detect turns it off to time the old NCHW path
 # in float32 changes nothing, so the error enters early: the stem and the first block in
 # float32 (no slower: a 3-channel convolution gains nothing from bf16) leave 0.3 % below
 # 0.995 (worst 0.993), and the first stride-4 depthwise convolution in float32 too none
-# (worst 0.996 on 4 demo images; benchmarks.detect prints it). It costs about 1.4x the
-# all-bf16 forward's time, still about 1.6x faster than float32 (/tmp measurements on one
-# core: 46 / 67 / 109 ms CPU for a 640 x 480 image).
+# (worst 0.996 on 12 demo images x 7 levels; benchmarks.detect prints it). The cost is
+# that depthwise convolution: all-bf16 features are ~1.5x faster (benchmarks.detect:
+# 3.32 vs 2.15 images/s, interleaved), float32 ones ~1.5x slower.
 FLOAT32_MODULES: dict[str, tuple[str, ...]] = {
     "effnet-lite0": ("trunk.0", "trunk.1", "trunk.2", "trunk.3.0.conv_dw", "trunk.3.0.bn2"),
 }
