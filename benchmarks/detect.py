@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense scan "
                       f"{_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
                       f"{feat['load']:.0f} images/s); CPU time of search + scan {_median_ms(cpu_s)}")
-        if n == sizes[0] and n <= args.exact_max:
+        if n == sizes[0] and n <= min(args.exact_max, 1000):  # the old path holds the whole bank in memory
             print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
                   "(2 queries; float16 bank converted per query, convolution)")
         if n <= args.exact_max:
