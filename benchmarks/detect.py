@@ -34,6 +34,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +86,33 @@ def time_features(model: str, items, device: torch.device, cache: Path) -> tuple
     start = time.perf_counter()
     collection_features(new, items, config, cache, progress=False)
     load_s = time.perf_counter() - start
+    # The new path without the float32 modules (engine.features.FLOAT32_MODULES): their
+    # cost, timed interleaved with the new path (best of 3 rounds each), so that both see
+    # the same machine load.
+    saved = dict(features.FLOAT32_MODULES)
+    features.FLOAT32_MODULES.clear()
+    try:
+        plain = create_backbone(model).to(device)
+        features.embed_cells(plain, torch.rand(1, 3, 64, 64), (2, 2))
+    finally:
+        features.FLOAT32_MODULES.update(saved)
+    best, got = {"with": float("inf"), "without": float("inf")}, {}
+    for _ in range(3):
+        for name, net in (("with", new), ("without", plain)):
+            start = time.perf_counter()
+            got[name] = collection_features(net, items, config, None, progress=False)
+            best[name] = min(best[name], time.perf_counter() - start)
+    all_bf16 = got["without"]
+    cos_all = torch.cat([(a.float() * b.float()).sum(0).flatten() for p, q in zip(before.pyramids, all_bf16.pyramids)
+                         for a, b in zip(p.levels, q.levels)])
     cos = torch.cat([(a.float() * b.float()).sum(0).flatten() for p, q in zip(before.pyramids, after.pyramids)
                      for a, b in zip(p.levels, q.levels)])
     n = len(after.pyramids)
     figures = {
         "n": n, "before": n / before_s, "after": n / after_s, "load": n / load_s,
-        "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+        "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "cos_p001": float(cos.quantile(0.001)),
+        "cos_p01": float(cos.quantile(0.01)), "cos_below": float((cos < 0.995).float().mean()),
+        "interleaved": n / best["with"], "all_bf16": n / best["without"], "all_min": float(cos_all.min()), "all_below": float((cos_all < 0.995).float().mean()),
         "precision": features.autocast_dtype(new, device), "cache_mb": sum(p.stat().st_size for p in cache.rglob("*.npz")) / n / 1e6,
     }
     return after.pyramids, figures
@@ -278,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-images", type=int, default=20, help="images timed for features before/after")
     parser.add_argument("--candidates", type=int, action="append",
                         help=f"images the dense scan re-scores (repeat to compare; default {AnnConfig().candidates})")
+    parser.add_argument("--nprobe", type=int, action="append",
+                        help=f"IVF cells visited per query (repeat to compare; default {AnnConfig().nprobe})")
     parser.add_argument("--exact-max", type=int, default=10_000, help="largest bank the exact scan runs over")
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
     args = parser.parse_args(argv)
@@ -302,10 +326,15 @@ def main(argv: list[str] | None = None) -> None:
           f"features in {feat['precision'] or 'float32'}")
     print(f"features, old path          {feat['before']:.2f} images/s ({feat['n']} images, float32 NCHW)")
     print(f"features, new path          {feat['after']:.2f} images/s  ({feat['after'] / feat['before']:.1f}x)")
-    print(f"per-cell cosine new vs old  mean {feat['cos_mean']:.4f}, min {feat['cos_min']:.4f}")
+    print(f"per-cell cosine new vs old  mean {feat['cos_mean']:.4f}, min {feat['cos_min']:.4f}, 0.1st / 1st "
+          f"percentile {feat['cos_p001']:.4f} / {feat['cos_p01']:.4f}, {feat['cos_below']:.2%} of cells below 0.995")
+    print(f"float32 modules' cost       {feat['interleaved']:.2f} images/s with them, {feat['all_bf16']:.2f} without "
+          f"(all in bf16: {feat['all_bf16'] / feat['interleaved']:.2f}x; interleaved, best of 3); without them per-cell "
+          f"cosine min {feat['all_min']:.4f}, {feat['all_below']:.2%} of cells below 0.995")
     print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
     print(f"query features              median {_median_ms(query_s)} ({len(queries)} queries, {len(real)} real images)")
     candidate_counts = args.candidates or [AnnConfig().candidates]
+    nprobes = args.nprobe or [AnnConfig().nprobe]
     per_image = float("nan")  # exact-scan seconds per image, from the first size
     for n in sizes:
         bank = SyntheticBank(real, n)
@@ -315,21 +344,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"index                       {'flat' if index.is_flat else 'IVF-PQ'}, {index.n_regions / n:.0f} regions "
               f"and {index.nbytes() / n / 1e3:.2f} kB per image, built in {build_s:.1f} s")
         runs = {}
-        for count in candidate_counts:
-            runs[count] = indexed, search_s, dense_s, cpu_s = indexed_scan(queries, index, bank, config, count, device)
-            print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} + dense scan {_median_ms(dense_s)} "
-                  f"+ cache reads ~{count / feat['load'] * 1e3:.0f} ms (at {feat['load']:.0f} images/s); "
-                  f"CPU time of search + scan {_median_ms(cpu_s)}")
-        if n == sizes[0] and n <= args.exact_max:
+        for nprobe in nprobes:
+            index.config = replace(index.config, nprobe=nprobe)
+            for count in candidate_counts:
+                runs[nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
+                    queries, index, bank, config, count, device)
+                print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense scan "
+                      f"{_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
+                      f"{feat['load']:.0f} images/s); CPU time of search + scan {_median_ms(cpu_s)}")
+        if n == sizes[0] and n <= min(args.exact_max, 1000):  # the old path holds the whole bank in memory
             print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
                   "(2 queries; float16 bank converted per query, convolution)")
         if n <= args.exact_max:
             exact, exact_s, exact_cpu = exact_scan(queries, bank, config, args.chunk, device)
             print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}); CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for count, (indexed, *_) in runs.items():
+            for (nprobe, count), (indexed, *_) in runs.items():
                 recall, top1 = agreement(exact, indexed)
-                print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same {top1:.2f}")
+                print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same "
+                      f"{top1:.2f} (nprobe {nprobe})")
         else:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")

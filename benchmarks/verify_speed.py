@@ -1,8 +1,9 @@
 """Verification speed, both ways, on real pairs of a project: the first version's path
 (``reference=True``: padded batched mutual nearest neighbours, every RANSAC group scored)
-against today's (pair-by-pair mutual nearest neighbours on true sizes, the level-0 block
-shared by a pair's two directions, empty RANSAC groups skipped), in one process, with a
-check that they agree.
+against today's (pair by pair on true sizes, all of B's levels in one product, grouped
+row maxima, A's margin left out, empty RANSAC groups skipped, separable Hough smoothing;
+bf16 similarity products where the CPU has native bf16) and today's exact switch
+(``VerifyConfig.precision="fp32"``), in one process, with checks that they agree.
 
     cp -r /work/demo-ms /tmp/demo && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
         python -m benchmarks.verify_speed --project /tmp/demo --pairs 40
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ from db.store import Store
 from engine.features import CachedPyramids, FeatureCache
 from engine.mirror import mirror_hash, verify_pairs_mirrored
 from engine.types import PairMatch
-from engine.verify import both_ways, verify_pairs
+from engine.verify import both_ways, mutual_nearest_levels, stack_pairs, verify_pairs
 from hitl.discover import DiscoverConfig, merge_directions, texture_weights
 
 
@@ -65,15 +67,18 @@ def main() -> None:
             pyramids(name), mirrored(name), weights(name)
     device = torch.device("cpu")
 
-    def run(ordered: list[tuple[str, str]], reference: bool) -> dict:
+    exact = replace(config.verify, precision="fp32")
+
+    def run(ordered: list[tuple[str, str]], reference: bool, verify=config.verify) -> dict:
         if args.mirror == "off":
-            return dict(verify_pairs(ordered, pyramids, config.verify, device, config.batch_size, weights, reference))
-        return dict(verify_pairs_mirrored(ordered, pyramids, mirrored, config.verify, device, config.batch_size,
+            return dict(verify_pairs(ordered, pyramids, verify, device, config.batch_size, weights, reference))
+        return dict(verify_pairs_mirrored(ordered, pyramids, mirrored, verify, device, config.batch_size,
                                           weights, reference))
 
     paths = {  # "before" in the order discovery used, (A, B) of every pair then (B, A)
-        "reference (before)": lambda: run(list(pairs) + [(b, a) for a, b in pairs], True),
-        "fast (after)": lambda: run(both_ways(pairs), False),
+        "reference (before)": lambda: run(list(pairs) + [(b, a) for a, b in pairs], True, exact),
+        f"fast, {config.verify.precision} (after)": lambda: run(both_ways(pairs), False),
+        "fast, fp32 (exact)": lambda: run(both_ways(pairs), False, exact),
     }
     times: dict[str, list[float]] = {name: [] for name in paths}
     cpu: dict[str, list[float]] = {name: [] for name in paths}
@@ -84,13 +89,14 @@ def main() -> None:
             found[name] = path()
             times[name].append((time.perf_counter() - start) * 1000 / len(pairs))
             cpu[name].append((time.process_time() - start_cpu) * 1000 / len(pairs))
-    before, after = (found[name] for name in paths)
+    before, after, after_exact = (found[name] for name in paths)
 
     def links(verified: dict) -> list[PairMatch]:  # as discovery stores them (hitl.discover.verify_both_ways)
         kept = {p: [m for m in matches if m.score >= config.min_score / 2] for p, matches in verified.items()}
         return [m for a, b in pairs for m in merge_directions(kept[(a, b)], kept[(b, a)])]
 
     agree = sum(same_matches(before[p], after[p]) for p in before)
+    agree_exact = sum(same_matches(before[p], after_exact[p]) for p in before)
     regions = sum(len(v) for v in before.values())
     print(f"pairs {len(pairs)} both ways, mirror {args.mirror}, {torch.get_num_threads()} thread(s), "
           f"median of {args.repeats}")
@@ -98,11 +104,40 @@ def main() -> None:
         print(f"{name:24s} {statistics.median(times[name]):8.1f} ms per pair both ways, CPU "
               f"{statistics.median(cpu[name]):6.1f} ms  (wall runs: " + ", ".join(f"{v:.1f}" for v in times[name]) + ")")
     wall, used = ([statistics.median(v) for v in kind.values()] for kind in (times, cpu))
-    print(f"ratio                    {wall[0] / wall[1]:8.2f}x wall, {used[0] / used[1]:.2f}x CPU")
-    print(f"identical results        {agree}/{len(before)} directed pairs ({regions} regions before, "
+    for k, name in ((1, "after"), (2, "exact")):
+        print(f"ratio, {name:17s} {wall[0] / wall[k]:8.2f}x wall, {used[0] / used[k]:.2f}x CPU")
+    print(f"exact switch identical   {agree_exact}/{len(before)} directed pairs, links "
+          f"{same_matches(links(before), links(after_exact))}")
+    print(f"after identical          {agree}/{len(before)} directed pairs ({regions} regions before, "
           f"{sum(len(v) for v in after.values())} after)")
-    print(f"identical links          {same_matches(links(before), links(after))} "
-          f"({len(links(before))} links before, {len(links(after))} after)")
+    print(f"links (>= {config.min_score / 2:g})         {len(links(before))} before, {len(links(after))} after")
+    best = [(max((m.score for m in merge_directions(before[(a, b)], before[(b, a)])), default=0.0),
+             max((m.score for m in merge_directions(after[(a, b)], after[(b, a)])), default=0.0)) for a, b in pairs]
+    diffs = sorted(abs(x - y) for x, y in best)
+    print(f"pair score |after - before|: median {statistics.median(diffs):.4f}, max {diffs[-1]:.4f}; pairs >= "
+          f"{config.min_score:g}: {sum(x >= config.min_score for x, _ in best)} before, "
+          f"{sum(y >= config.min_score for _, y in best)} after")
+    same, kept, kept_low = mutual_agreement(pairs, pyramids, config.verify.margin, device)
+    print(f"mutual matches           {same / kept:.3f} of the float32 ones identical in {config.verify.precision} "
+          f"({kept} float32, {kept_low} {config.verify.precision}, all levels, {2 * len(pairs)} directed pairs)")
+
+
+def mutual_agreement(pairs, pyramids, margin: int, device: torch.device) -> tuple[int, int, int]:
+    """Mutual nearest neighbours of float32 and of the default precision's products:
+    (identical, float32 count, other count), over every level of B, both ways."""
+    ordered = both_ways(pairs)
+    low = DiscoverConfig().verify.product_dtype()
+    same = kept = kept_low = 0
+    for start in range(0, len(ordered), 16):
+        chunk = ordered[start : start + 16]
+        batch = stack_pairs([(pyramids(a), pyramids(b), None) for a, b in chunk], chunk, device, margin=margin)
+        n_b = batch.b_grid.prod(-1)[..., None]
+        (index, sim, mutual), (l_index, l_sim, l_mutual) = (mutual_nearest_levels(batch, d) for d in (None, low))
+        ok = mutual & batch.a_valid[:, None] & (index < n_b) & (sim > 0)
+        l_ok = l_mutual & batch.a_valid[:, None] & (l_index < n_b) & (l_sim > 0)
+        same += int((ok & l_ok & (index == l_index)).sum())
+        kept, kept_low = kept + int(ok.sum()), kept_low + int(l_ok.sum())
+    return same, kept, kept_low
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def verify_pairs_mirrored(
     """:func:`engine.verify.verify_pairs` of (A, B) and of (A, mirror(B)), merged per pair.
 
     Pairs given in :func:`engine.verify.both_ways` order with an even ``batch_size`` keep
-    (A, B) and (B, A) in one batch, so they share their level-0 similarity block.
+    (A, B) and (B, A) in one batch.
 
     Args:
         get_mirrored: image id -> pyramid of its mirror image (see ``MIRROR_MODES``).

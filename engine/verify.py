@@ -4,7 +4,8 @@ For a pair (A, B), every step batched over many pairs at once on the device:
 
 1. dense matches: A's features at its reference level against every level of B, mutual
    nearest neighbours per level of B (cosine similarity, one matmul per level; on CPUs
-   pair by pair on true sizes, and (A, B) and (B, A) in one batch share the level-0 block);
+   pair by pair on true sizes with all of B's levels in one product, bf16 products where
+   the CPU has them natively (``VerifyConfig.precision``);
 2. Hough voting: each match votes for a change of scale (the level of B it was found at)
    and a translation (in B cells of that level); votes are spread by a Gaussian and the
    top ``n_candidates`` peaks are the candidate transforms;
@@ -27,6 +28,7 @@ is matched at its finest level only, so a copy is found when it is at least as l
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +39,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch.nn.utils.rnn import pad_sequence
 
-from engine.features import FeaturePyramid
+from engine.features import FeaturePyramid, cpu_has_native_bf16
 from engine.texture import TextureConfig, pyramid_weights
 from engine.types import Box, PairMatch
 
 SCORES = ("authors", "gaussian")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,16 @@ class VerifyConfig:
     # Inlier correspondences kept per region (PairMatch.inliers), heaviest first: the
     # review page draws them; 64 show a region's pattern and keep a link's row small.
     max_points: int = 64
+    # Arithmetic on CPUs (issue 12). "auto": the dense similarity products (step 1, about
+    # two thirds of the time) in bfloat16 where the CPU computes it natively
+    # (engine.features.cpu_has_native_bf16: avx512_bf16 / AMX; a 1200 x 3300 block 21 -> 5 ms
+    # on one core), float32 elsewhere, and the Hough votes smoothed by a separable kernel
+    # (the same Gaussian, float rounding differs). bf16 ranks the matches on rounded
+    # similarities (near-ties may pick another neighbour) and recomputes each kept
+    # similarity in float32. "fp32": the exact switch, float32 products and the 2-D
+    # smoothing, bit for bit the first version's results. "bf16": as "auto", bfloat16
+    # even without native support (slow; for tests). GPUs keep their float16 batched path.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("n_candidates", "max_group", "ransac_iterations", "max_regions_per_pair",
@@ -105,6 +118,14 @@ class VerifyConfig:
             raise ValueError(f"VerifyConfig.score must be one of {SCORES}, got {self.score!r}")
         if self.margin < 0:
             raise ValueError(f"VerifyConfig.margin must be >= 0, got {self.margin}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"VerifyConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def product_dtype(self) -> torch.dtype | None:
+        """bfloat16 for the CPU's similarity products, or None for float32."""
+        if self.precision == "auto":
+            return torch.bfloat16 if cpu_has_native_bf16() else None
+        return torch.bfloat16 if self.precision == "bf16" else None
 
 
 # Largest (rows x cols) tensor one batched step materialises at once: small on CPU, where
@@ -142,8 +163,6 @@ class PairBatch:
         b_grid: (P, L, 2) long (h, w) per level, 0 where B lacks the level.
         b_cell: (P, L, 2) float pixels per B cell (x, y), 1 where B lacks the level.
         b_size: (P, 2) float (W, H) of B.
-        twin: per pair, the index in the batch of its reverse pair (B, A), or -1: the
-            two share their level-0 similarity block (one matrix, transposed).
     """
 
     feats_a: torch.Tensor
@@ -157,7 +176,6 @@ class PairBatch:
     b_grid: torch.Tensor
     b_cell: torch.Tensor
     b_size: torch.Tensor
-    twin: tuple[int, ...] = ()
 
 
 def _check_pyramid(pyramid: FeaturePyramid, name: str) -> None:
@@ -245,21 +263,7 @@ def stack_pairs(
         b_grid=torch.tensor(b_grid, dtype=torch.long, device=device),
         b_cell=torch.tensor(b_cell, dtype=torch.float32, device=device),
         b_size=torch.tensor([b.image_size for _, b, _ in pairs], dtype=torch.float32, device=device),
-        twin=_twins(pairs, names),
     )
-
-
-def _twins(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | None]],
-           names: Sequence[tuple[str, str]]) -> tuple[int, ...]:
-    """Per pair, the index of its reverse pair in the batch (-1 if none): (A, B) and (B, A),
-    both of whole images, the same pyramid objects (so the same level-0 features)."""
-    where = {name: i for i, name in enumerate(names)}
-    twins = []
-    for i, ((a, b, region), (name_a, name_b)) in enumerate(zip(pairs, names)):
-        j = where.get((name_b, name_a), -1)
-        ok = j >= 0 and j != i and region is None and pairs[j][2] is None and pairs[j][0] is b and pairs[j][1] is a
-        twins.append(j if ok else -1)
-    return tuple(twins)
 
 
 # ---------------------------------------------------------------- dense matches
@@ -296,79 +300,141 @@ def mutual_nearest(feats_a: torch.Tensor, feats_b: torch.Tensor, chunk_elements:
     return index, sim, mutual
 
 
-def _inner_rectangle(rows: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """(row0, row1, col0, col1) when the True cells of ``rows`` (h * w,) fill exactly that
-    rectangle of the (h, w) grid (A's cells less a margin), else None."""
-    cells = rows.view(grid)
-    r, c = cells.any(1).nonzero()[:, 0], cells.any(0).nonzero()[:, 0]
-    if len(r) == 0:
-        return None
-    box = (int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1)
-    return box if int(rows.sum()) == (box[1] - box[0]) * (box[3] - box[2]) else None
+# Row maxima with their first index, in two steps: a plain max over each group of
+# _ARGMAX_GROUP columns (vectorised along the row, ~15x faster than torch.max with indices
+# on CPUs), then a search only inside the first group that holds the maximum. Columns are
+# reduced by folding rows onto each other (a reduction over a leading dimension vectorises
+# along the row too; torch's 2-D amax(dim=0) does not). Same values and first indices as torch.max.
+_ARGMAX_GROUP = 64
+_FOLD = 16
 
 
-def _mutual_block(scores: torch.Tensor, rows: torch.Tensor | None = None,
-                  grid: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours in one (na, nb) similarity block, A's cells on an (h, w) ``grid``.
+def column_max(scores: torch.Tensor) -> torch.Tensor:
+    """(n, m) row-contiguous -> column maxima (m,), as ``scores.amax(dim=0)``."""
+    n = scores.shape[0]
+    if n < 2 * _FOLD:
+        return scores.amax(dim=0)
+    folded = scores[: n // _FOLD * _FOLD].unflatten(0, (_FOLD, n // _FOLD)).amax(0).amax(0)
+    return folded if n % _FOLD == 0 else torch.maximum(folded, scores[n // _FOLD * _FOLD :].amax(0))
 
-    ``rows``: (na,) bool, the A rows that take part; the others are zero rows of the
-    padded path (index 0, similarity 0; a column's maximum is at least 0 with them).
+
+def _pair_columns(feats_b: Sequence[torch.Tensor], p: int, n_b: list[int],
+                  ) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+    """Pair ``p``'s B features, its levels side by side, each padded to whole groups of
+    :data:`_ARGMAX_GROUP` rows (so that no group of columns spans two levels; the padding
+    rows repeat a true cell and their columns are masked).
+
+    Returns:
+        feats (NP, C); pads: the (first, end) columns of each level's padding; level
+        (NP / group,) long, the level of each group of columns; start (L,) long, the first
+        column of each level.
     """
-    if rows is None or bool(rows.all()):
-        best_sim, best = scores.max(dim=1)
-        return best, best_sim, best_sim >= scores.amax(dim=0).gather(0, best)
-    box = _inner_rectangle(rows, grid)
-    if box is None:  # any other set of rows: zero them, as the padded path does
-        return _mutual_block(scores.masked_fill(~rows[:, None], 0.0))
-    # The margin's rectangle: column maxima over a strided view, no masked copy.
-    row0, row1, col0, col1 = box
-    column = scores.view(*grid, -1)[row0:row1, col0:col1].amax(dim=(0, 1)).clamp_min(0.0)
-    best_sim, best = scores.max(dim=1)
-    best, best_sim = torch.where(rows, best, 0), torch.where(rows, best_sim, 0.0)
-    return best, best_sim, best_sim >= column.gather(0, best)
+    device = feats_b[0].device
+    widths = [-(-n // _ARGMAX_GROUP) * _ARGMAX_GROUP for n in n_b]
+    starts = [0, *itertools.accumulate(widths)][:-1]
+    feats = torch.cat([f[p, torch.arange(w, device=device).clamp_max(n - 1)] for f, n, w in zip(feats_b, n_b, widths)])
+    pads = [(s + n, s + w) for s, n, w in zip(starts, n_b, widths) if w > n]
+    level = torch.repeat_interleave(torch.arange(len(n_b), device=device),
+                                    torch.tensor(widths, device=device) // _ARGMAX_GROUP)
+    return feats, pads, level, torch.tensor(starts, device=device)
 
 
-def mutual_nearest_trimmed(batch: PairBatch, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`mutual_nearest` of A's reference level with B's ``level``, pair by pair on
-    each pair's true cells (no padding rows or columns), the level-0 block of twin pairs
-    (A, B) and (B, A) computed once and read transposed by the second.
+def _level_argmax(scores: torch.Tensor, level: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(na, NP) similarities with B's levels side by side (whole groups of columns per
+    level, padding columns -inf) -> per level the row maxima (na, L) and the first column
+    holding each (na, L), as ``torch.max`` over each level's columns (-inf and an
+    arbitrary column for a level without columns)."""
+    na, n_cols = scores.shape
+    n_groups = n_cols // _ARGMAX_GROUP
+    blocks = scores.view(na, n_groups, _ARGMAX_GROUP)
+    groups = blocks.amax(2)  # (na, G)
+    at = level[None].expand(na, -1)
+    best = groups.new_full((na, n_levels), -math.inf).scatter_reduce_(1, at, groups, "amax")
+    # The first group holding its level's maximum: the largest (G - group) among those that do.
+    from_end = torch.where(groups == best.gather(1, at), n_groups - torch.arange(n_groups, device=scores.device), 0)
+    first = n_groups - torch.zeros_like(best, dtype=torch.long).scatter_reduce_(1, at, from_end, "amax")
+    window = blocks[torch.arange(na, device=scores.device)[:, None], first.clamp_max(n_groups - 1)]  # (na, L, group)
+    # The first column of the window holding the maximum, by a max (vectorised) not an argmax.
+    rank = torch.arange(_ARGMAX_GROUP, 0, -1, device=scores.device, dtype=scores.dtype)
+    within = _ARGMAX_GROUP - torch.where(window == best[..., None], rank, 0).amax(2).long()
+    return best, first * _ARGMAX_GROUP + within
+
+
+def _exact_claims(claims: torch.Tensor, best: torch.Tensor, fa: torch.Tensor,
+                  fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutual matches found on rounded (bf16) similarities, made one-to-one in float32:
+    ``>=`` on rounded values lets every row tied at a column's rounded maximum claim it
+    (bf16 keeps 8 bits: 5 % more matches on the demo); of the rows claiming one column,
+    only the one of highest float32 similarity keeps it, as float32 would.
+
+    Args:
+        claims: (na, L) bool, rows mutual on rounded values; best: (na, L) long their
+            columns; fa (na, C), fb (NP, C) the float32 features.
+
+    Returns:
+        (na, L) bool the claims that stand, and (na, L) float32 their similarity (0 elsewhere).
+    """
+    row, lev = claims.nonzero(as_tuple=True)
+    column = best[row, lev]
+    exact = (fa[row] * fb[column]).sum(-1)
+    top = exact.new_full((len(fb),), -math.inf).scatter_reduce_(0, column, exact, "amax")
+    stands = claims.index_put((row, lev), exact >= top[column])
+    return stands, exact.new_zeros(claims.shape).index_put((row, lev), exact)
+
+
+def mutual_nearest_levels(batch: PairBatch, low: torch.dtype | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`mutual_nearest` of A's reference level with every level of B, pair by pair
+    on true sizes: one product per pair with all of B's levels side by side, one column
+    maximum, one grouped row maximum for all levels (few large operations, not many small),
+    and only A's rows that take part (``a_valid``: the margin's cells are a third of a
+    40 x 30 grid).
 
     Gives what the padded path gives wherever it matters: equal index and similarity for
     every A row (a row whose best real similarity is negative points past B's cells with
-    similarity 0, as it found a padding column there), and equal ``mutual`` wherever the
-    similarity is positive (a zero padding row cannot beat a positive column maximum).
+    similarity 0 where the batch pads that level, as it found a padding column there), and
+    equal ``mutual`` wherever the similarity is positive (a zero padding row cannot beat a
+    positive column maximum).
+
+    ``low``: the dtype of the similarity products (bfloat16; None: float32, exact). The
+    matches are then ranked on rounded similarities (near-ties may resolve otherwise than
+    in float32) and each kept similarity is recomputed in float32.
 
     Returns:
-        index, sim, mutual: (P, NA) as :func:`mutual_nearest`.
+        index, sim, mutual: (P, L, NA), per level of B as :func:`mutual_nearest`.
     """
-    feats_b = batch.feats_b[level]
     P, n_a_pad, _ = batch.feats_a.shape
-    device = batch.feats_a.device
-    index = torch.zeros(P, n_a_pad, dtype=torch.long, device=device)
-    sim = torch.zeros(P, n_a_pad, device=device)
-    mutual = torch.zeros(P, n_a_pad, dtype=torch.bool, device=device)
-    n_a = batch.a_grid.prod(-1).tolist()
-    n_b = batch.b_grid[:, level].prod(-1).tolist()
-    twin = batch.twin if level == 0 and batch.twin else (-1,) * P
-    shared: dict[int, torch.Tensor] = {}
-    for p in range(P):
-        na, nb = n_a[p], n_b[p]
-        if nb == 0:
+    n_levels, device = len(batch.feats_b), batch.feats_a.device
+    index = torch.zeros(P, n_levels, n_a_pad, dtype=torch.long, device=device)
+    sim = torch.zeros(P, n_levels, n_a_pad, device=device)
+    mutual = torch.zeros(P, n_levels, n_a_pad, dtype=torch.bool, device=device)
+    padded = torch.tensor([f.shape[1] for f in batch.feats_b], device=device)  # the batch's cells per level
+    for p, counts in enumerate(batch.b_grid.prod(-1).tolist()):
+        fb, pads, level, start = _pair_columns(batch.feats_b, p, counts)
+        # Rows left out are the padded path's zero rows: index 0, similarity 0, and no
+        # influence on a positive column maximum.
+        rows = batch.a_valid[p].nonzero()[:, 0]
+        if len(rows) == 0:
             continue
-        q = twin[p]
-        if q >= 0 and q in shared:  # B0 x A0 of the twin, transposed: this pair's A0 x B0
-            scores = shared.pop(q).T
-        elif q >= 0:  # A0 unmasked (the twin's B level 0) against B0: shared by both
-            scores = feats_b[q, :na] @ feats_b[p, :nb].T
-            shared[p] = scores
-        else:
-            scores = batch.feats_a[p, :na] @ feats_b[p, :nb].T
-        grid = (int(batch.a_grid[p, 0]), int(batch.a_grid[p, 1]))
-        best, best_sim, both = _mutual_block(scores, batch.a_valid[p, :na] if q >= 0 else None, grid)
-        if nb < feats_b.shape[1]:  # a padding column (similarity 0) beats negative rows
-            past = best_sim < 0
-            best, best_sim = torch.where(past, nb, best), best_sim.clamp_min(0.0)
-        index[p, :na], sim[p, :na], mutual[p, :na] = best, best_sim.float(), both
+        fa = batch.feats_a[p, rows]
+        scores = fa @ fb.T if low is None else (fa.to(low) @ fb.to(low).T).float()  # (na, NP)
+        column = column_max(scores)
+        for first, end in pads:  # padding columns never win a row
+            scores[:, first:end] = -math.inf
+        best_sim, best = _level_argmax(scores, level, n_levels)  # (na, L)
+        both = best_sim >= column.gather(0, best.flatten().clamp_max(len(column) - 1)).view_as(best)
+        if low is not None:
+            claims = both & (best_sim > 0)
+            both, exact = _exact_claims(claims, best, fa, fb)
+            best_sim = torch.where(claims, exact, best_sim)  # the mutual matches' similarities in float32
+        n_b = torch.tensor(counts, device=device)
+        past = (best_sim < 0) & (n_b < padded)  # the padded path's padding column (similarity 0) wins there
+        best = torch.where(past, n_b, best - start)
+        best_sim = torch.where(past, 0.0, best_sim)
+        absent = n_b == 0  # B lacks the level: nothing to match
+        index[p, :, rows] = torch.where(absent, 0, best).T
+        sim[p, :, rows] = torch.where(absent, 0.0, best_sim).T
+        mutual[p, :, rows] = (both & ~absent).T
     return index, sim, mutual
 
 
@@ -402,11 +468,13 @@ def _cell_centres(flat: torch.Tensor, width: torch.Tensor, cell: torch.Tensor) -
     return colrow, (colrow.float() + 0.5) * cell
 
 
-def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False) -> Matches:
+def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False,
+                  low: torch.dtype | None = None) -> Matches:
     """Mutual nearest neighbours of A's reference cells with each level of B, compacted.
 
-    ``trimmed``: pair by pair on true sizes (:func:`mutual_nearest_trimmed`, the same
-    matches); else batched over the padded tensors (one bmm per level: best on a GPU).
+    ``trimmed``: pair by pair on true sizes (:func:`mutual_nearest_levels`, the same
+    matches, or nearly with ``low`` = bfloat16 products); else batched over the padded
+    tensors (one bmm per level: best on a GPU).
     """
     P, n_a, _ = batch.feats_a.shape
     n_levels = len(batch.feats_b)
@@ -415,11 +483,11 @@ def dense_matches(batch: PairBatch, chunk_elements: int, trimmed: bool = False) 
     sim = torch.zeros(P, n_levels, n_a, device=batch.feats_a.device)
     ok = torch.zeros(P, n_levels, n_a, dtype=torch.bool, device=batch.feats_a.device)
     n_b = batch.b_grid.prod(-1)  # (P, L) true cells per level
-    for k, feats_b in enumerate(batch.feats_b):  # one matmul per level of B
-        if trimmed:
-            index, s, mutual = mutual_nearest_trimmed(batch, k)
-        else:
-            index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
+    if trimmed:  # every level at once, pair by pair
+        b_index, sim, mutual = mutual_nearest_levels(batch, low)
+        ok = mutual & batch.a_valid[:, None] & (b_index < n_b[..., None]) & (sim > 0)
+    for k, feats_b in enumerate(batch.feats_b if not trimmed else ()):  # one matmul per level of B
+        index, s, mutual = mutual_nearest(batch.feats_a, feats_b, chunk_elements)
         b_index[:, k], sim[:, k] = index, s
         ok[:, k] = mutual & batch.a_valid & (index < n_b[:, k : k + 1]) & (s > 0)
     # Compact the (level, A cell) slots of each pair; a stable sort keeps them in that
@@ -471,8 +539,40 @@ def _tie_break(n_levels: int, ty: int, tx: int, ha: int, wa: int, device: torch.
     return ((level * 4096 + dy) * 4096 + dx).flatten()
 
 
-def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig) -> Candidates:
-    """Vote in (level of B, dy, dx); smooth the votes; the top peaks per pair."""
+def _window_max(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N, h, w) -> the max over each (2r + 1)^2 window, as a stride-1 max pool padded with
+    -inf (the same values: a max is exact), by shifted maxima: several times faster on CPUs."""
+    out = x.clone()
+    for axis in (-1, -2):
+        src, out = out, out.clone()
+        n = src.shape[axis]
+        for d in range(1, min(radius, n - 1) + 1):
+            head, tail = out.narrow(axis, 0, n - d), out.narrow(axis, d, n - d)
+            torch.maximum(head, src.narrow(axis, d, n - d), out=head)
+            torch.maximum(tail, src.narrow(axis, 0, n - d), out=tail)
+    return out
+
+
+def _smooth_separable(votes: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(N, h, w) votes convolved with :func:`_vote_kernel`'s Gaussian as two 1-D passes of
+    shifted sums, zero padding (a 1-channel conv2d is slow on CPUs); differs from the 2-D
+    convolution by float rounding only."""
+    radius = math.ceil(tolerance)
+    taps = torch.exp(-torch.arange(radius + 1, dtype=torch.float32) ** 2 / tolerance**2).tolist()
+    for axis in (-1, -2):
+        n, out = votes.shape[axis], votes * taps[0]
+        for d in range(1, min(radius, n - 1) + 1):
+            out.narrow(axis, 0, n - d).add_(votes.narrow(axis, d, n - d), alpha=taps[d])
+            out.narrow(axis, d, n - d).add_(votes.narrow(axis, 0, n - d), alpha=taps[d])
+        votes = out
+    return votes
+
+
+def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig, reference: bool = False) -> Candidates:
+    """Vote in (level of B, dy, dx); smooth the votes; the top peaks per pair.
+
+    ``reference``: the first version's 2-D convolution and max pools (``precision="fp32"``
+    smooths the same way; local maxima are exact either way)."""
     P, n_levels = batch.b_grid.shape[:2]
     ha, wa = (int(v) for v in batch.a_grid.amax(0))
     hb, wb = (int(v) for v in batch.b_grid.amax((0, 1)))
@@ -482,12 +582,18 @@ def hough_candidates(m: Matches, batch: PairBatch, config: VerifyConfig) -> Cand
     flat = torch.where(m.valid, flat, 0)
     # Each match votes with its texture weight: script and hatching cannot make a peak.
     votes = torch.bincount(flat.flatten(), m.texture.flatten().float(), minlength=P * n_levels * ty * tx)
-    kernel = _vote_kernel(config.hough_tolerance, votes.device)
-    radius = kernel.shape[-1] // 2
-    smooth = F.conv2d(votes.view(P * n_levels, 1, ty, tx), kernel, padding=radius)
+    radius = math.ceil(config.hough_tolerance)
+    planes = votes.view(P * n_levels, ty, tx)
+    if reference or config.precision == "fp32" or votes.device.type != "cpu":
+        smooth = F.conv2d(planes[:, None], _vote_kernel(config.hough_tolerance, votes.device), padding=radius)[:, 0]
+    else:
+        smooth = _smooth_separable(planes, config.hough_tolerance)
     # Local maxima over the kernel's window; a separable max pool is cheaper on CPUs.
-    window = F.max_pool2d(smooth, (1, 2 * radius + 1), stride=1, padding=(0, radius))
-    window = F.max_pool2d(window, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    if reference:
+        window = F.max_pool2d(smooth[:, None], (1, 2 * radius + 1), stride=1, padding=(0, radius))
+        window = F.max_pool2d(window, (2 * radius + 1, 1), stride=1, padding=(radius, 0))[:, 0]
+    else:
+        window = _window_max(smooth, radius)
     peaks = (smooth >= window) & (smooth >= config.hough_min_votes)
     # Quantised votes first, then the tie-break rank: an exact, layout-free ordering.
     tie = _tie_break(n_levels, ty, tx, ha, wa, votes.device)
@@ -610,21 +716,29 @@ def ransac(m: Matches, group: torch.Tensor, in_group: torch.Tensor, config: Veri
         affine (P, G, 2, 3) and score (P, G), -1 where no valid hypothesis exists.
     """
     P, G, size = group.shape
+    n_hyp = uniform.shape[1]
     count = in_group.sum(-1)  # (P, G)
-    draw = (uniform[None, :G] * count[..., None, None]).long()
-    draw = torch.minimum(draw, (count - 1).clamp_min(0)[..., None, None])  # (P, G, H, 3)
-    pick = group.gather(2, draw.flatten(2)).view(*draw.shape)  # match indices
-    hyp, ok = affine_from_triplets(_take(m.pa, pick), _take(m.pb, pick))  # (P, G, H, 2, 3)
-    ok &= plausible(hyp, config.max_anisotropy) & (count >= 3)[..., None]
-    sim = m.sim.gather(1, group.flatten(1)).view(P, G, size) * in_group
     # Only groups of 3 matches or more can hold a valid hypothesis (``ok`` is False for
-    # every other one, so its scores are never read): most groups are empty candidates
-    # of pairs with few Hough peaks, and scoring them was most of RANSAC's time.
+    # every other one, so neither their hypotheses nor their scores are ever read): most
+    # groups are empty candidates of pairs with few Hough peaks, and drawing and scoring
+    # them was most of RANSAC's time.
     live = ((count >= 3) | (not skip_small)).flatten().nonzero()[:, 0]  # (R,)
-    score = torch.full((P * G, hyp.shape[2]), -1.0, device=hyp.device)
+    pair = torch.div(live, G, rounding_mode="floor")
+    count_live, group_live = count.flatten()[live], group.flatten(0, 1)[live]  # (R,), (R, Mg)
+    draw = (uniform[None, :G].expand(P, -1, -1, -1).flatten(0, 1)[live] * count_live[:, None, None]).long()
+    draw = torch.minimum(draw, (count_live - 1).clamp_min(0)[:, None, None])  # (R, H, 3)
+    pick = group_live.gather(1, draw.flatten(1))  # (R, H * 3) match indices
+    points = [values[pair].gather(1, pick[..., None].expand(-1, -1, 2)).view(len(live), n_hyp, 3, 2)
+              for values in (m.pa, m.pb)]
+    hyp_live, ok_live = affine_from_triplets(*points)  # (R, H, 2, 3)
+    ok_live &= plausible(hyp_live, config.max_anisotropy) & (count_live >= 3)[:, None]
+    hyp = torch.zeros(P * G, n_hyp, 2, 3, device=group.device).index_copy_(0, live, hyp_live).view(P, G, n_hyp, 2, 3)
+    ok = torch.zeros(P * G, n_hyp, dtype=torch.bool, device=group.device).index_copy_(0, live, ok_live).view(P, G, -1)
+    sim = m.sim.gather(1, group.flatten(1)).view(P, G, size) * in_group
+    score = torch.full((P * G, n_hyp), -1.0, device=hyp.device)
     if len(live):
         score[live] = score_hypotheses(
-            hyp.flatten(0, 1)[live], _take(m.pa, group).flatten(0, 1)[live], _take(m.pb, group).flatten(0, 1)[live],
+            hyp_live, _take(m.pa, group).flatten(0, 1)[live], _take(m.pb, group).flatten(0, 1)[live],
             _take(m.unit, group).flatten(0, 1)[live], sim.flatten(0, 1)[live], config,
         )
     score = torch.where(ok, score.view(P, G, -1), -1.0)
@@ -983,10 +1097,11 @@ def _verify_batch(pairs: Sequence[tuple[FeaturePyramid, FeaturePyramid, Box | No
         weights = [(pyramid_weights(a, config.texture)[:1], pyramid_weights(b, config.texture)) for a, b, _ in pairs]
     batch = stack_pairs(pairs, names, device, weights if config.texture_weight else None, config.margin)
     # Pair by pair on CPUs, where padding costs time; one batched bmm per level on a GPU.
-    m = dense_matches(batch, _chunk_elements(device), device.type == "cpu" and not reference)
+    trimmed = device.type == "cpu" and not reference
+    m = dense_matches(batch, _chunk_elements(device), trimmed, config.product_dtype() if trimmed else None)
     if m.valid.shape[1] < 3:
         return [[] for _ in pairs]
-    cand = hough_candidates(m, batch, config)
+    cand = hough_candidates(m, batch, config, reference)
     group, in_group = candidate_groups(m, cand, config)
     if group.shape[-1] < 3:
         return [[] for _ in pairs]
@@ -1047,9 +1162,7 @@ def verify_pairs(
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
     """Verify many (A, B) pairs, ``batch_size`` per batch on the device, in input order.
 
-    A pair gives the same result alone (:func:`verify_pair`) or in any batch. A pair and
-    its reverse in one batch share their level-0 similarity block: see
-    :func:`verify_both_ways`, which orders them so.
+    A pair gives the same result alone (:func:`verify_pair`) or in any batch.
 
     Args:
         get_weights: an image's texture weights (:func:`engine.texture.pyramid_weights`),
@@ -1075,8 +1188,7 @@ def verify_pairs(
 
 
 def both_ways(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(A, B), (B, A) for each pair, side by side: with an even batch size a pair and its
-    reverse share a batch, hence their level-0 similarity block."""
+    """(A, B), (B, A) for each pair, side by side (one batch with an even batch size)."""
     return [ordered for a, b in pairs for ordered in ((str(a), str(b)), (str(b), str(a)))]
 
 
@@ -1089,8 +1201,7 @@ def verify_both_ways(
     get_weights: Callable[[str], Weights] | None = None,
     reference: bool = False,
 ) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
-    """:func:`verify_pairs` of every (A, B) and (B, A): the same results, in the order of
-    :func:`both_ways`, with the level-0 block A x B computed once per pair."""
+    """:func:`verify_pairs` of every (A, B) and (B, A), in the order of :func:`both_ways`."""
     yield from verify_pairs(both_ways(pairs), get_pyramid, config, device, batch_size + batch_size % 2,
                             get_weights, reference)
 

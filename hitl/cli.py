@@ -562,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", help="folder of images to search (dense scan of every image)")
     p.add_argument("--project", help="search a project's images: region index first, then the dense scan")
     p.add_argument("--exact", action="store_true", help="with --project: dense scan of every image, no index")
-    p.add_argument("--candidates", type=_positive_int, help="with --project: images the dense scan re-scores (default 100)")
+    p.add_argument("--candidates", type=_positive_int, help="with --project: images the dense scan re-scores (default 150)")
     p.add_argument("--model", help="backbone name or checkpoint path (default effnet-lite0; a project's active model)")
     p.add_argument("--top-k", type=_positive_int, default=20)
     p.add_argument("--rerank", action="store_true", help="re-rank the top hits by the discovery score")

@@ -387,8 +387,7 @@ def verify_both_ways(chunk: Sequence[tuple[str, str]], pyramids: Callable[[str],
     """The links of some pairs, each verified A->B and B->A (``tick`` per direction done).
 
     One unit of work of every executor (this process, or a Ray worker: ``hitl.executors``).
-    A pair's two directions go side by side (``both_ways``), so they share a batch and
-    their level-0 similarity block.
+    A pair's two directions go side by side (``both_ways``), in one batch.
     """
     ordered = both_ways(chunk)
     if mirrored is None:

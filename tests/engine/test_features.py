@@ -101,21 +101,28 @@ def _astronaut(width: int = 320, height: int = 240) -> np.ndarray:
 
 
 def test_bf16_features_agree_with_fp32_per_cell(effnet, monkeypatch):
-    """bfloat16 autocast barely moves the features: per-cell cosine to float32 is >= 0.995 on
-    average at every level, and no cell drops below 0.98 (measured: mean 0.998, worst
-    0.988-0.993)."""
+    """bfloat16 autocast (the stem, the first block and the first stride-4 depthwise
+    convolution kept in float32) barely moves the features: every cell's cosine to float32
+    is >= 0.995 at every level (measured here: worst 0.997-0.999; all bf16: worst 0.988)."""
+    from engine.features import FLOAT32_MODULES
+
     config = FeatureConfig(max_side=20, n_scales=3)
     rgb = _astronaut()
     monkeypatch.setenv("ARTMINER_PRECISION", "fp32")
     full = extract_pyramid(effnet, rgb, config)
     monkeypatch.setenv("ARTMINER_PRECISION", "bf16")
     half = extract_pyramid(effnet, rgb, config)
+    cosines = []
     for a, b in zip(full.levels, half.levels):
         assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
-        cosine = (a * b).sum(dim=0)
-        assert cosine.mean() >= 0.995, f"mean cell cosine {cosine.mean():.4f}"
-        assert cosine.min() >= 0.98, f"worst cell cosine {cosine.min():.4f}"
-        assert cosine.min() < 1.0  # the second run really took the bf16 path
+        cosines.append((a * b).sum(dim=0).flatten())
+    cosine = torch.cat(cosines)
+    low = {q: float(cosine.quantile(q)) for q in (0.001, 0.01, 0.5)}
+    assert cosine.min() >= 0.995, f"worst cell cosine {cosine.min():.4f}, percentiles {low}"
+    assert cosine.min() < 1.0  # the second run really took the bf16 path
+    assert torch.is_autocast_enabled("cpu") is False  # the float32 modules' hooks left autocast as it was
+    names = dict(effnet.named_modules())
+    assert all(name in names for name in FLOAT32_MODULES["effnet-lite0"])  # they name real modules
 
 
 def test_channels_last_forward_equals_plain_forward(monkeypatch):
