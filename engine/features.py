@@ -32,6 +32,11 @@ from tqdm import tqdm
 from engine.backbone import STRIDE, Backbone
 from engine.images import ImageReadError, content_hash, image_size, load_rgb
 
+# Bumped whenever one model and one FeatureConfig start computing different numbers, so
+# that a feature cache (and the ANN index keyed by it) from before is not mixed with new
+# features. 2: FLOAT32_MODULES keep EfficientNet-Lite0's first layers out of bf16 autocast.
+NUMERICS_VERSION = 2
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -67,6 +72,8 @@ class FeatureConfig:
         fields = asdict(self)
         if self.upsample:  # the paper's rule keeps the key it had before the field existed
             fields.pop("upsample")
+        if NUMERICS_VERSION > 1:  # caches of older numerics are recomputed, never mixed in
+            fields["numerics"] = NUMERICS_VERSION
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
