@@ -1188,22 +1188,8 @@ def verify_pairs(
 
 
 def both_ways(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(A, B), (B, A) for each pair, side by side (one batch with an even batch size)."""
+    """(A, B), (B, A) for each pair, side by side."""
     return [ordered for a, b in pairs for ordered in ((str(a), str(b)), (str(b), str(a)))]
-
-
-def verify_both_ways(
-    pairs: Sequence[tuple[str, str]],
-    get_pyramid: Callable[[str], FeaturePyramid],
-    config: VerifyConfig = VerifyConfig(),
-    device: torch.device | str | None = None,
-    batch_size: int = 32,
-    get_weights: Callable[[str], Weights] | None = None,
-    reference: bool = False,
-) -> Iterator[tuple[tuple[str, str], list[PairMatch]]]:
-    """:func:`verify_pairs` of every (A, B) and (B, A), in the order of :func:`both_ways`."""
-    yield from verify_pairs(both_ways(pairs), get_pyramid, config, device, batch_size + batch_size % 2,
-                            get_weights, reference)
 
 
 def discovery_score(

@@ -26,7 +26,6 @@ from engine.verify import (
     ransac,
     stack_pairs,
     surviving_inliers,
-    verify_both_ways,
     verify_pair,
     verify_pairs,
 )
@@ -369,7 +368,7 @@ def test_both_ways_equals_the_padded_path(mixed):
     config = VerifyConfig(ransac_iterations=300, precision="fp32")  # the exact switch
     padded = dict(verify_pairs(pairs + [(b, a) for a, b in pairs], mixed.__getitem__, config, batch_size=4,
                                reference=True))
-    fast = list(verify_both_ways(pairs, mixed.__getitem__, config, batch_size=4))
+    fast = list(verify_pairs(both_ways(pairs), mixed.__getitem__, config, batch_size=4))
     assert [pair for pair, _ in fast] == both_ways(pairs)
     assert sum(len(found) for found in padded.values()) >= 2  # the copy, found both ways
     for pair, found in fast:
