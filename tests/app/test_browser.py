@@ -143,8 +143,30 @@ def _link_header(page: Page, link_id: int):
     return page.get_by_text(re.compile(rf"^Link #{link_id}\s"))
 
 
+# Streamlit names a media file by a hash of its bytes and deletes the files a run no longer
+# shows. When a rerun is cut short by the next one, a picture can be deleted before the
+# browser fetched it, then shown again under the same URL: React keeps the broken <img>
+# and the browser never asks again (seen once in CI on the map's lasso batch). The check
+# re-requests a broken picture (the query string is ignored by the media handler), so a
+# picture that the server really cannot serve still fails the wait.
+_ALL_IMAGES_LOADED = """() => {
+    let ok = true;
+    for (const i of document.images) {
+        if (!i.complete) { ok = false; continue; }
+        if (i.naturalWidth > 0) continue;
+        ok = false;
+        const tries = Number(i.dataset.retries || 0);
+        if (tries < 20) {
+            i.dataset.retries = tries + 1;
+            i.src = i.src.split('?')[0] + '?retry=' + (tries + 1);
+        }
+    }
+    return ok;
+}"""
+
+
 def _images_loaded(page: Page) -> None:
-    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(_ALL_IMAGES_LOADED, polling=500)
 
 
 def _goto_page(page: Page, title: str) -> None:
