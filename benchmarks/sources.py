@@ -2,7 +2,8 @@
 
     python -m benchmarks.sources [--demo DIR] [--sources 4] [--images 60] [--shortlist-only]
                                  [--scoring distinctive|max] [--groups look|collection|none]
-                                 [--texture-weight | --no-texture-weight] [--k 20] [--json]
+                                 [--texture-weight | --no-texture-weight] [--k 20] [--agreement structure|off]
+                                 [--json]
 
 Builds the multi-source demo (``artminer demo --sources N``: a manuscript, a print album, a
 photo archive and museum photographs whose motifs are copied across sources) unless
@@ -61,6 +62,7 @@ from engine.shortlist import (
 )
 from engine.texture import TextureConfig
 from engine.types import Box
+from hitl.agreement import AGREEMENT_MODES, AgreementConfig
 from hitl.demo import COPIES_FILE
 from hitl.discover import (
     DEFAULT_MIN_SCORE,
@@ -298,7 +300,8 @@ def discovery_table(store: Store, paths: ProjectPaths, demo: Path, config: Disco
     report = run_discovery(store, paths, config, device=device, progress=True)
     seconds = time.perf_counter() - start
     return {"config": {"mirror": config.mirror, "pairs": config.pairs, "scoring": config.shortlist.scoring, "groups": config.groups, "k": config.k,
-                       "texture_weight": config.verify.texture_weight, "min_score": config.min_score},
+                       "texture_weight": config.verify.texture_weight, "min_score": config.min_score,
+                       "agreement": config.agreement.mode},
             "pairs_verified": report.n_pairs, "seconds": seconds, "seconds_per_image": seconds / report.n_images,
             "quality": quality_table(store, demo, report.model_id)}
 
@@ -356,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mirror", default=DiscoverConfig.mirror, choices=("image", "flip", "off"),
                     help="mirror-aware verification (engine/mirror.py)")
     ap.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE)
+    ap.add_argument("--agreement", default=AgreementConfig.mode, choices=AGREEMENT_MODES,
+                    help="weigh links by their aligned agreement (hitl/agreement.py) or not")
     ap.add_argument("--first-version", action="store_true",
                     help="the first version's discovery: max-region shortlist on grids 1+8x8, no look-alike cap, "
                          "no texture weighting (the 'before' of the README's table)")
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             result = {"shortlist": shortlist_table(store, paths, work, args.device)}
             if not args.shortlist_only:
                 config = DiscoverConfig(pairs=args.pairs, k=args.k, groups=args.groups, min_score=args.min_score,
-                                        mirror=args.mirror)
+                                        mirror=args.mirror, agreement=AgreementConfig(mode=args.agreement))
                 config = replace(config, shortlist=replace(config.shortlist, scoring=args.scoring),
                                  verify=replace(config.verify, texture_weight=args.texture_weight))
                 if args.first_version:

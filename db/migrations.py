@@ -23,7 +23,7 @@ import duckdb
 
 from db.records import parse_year
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class SchemaVersionError(RuntimeError):
@@ -115,12 +115,19 @@ def _add_link_inliers(cur: duckdb.DuckDBPyConnection) -> None:
     Links found before have no points: the review page asks to re-run discovery."""
 
 
+def _add_link_agreement(cur: duckdb.DuckDBPyConnection) -> None:
+    """v7 (issue 9): links keep how well their regions agree once finely aligned
+    (``hitl/agreement.py``); links found before were not measured (NULL)."""
+    cur.execute("ALTER TABLE links ADD COLUMN IF NOT EXISTS agreement DOUBLE")
+
+
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     2: _add_image_year,
     3: _add_verdict_geometry,
     4: _add_verdict_origin_and_role,  # issue 13
     5: _add_link_mirrored,  # issue 14
     6: _add_link_inliers,  # issue 13
+    7: _add_link_agreement,  # issue 9
 }
 
 

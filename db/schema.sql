@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS links (
     affine     DOUBLE[] NOT NULL,
     score      DOUBLE NOT NULL,
     n_inliers  INTEGER NOT NULL,
-    mirrored   BOOLEAN DEFAULT false     -- B holds A's region mirrored (affine det < 0)
+    mirrored   BOOLEAN DEFAULT false,    -- B holds A's region mirrored (affine det < 0)
+    agreement  DOUBLE                    -- aligned structure correlation (hitl/agreement.py); NULL: not measured
 );
 
 -- The shared detail of a link (engine/cosegment.py): polygons [x0, y0, x1, y1, ...] in

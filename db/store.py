@@ -64,7 +64,7 @@ _IMAGE_COLS = (
     "image_id, sha256, path, width, height, title, artist, date, year, medium, collection, "
     "extra_json, source, iiif_canvas, iiif_manifest, source_url, canvas_width, canvas_height, added"
 )
-_LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers, mirrored"
+_LINK_COLS = "link_id, run_id, model_id, image_a, image_b, box_a, box_b, affine, score, n_inliers, mirrored, agreement"
 _VERDICT_COLS = (
     "v.verdict_id, v.target_kind, v.target_id, v.verdict, v.annotator, v.created, v.note, "
     "v.revokes, v.geometry_json, r.verdict_id AS revoked_by, v.origin_verdict, v.role, v.direction"
@@ -1179,6 +1179,7 @@ def _insert_links(cur: duckdb.DuckDBPyConnection, run_id: int, model_id: str,
         "score": ("DOUBLE", [float(m.score) for m in matches]),
         "n_inliers": ("INTEGER", [int(m.n_inliers) for m in matches]),
         "mirrored": ("BOOLEAN", [bool(m.mirrored) for m in matches]),
+        "agreement": ("DOUBLE", [None if m.agreement is None else float(m.agreement) for m in matches]),
     })
     with_points = [(i, m) for i, m in zip(ids, matches) if m.inliers]
     _insert(cur, "link_inliers", {
@@ -1263,8 +1264,8 @@ def _round(r: tuple) -> TrainingRound:
 
 def _link(r: tuple) -> Link:
     match = PairMatch(r[3], r[4], Box(*r[5]), Box(*r[6]), _affine(r[7]), r[8], r[9], bool(r[10]),
-                      _points(r[12]) if len(r) > 12 else ())
-    return Link(r[0], r[1], r[2], match, r[11])
+                      _points(r[13]) if len(r) > 13 else (), r[11])
+    return Link(r[0], r[1], r[2], match, r[12])
 
 
 def _points(flat: Sequence[float] | None) -> tuple[tuple[float, float, float, float], ...]:

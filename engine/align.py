@@ -66,6 +66,9 @@ class Alignment:
         flow: (h, w, 2) float32 refinement in working pixels (zeros when rejected).
         gain: structure correlation after minus before the refinement.
         refined: whether the flow was kept.
+        correlation: the structure images' correlation once aligned (with the flow when
+            kept, the affine alone otherwise): how well the two regions agree pixel by
+            pixel, medium aside (``hitl/agreement.py`` weighs discovery's links by it).
     """
 
     region: Box
@@ -75,6 +78,7 @@ class Alignment:
     flow: np.ndarray
     gain: float
     refined: bool
+    correlation: float
 
     def map_points(self, xy: np.ndarray) -> np.ndarray:
         """(N, 2) A pixels -> (N, 2) B pixels: bilinear in ``to_b`` inside the region, the
@@ -186,7 +190,8 @@ def refine_alignment(image_a: np.ndarray, image_b: np.ndarray, box_a: Box, affin
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     warped = cv2.remap(sb, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR)
     after = correlation(sa, warped, inside_b)
-    gain = after - correlation(sa, sb, inside_b)
+    before = correlation(sa, sb, inside_b)
+    gain = after - before
     # Unrelated crops correlate near 0 once the flow's freedom is blurred away; a flow
     # can still raise their fine correlation (it hallucinates), so the prior must agree.
     blur = config.smooth * max(h, w) / 2
@@ -197,7 +202,7 @@ def refine_alignment(image_a: np.ndarray, image_b: np.ndarray, box_a: Box, affin
     # Working pixel p looks at A's p + flow: its B position is the affine of that A point.
     moved = grid_a + flow / scale
     to_b = _apply(affine, moved.reshape(-1, 2)).reshape(grid_a.shape).astype(np.float32)
-    return Alignment(region, scale, to_b, affine, flow, float(gain), bool(refined))
+    return Alignment(region, scale, to_b, affine, flow, float(gain), bool(refined), float(after if refined else before))
 
 
 def warp_b_onto_a(image_b: np.ndarray, alignment: Alignment, scale_b: float = 1.0) -> np.ndarray:

@@ -112,6 +112,9 @@ class PairMatch:
     n_inliers: int
     mirrored: bool = False
     inliers: tuple[Inlier, ...] = ()
+    # How well the two regions agree pixel by pixel once finely aligned (a correlation,
+    # hitl/agreement.py); ``score`` already carries its weight. None: not measured.
+    agreement: float | None = None
 
 
 @dataclass(frozen=True)

@@ -305,6 +305,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from engine.graph import GraphConfig
+    from hitl.agreement import AgreementConfig
     from hitl.discover import DiscoverConfig, run_discovery
     from hitl.project import open_project
 
@@ -313,7 +314,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if store.count_images() == 0:
         raise UsageError(f"{args.project} has no images; run `artminer ingest` first")
     config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size, groups=args.groups,
-                            mirror=args.mirror, masks=args.masks, style=not args.no_style)
+                            mirror=args.mirror, masks=args.masks, style=not args.no_style,
+                            agreement=AgreementConfig(mode=args.agreement))
     if args.min_score is not None:
         config = replace(config, min_score=args.min_score)
     if args.graph != "paper":
@@ -610,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", default="features", choices=["features", "structure", "off"],
                    help="shared-detail masks of found links")
     p.add_argument("--no-style", action="store_true", help="skip the style map")
+    p.add_argument("--agreement", default="structure", choices=["structure", "off"],
+                   help="weigh each link by how well its two regions agree once finely aligned, or keep "
+                        "verification's score")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="where features and pair verification run: this process, or a Ray cluster")
     p.add_argument("--address", help="with --executor ray: the cluster to join ('auto': the one `ray start` "

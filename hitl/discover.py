@@ -55,6 +55,7 @@ from engine.texture import TextureConfig, TextureWeights, collection_counts
 from engine.trunk_cache import TrunkByProduct
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, both_ways, merge_twins, verify_pairs
+from hitl.agreement import AgreementConfig, ImageViews, image_sources, weigh_by_agreement
 from hitl.index import update_index
 from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.masks import compute_link_masks
@@ -74,10 +75,11 @@ ANN_SHORTLIST_FROM = 1000
 # Links at or above this discovery score count as found: they build the clusters and are
 # the default threshold of precision/recall and the review queue. On the authors' scale
 # (VerifyConfig.score="authors") 0.03 is their setting for LTLL (LTLLCluster.sh; their
-# code's default is 0.015). On the multi-source demo it links fewer pairs than the first
-# version's 0.02 on its Gaussian scale, with higher pair precision and recall (README,
-# *Discovery across sources*); 0.015 would double the links at lower precision.
-DEFAULT_MIN_SCORE = 0.03
+# code's default is 0.015), and was ours until links were weighed by their aligned
+# agreement (hitl/agreement.py), which only lowers scores: at 0.02 with the weight, pair
+# precision and recall are both above 0.03 without it, on the multi-source and the
+# single-source demo (README, *Aligned agreement*).
+DEFAULT_MIN_SCORE = 0.02
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class DiscoverConfig:
     # adds the backbone's finer-scale similarity to the structure correlation, which
     # "structure" uses alone (fast); "off" stores none.
     masks: str = "features"
+    # Links weighed by how well their regions agree once finely aligned (hitl/agreement.py).
+    agreement: AgreementConfig = field(default_factory=AgreementConfig)
     style: bool = True  # also the style map: images by early-layer statistics (hitl/style_map.py)
     # Keep the frozen trunk's output of every image while computing its features
     # (engine.trunk_cache.TrunkByProduct): a training round then runs only the last stage
@@ -368,12 +372,13 @@ def _verify_and_store(store: Store, run_id: int, todo: list[tuple[str, str]], py
     region found both ways is kept once.
     """
     device = next(backbone.parameters()).device
+    views = ImageViews(image_sources(store.list_images()), config.agreement.max_side)
     bar = tqdm(total=2 * len(todo), desc="verify pairs both ways", unit="pair", disable=not progress or not todo)
     # Pairs sharing image A run back to back, so its pyramid stays in the reader's memory.
     todo = sorted(todo)
     for start in range(0, len(todo), config.commit_every):
         chunk = todo[start : start + config.commit_every]
-        links = verify_both_ways(chunk, pyramids, config, device, weights, mirrored, lambda: bar.update(1))
+        links = verify_both_ways(chunk, pyramids, config, device, weights, mirrored, lambda: bar.update(1), views)
         store.add_links(run_id, links, verified_pairs=chunk)
     bar.close()
     return len(todo)
@@ -383,8 +388,10 @@ def verify_both_ways(chunk: Sequence[tuple[str, str]], pyramids: Callable[[str],
                      config: DiscoverConfig, device: torch.device,
                      weights: Callable[[str], tuple[torch.Tensor, ...]] | None = None,
                      mirrored: Callable[[str], FeaturePyramid] | None = None,
-                     tick: Callable[[], object] = lambda: None) -> list[PairMatch]:
-    """The links of some pairs, each verified A->B and B->A (``tick`` per direction done).
+                     tick: Callable[[], object] = lambda: None,
+                     views: ImageViews | None = None) -> list[PairMatch]:
+    """The links of some pairs, each verified A->B and B->A (``tick`` per direction done),
+    weighed by their aligned agreement when ``views`` reads the images.
 
     One unit of work of every executor (this process, or a Ray worker: ``hitl.executors``).
     A pair's two directions go side by side (``both_ways``), in one batch.
@@ -399,7 +406,8 @@ def verify_both_ways(chunk: Sequence[tuple[str, str]], pyramids: Callable[[str],
     for pair, matches in verified:
         found[pair] = [m for m in matches if m.score >= config.min_score / 2]
         tick()
-    return [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]
+    links = [m for a, b in chunk for m in merge_directions(found[(a, b)], found[(b, a)])]
+    return links if views is None else weigh_by_agreement(links, views, config.agreement, config.min_score)
 
 
 def merge_directions(forward: list[PairMatch], backward: list[PairMatch], iou: float = 0.5) -> list[PairMatch]:

@@ -16,7 +16,8 @@ from db.records import Link, LinkMaskRecord
 from db.store import Store
 from engine.align import AlignConfig
 from engine.cosegment import MaskConfig, link_mask
-from engine.images import ImageReadError, load_rgb
+from engine.images import ImageReadError
+from hitl.agreement import ImageViews, image_sources
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,12 @@ def compute_link_masks(store: Store, links: Sequence[Link], backbone=None, confi
     """
     done = store.link_masks([lk.link_id for lk in links])
     todo = [lk for lk in links if lk.link_id not in done]
-    images = {im.image_id: im for im in store.list_images()}
-    views: dict[str, tuple] = {}
+    views = ImageViews(image_sources(store.list_images()), config.max_side)
     batch: list[LinkMaskRecord] = []
     for link in tqdm(todo, desc="masks of shared details", unit="link", disable=not progress or not todo):
         try:
-            view_a, scale_a = _view(views, images[link.image_a], config.max_side)
-            view_b, scale_b = _view(views, images[link.image_b], config.max_side)
+            view_a, scale_a = views(link.image_a)
+            view_b, scale_b = views(link.image_b)
         except (ImageReadError, KeyError):
             continue  # an image gone missing: the link keeps its box only
         found = link_mask(view_a, view_b, link.box_a, link.match.affine, config.align, config.mask, backbone,
@@ -55,12 +55,3 @@ def compute_link_masks(store: Store, links: Sequence[Link], backbone=None, confi
     store.save_link_masks(batch)
     return len(todo)
 
-
-def _view(cache: dict, image, max_side: int):
-    """(H, W, 3) uint8 view of an image and its scale; the last few stay decoded."""
-    if image.image_id not in cache:
-        if len(cache) > 16:
-            cache.pop(next(iter(cache)))
-        rgb = load_rgb(image.path, max_side=max_side)
-        cache[image.image_id] = (rgb, rgb.shape[1] / image.width)
-    return cache[image.image_id]

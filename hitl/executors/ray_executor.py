@@ -36,6 +36,7 @@ from db.store import Store
 from engine.backbone import Backbone, create_backbone
 from engine.features import FeatureCache, FeatureConfig, autocast_dtype
 from engine.images import max_pixels, set_max_pixels
+from hitl.agreement import image_sources
 from hitl.discover import DiscoverConfig
 from hitl.executors.shards import Shard, load_shards, plan_shards, shard_folder
 from hitl.executors.work import (
@@ -216,7 +217,7 @@ class RayExecutor:
         self.stats = ShardStats(planned=len(shards), skipped=len(shards) - len(left))
         if left:
             ray = self._ray()
-            setup = verify_setup(pyramids, config, weights, self.config.device)
+            setup = verify_setup(pyramids, config, weights, self.config.device, image_sources(store.list_images()))
             rows = [{"index": s.index, "name": s.name, "pairs": json.dumps(s.pairs)} for s in left]
             kwargs = {"setup": setup, "folder": str(folder), "fail_after": self.config.fail_after_shards}
             bar = tqdm(total=len(shards), initial=self.stats.skipped, desc="verify shards (ray)", unit="shard",

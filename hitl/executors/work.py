@@ -25,6 +25,7 @@ from engine.features import (
 )
 from engine.mirror import cache_mirrored_features, flip_pyramid, mirror_hash
 from engine.texture import TextureConfig, TextureWeights
+from hitl.agreement import ImageViews
 from hitl.discover import DiscoverConfig, verify_both_ways
 from hitl.executors.shards import Pair, Shard, write_shard
 
@@ -76,15 +77,17 @@ class VerifySetup:
     texture: TextureConfig | None = None
     counts: dict[str, torch.Tensor] = field(default_factory=dict)
     device: str = "cpu"
+    images: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def verify_setup(pyramids: CachedPyramids, config: DiscoverConfig, weights: Callable | None,
-                 device: str = "cpu") -> VerifySetup:
-    """The setup of a run from what discovery holds: its pyramid reader and texture weights."""
+                 device: str = "cpu", images: dict[str, tuple[str, int]] | None = None) -> VerifySetup:
+    """The setup of a run from what discovery holds: its pyramid reader, texture weights
+    and the images' (path, width), read to weigh links by their aligned agreement."""
     if weights is not None and not isinstance(weights, TextureWeights):
         raise TypeError("a distributed executor needs the texture weights as engine.texture.TextureWeights")
     return VerifySetup(pyramids.cache, config, dict(pyramids.hashes), weights.config if weights else None,
-                       dict(weights.counts) if weights else {}, device)
+                       dict(weights.counts) if weights else {}, device, dict(images or {}))
 
 
 def _mirrored(mode: str, pyramids: CachedPyramids) -> Callable[[str], FeaturePyramid] | None:
@@ -105,11 +108,12 @@ class ShardVerifier:
         self.pyramids = CachedPyramids(setup.cache, setup.hashes)
         self.weights = TextureWeights(self.pyramids, setup.texture, setup.counts) if setup.texture else None
         self.mirrored = _mirrored(setup.config.mirror, self.pyramids)
+        self.views = ImageViews(setup.images, setup.config.agreement.max_side)
 
     def __call__(self, shard: Shard, folder: Path) -> int:
         """Verify the shard's pairs both ways and write its Parquet file; returns its link count."""
         pairs: list[Pair] = list(shard.pairs)
         links = verify_both_ways(pairs, self.pyramids, self.setup.config, torch.device(self.setup.device),
-                                 self.weights, self.mirrored)
+                                 self.weights, self.mirrored, views=self.views)
         write_shard(shard.path(folder), pairs, links)
         return len(links)

@@ -27,7 +27,7 @@ def _columns(path: Path) -> dict[str, list[tuple[str, str]]]:
 
 def _write_v1(path: Path) -> None:
     """A version-1 file as ArtMiner 0.1 wrote it: no images.year, no verdict geometry,
-    no links.mirrored."""
+    no links.mirrored, no links.agreement."""
     conn = duckdb.connect(str(path))
     conn.execute(schema_sql())
     conn.execute("DROP VIEW link_status; DROP VIEW link_disputes; DROP VIEW reviewer_verdicts; "
@@ -38,6 +38,7 @@ def _write_v1(path: Path) -> None:
     conn.execute("ALTER TABLE verdicts DROP COLUMN role")
     conn.execute("ALTER TABLE verdicts DROP COLUMN direction")
     conn.execute("ALTER TABLE links DROP COLUMN mirrored")
+    conn.execute("ALTER TABLE links DROP COLUMN agreement")
     conn.execute("DELETE FROM schema_version; INSERT INTO schema_version VALUES (1, now())")
     conn.execute(
         "INSERT INTO images (image_id, sha256, path, width, height, date, source, added) VALUES "
@@ -72,6 +73,7 @@ def test_v1_file_is_upgraded_in_order_with_backfills(tmp_path: Path) -> None:
     assert store.link_status(1) == "confirm"
     assert store.get_link(1).match.mirrored is False  # v4: old links were all direct
     assert store.get_link(1).match.inliers == ()  # v6: old links have no stored points
+    assert store.get_link(1).match.agreement is None  # v7: old links were not measured
     store.close()
     conn = duckdb.connect(str(old))
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()]

@@ -92,6 +92,15 @@ def test_mirrored_links_round_trip(store: Store) -> None:
     assert store.get_link(direct).match.mirrored is False
 
 
+def test_agreement_round_trips_and_stays_none_when_not_measured(store: Store) -> None:
+    run = store.start_run("m", {})
+    measured = replace(_match("a", "b"), agreement=0.42)
+    with_it, without = store.add_links(run, [measured, _match("a", "c")])
+    assert store.get_link(with_it).match == measured
+    assert store.get_link(without).match.agreement is None
+    assert {lk.match.agreement for lk in store.list_links(run_id=run)} == {0.42, None}
+
+
 def test_inlier_points_round_trip_with_their_link(store: Store) -> None:
     run = store.start_run("m", {})
     points = ((1.5, 2.5, 3.5, 5.5), (8.5, 10.5, 10.5, 13.5))  # exact in float32

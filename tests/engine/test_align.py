@@ -84,6 +84,17 @@ def test_unrelated_images_are_not_bent():
     assert not alignment.refined and moved.max() < 1e-3
 
 
+def test_correlation_says_how_well_the_aligned_regions_agree():
+    a, b = _pair()
+    exact = cv2.warpAffine(a, AFFINE, SIZE, flags=cv2.INTER_LINEAR)
+    affine = tuple(map(tuple, AFFINE))
+    assert refine_alignment(a, exact, BOX_A, affine).correlation > 0.9
+    bent = refine_alignment(a, b, BOX_A, affine)  # the flow recovers the bend: agreement after it
+    assert bent.refined and bent.correlation > 0.7
+    unrelated = refine_alignment(a, textured(5, SIZE[1], SIZE[0]), BOX_A, affine)
+    assert abs(unrelated.correlation) < 0.15
+
+
 def test_map_points_outside_the_region_use_the_affine():
     a, b = _pair()
     alignment = refine_alignment(a, b, BOX_A, tuple(map(tuple, AFFINE)))

@@ -32,6 +32,7 @@ def test_discovery_writes_run_links_clusters_and_map(tiny_project):
     assert any(len(m.polygon_a) >= 3 and len(m.polygon_b) == len(m.polygon_a) for m in masks.values())
     for lk in store.list_links(run_id=report.run_id, inliers=True):  # every link keeps its points
         assert len(lk.match.inliers) == min(lk.match.n_inliers, CONFIG.verify.max_points) > 0
+        assert -1 <= lk.match.agreement <= 1  # min_score 0: every link was weighed by its aligned agreement
     # a second run with the same model verifies nothing again
     again = run_discovery(store, paths, CONFIG, progress=False)
     assert again.n_verified_now == 0 and again.n_links == report.n_links
