@@ -389,8 +389,10 @@ def jpeg_bytes_of(pixels: np.ndarray) -> bytes:
 
 def buttons_ui(store, link: Link | None, annotator: str) -> None:
     if link is not None:
+        agreement = link.match.agreement
         st.text(f"Link #{link.link_id}   score {link.score:.3f}   {link.match.n_inliers} inliers   "
-                f"status: {review_state(store, link, annotator)}   "
+                + (f"aligned agreement {agreement:.2f}   " if agreement is not None else "")
+                + f"status: {review_state(store, link, annotator)}   "
                 f"B against A: {describe_affine(link.match.affine)}"
                 + ("   mirrored copy" if link.match.mirrored else ""))
     cols = st.columns([1.4, 1.2, 1.2, 1, 1, 1.2, 1.6, 1.6], vertical_alignment="bottom")

@@ -92,7 +92,7 @@ def _matches(instances, ids: dict[str, str]) -> tuple[list[PairMatch], list[Pair
             score = round(0.3 - 0.02 * k - 0.01 * len(true) / 10, 4)
             affine = box_affine(box_a, box_b)
             true.append(PairMatch(ids[a.file], ids[b.file], box_a, box_b, affine, score, 40 - k,
-                                  inliers=_grid_points(box_a, affine)))
+                                  inliers=_grid_points(box_a, affine), agreement=0.61))
     false = []
     for k, (a, b) in enumerate(zip(instances[::3], instances[1::3])):
         if a.motif != b.motif and a.file != b.file:

@@ -98,6 +98,7 @@ def test_review_confirm_reject_undo_write_the_log(app, project):
     app.run()
     first = store.list_links(status="unreviewed", limit=1)[0]  # score order: the queue's head
     assert f"Link #{first.link_id}" in _texts(app)
+    assert "aligned agreement 0.61" in _texts(app)  # the fixture's true links were measured
 
     app.text_input(key="review_note").input("same cat")
     app.button(key="confirm").click().run()
