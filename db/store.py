@@ -441,6 +441,19 @@ class Store:
         matches = list(matches)
         return self._write(work)
 
+    def set_link_agreement(self, updates: Sequence[tuple[int, float, float]]) -> int:
+        """Record the aligned agreement of links measured after they were stored, as
+        (link_id, weighed score, agreement); returns how many. Only links without one are
+        changed: an agreement, once measured, stays."""
+        rows = [(float(score), float(agreement), int(link_id)) for link_id, score, agreement in updates]
+
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            if rows:
+                cur.executemany("UPDATE links SET score = ?, agreement = ? WHERE link_id = ? AND agreement IS NULL", rows)
+            return len(rows)
+
+        return self._write(work)
+
     def save_link_masks(self, masks: Sequence[LinkMaskRecord]) -> int:
         """Store (or replace) the shared-detail masks of links; returns how many."""
         masks = list(masks)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from db.store import Store
 from engine.align import AlignConfig, refine_alignment
 from engine.images import ImageReadError, load_rgb
 from engine.types import PairMatch
@@ -107,6 +108,25 @@ def weigh_by_agreement(matches: Sequence[PairMatch], views: ImageViews, config: 
             continue
         out.append(replace(m, score=m.score * agreement_weight(corr, config.full), agreement=corr))
     return out
+
+
+def weigh_unmeasured_links(store: Store, model_id: str, views: ImageViews, config: AgreementConfig,
+                           min_score: float) -> int:
+    """Weigh the model's discovery links at or above ``min_score`` that were stored
+    without an agreement (before schema v7, or by a run with ``mode="off"``), so every
+    link a threshold compares was scored alike; returns how many were measured.
+
+    Links from other runs (e.g. a confirmed one-shot hit) keep their own score.
+    """
+    if config.mode == "off":
+        return 0
+    runs = {r.run_id for r in store.list_runs(model_id=model_id, kind="discovery")}
+    todo = [lk for lk in store.list_links(model_id=model_id, min_score=min_score)
+            if lk.run_id in runs and lk.match.agreement is None]
+    todo.sort(key=lambda lk: (lk.image_a, lk.image_b))  # an image's links back to back: decoded once
+    weighed = weigh_by_agreement([lk.match for lk in todo], views, config, min_score)
+    return store.set_link_agreement([(lk.link_id, m.score, m.agreement) for lk, m in zip(todo, weighed)
+                                     if m.agreement is not None])
 
 
 def image_sources(images) -> dict[str, tuple[str, int]]:

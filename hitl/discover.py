@@ -55,7 +55,13 @@ from engine.texture import TextureConfig, TextureWeights, collection_counts
 from engine.trunk_cache import TrunkByProduct
 from engine.types import PairMatch, Region
 from engine.verify import VerifyConfig, both_ways, merge_twins, verify_pairs
-from hitl.agreement import AgreementConfig, ImageViews, image_sources, weigh_by_agreement
+from hitl.agreement import (
+    AgreementConfig,
+    ImageViews,
+    image_sources,
+    weigh_by_agreement,
+    weigh_unmeasured_links,
+)
 from hitl.index import update_index
 from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.masks import compute_link_masks
@@ -195,6 +201,9 @@ def _run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig, mo
         else:  # issue 12: e.g. Ray workers, whose links come back in one transaction
             n_new = executor.verify_and_store(store, paths, run_id, todo, pyramids, config, backbone, progress,
                                               weights, mirrored)
+        # Links an older version (or --agreement off) stored: weighed too, so one threshold fits all.
+        weigh_unmeasured_links(store, model_id, ImageViews(image_sources(images), config.agreement.max_side),
+                               config.agreement, config.min_score)
         links = [lk for lk in store.list_links(model_id=model_id) if lk.score >= config.min_score]
         if config.masks != "off":
             compute_link_masks(store, links, backbone if config.masks == "features" else None, progress=progress)

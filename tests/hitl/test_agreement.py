@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from db.records import ModelRef
+from db.store import Store
 from engine.types import Box, PairMatch
 from hitl.agreement import (
     AgreementConfig,
@@ -13,6 +15,7 @@ from hitl.agreement import (
     agreement_weight,
     image_sources,
     weigh_by_agreement,
+    weigh_unmeasured_links,
 )
 from tests.conftest import textured
 
@@ -72,6 +75,24 @@ def test_mode_off_changes_nothing(tmp_path):
     views = ImageViews(_images(tmp_path), max_side=1024)
     links = [_link("b"), _link("c")]
     assert weigh_by_agreement(links, views, AgreementConfig(mode="off"), 0.02) == links
+
+
+def test_links_stored_unweighed_are_weighed_once_and_other_runs_keep_their_score(tmp_path):
+    views = ImageViews(_images(tmp_path), max_side=1024)
+    store = Store(":memory:")
+    store.add_model(ModelRef("m", "effnet-lite0"))
+    run = store.start_run("m", {})
+    copy, look_alike, low, measured = store.add_links(run, [
+        _link("b"), _link("c"), _link("c", score=0.01), replace(_link("c"), agreement=0.9)])
+    imported, = store.add_links(store.start_run("m", {}, kind="import"), [_link("c")], mark_verified=False)
+    assert weigh_unmeasured_links(store, "m", views, AgreementConfig(), 0.02) == 2
+    got = {lk.link_id: lk.match for lk in store.list_links()}
+    assert got[copy].agreement > 0.6 and got[copy].score == pytest.approx(0.05)
+    assert got[look_alike].agreement < 0.15 and got[look_alike].score < 0.05 * 0.75
+    assert got[low] == _link("c", score=0.01)  # below the threshold: not measured
+    assert got[measured] == replace(_link("c"), agreement=0.9)  # measured already: kept
+    assert got[imported] == _link("c")  # an imported link is not discovery's to weigh
+    assert weigh_unmeasured_links(store, "m", views, AgreementConfig(), 0.02) == 0  # once only
 
 
 def test_views_are_downscaled_with_their_scale_and_few_are_kept(tmp_path):
