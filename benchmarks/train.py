@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.discovery import write_synthetic_folder
-from engine.features import FeatureConfig, collection_features
+from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
 from engine.train import IterationLog, TrainConfig
 from engine.trunk_cache import TrunkByProduct, trunk_inputs
+from hitl.discover import DiscoverConfig, texture_weights
 from hitl.ingest import ingest_paths
 from hitl.project import load_model, open_project
 from hitl.rounds import PHASES, RoundConfig, run_round
@@ -109,6 +110,21 @@ def build_project(base: Path, folder: Path, args) -> tuple[float, float, float]:
     return features_s, plain_s, separate_s
 
 
+def discovery_counts(base: Path) -> float:
+    """Seconds of discovery's texture counts over the collection (O(N^2), kept beside the
+    features by :func:`hitl.discover.texture_weights`; read back when kept already)."""
+    store, paths = open_project(base / "artminer.duckdb")
+    images = store.list_images()
+    hashes = {i.image_id: i.sha256 for i in images}
+    pyramids = CachedPyramids(FeatureCache(paths.features, load_model(store, None, "cpu").model_id, FeatureConfig()), hashes)
+    start = time.perf_counter()
+    texture_weights(pyramids, DiscoverConfig().verify.texture, [i.image_id for i in images])
+    seconds = time.perf_counter() - start
+    store.close()
+    print(f"discovery's texture counts (O(N^2), kept for the round): {seconds:.0f} s", flush=True)
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
@@ -144,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             (base / "built").write_text("")
         else:
             print(f"reusing {base} (ingested, discovery's feature pass done; not timed again)", flush=True)
+        counts_s = discovery_counts(base)
         shutil.copytree(base, Path(tmp) / "round")
         store, paths = open_project(Path(tmp) / "round" / "artminer.duckdb")
         train = replace(TrainConfig(), steps=args.steps, minutes=args.minutes, features=FeatureConfig(), freeze=args.freeze)
@@ -175,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'(first discovery: trunk by-product)':<36} {features_s:>8.1f} {features_s / args.images:>10.3f} "
               f"{features_s * scale:>19.0f} s; the by-product adds {(features_s / args.images - plain_s) * TARGET / 60:.1f} "
               f"min there, a separate trunk pass in the round would add {separate_s * TARGET / 60:.0f} min")
+    print(f"{'(discovery: texture counts, kept)':<36} {counts_s:>8.1f} {'':>10} {counts_s * scale ** 2:>19.0f} s (x N^2; "
+          "0 when read back)")
     print(f"(mining is projected x N: an upper bound, its {train.mining.n_proposals} proposals among 20 neighbours "
           "do not grow with N; timings under other load are not comparable: compare lines of one run)")
 

@@ -74,7 +74,11 @@ def last_stage(backbone: Backbone, inputs: torch.Tensor, amp: bool = True) -> to
     """(B, C', h, w) cached inputs -> (B, C, h, w) L2-normalised float32 features."""
     _, last = split_trunk(backbone)
     device = next(last.parameters()).device
-    x = inputs.to(device=device, dtype=torch.float32)
+    # channels-last: the same float32 convolutions, faster on the CPU (oneDNN's depthwise
+    # and 1x1 kernels). 16 maps of 80x30x40 through EfficientNet-Lite0's last stage, one
+    # loaded thread (issue 10): forward 2.4 s against 4.1 s, forward and backward (a
+    # training step) 8.2 s against 13-18 s.
+    x = inputs.to(device=device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
         feats = last(x)
     return F.normalize(feats.float(), dim=1)

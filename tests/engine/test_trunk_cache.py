@@ -16,6 +16,7 @@ from engine.trunk_cache import (
     cached_bank,
     fill_feature_cache,
     freeze_prefix,
+    last_stage,
     prefix_key,
     pyramids_from_inputs,
     split_trunk,
@@ -67,6 +68,23 @@ def test_cached_inputs_give_the_whole_backbones_pyramids(random_effnet, tmp_path
     assert len(list(TrunkCache(tmp_path / "cache", random_effnet, FEATURES).dir.rglob("*.npz"))) == 2
     again, _ = trunk_inputs(random_effnet, items, FEATURES, tmp_path / "cache", progress=False)
     assert all(torch.equal(a, b) for x, y in zip(again.maps, inputs.maps) for a, b in zip(x, y))
+
+
+def test_last_stage_runs_channels_last_with_the_same_features_and_gradients(random_effnet):
+    """The layout is a speed choice (issue 10): features and gradients equal the plain layout's."""
+    model = copy.deepcopy(random_effnet)
+    _, last = split_trunk(model)
+    channels = next(m for m in last.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    x = torch.randn(3, channels, 5, 7, generator=torch.Generator().manual_seed(0))
+    plain = torch.nn.functional.normalize(last(x.contiguous()), dim=1)
+    plain.sum().backward()
+    expected = [p.grad.clone() for p in last.parameters()]
+    model.zero_grad()
+    mine = last_stage(model, x, amp=False)
+    assert mine.is_contiguous(memory_format=torch.channels_last)  # the layout actually used
+    assert torch.allclose(mine, plain, atol=1e-5)
+    mine.sum().backward()
+    assert all(torch.allclose(p.grad, e, atol=1e-4, rtol=1e-4) for p, e in zip(last.parameters(), expected))
 
 
 def test_fill_feature_cache_writes_only_what_is_missing(random_effnet, tmp_path):
