@@ -11,11 +11,17 @@ project pays for training:
   keeps the frozen trunk's output as a by-product (:class:`engine.trunk_cache.TrunkByProduct`):
   the per-image cost with the by-product, and on ``--sample`` images the separate
   full-trunk pass a round had to make before (now avoided);
+* discovery's texture counts (:func:`hitl.discover.texture_weights`, O(N^2)), which it
+  keeps beside the features (:mod:`hitl.texture_counts`) for the round to read back;
 * one real round (:func:`hitl.rounds.run_round`, self-supervised: mined pairs, no
   verdict, no annotation) phase by phase: loading, measuring, mining (trunk inputs read
-  from the cache, the parent's bank from the last stage, shortlist, mining), the steps,
-  the new model's measurement (its features refreshed by the last stage), and
-  re-discovery when ``--rediscover`` (the whole :func:`hitl.discover.run_discovery`).
+  from the cache, the parent's bank and the texture counts read back, shortlist,
+  mining), the steps, the refresh of the collection's features by the new model (last
+  stage only), its measurement, and re-discovery when ``--rediscover`` (the whole
+  :func:`hitl.discover.run_discovery`).
+
+With ``--workdir`` the images and the built project (ingested, feature pass and texture
+counts done) are kept there, and every run times its round on a fresh copy of it.
 
 Prints the progress of the steps with an ETA, the phases in seconds and per image, and a
 projection to 1,500 images (labelled as such): phases that read or refresh every image
@@ -34,9 +40,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.discovery import write_synthetic_folder
+from engine.backbone import create_backbone
 from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
 from engine.train import IterationLog, TrainConfig
-from engine.trunk_cache import TrunkByProduct, trunk_inputs
+from engine.trunk_cache import TrunkByProduct, split_trunk, trunk_inputs
 from hitl.discover import DiscoverConfig, texture_weights
 from hitl.ingest import ingest_paths
 from hitl.project import load_model, open_project
@@ -125,6 +132,31 @@ def discovery_counts(base: Path) -> float:
     return seconds
 
 
+def time_layouts(device: str, repeats: int = 3) -> None:
+    """Prints the last stage's seconds on 16 maps of the cached trunk's shape at the demo's
+    reference level (80 x 30 x 40), plain layout against channels-last (what
+    :func:`engine.trunk_cache.last_stage` uses), forward and forward + backward,
+    interleaved and the fastest of ``repeats`` each (a busy machine slows both alike)."""
+    model = create_backbone("effnet-lite0").to(device).eval()
+    _, last = split_trunk(model)
+    x = torch.randn(16, 80, 30, 40, device=device)
+    best: dict[tuple[str, bool], float] = {}
+    for _ in range(repeats):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            for backward in (False, True):
+                start = time.perf_counter()
+                with torch.set_grad_enabled(backward):
+                    out = last(x.contiguous(memory_format=layout))
+                    if backward:
+                        out.sum().backward()
+                key = ("channels-last" if layout == torch.channels_last else "plain", backward)
+                best[key] = min(best.get(key, float("inf")), time.perf_counter() - start)
+    for backward in (False, True):
+        plain, cl = best[("plain", backward)], best[("channels-last", backward)]
+        print(f"last stage, 16 maps 80x30x40, {'forward + backward' if backward else 'forward'}: plain {plain:.2f} s, "
+              f"channels-last {cl:.2f} s ({plain / cl:.1f}x)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
@@ -139,11 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layouts", action="store_true", help="only time the last stage's memory layouts")
     args = parser.parse_args(argv)
     if args.images < 2 or args.steps < 1 or args.sample < 1:
         parser.error("--images must be >= 2, --steps and --sample >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.layouts:
+        return time_layouts(args.device)
     work = Path(args.workdir) if args.workdir else None
     if work:
         work.mkdir(parents=True, exist_ok=True)

@@ -75,9 +75,9 @@ def last_stage(backbone: Backbone, inputs: torch.Tensor, amp: bool = True) -> to
     _, last = split_trunk(backbone)
     device = next(last.parameters()).device
     # channels-last: the same float32 convolutions, faster on the CPU (oneDNN's depthwise
-    # and 1x1 kernels). 16 maps of 80x30x40 through EfficientNet-Lite0's last stage, one
-    # loaded thread (issue 10): forward 2.4 s against 4.1 s, forward and backward (a
-    # training step) 8.2 s against 13-18 s.
+    # and 1x1 kernels). `python -m benchmarks.train --layouts` (16 maps of 80x30x40, one
+    # thread of the loaded 2-core machine, issue 10): forward 3.41 -> 2.52 s, forward and
+    # backward (a training step) 16.6 -> 10.1 s.
     x = inputs.to(device=device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
         feats = last(x)
