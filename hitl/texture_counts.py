@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def kept_collection_counts(pyramids: CachedPyramids, config: TextureConfig,
         found = collection_counts([pyramids(i).levels[lv] for i, lv in zip(collection, level)], config)
         by_hash = {pyramids.hashes[i]: c for i, c in zip(collection, found)}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes never share a half file
         torch.save(by_hash, tmp)
         tmp.replace(path)  # atomic: a kill while writing leaves no half file to trust
     return {i: by_hash[pyramids.hashes[i]] for i in collection}
