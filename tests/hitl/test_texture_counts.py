@@ -60,3 +60,26 @@ def test_an_unreadable_counts_file_is_recomputed(tmp_path):
     path.write_bytes(b"cut short")
     counts = kept_collection_counts(pyramids, CONFIG, ids)
     assert counts["img0"][0, 0] > 0.9 and isinstance(torch.load(path, weights_only=True), dict)
+
+
+def test_a_rounds_proposal_weights_read_the_kept_counts(tmp_path):
+    """Mining in a round draws its proposals with the counts discovery kept (not recomputed)."""
+    from engine.detect import FeatureBank
+    from engine.texture import TextureConfig as Texture
+    from engine.train import TrainConfig
+    from hitl.project import ProjectPaths
+    from hitl.rounds import RoundConfig, _proposal_weights
+
+    paths = ProjectPaths(tmp_path / "artminer.duckdb")
+    features = FeatureConfig(max_side=6, n_scales=1)
+    pyramids = _cache(paths.features)  # the same cache folder the round reads (model m@1, this config)
+    ids = ["img0", "img1", "img2"]
+    config = RoundConfig(sources=("mined",), train=TrainConfig(features=features))
+    bank = FeatureBank.build(ids, [pyramids(i) for i in ids])
+    computed = _proposal_weights(paths, "m@1", bank, pyramids.hashes, config)
+    path = counts_path(pyramids, Texture(), ids)
+    assert path.is_file()  # kept by the first call
+    torch.save({pyramids.hashes[i]: torch.full((6, 6), 50.0) for i in ids}, path)  # as if every cell repeated
+    planted = _proposal_weights(paths, "m@1", bank, pyramids.hashes, config)
+    assert (planted < computed).all()  # the planted counts were read, not recomputed
+    assert _proposal_weights(paths, "m@1", bank, {}, config) is None  # no cache to key them: mine_pairs computes
