@@ -11,11 +11,17 @@ project pays for training:
   keeps the frozen trunk's output as a by-product (:class:`engine.trunk_cache.TrunkByProduct`):
   the per-image cost with the by-product, and on ``--sample`` images the separate
   full-trunk pass a round had to make before (now avoided);
+* discovery's texture counts (:func:`hitl.discover.texture_weights`, O(N^2)), which it
+  keeps beside the features (:mod:`hitl.texture_counts`) for the round to read back;
 * one real round (:func:`hitl.rounds.run_round`, self-supervised: mined pairs, no
   verdict, no annotation) phase by phase: loading, measuring, mining (trunk inputs read
-  from the cache, the parent's bank from the last stage, shortlist, mining), the steps,
-  the new model's measurement (its features refreshed by the last stage), and
-  re-discovery when ``--rediscover`` (the whole :func:`hitl.discover.run_discovery`).
+  from the cache, the parent's bank and the texture counts read back, shortlist,
+  mining), the steps, the refresh of the collection's features by the new model (last
+  stage only), its measurement, and re-discovery when ``--rediscover`` (the whole
+  :func:`hitl.discover.run_discovery`).
+
+With ``--workdir`` the images and the built project (ingested, feature pass and texture
+counts done) are kept there, and every run times its round on a fresh copy of it.
 
 Prints the progress of the steps with an ETA, the phases in seconds and per image, and a
 projection to 1,500 images (labelled as such): phases that read or refresh every image
@@ -25,6 +31,7 @@ grow with N; mining's proposals (among 20 shortlist neighbours) and the steps do
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -33,9 +40,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.discovery import write_synthetic_folder
-from engine.features import FeatureConfig, collection_features
+from engine.backbone import create_backbone
+from engine.features import CachedPyramids, FeatureCache, FeatureConfig, collection_features
 from engine.train import IterationLog, TrainConfig
-from engine.trunk_cache import TrunkByProduct, trunk_inputs
+from engine.trunk_cache import TrunkByProduct, split_trunk, trunk_inputs
+from hitl.discover import DiscoverConfig, texture_weights
 from hitl.ingest import ingest_paths
 from hitl.project import load_model, open_project
 from hitl.rounds import PHASES, RoundConfig, run_round
@@ -43,8 +52,8 @@ from hitl.rounds import PHASES, RoundConfig, run_round
 TARGET = 1500  # images of the issue's projection
 # Phases whose work reads, refreshes or searches every image (grow with N); the others
 # (loading the model, mining's 2,000 proposals, the steps) do not.
-GROWS = {"measuring the parent model", "mining the training pairs", "measuring the new model",
-         "re-discovering with the new model"}
+GROWS = {"measuring the parent model", "mining the training pairs", "refreshing the collection's features",
+         "measuring the new model", "re-discovering with the new model"}
 
 
 class PhaseClock:
@@ -79,6 +88,75 @@ class StepProgress:
                   flush=True)
 
 
+def build_project(base: Path, folder: Path, args) -> tuple[float, float, float]:
+    """Ingest ``folder`` into a new project at ``base`` and run discovery's feature pass with
+    the trunk by-product; (seconds of that pass, s/image of features alone and of the
+    separate trunk pass on ``args.sample`` images)."""
+    base.mkdir(parents=True, exist_ok=True)
+    store, paths = open_project(base / "artminer.duckdb", create=True)
+    ingest_paths(store, [folder], progress=False)
+    backbone = load_model(store, None, args.device)
+    features = FeatureConfig()
+    images = store.list_images()
+    items, hashes = [(i.image_id, i.path) for i in images], {i.image_id: i.sha256 for i in images}
+    start = time.perf_counter()
+    collection_features(backbone, items, features, paths.features, progress=False, hashes=hashes, keep=False,
+                        extract=TrunkByProduct(paths.features, backbone, features))
+    features_s = time.perf_counter() - start
+    sample = items[: args.sample]
+    start = time.perf_counter()
+    collection_features(backbone, sample, features, None, progress=False, hashes=hashes)  # without the by-product
+    plain_s = (time.perf_counter() - start) / len(sample)
+    start = time.perf_counter()
+    trunk_inputs(backbone, sample, features, None, hashes, progress=False)  # the pass a round no longer makes
+    separate_s = (time.perf_counter() - start) / len(sample)
+    store.close()
+    print(f"discovery's feature pass with the trunk by-product: {features_s:.0f} s ({features_s / len(items):.2f} "
+          f"s/image); on {len(sample)} images: features alone {plain_s:.2f} s/image, the separate trunk pass it "
+          f"replaces {separate_s:.2f} s/image", flush=True)
+    return features_s, plain_s, separate_s
+
+
+def discovery_counts(base: Path) -> float:
+    """Seconds of discovery's texture counts over the collection (O(N^2), kept beside the
+    features by :func:`hitl.discover.texture_weights`; read back when kept already)."""
+    store, paths = open_project(base / "artminer.duckdb")
+    images = store.list_images()
+    hashes = {i.image_id: i.sha256 for i in images}
+    pyramids = CachedPyramids(FeatureCache(paths.features, load_model(store, None, "cpu").model_id, FeatureConfig()), hashes)
+    start = time.perf_counter()
+    texture_weights(pyramids, DiscoverConfig().verify.texture, [i.image_id for i in images])
+    seconds = time.perf_counter() - start
+    store.close()
+    print(f"discovery's texture counts (O(N^2), kept for the round): {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def time_layouts(device: str, repeats: int = 3) -> None:
+    """Prints the last stage's seconds on 16 maps of the cached trunk's shape at the demo's
+    reference level (80 x 30 x 40), plain layout against channels-last (what
+    :func:`engine.trunk_cache.last_stage` uses), forward and forward + backward,
+    interleaved and the fastest of ``repeats`` each (a busy machine slows both alike)."""
+    model = create_backbone("effnet-lite0").to(device).eval()
+    _, last = split_trunk(model)
+    x = torch.randn(16, 80, 30, 40, device=device)
+    best: dict[tuple[str, bool], float] = {}
+    for _ in range(repeats):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            for backward in (False, True):
+                start = time.perf_counter()
+                with torch.set_grad_enabled(backward):
+                    out = last(x.contiguous(memory_format=layout))
+                    if backward:
+                        out.sum().backward()
+                key = ("channels-last" if layout == torch.channels_last else "plain", backward)
+                best[key] = min(best.get(key, float("inf")), time.perf_counter() - start)
+    for backward in (False, True):
+        plain, cl = best[("plain", backward)], best[("channels-last", backward)]
+        print(f"last stage, 16 maps 80x30x40, {'forward + backward' if backward else 'forward'}: plain {plain:.2f} s, "
+              f"channels-last {cl:.2f} s ({plain / cl:.1f}x)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
@@ -93,38 +171,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layouts", action="store_true", help="only time the last stage's memory layouts")
     args = parser.parse_args(argv)
     if args.images < 2 or args.steps < 1 or args.sample < 1:
         parser.error("--images must be >= 2, --steps and --sample >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.layouts:
+        return time_layouts(args.device)
     work = Path(args.workdir) if args.workdir else None
     if work:
         work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         folder = (work or Path(tmp)) / f"synthetic-{args.images}-{args.seed}"
         write_synthetic_folder(folder, args.images, args.seed)
-        store, paths = open_project(Path(tmp) / "artminer.duckdb", create=True)
-        ingest_paths(store, [folder], progress=False)
-        backbone = load_model(store, None, args.device)
-        features = FeatureConfig()
-        images = store.list_images()
-        items, hashes = [(i.image_id, i.path) for i in images], {i.image_id: i.sha256 for i in images}
-        start = time.perf_counter()
-        collection_features(backbone, items, features, paths.features, progress=False, hashes=hashes, keep=False,
-                            extract=TrunkByProduct(paths.features, backbone, features))
-        features_s = time.perf_counter() - start
-        sample = items[: args.sample]
-        start = time.perf_counter()
-        collection_features(backbone, sample, features, None, progress=False, hashes=hashes)  # without the by-product
-        plain_s = (time.perf_counter() - start) / len(sample)
-        start = time.perf_counter()
-        trunk_inputs(backbone, sample, features, None, hashes, progress=False)  # the pass a round no longer makes
-        separate_s = (time.perf_counter() - start) / len(sample)
-        print(f"discovery's feature pass with the trunk by-product: {features_s:.0f} s ({features_s / len(items):.2f} "
-              f"s/image); on {len(sample)} images: features alone {plain_s:.2f} s/image, the separate trunk pass it "
-              f"replaces {separate_s:.2f} s/image", flush=True)
-        train = replace(TrainConfig(), steps=args.steps, minutes=args.minutes, features=features, freeze=args.freeze)
+        # With --workdir the ingested project and its first feature pass are kept too
+        # (work/project-N-seed, built once); every run times its round on a fresh copy.
+        base = (work or Path(tmp)) / f"project-{args.images}-{args.seed}"
+        features_s = plain_s = separate_s = None
+        if not (base / "built").is_file():  # the marker is written last: a cut-short build is redone
+            shutil.rmtree(base, ignore_errors=True)
+            features_s, plain_s, separate_s = build_project(base, folder, args)
+            (base / "built").write_text("")
+        else:
+            print(f"reusing {base} (ingested, discovery's feature pass done; not timed again)", flush=True)
+        counts_s = discovery_counts(base)
+        shutil.copytree(base, Path(tmp) / "round")
+        store, paths = open_project(Path(tmp) / "round" / "artminer.duckdb")
+        train = replace(TrainConfig(), steps=args.steps, minutes=args.minutes, features=FeatureConfig(), freeze=args.freeze)
         clock, began = PhaseClock(), time.perf_counter()
         report = run_round(store, paths, RoundConfig(sources=("mined",), rediscover=args.rediscover, train=train),
                            device=args.device, progress=StepProgress(), show_progress=False, on_phase=clock,
@@ -149,9 +223,12 @@ def main(argv: list[str] | None = None) -> None:
         note = " (x N)" if grows else f" ({TrainConfig.steps} steps)" if name == "training" else ""
         print(f"{name:<36} {phases[name]:>8.1f} {per_image:>10} {at_target:>19.0f} s{note}")
     print(f"{'round':<36} {end - began:>8.1f} {'':>10} {projected:>19.0f} s  = {projected / 60:.1f} min (projection)")
-    print(f"{'(first discovery: trunk by-product)':<36} {features_s:>8.1f} {features_s / args.images:>10.3f} "
-          f"{features_s * scale:>19.0f} s; the by-product adds {(features_s / args.images - plain_s) * TARGET / 60:.1f} min "
-          f"there, a separate trunk pass in the round would add {separate_s * TARGET / 60:.0f} min")
+    if features_s is not None:
+        print(f"{'(first discovery: trunk by-product)':<36} {features_s:>8.1f} {features_s / args.images:>10.3f} "
+              f"{features_s * scale:>19.0f} s; the by-product adds {(features_s / args.images - plain_s) * TARGET / 60:.1f} "
+              f"min there, a separate trunk pass in the round would add {separate_s * TARGET / 60:.0f} min")
+    print(f"{'(discovery: texture counts, kept)':<36} {counts_s:>8.1f} {'':>10} {counts_s * scale ** 2:>19.0f} s (x N^2; "
+          "0 when read back)")
     print(f"(mining is projected x N: an upper bound, its {train.mining.n_proposals} proposals among 20 neighbours "
           "do not grow with N; timings under other load are not comparable: compare lines of one run)")
 

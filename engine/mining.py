@@ -561,12 +561,22 @@ class MiningStats:
 
 
 @torch.no_grad()
-def proposal_weights(bank: FeatureBank, level: int = 0, texture: TextureConfig = TextureConfig()) -> torch.Tensor:
+def proposal_weights(bank: FeatureBank, level: int = 0, texture: TextureConfig = TextureConfig(),
+                     counts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """(N, S, S) texture weight of every cell at ``level`` (padding 0): repeats within the
-    image and across the collection, as discovery weighs cells (:mod:`engine.texture`)."""
+    image and across the collection, as discovery weighs cells (:mod:`engine.texture`).
+
+    ``counts``: the collection counts of the bank's images in bank order, when already
+    computed (:func:`engine.texture.collection_counts`, O(N^2); discovery keeps them);
+    None computes them here.
+    """
     pyramids = [bank.pyramid(i) for i in range(len(bank))]
-    coarse = [min(texture.collection_level, len(p.levels) - 1) for p in pyramids]
-    counts = collection_counts([p.levels[k].float() for p, k in zip(pyramids, coarse)], texture) if len(bank) > 1 else [None]
+    if counts is not None and len(counts) != len(bank):
+        raise ValueError(f"proposal_weights got {len(counts)} collection counts for {len(bank)} images")
+    if counts is None and len(bank) > 1:
+        coarse = [min(texture.collection_level, len(p.levels) - 1) for p in pyramids]
+        counts = collection_counts([p.levels[k].float() for p, k in zip(pyramids, coarse)], texture)
+    counts = counts if counts is not None else [None] * len(bank)
     side = bank.levels[level].shape[-1]
     out = torch.zeros(len(bank), side, side)
     for i, (pyramid, count) in enumerate(zip(pyramids, counts)):

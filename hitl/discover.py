@@ -67,6 +67,7 @@ from hitl.jobs import acquire_discovery_lock, release_discovery_lock
 from hitl.masks import compute_link_masks
 from hitl.project import ProjectPaths, load_model
 from hitl.style_map import store_style_map
+from hitl.texture_counts import kept_collection_counts
 
 if TYPE_CHECKING:
     from hitl.executors import Executor
@@ -248,10 +249,14 @@ def texture_weights(pyramids: Callable[[str], FeaturePyramid], config: TextureCo
     """An image's texture weights per level, computed once and kept (a few KB an image).
 
     With ``collection`` (image ids), repeats across those images count too (see
-    :func:`engine.texture.collection_counts`): one pass over the collection here.
+    :func:`engine.texture.collection_counts`): one pass over the collection here, O(N^2);
+    pyramids read from a feature cache keep those counts beside it
+    (:mod:`hitl.texture_counts`), where a training round reads them back.
     """
     counts: dict[str, torch.Tensor] = {}
-    if len(collection) > 1:
+    if len(collection) > 1 and isinstance(pyramids, CachedPyramids):
+        counts = kept_collection_counts(pyramids, config, collection)
+    elif len(collection) > 1:
         level = [min(config.collection_level, len(pyramids(i).levels) - 1) for i in collection]
         found = collection_counts([pyramids(i).levels[lv] for i, lv in zip(collection, level)], config)
         counts = dict(zip(collection, found))

@@ -42,14 +42,15 @@ from db.records import CONFIRM, REJECT, UNREVIEWED, UNSURE
 from db.store import Store
 from engine.backbone import Backbone, load_checkpoint
 from engine.detect import FeatureBank
-from engine.features import FeatureConfig
+from engine.features import CachedPyramids, FeatureCache, FeatureConfig
 from engine.images import content_hash, load_rgb
-from engine.mining import MiningStats, PairBatch, mine_pairs
+from engine.mining import MiningStats, PairBatch, mine_pairs, proposal_weights
 from engine.shortlist import ShortlistConfig, global_descriptors, knn_graph
+from engine.texture import TextureConfig
 from engine.train import IterationLog, TrainConfig, TrainResult, iteration_generator, train
 from engine.trunk_cache import (
     TrunkInputs,
-    bank_from_inputs,
+    cached_bank,
     fill_feature_cache,
     split_trunk,
     trunk_inputs,
@@ -62,6 +63,7 @@ from hitl.positive_precision import ground_truth_copies, precision_by_source
 from hitl.positives import ExpertPairConfig, cluster_matches, expert_pairs
 from hitl.progress import STOPPED_PREFIX
 from hitl.project import ProjectPaths, load_model
+from hitl.texture_counts import kept_collection_counts
 
 SOURCES = ("mined", "discovery", "expert")
 # Discovery links are off by default: on the demo their cell pairs were 9-28 % right
@@ -69,7 +71,7 @@ SOURCES = ("mined", "discovery", "expert")
 # (mAP 0.542 -> 0.518); `--sources mined,discovery,expert` turns them on.
 DEFAULT_SOURCES = ("mined", "expert")
 PHASES = ("loading the parent model", "measuring the parent model", "mining the training pairs", "training",
-          "measuring the new model", "re-discovering with the new model")
+          "refreshing the collection's features", "measuring the new model", "re-discovering with the new model")
 
 
 class RoundStopped(KeyboardInterrupt):
@@ -235,8 +237,11 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
         store.update_round(round_id, metrics={"before": before})
         phase(2)
         source, bank, hashes = _training_source(store, paths, parent, config.train, show_progress)
-        miner = _mining_bank(store, parent, source, bank, config, device)
-        pairs, mining = round_pairs(store, config, bank, train_links, heldout, confirmed_clusters, round_id, miner)
+        miner = _mining_bank(store, paths, parent, source, hashes, config, device)
+        weights = _proposal_weights(paths, lineage_root(store, parent.model_id) if miner else parent.model_id,
+                                    miner or bank, hashes, config)
+        pairs, mining = round_pairs(store, config, bank, train_links, heldout, confirmed_clusters, round_id, miner,
+                                    weights)
         positives = _positives_report(store, pairs, bank, mining)
         say(f"round {round_id}: positives {_positives_line(positives)}")
         store.update_round(round_id, metrics={"before": before, "positives": positives})
@@ -252,10 +257,11 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
         new = load_checkpoint(result.model.checkpoint).to(next(parent.parameters()).device)
         store.add_model(new.ref, checkpoint_sha256=content_hash(result.model.checkpoint), round=round_id,
                         config={"round": config.params()})
+        phase(4)
         if isinstance(source, TrunkInputs):  # the refresh runs only the last stage
             fill_feature_cache(new, source, paths.features, features, hashes)
         say(f"round {round_id}: new model {new.model_id} saved, its features refreshed")
-        phase(4)
+        phase(5)
         after = measure(store, paths, new, heldout, DEFAULT_MIN_SCORE, show_progress, features)
         say(f"round {round_id}: new model {new.model_id} measured: {_figures(after)}")
         activated, why = (validated(result, before, after, config.gate_ap_tolerance) if config.gate
@@ -264,7 +270,7 @@ def run_round(store: Store, paths: ProjectPaths, config: RoundConfig = RoundConf
             store.set_active_model(new.model_id)
         say(f"round {round_id}: new model {'made active' if activated else 'NOT activated, ' + parent.model_id + ' stays active'}: {why}")
         if activated and config.rediscover:
-            phase(5)
+            phase(6)
             run_discovery(store, paths, DiscoverConfig(features=features), backbone=new, progress=show_progress)
         store.update_round(round_id, status="done", new_model=new.model_id,
                            metrics={"after": after, "positives": positives, "steps": result.iterations,
@@ -303,14 +309,29 @@ def _validation_line(result: TrainResult) -> str:
             f"(best at step {result.best_step}, kept); drift from the ImageNet weights {result.drift:.3f}")
 
 
-def _mining_bank(store: Store, parent: Backbone, source, bank: FeatureBank, config: RoundConfig,
-                 device: str) -> FeatureBank | None:
+def _mining_bank(store: Store, paths: ProjectPaths, parent: Backbone, source, hashes: dict[str, str],
+                 config: RoundConfig, device: str) -> FeatureBank | None:
     """The features mining verifies with: the lineage root's (ImageNet) when
-    ``config.mine_with == "root"`` and the trunk is cached (None: the parent's ``bank``)."""
+    ``config.mine_with == "root"`` and the trunk is cached (None: the parent's bank),
+    read from the root's feature cache (:func:`engine.trunk_cache.cached_bank`)."""
     root_id = lineage_root(store, parent.model_id)
     if config.mine_with != "root" or root_id == parent.model_id or not isinstance(source, TrunkInputs):
         return None
-    return bank_from_inputs(load_model(store, root_id, device), source)
+    return cached_bank(load_model(store, root_id, device), source, paths.features, config.train.features, hashes)
+
+
+def _proposal_weights(paths: ProjectPaths, model_id: str, bank: FeatureBank, hashes: dict[str, str],
+                      config: RoundConfig) -> torch.Tensor | None:
+    """Mining's proposal weights from the collection counts kept beside ``model_id``'s
+    feature cache (discovery's, :mod:`hitl.texture_counts`; computed and kept when
+    missing). None where mining draws no weighted proposals or the bank has no cache
+    (``mine_pairs`` then computes them)."""
+    mining = config.train.mining
+    if "mined" not in config.sources or not mining.texture_proposals or not hashes:
+        return None
+    pyramids = CachedPyramids(FeatureCache(paths.features, model_id, config.train.features), hashes)
+    counts = kept_collection_counts(pyramids, TextureConfig(), bank.image_ids)
+    return proposal_weights(bank, mining.proposal_level, counts=[counts[i] for i in bank.image_ids])
 
 
 def _anchor(store: Store, parent: Backbone, config: TrainConfig, device: str) -> list[torch.Tensor] | None:
@@ -346,14 +367,15 @@ def _resume_or_start(store: Store, parent: str, config: RoundConfig) -> int:
 
 def _training_source(store: Store, paths: ProjectPaths, parent: Backbone, config: TrainConfig, show_progress: bool):
     """(what steps read, the parent's bank, image hashes): cached trunk inputs for a
-    frozen trunk, else the images at the largest level's resolution."""
+    frozen trunk (the bank read from the parent's feature cache), else the images at the
+    largest level's resolution."""
     features = config.features
     if config.freeze == "last-stage":
         images = [img for img in store.list_images() if Path(img.path).is_file()]
         hashes = {img.image_id: img.sha256 for img in images}
         inputs, _ = trunk_inputs(parent, [(img.image_id, img.path) for img in images], features, paths.features,
                                  hashes, progress=show_progress)
-        return inputs, bank_from_inputs(parent, inputs), hashes
+        return inputs, cached_bank(parent, inputs, paths.features, features, hashes), hashes
     collection = load_project_collection(store, paths, parent, show_progress, features)
     ids = collection.bank.image_ids
     max_pixels = 16 * features.max_side
@@ -369,9 +391,11 @@ def shortlist_neighbours(bank: FeatureBank, k: int) -> torch.Tensor:
 
 
 def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_links, heldout, clusters,
-                round_id: int, mining_bank: FeatureBank | None = None) -> tuple[PairBatch, MiningStats | None]:
+                round_id: int, mining_bank: FeatureBank | None = None,
+                weights: torch.Tensor | None = None) -> tuple[PairBatch, MiningStats | None]:
     """The round's pairs from every source in ``config.sources``, tagged and weighted;
-    mined with ``mining_bank`` when given (same images, same order), else ``bank``."""
+    mined with ``mining_bank`` when given (same images, same order), else ``bank``, and
+    proposals drawn by ``weights`` when given (see :func:`engine.mining.mine_pairs`)."""
     ids = bank.image_ids
     index = {image_id: i for i, image_id in enumerate(ids)}
     n_neg = config.train.n_negatives
@@ -390,7 +414,8 @@ def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_link
     if "mined" in config.sources:
         neighbours = shortlist_neighbours(bank, config.shortlist_k)
         generator = iteration_generator(config.seed, round_id)
-        mined = mine_pairs(mining_bank or bank, generator, config.train.mining, neighbours=neighbours, stats=stats)
+        mined = mine_pairs(mining_bank or bank, generator, config.train.mining, neighbours=neighbours, stats=stats,
+                           weights=weights)
         parts.append(mined.tagged(PairBatch.MINED, config.weights.mined))
     return PairBatch.cat(parts), (stats[0] if stats else None)
 

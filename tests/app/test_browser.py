@@ -439,9 +439,9 @@ def test_training_progress_shows_within_seconds_and_stop_marks_the_round(server,
     page.get_by_role("button", name="Start a training round").click()
     page.get_by_text(re.compile(r"^Starting the round's process")).wait_for()
     first = time.perf_counter() - start
-    page.get_by_text(re.compile(r"^Phase \d/6: ")).wait_for()
+    page.get_by_text(re.compile(r"^Phase \d/7: ")).wait_for()
     phase = time.perf_counter() - start
-    page.get_by_text(re.compile(r"^Phase \d/6: .* — \w.* \d+/\d+")).wait_for()  # a step's done/total
+    page.get_by_text(re.compile(r"^Phase \d/7: .* — \w.* \d+/\d+")).wait_for()  # a step's done/total
     step = time.perf_counter() - start
     print(f"\ntraining page after Start: first progress {first:.1f} s, first phase of the round's "
           f"own {phase:.1f} s, first step with done/total {step:.1f} s")

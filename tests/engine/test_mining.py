@@ -23,6 +23,7 @@ from engine.mining import (
     verification_offsets,
     window_scores_many,
 )
+from engine.texture import collection_counts
 from engine.train import embed_collection
 
 SHIFT = (3, 2)  # where A's level-0 map sits inside B's level-1 map (rows, cols)
@@ -271,3 +272,16 @@ def test_proposal_weights_are_low_on_repeated_texture():
     w = proposal_weights(bank, 0)
     assert w.shape == (2, 8, 8)
     assert float(w[0].max()) < 0.2 and float(w[1].min()) > 0.9
+
+
+def test_proposal_weights_take_precomputed_collection_counts():
+    maps = [_rand_map(i, 64, 8, 8) for i in range(3)]
+    maps[1][:, :4, :4] = maps[0][:, :4, :4]  # a shared corner: counted once across the collection
+    bank = FeatureBank.build(["a", "b", "c"], [FeaturePyramid((m,), (128, 128)) for m in maps])
+    counts = collection_counts(maps)
+    assert torch.equal(proposal_weights(bank, 0, counts=counts), proposal_weights(bank, 0))
+    # given counts are used as they are: more repeats, lower weights, nothing recomputed
+    heavier = proposal_weights(bank, 0, counts=[c + 8.0 for c in counts])
+    assert (heavier < proposal_weights(bank, 0)).all()
+    with pytest.raises(ValueError, match="2 collection counts for 3 images"):
+        proposal_weights(bank, 0, counts=counts[:2])

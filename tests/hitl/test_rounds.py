@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from db.records import CONFIRM, REJECT
-from engine.features import FeatureConfig
+from engine.features import FeatureCache, FeatureConfig
 from engine.train import TrainConfig, TrainResult
 from engine.types import Box, ModelRef, PairMatch
 from hitl.discover import lineage_root
@@ -120,6 +120,8 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
         assert 0.0 <= recorded.metrics["positives"][source]["precision"] <= 1.0
     # The refresh ran the last stage into the new model's feature cache.
     assert any((paths.features / report.new_model.replace("@", "-")).rglob("*.npz"))
+    # Mining's texture counts were kept beside the ImageNet features, for the next round to read
+    assert any((paths.features / "effnet-lite0").rglob("collection-counts-*.pt"))
     # The next round starts from the new model: its one-shot figures are not measured twice.
     second = run_round(store, paths, RoundConfig(train=_small_train(), rediscover=False, seed=1, gate=False),
                        show_progress=False)
@@ -132,13 +134,20 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
 
     tuned = load_model(store, report.new_model, "cpu")
     images = store.list_images()
+    hashes = {i.image_id: i.sha256 for i in images}
     features = _small_train().features
     inputs, _ = trunk_inputs(tuned, [(i.image_id, i.path) for i in images], features, progress=False)
-    own = bank_from_inputs(tuned, inputs)
-    miner = _mining_bank(store, tuned, inputs, own, RoundConfig(), "cpu")
+    miner = _mining_bank(store, paths, tuned, inputs, hashes, RoundConfig(train=_small_train()), "cpu")
     root = bank_from_inputs(load_model(store, "effnet-lite0", "cpu"), inputs)
-    assert torch.equal(miner.levels[0], root.levels[0]) and not torch.equal(miner.levels[0], own.levels[0])
-    assert _mining_bank(store, tuned, inputs, own, RoundConfig(mine_with="parent"), "cpu") is None
+    # read from the root's feature cache, as discovery and the first round's measurement stored them
+    # (float16; computed by the whole backbone, bf16 where the CPU has it): the root's features
+    assert torch.allclose(miner.levels[0], root.levels[0], atol=2e-2)
+    first = FeatureCache(paths.features, "effnet-lite0", features).get(hashes[inputs.image_ids[0]]).levels[0]
+    tuned_first = FeatureCache(paths.features, tuned.model_id, features).get(hashes[inputs.image_ids[0]]).levels[0]
+    h, w = first.shape[1:]
+    assert torch.equal(miner.levels[0][0, :, :h, :w], first.float())
+    assert not torch.equal(first, tuned_first)  # the tuned model's own cached features differ
+    assert _mining_bank(store, paths, tuned, inputs, hashes, RoundConfig(mine_with="parent"), "cpu") is None
     assert second.before["oneshot_map"] == report.after["oneshot_map"]
 
 
