@@ -30,12 +30,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.backbone import STRIDE, Backbone
+from engine.frozen_trunk import FOLDABLE, frozen_trunk
 from engine.images import ImageReadError, content_hash, image_size, load_rgb
 
 # Bumped whenever one model and one FeatureConfig start computing different numbers, so
 # that a feature cache (and the ANN index keyed by it) from before is not mixed with new
 # features. 2: FLOAT32_MODULES keep EfficientNet-Lite0's first layers out of bf16 autocast.
-NUMERICS_VERSION = 2
+# 3: CPU features from engine.frozen_trunk (BatchNorm folded into bf16 weights).
+NUMERICS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,9 @@ def cpu_has_native_bf16() -> bool:
 
 _CPU_PRECISION: dict[str, torch.dtype | None] = {}  # per architecture: measured once per process
 CHANNELS_LAST = True  # benchmarks.detect turns it off to time the old NCHW path
+# CPU features through engine.frozen_trunk (BatchNorm folded, traced and frozen); benchmarks.detect
+# turns it off to time the eager autocast path against it.
+FROZEN_GRAPH = True
 
 # Modules of a trunk that run in float32 under bf16 autocast (issue 12: every cell's cosine
 # to float32 >= 0.995). EfficientNet-Lite0 under bf16 throughout: mean 0.996 but 20 % of
@@ -237,11 +242,22 @@ def embed_pixels(backbone: Backbone, pixels: torch.Tensor,
     dtype = autocast_dtype(backbone, device)
     if forward is not None and forward is not backbone and device.type == "cpu":
         dtype = None  # a frozen trunk's cached output must equal what training computes in float32
+    if (forward is None or forward is backbone) and _frozen_applies(backbone, pixels):
+        float32 = FLOAT32_MODULES.get(backbone.spec.arch, ()) if dtype is not None else ()
+        feats = frozen_trunk(backbone, dtype or torch.float32, float32)(pixels).float()
+        return (feats if forward is not None else F.normalize(feats, dim=1)).contiguous()
     with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         feats = (forward or backbone)(pixels)
     if forward is not None:
         return feats.float().contiguous()
     return F.normalize(feats.float(), dim=1).contiguous()
+
+
+def _frozen_applies(backbone: Backbone, pixels: torch.Tensor) -> bool:
+    """The frozen inference copy serves CPU inference of a foldable backbone in eval mode
+    on the new (channels-last) path, for inputs of whole cells (its pads are fixed)."""
+    return (FROZEN_GRAPH and CHANNELS_LAST and pixels.device.type == "cpu" and not backbone.training
+            and backbone.spec.arch in FOLDABLE and pixels.shape[-1] % STRIDE == 0 and pixels.shape[-2] % STRIDE == 0)
 
 
 def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int],
