@@ -405,9 +405,11 @@ def main(argv: list[str] | None = None) -> None:
                 recall, top1 = agreement(exact, indexed)
                 print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same "
                       f"{top1:.2f} (nprobe {nprobe}, {len(few)} queries)")
-        else:
+        elif per_image == per_image:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")
+        else:
+            print("exact query                 not run (--exact-max); recall not measured")
     print(f"this process                {time.process_time():.0f} s CPU in {time.perf_counter() - wall_start:.0f} s wall "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
