@@ -176,12 +176,17 @@ class SyntheticBank:
                        for la, lb in zip(self.real[a].levels, self.real[b].levels))
         return FeaturePyramid(levels, self.real[a].image_size)
 
+    pooled = False  # regions of synthetic images pooled from their mixed cells (slower, exact)
+
     def regions(self, index: int) -> torch.Tensor:
         """Region descriptors: a real image's own; a synthetic image's mixed at the descriptor
-        level, normalize(r_a + w r_b) (its cells are mixed cell by cell: close, not equal;
-        pooling 100,000 mixed pyramids would take longer than the whole benchmark)."""
+        level, normalize(r_a + w r_b) (its cells are mixed cell by cell: close, not equal),
+        or with ``pooled`` pooled from its mixed cells, as a project computes them."""
         if index < len(self.real):
             return self.regions_of[index]
+        if self.pooled:
+            config = AnnConfig()
+            return region_descriptors(self(index), config.window, config.stride)
         a, b, w, flip = self._draw(index)
         other = self.mirror_regions_of[a] if flip else self.regions_of[b]
         return F.normalize(self.regions_of[a] + w * other, dim=1)
@@ -346,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"IVF cells visited per query (repeat to compare; default {AnnConfig().nprobe})")
     parser.add_argument("--exact-max", type=int, default=10_000, help="largest bank the exact scan runs over")
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
+    parser.add_argument("--regions", action="append", choices=["mixed", "pooled"],
+                        help="synthetic images' region descriptors: mixed at the descriptor level (default, fast) "
+                             "or pooled from their mixed cells as a project pools them (repeat to compare)")
     parser.add_argument("--features-only", action="store_true", help="only part 1 (features), no detection")
     parser.add_argument("--exact-queries", type=int, action="append",
                         help="queries the exact scan runs, per bank size in order (default: all; recall is "
@@ -379,19 +387,22 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         bank = SyntheticBank(real, n)
         tag = "" if n <= len(real) else f" ({n - len(real)} synthetic)"
-        index, build_s = build_index(bank, AnnConfig())
         print(f"--- bank of {n} images{tag}")
-        print(f"index                       {'flat' if index.is_flat else 'IVF-PQ'}, {index.n_regions / n:.0f} regions "
-              f"and {index.nbytes() / n / 1e3:.2f} kB per image, built in {build_s:.1f} s")
         runs = {}
-        for nprobe in nprobes:
-            index.config = replace(index.config, nprobe=nprobe)
-            for count in candidate_counts:
-                runs[nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
-                    queries, index, bank, config, count, device)
-                print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense scan "
-                      f"{_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
-                      f"{feat['load']:.0f} images/s); CPU time of search + scan {_median_ms(cpu_s)}")
+        for regions in args.regions or ["mixed"]:
+            bank.pooled = regions == "pooled"
+            index, build_s = build_index(bank, AnnConfig())
+            print(f"index, {regions} regions{' ' * (7 - len(regions))}{'flat' if index.is_flat else 'IVF-PQ'}, "
+                  f"{index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB per image, built in "
+                  f"{build_s:.1f} s")
+            for nprobe in nprobes:
+                index.config = replace(index.config, nprobe=nprobe)
+                for count in candidate_counts:
+                    runs[regions, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
+                        queries, index, bank, config, count, device)
+                    print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense "
+                          f"scan {_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
+                          f"{feat['load']:.0f} images/s); CPU time of search + scan {_median_ms(cpu_s)}")
         if n == sizes[0] and n <= min(args.exact_max, 1000):  # the old path holds the whole bank in memory
             print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
                   "(2 queries; float16 bank converted per query, convolution)")
@@ -401,10 +412,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}, {len(few)} queries); "
                   f"CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for (nprobe, count), (indexed, *_) in runs.items():
+            for (regions, nprobe, count), (indexed, *_) in runs.items():
                 recall, top1 = agreement(exact, indexed)
                 print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same "
-                      f"{top1:.2f} (nprobe {nprobe}, {len(few)} queries)")
+                      f"{top1:.2f} (nprobe {nprobe}, {regions} regions, {len(few)} queries)")
         elif per_image == per_image:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")
