@@ -74,12 +74,12 @@ def feature_path(name: str):
     """The module switches of one feature path: ``old`` (float32, NCHW, eager: before issue 12),
     ``eager`` (channels-last, bf16 autocast with the float32 modules: session 4), ``new``
     (the frozen inference copy of engine.frozen_trunk, today), ``all-bf16`` (``new`` without
-    the float32 modules)."""
+    the float32 modules), ``frozen-fp32`` (the frozen copy all in float32)."""
     saved = (features.CHANNELS_LAST, features.FROZEN_GRAPH, dict(features.FLOAT32_MODULES),
              os.environ.get("ARTMINER_PRECISION"))
     features.CHANNELS_LAST = name != "old"
-    features.FROZEN_GRAPH = name in ("new", "all-bf16")
-    if name == "old":
+    features.FROZEN_GRAPH = name in ("new", "all-bf16", "frozen-fp32")
+    if name in ("old", "frozen-fp32"):
         os.environ["ARTMINER_PRECISION"] = "fp32"
     if name == "all-bf16":
         features.FLOAT32_MODULES.clear()
@@ -106,7 +106,7 @@ def time_features(model: str, items, device: torch.device, cache: Path,
     (best of each, so that all see the same machine load); the new pyramids are cached."""
     config = FeatureConfig()
     nets, built = {}, {}
-    for name in ("old", "eager", "new", "all-bf16"):
+    for name in ("old", "eager", "new", "all-bf16", "frozen-fp32"):
         with feature_path(name):
             nets[name] = create_backbone(model).to(device)
             start = time.perf_counter()  # precision choice (timed once) and, for the frozen paths, the copy
@@ -130,7 +130,7 @@ def time_features(model: str, items, device: torch.device, cache: Path,
         collection_features(nets["new"], items, config, cache, progress=False)
         load_s = time.perf_counter() - start
     n = len(after.pyramids)
-    cos = {name: _cosines(got["old"], got[name]) for name in ("eager", "new", "all-bf16")}
+    cos = {name: _cosines(got["old"], got[name]) for name in ("eager", "new", "all-bf16", "frozen-fp32")}
     figures = {
         "n": n, "rate": {name: n / seconds for name, seconds in best.items()}, "built": built["new"], "load": n / load_s,
         "cos": {name: {"mean": float(c.mean()), "min": float(c.min()), "p001": float(c.quantile(0.001)),
@@ -327,7 +327,8 @@ def print_features(feat: dict, device: torch.device) -> None:
     print(f"features, {feat['n']} images  interleaved, best of 3, {clock} (images/s; per-cell cosine to the old path: min, "
           f"0.1st / 1st percentile, share below 0.995)")
     for name, label in (("old", "old: float32 NCHW eager"), ("eager", "session 4: bf16 autocast"),
-                        ("new", "new: frozen copy"), ("all-bf16", "new, all in bf16")):
+                        ("new", "new: frozen copy"), ("all-bf16", "new, all in bf16"),
+                        ("frozen-fp32", "frozen copy, float32")):
         c = cos.get(name)
         agree = (f"; cosine min {c['min']:.4f}, {c['p001']:.4f} / {c['p01']:.4f}, {c['below']:.2%} below"
                  if c else "")
