@@ -36,8 +36,7 @@ from engine.images import ImageReadError, content_hash, image_size, load_rgb
 # Bumped whenever one model and one FeatureConfig start computing different numbers, so
 # that a feature cache (and the ANN index keyed by it) from before is not mixed with new
 # features. 2: FLOAT32_MODULES keep EfficientNet-Lite0's first layers out of bf16 autocast.
-# 3: CPU features from engine.frozen_trunk (BatchNorm folded into bf16 weights).
-NUMERICS_VERSION = 3
+NUMERICS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -139,9 +138,12 @@ def cpu_has_native_bf16() -> bool:
 
 _CPU_PRECISION: dict[str, torch.dtype | None] = {}  # per architecture: measured once per process
 CHANNELS_LAST = True  # benchmarks.detect turns it off to time the old NCHW path
-# CPU features through engine.frozen_trunk (BatchNorm folded, traced and frozen); benchmarks.detect
-# turns it off to time the eager autocast path against it.
-FROZEN_GRAPH = True
+# CPU features through engine.frozen_trunk (BatchNorm folded, traced and frozen). Off by default:
+# in benchmarks.detect it was 13 % faster than the eager autocast path in one run and as fast in
+# another (CPU time, 12 demo images), not enough to recompute every feature cache for; the
+# frozen copy in float32 was as fast as in bf16 (README, "Frozen inference copy"). Turning it on
+# changes the features' numbers: bump NUMERICS_VERSION with it.
+FROZEN_GRAPH = False
 
 # Modules of a trunk that run in float32 under bf16 autocast (issue 12: every cell's cosine
 # to float32 >= 0.995). EfficientNet-Lite0 under bf16 throughout: mean 0.996 but 20 % of

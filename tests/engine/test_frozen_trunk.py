@@ -101,6 +101,8 @@ def test_features_use_it_only_in_eval_mode_on_whole_cells(random_effnet, monkeyp
 
     monkeypatch.setenv("ARTMINER_PRECISION", "fp32")
     x = torch.rand(1, 3, 32, 48)
+    assert not features._frozen_applies(random_effnet, x)  # off by default
+    monkeypatch.setattr(features, "FROZEN_GRAPH", True)
     assert features._frozen_applies(random_effnet, x)
     assert not features._frozen_applies(random_effnet, torch.rand(1, 3, 40, 48))
     random_effnet.train()
