@@ -3,9 +3,12 @@
     python -m benchmarks.detect [--device cpu|cuda] [--images DIR] [--bank-size 1000 --bank-size 10000 ...]
 
 1. Features: the pyramids of ``--feature-images`` images of the folder (default: a fresh
-   demo collection) with the old path (float32, NCHW) and the new one (channels-last,
-   bf16 autocast where the CPU has native bf16): images/s of both, and the per-cell
-   cosine of the new features to the old; then the cache's load rate and size.
+   demo collection) with the old path (float32, NCHW, eager), session 4's (channels-last,
+   bf16 autocast with the float32 modules), today's (the frozen inference copy of
+   :mod:`engine.frozen_trunk`) and today's without the float32 modules, interleaved:
+   images/s of each (from CPU time on the CPU: the machine is shared), and the per-cell
+   cosine of each to the old path; then the cache's
+   load rate and size.
 2. Detection over banks of ``--bank-size`` images. The folder's images are real; above
    their number, the bank is filled with *synthetic* images, each the per-cell
    normalised mix of two real pyramids (``a + w b``, w in [0.3, 1)): real feature
@@ -16,7 +19,9 @@
    - exact: the dense scan of every image (:func:`engine.detect.detect`) over a float32
      bank, streamed in chunks of ``--chunk`` images so 10,000 images fit in RAM; above
      ``--exact-max`` images it is not run (reported as extrapolated from the per-image
-     cost). At the first size also the old path: a float16 bank converted per query;
+     cost). At the first size also the old path: a float16 bank converted per query.
+     ``--exact-queries`` runs it on the first few queries only (at 100,000 images one
+     exact query is ~3 min of CPU); recall is then measured on those queries;
    - indexed: region index (:mod:`engine.ann_index`) search, then the dense scan of the
      ``--candidates`` images it returns. Their pyramids are synthesised, not read, so the
      cache reads a project would do are added from the measured cache load rate;
@@ -30,6 +35,7 @@ Prints medians over the queries. Synthetic figures are marked as such.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -63,57 +69,75 @@ def _median_ms(values: list[float]) -> str:
 # ---------------------------------------------------------------- features, before and after
 
 
-def time_features(model: str, items, device: torch.device, cache: Path) -> tuple[list[FeaturePyramid], dict]:
-    """Old path (float32, NCHW) and new path on the same images; the new pyramids are cached."""
+@contextlib.contextmanager
+def feature_path(name: str):
+    """The module switches of one feature path: ``old`` (float32, NCHW, eager: before issue 12),
+    ``eager`` (channels-last, bf16 autocast with the float32 modules: session 4), ``new``
+    (the frozen inference copy of engine.frozen_trunk, today), ``all-bf16`` (``new`` without
+    the float32 modules), ``frozen-fp32`` (the frozen copy all in float32)."""
+    saved = (features.CHANNELS_LAST, features.FROZEN_GRAPH, dict(features.FLOAT32_MODULES),
+             os.environ.get("ARTMINER_PRECISION"))
+    features.CHANNELS_LAST = name != "old"
+    features.FROZEN_GRAPH = name in ("new", "all-bf16", "frozen-fp32")
+    if name in ("old", "frozen-fp32"):
+        os.environ["ARTMINER_PRECISION"] = "fp32"
+    if name == "all-bf16":
+        features.FLOAT32_MODULES.clear()
+    try:
+        yield
+    finally:
+        features.CHANNELS_LAST, features.FROZEN_GRAPH = saved[:2]
+        features.FLOAT32_MODULES.clear()
+        features.FLOAT32_MODULES.update(saved[2])
+        if saved[3] is None:
+            os.environ.pop("ARTMINER_PRECISION", None)
+        else:
+            os.environ["ARTMINER_PRECISION"] = saved[3]
+
+
+def _cosines(reference: list[FeaturePyramid], other: list[FeaturePyramid]) -> torch.Tensor:
+    return torch.cat([(a.float() * b.float()).sum(0).flatten() for p, q in zip(reference, other)
+                      for a, b in zip(p.levels, q.levels)])
+
+
+def time_features(model: str, items, device: torch.device, cache: Path,
+                  rounds: int = 3) -> tuple[list[FeaturePyramid], dict]:
+    """The four paths of :func:`feature_path` on the same images, interleaved ``rounds`` times
+    (best of each, so that all see the same machine load); the new pyramids are cached."""
     config = FeatureConfig()
-    old = create_backbone(model).to(device)
-    features.CHANNELS_LAST = False
-    os.environ["ARTMINER_PRECISION"] = "fp32"
-    try:
+    nets, built = {}, {}
+    for name in ("old", "eager", "new", "all-bf16", "frozen-fp32"):
+        with feature_path(name):
+            nets[name] = create_backbone(model).to(device)
+            start = time.perf_counter()  # precision choice (timed once) and, for the frozen paths, the copy
+            features.embed_cells(nets[name], torch.rand(1, 3, 64, 64), (2, 2))
+            built[name] = time.perf_counter() - start
+    # CPU time on the CPU: on this shared machine the wall time of a one-thread run mostly
+    # measures the other processes (GPU: wall time)
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    best, got = dict.fromkeys(nets, float("inf")), {}
+    for _ in range(rounds):
+        for name, net in nets.items():
+            with feature_path(name):
+                _sync(device)
+                start = clock()
+                got[name] = collection_features(net, items, config, None, progress=False).pyramids
+                _sync(device)
+                best[name] = min(best[name], clock() - start)
+    with feature_path("new"):
+        after = collection_features(nets["new"], items, config, cache, progress=False)
         start = time.perf_counter()
-        before = collection_features(old, items, config, None, progress=False)
-        before_s = time.perf_counter() - start
-    finally:
-        features.CHANNELS_LAST = True
-        os.environ.pop("ARTMINER_PRECISION")
-    new = create_backbone(model).to(device)
-    features.embed_cells(new, torch.rand(1, 3, 64, 64), (2, 2))  # precision choice (timed once) and warm-up
-    _sync(device)
-    start = time.perf_counter()
-    after = collection_features(new, items, config, cache, progress=False)
-    _sync(device)
-    after_s = time.perf_counter() - start
-    start = time.perf_counter()
-    collection_features(new, items, config, cache, progress=False)
-    load_s = time.perf_counter() - start
-    # The new path without the float32 modules (engine.features.FLOAT32_MODULES): their
-    # cost, timed interleaved with the new path (best of 3 rounds each), so that both see
-    # the same machine load.
-    saved = dict(features.FLOAT32_MODULES)
-    features.FLOAT32_MODULES.clear()
-    try:
-        plain = create_backbone(model).to(device)
-        features.embed_cells(plain, torch.rand(1, 3, 64, 64), (2, 2))
-    finally:
-        features.FLOAT32_MODULES.update(saved)
-    best, got = {"with": float("inf"), "without": float("inf")}, {}
-    for _ in range(3):
-        for name, net in (("with", new), ("without", plain)):
-            start = time.perf_counter()
-            got[name] = collection_features(net, items, config, None, progress=False)
-            best[name] = min(best[name], time.perf_counter() - start)
-    all_bf16 = got["without"]
-    cos_all = torch.cat([(a.float() * b.float()).sum(0).flatten() for p, q in zip(before.pyramids, all_bf16.pyramids)
-                         for a, b in zip(p.levels, q.levels)])
-    cos = torch.cat([(a.float() * b.float()).sum(0).flatten() for p, q in zip(before.pyramids, after.pyramids)
-                     for a, b in zip(p.levels, q.levels)])
+        collection_features(nets["new"], items, config, cache, progress=False)
+        load_s = time.perf_counter() - start
     n = len(after.pyramids)
+    cos = {name: _cosines(got["old"], got[name]) for name in ("eager", "new", "all-bf16", "frozen-fp32")}
     figures = {
-        "n": n, "before": n / before_s, "after": n / after_s, "load": n / load_s,
-        "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "cos_p001": float(cos.quantile(0.001)),
-        "cos_p01": float(cos.quantile(0.01)), "cos_below": float((cos < 0.995).float().mean()),
-        "interleaved": n / best["with"], "all_bf16": n / best["without"], "all_min": float(cos_all.min()), "all_below": float((cos_all < 0.995).float().mean()),
-        "precision": features.autocast_dtype(new, device), "cache_mb": sum(p.stat().st_size for p in cache.rglob("*.npz")) / n / 1e6,
+        "n": n, "rate": {name: n / seconds for name, seconds in best.items()}, "built": built["new"], "load": n / load_s,
+        "cos": {name: {"mean": float(c.mean()), "min": float(c.min()), "p001": float(c.quantile(0.001)),
+                       "p01": float(c.quantile(0.01)), "below": float((c < 0.995).float().mean())}
+                for name, c in cos.items()},
+        "precision": features.autocast_dtype(nets["new"], device),
+        "cache_mb": sum(p.stat().st_size for p in cache.rglob("*.npz")) / n / 1e6,
     }
     return after.pyramids, figures
 
@@ -152,12 +176,17 @@ class SyntheticBank:
                        for la, lb in zip(self.real[a].levels, self.real[b].levels))
         return FeaturePyramid(levels, self.real[a].image_size)
 
+    pooled = False  # regions of synthetic images pooled from their mixed cells (slower, exact)
+
     def regions(self, index: int) -> torch.Tensor:
         """Region descriptors: a real image's own; a synthetic image's mixed at the descriptor
-        level, normalize(r_a + w r_b) (its cells are mixed cell by cell: close, not equal;
-        pooling 100,000 mixed pyramids would take longer than the whole benchmark)."""
+        level, normalize(r_a + w r_b) (its cells are mixed cell by cell: close, not equal),
+        or with ``pooled`` pooled from its mixed cells, as a project computes them."""
         if index < len(self.real):
             return self.regions_of[index]
+        if self.pooled:
+            config = AnnConfig()
+            return region_descriptors(self(index), config.window, config.stride)
         a, b, w, flip = self._draw(index)
         other = self.mirror_regions_of[a] if flip else self.regions_of[b]
         return F.normalize(self.regions_of[a] + w * other, dim=1)
@@ -289,6 +318,25 @@ def load_queries(backbone, folder: Path, annotations: Path | None, n: int, ids: 
     return out, seconds
 
 
+def print_features(feat: dict, device: torch.device) -> None:
+    threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device                      {device} ({threads}), native bf16: {features.cpu_has_native_bf16()}, "
+          f"features in {feat['precision'] or 'float32'}")
+    rate, cos = feat["rate"], feat["cos"]
+    clock = "CPU time" if device.type == "cpu" else "wall time"
+    print(f"features, {feat['n']} images  interleaved, best of 3, {clock} (images/s; per-cell cosine to the old path: min, "
+          f"0.1st / 1st percentile, share below 0.995)")
+    for name, label in (("old", "old: float32 NCHW eager"), ("eager", "session 4: bf16 autocast"),
+                        ("new", "new: frozen copy"), ("all-bf16", "new, all in bf16"),
+                        ("frozen-fp32", "frozen copy, float32")):
+        c = cos.get(name)
+        agree = (f"; cosine min {c['min']:.4f}, {c['p001']:.4f} / {c['p01']:.4f}, {c['below']:.2%} below"
+                 if c else "")
+        print(f"  {label:<26}{rate[name]:.2f} images/s ({rate[name] / rate['old']:.2f}x){agree}")
+    print(f"frozen copy built in        {feat['built']:.1f} s (once per process and model weights)")
+    print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -304,6 +352,13 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"IVF cells visited per query (repeat to compare; default {AnnConfig().nprobe})")
     parser.add_argument("--exact-max", type=int, default=10_000, help="largest bank the exact scan runs over")
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
+    parser.add_argument("--regions", action="append", choices=["mixed", "pooled"],
+                        help="synthetic images' region descriptors: mixed at the descriptor level (default, fast) "
+                             "or pooled from their mixed cells as a project pools them (repeat to compare)")
+    parser.add_argument("--features-only", action="store_true", help="only part 1 (features), no detection")
+    parser.add_argument("--exact-queries", type=int, action="append",
+                        help="queries the exact scan runs, per bank size in order (default: all; recall is "
+                             "measured on these)")
     args = parser.parse_args(argv)
     sizes = args.bank_size or [1000]
     wall_start = time.perf_counter()
@@ -315,57 +370,58 @@ def main(argv: list[str] | None = None) -> None:
         items = list_images(folder)
         timed = items[: args.feature_images]
         _, feat = time_features(args.model, timed, device, Path(tmp) / "cache")
+        if args.features_only:
+            print_features(feat, device)
+            return
         backbone = create_backbone(args.model).to(device)
         real = collection_features(backbone, items, FeatureConfig(), Path(tmp) / "cache", progress=False).pyramids
     ids = [image_id for image_id, _ in items]
     queries, query_s = load_queries(backbone, folder, annotations, args.queries, ids, device)
     config = DetectConfig()
 
-    threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device                      {device} ({threads}), native bf16: {features.cpu_has_native_bf16()}, "
-          f"features in {feat['precision'] or 'float32'}")
-    print(f"features, old path          {feat['before']:.2f} images/s ({feat['n']} images, float32 NCHW)")
-    print(f"features, new path          {feat['after']:.2f} images/s  ({feat['after'] / feat['before']:.1f}x)")
-    print(f"per-cell cosine new vs old  mean {feat['cos_mean']:.4f}, min {feat['cos_min']:.4f}, 0.1st / 1st "
-          f"percentile {feat['cos_p001']:.4f} / {feat['cos_p01']:.4f}, {feat['cos_below']:.2%} of cells below 0.995")
-    print(f"float32 modules' cost       {feat['interleaved']:.2f} images/s with them, {feat['all_bf16']:.2f} without "
-          f"(all in bf16: {feat['all_bf16'] / feat['interleaved']:.2f}x; interleaved, best of 3); without them per-cell "
-          f"cosine min {feat['all_min']:.4f}, {feat['all_below']:.2%} of cells below 0.995")
-    print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
+    print_features(feat, device)
     print(f"query features              median {_median_ms(query_s)} ({len(queries)} queries, {len(real)} real images)")
     candidate_counts = args.candidates or [AnnConfig().candidates]
     nprobes = args.nprobe or [AnnConfig().nprobe]
     per_image = float("nan")  # exact-scan seconds per image, from the first size
+    exact_queries = dict(zip(sizes, args.exact_queries or []))
     for n in sizes:
         bank = SyntheticBank(real, n)
         tag = "" if n <= len(real) else f" ({n - len(real)} synthetic)"
-        index, build_s = build_index(bank, AnnConfig())
         print(f"--- bank of {n} images{tag}")
-        print(f"index                       {'flat' if index.is_flat else 'IVF-PQ'}, {index.n_regions / n:.0f} regions "
-              f"and {index.nbytes() / n / 1e3:.2f} kB per image, built in {build_s:.1f} s")
         runs = {}
-        for nprobe in nprobes:
-            index.config = replace(index.config, nprobe=nprobe)
-            for count in candidate_counts:
-                runs[nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
-                    queries, index, bank, config, count, device)
-                print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense scan "
-                      f"{_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
-                      f"{feat['load']:.0f} images/s); CPU time of search + scan {_median_ms(cpu_s)}")
+        for regions in args.regions or ["mixed"]:
+            bank.pooled = regions == "pooled"
+            index, build_s = build_index(bank, AnnConfig())
+            print(f"index, {regions} regions{' ' * (7 - len(regions))}{'flat' if index.is_flat else 'IVF-PQ'}, "
+                  f"{index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB per image, built in "
+                  f"{build_s:.1f} s")
+            for nprobe in nprobes:
+                index.config = replace(index.config, nprobe=nprobe)
+                for count in candidate_counts:
+                    runs[regions, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
+                        queries, index, bank, config, count, device)
+                    print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense "
+                          f"scan {_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
+                          f"{feat['load']:.0f} images/s); CPU time of search + scan {_median_ms(cpu_s)}")
         if n == sizes[0] and n <= min(args.exact_max, 1000):  # the old path holds the whole bank in memory
             print(f"exact query, old path       median {_median_ms(old_exact_scan(queries[:2], real, n, config, device))} "
                   "(2 queries; float16 bank converted per query, convolution)")
         if n <= args.exact_max:
-            exact, exact_s, exact_cpu = exact_scan(queries, bank, config, args.chunk, device)
-            print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}); CPU time {_median_ms(exact_cpu)}")
+            few = queries[: exact_queries.get(n, len(queries))]
+            exact, exact_s, exact_cpu = exact_scan(few, bank, config, args.chunk, device)
+            print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}, {len(few)} queries); "
+                  f"CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for (nprobe, count), (indexed, *_) in runs.items():
+            for (regions, nprobe, count), (indexed, *_) in runs.items():
                 recall, top1 = agreement(exact, indexed)
                 print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same "
-                      f"{top1:.2f} (nprobe {nprobe})")
-        else:
+                      f"{top1:.2f} (nprobe {nprobe}, {regions} regions, {len(few)} queries)")
+        elif per_image == per_image:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")
+        else:
+            print("exact query                 not run (--exact-max); recall not measured")
     print(f"this process                {time.process_time():.0f} s CPU in {time.perf_counter() - wall_start:.0f} s wall "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 

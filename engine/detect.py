@@ -123,15 +123,17 @@ class FeatureBank:
         channels = pyramids[0].levels[0].shape[0]
         levels, valid = [], []
         for k in range(n_levels):
-            shapes = torch.tensor([p.levels[k].shape[1:] for p in pyramids])
-            side = int(shapes.max())
-            bank = torch.zeros(len(pyramids), channels, side, side, dtype=dtype, device=device).to(
-                memory_format=torch.channels_last)  # the layout the scan reads (no copy per query)
+            shapes = [tuple(p.levels[k].shape[1:]) for p in pyramids]
+            side = max(max(shape) for shape in shapes)
+            # Filled as (N, S, S, C), which viewed as (N, C, S, S) is channels-last, the layout
+            # the scan reads: each image's (h, w, C) rows are written contiguously (writing
+            # (C, h, w) into a channels-last tensor was 2/3 of an indexed query's CPU time).
+            bank = torch.zeros(len(pyramids), side, side, channels, dtype=dtype, device=device)
             for i, p in enumerate(pyramids):
-                h, w = p.levels[k].shape[1:]
-                bank[i, :, :h, :w] = p.levels[k]
-            levels.append(bank)
-            valid.append(shapes.to(device))
+                h, w = shapes[i]
+                bank[i, :h, :w] = p.levels[k].permute(1, 2, 0)
+            levels.append(bank.permute(0, 3, 1, 2))
+            valid.append(torch.tensor(shapes, device=device))
         sizes = torch.tensor([p.image_size for p in pyramids], dtype=torch.float32, device=device)
         return cls(list(image_ids), levels, valid, sizes)
 

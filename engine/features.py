@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.backbone import STRIDE, Backbone
+from engine.frozen_trunk import FOLDABLE, frozen_trunk
 from engine.images import ImageReadError, content_hash, image_size, load_rgb
 
 # Bumped whenever one model and one FeatureConfig start computing different numbers, so
@@ -137,6 +138,12 @@ def cpu_has_native_bf16() -> bool:
 
 _CPU_PRECISION: dict[str, torch.dtype | None] = {}  # per architecture: measured once per process
 CHANNELS_LAST = True  # benchmarks.detect turns it off to time the old NCHW path
+# CPU features through engine.frozen_trunk (BatchNorm folded, traced and frozen). Off by default:
+# in benchmarks.detect it was 13 % faster than the eager autocast path in one run and as fast in
+# another (CPU time, 12 demo images), not enough to recompute every feature cache for; the
+# frozen copy in float32 was as fast as in bf16 (README, "Frozen inference copy"). Turning it on
+# changes the features' numbers: bump NUMERICS_VERSION with it.
+FROZEN_GRAPH = False
 
 # Modules of a trunk that run in float32 under bf16 autocast (issue 12: every cell's cosine
 # to float32 >= 0.995). EfficientNet-Lite0 under bf16 throughout: mean 0.996 but 20 % of
@@ -237,11 +244,22 @@ def embed_pixels(backbone: Backbone, pixels: torch.Tensor,
     dtype = autocast_dtype(backbone, device)
     if forward is not None and forward is not backbone and device.type == "cpu":
         dtype = None  # a frozen trunk's cached output must equal what training computes in float32
+    if (forward is None or forward is backbone) and _frozen_applies(backbone, pixels):
+        float32 = FLOAT32_MODULES.get(backbone.spec.arch, ()) if dtype is not None else ()
+        feats = frozen_trunk(backbone, dtype or torch.float32, float32)(pixels).float()
+        return (feats if forward is not None else F.normalize(feats, dim=1)).contiguous()
     with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         feats = (forward or backbone)(pixels)
     if forward is not None:
         return feats.float().contiguous()
     return F.normalize(feats.float(), dim=1).contiguous()
+
+
+def _frozen_applies(backbone: Backbone, pixels: torch.Tensor) -> bool:
+    """The frozen inference copy serves CPU inference of a foldable backbone in eval mode
+    on the new (channels-last) path, for inputs of whole cells (its pads are fixed)."""
+    return (FROZEN_GRAPH and CHANNELS_LAST and pixels.device.type == "cpu" and not backbone.training
+            and backbone.spec.arch in FOLDABLE and pixels.shape[-1] % STRIDE == 0 and pixels.shape[-2] % STRIDE == 0)
 
 
 def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int],

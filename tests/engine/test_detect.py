@@ -138,3 +138,24 @@ def test_window_score_keeps_the_cells_directions_and_one_norm(effnet):
         DetectConfig(score="max")
     with pytest.raises(ValueError, match="query_context"):
         DetectConfig(query_context=-1)
+
+
+def test_bank_holds_each_pyramid_zero_padded_channels_last():
+    """Images of different shapes (portrait, landscape), float16 in, float32 out: each level
+    is the image's cells in its corner, zeros elsewhere, laid out channels-last."""
+    pyramids = [FeaturePyramid((_rand_map(s, 6, h, w).half(), _rand_map(s + 9, 6, h // 2, w // 2).half()), (16 * w, 16 * h))
+                for s, (h, w) in enumerate([(4, 6), (6, 4), (4, 6)])]
+    bank = FeatureBank.build(["a", "b", "c"], pyramids, dtype=torch.float32)
+    assert [tuple(level.shape) for level in bank.levels] == [(3, 6, 6, 6), (3, 6, 3, 3)]
+    assert all(level.dtype == torch.float32 and level.is_contiguous(memory_format=torch.channels_last)
+               for level in bank.levels)
+    assert bank.valid[0].tolist() == [[4, 6], [6, 4], [4, 6]] and bank.valid[1].tolist() == [[2, 3], [3, 2], [2, 3]]
+    for i, p in enumerate(pyramids):
+        for k, level in enumerate(p.levels):
+            h, w = level.shape[1:]
+            assert torch.equal(bank.levels[k][i, :, :h, :w], level.float())
+            padded = bank.levels[k][i].clone()
+            padded[:, :h, :w] = 0
+            assert not padded.any()
+        assert torch.equal(bank.pyramid(i).levels[0], p.levels[0].float())
+    assert bank.compute_levels()[0].data_ptr() == bank.levels[0].data_ptr()  # no conversion per query

@@ -100,17 +100,21 @@ def _astronaut(width: int = 320, height: int = 240) -> np.ndarray:
     return np.asarray(Image.fromarray(data.astronaut()).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def test_bf16_features_agree_with_fp32_per_cell(effnet, monkeypatch):
-    """bfloat16 autocast (the stem, the first block and the first stride-4 depthwise
-    convolution kept in float32) barely moves the features: every cell's cosine to float32
+@pytest.mark.parametrize("frozen", [False, True], ids=["eager-autocast", "frozen-copy"])
+def test_bf16_features_agree_with_fp32_per_cell(effnet, monkeypatch, frozen):
+    """bfloat16 (the stem, the first block and the first stride-4 depthwise convolution
+    kept in float32; eager autocast, or BatchNorm folded, traced and frozen) barely moves the features: every cell's cosine to float32
     is >= 0.995 at every level (measured here: worst 0.997-0.999; all bf16: worst 0.988)."""
+    import engine.features as features
     from engine.features import FLOAT32_MODULES
 
     config = FeatureConfig(max_side=20, n_scales=3)
     rgb = _astronaut()
     monkeypatch.setenv("ARTMINER_PRECISION", "fp32")
+    monkeypatch.setattr(features, "FROZEN_GRAPH", False)  # the reference: the eager float32 forward
     full = extract_pyramid(effnet, rgb, config)
     monkeypatch.setenv("ARTMINER_PRECISION", "bf16")
+    monkeypatch.setattr(features, "FROZEN_GRAPH", frozen)  # default: eager autocast; or engine.frozen_trunk
     half = extract_pyramid(effnet, rgb, config)
     cosines = []
     for a, b in zip(full.levels, half.levels):
