@@ -5,11 +5,13 @@ row maxima, A's margin left out, empty RANSAC groups skipped, separable Hough sm
 bf16 similarity products where the CPU has native bf16) and today's exact switch
 (``VerifyConfig.precision="fp32"``), in one process, with checks that they agree.
 
-    cp -r /work/demo-ms /tmp/demo && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
+    cp -r DEMO /tmp/demo && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
         python -m benchmarks.verify_speed --project /tmp/demo --pairs 40
 
 Times ``engine.mirror.verify_pairs_mirrored`` (or ``verify_pairs`` with ``--mirror off``)
-as discovery calls it at default settings, on the first ``--pairs`` pairs the project's
+as discovery calls it at default settings (``DEMO``: a demo folder whose project discovery
+has run, e.g. ``artminer demo --out DEMO && artminer discover --project DEMO/artminer.duckdb``),
+on the first ``--pairs`` pairs the project's
 discovery run verified, pyramids already in memory (a warm cache). Prints the median of
 ``--repeats`` runs of each path in ms per pair both ways, wall time and this process's
 CPU time (on a shared machine the CPU time shows the cost without the waiting), and the
