@@ -87,6 +87,9 @@ class SourceWeights:
     expert: float = 1.0  # an expert looked at the link
     discovery: float = 0.5  # verified by RANSAC with a discovery score above the threshold
     mined: float = 0.25  # verified by ring votes only
+    # An expert rejected the link: its hard negatives (hitl.positives). Equal to a confirmed
+    # link's until a measured reason says otherwise (README "Training rounds").
+    rejected: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -378,8 +381,9 @@ def round_pairs(store: Store, config: RoundConfig, bank: FeatureBank, train_link
     parts, stats = [PairBatch.empty(n_neg)], []
     if "expert" in config.sources:
         expert = _expert_batch(train_links, clusters, bank, index, replace(config.expert_pairs, n_negatives=n_neg))
-        if expert is not None:
-            parts.append(expert.tagged(PairBatch.EXPERT, config.weights.expert))
+        if expert is not None:  # confirmed pairs come tagged EXPERT, rejected links' REJECTED
+            for code, weight in ((PairBatch.EXPERT, config.weights.expert), (PairBatch.REJECTED, config.weights.rejected)):
+                parts.append(expert.select(expert.source == code).tagged(code, weight))
     if "discovery" in config.sources:
         held = {lk.link_id for lk in heldout}
         links = [lk.match for lk in _latest_links(store, config.link_min_score)
