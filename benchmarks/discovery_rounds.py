@@ -15,8 +15,7 @@ judged against the demo's ground truth (:func:`benchmarks.sources.demo_truth`,
   pass a fixed threshold, so only equal counts compare the ranking itself.
 
 Also per model, the links among its top ``max(counts)`` that join an image pair the
-simulated expert rejected a link of (what a rejection round should push down) and, of the
-true links, those on image pairs never reviewed (what it should generalise to).
+simulated expert rejected a link of (what a round with hard negatives should push down).
 """
 
 from __future__ import annotations
