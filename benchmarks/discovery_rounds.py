@@ -15,7 +15,9 @@ judged against the demo's ground truth (:func:`benchmarks.sources.demo_truth`,
   pass a fixed threshold, so only equal counts compare the ranking itself.
 
 Also per model, the links among its top ``max(counts)`` that join an image pair the
-simulated expert rejected a link of (what a round with hard negatives should push down).
+simulated expert rejected a link of (what a round with hard negatives should push down),
+and pair recall over the ground-truth pairs nobody reviewed (``unreviewed``): what the
+round found beyond the links the expert already judged.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from benchmarks.sources import demo_truth
 from db.records import CONFIRM, REJECT
 from db.store import Store
-from engine.discovery_metrics import LinkQuality, link_quality
+from engine.discovery_metrics import LinkQuality, ground_truth_pairs, link_quality
 from hitl.discover import DEFAULT_MIN_SCORE
 
 PROJECT = "artminer.duckdb"
@@ -68,7 +70,9 @@ def measure_models(folder: Path, counts: Sequence[int] = COUNTS,
         sizes = {img.image_id: (img.width, img.height) for img in store.list_images()}
         reviewed = store.list_links(status=[CONFIRM, REJECT])
         rejected = {frozenset((lk.image_a, lk.image_b)) for lk in reviewed if lk.status == REJECT}
-        n_reviewed = len({frozenset((lk.image_a, lk.image_b)) for lk in reviewed})
+        judged = {frozenset((lk.image_a, lk.image_b)) for lk in reviewed}
+        n_reviewed = len(judged)
+        subsets = {**subsets, "unreviewed": ground_truth_pairs(queries) - judged}
         out = []
         for label, model_id in lineage_models(store):
             links = latest_links(store, model_id)
@@ -89,20 +93,22 @@ def measure_models(folder: Path, counts: Sequence[int] = COUNTS,
 def format_rows(rows: Sequence[ModelQuality], threshold: float = DEFAULT_MIN_SCORE) -> str:
     """One line per model at the threshold, then one per model with P/R at each equal count."""
     lines = [f"{'model':<9} {'id':<22} {'>= ' + format(threshold, 'g'):>8} {'true':>5} {'pair P':>7} "
-             f"{'pair R':>7} {'across':>7} {'within':>7}"]
+             f"{'pair R':>7} {'across':>7} {'within':>7} {'unreviewed':>10}"]
     for r in rows:
         q = r.at_threshold
         lines.append(f"{r.label:<9} {r.model_id[:22]:<22} {q.n_links:>8} {q.n_true:>5} {q.pair_precision:>7.3f} "
-                     f"{q.pair_recall:>7.3f} {q.recall_by.get('across', 0.0):>7.3f} {q.recall_by.get('within', 0.0):>7.3f}")
+                     f"{q.pair_recall:>7.3f} {q.recall_by.get('across', 0.0):>7.3f} {q.recall_by.get('within', 0.0):>7.3f} "
+                     f"{q.recall_by.get('unreviewed', 0.0):>10.3f}")
     if rows:
         counts = sorted(rows[0].top)
-        lines.append("equal link counts, pair precision / recall (across / within) of the top N links:")
-        lines.append(f"{'model':<9} " + " ".join(f"{'N = ' + str(n):>26}" for n in counts)
+        lines.append("equal link counts, pair precision / recall (across / within / unreviewed) of the top N links:")
+        lines.append(f"{'model':<9} " + " ".join(f"{'N = ' + str(n):>31}" for n in counts)
                      + f" {'rejected-pair links':>20}")
         for r in rows:
             cells = [f"{q.pair_precision:.3f} / {q.pair_recall:.3f} ({q.recall_by.get('across', 0.0):.2f}/"
-                     f"{q.recall_by.get('within', 0.0):.2f})" for q in (r.top[n] for n in counts)]
-            lines.append(f"{r.label:<9} " + " ".join(f"{c:>26}" for c in cells)
+                     f"{q.recall_by.get('within', 0.0):.2f}/{q.recall_by.get('unreviewed', 0.0):.2f})"
+                     for q in (r.top[n] for n in counts)]
+            lines.append(f"{r.label:<9} " + " ".join(f"{c:>31}" for c in cells)
                          + f" {r.rejected_pairs_in_top:>20}")
     return "\n".join(lines)
 
