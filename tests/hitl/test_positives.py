@@ -113,12 +113,13 @@ def test_near_inliers_map_the_cells_around_them_through_the_affine():
 
 
 def test_rejected_link_with_inliers_makes_its_matched_cells_hard_negatives():
-    """A rejected link's anchors are A's inlier cells; B's cell holding each inlier's other
-    end (the match the model made) is a negative of that anchor, the other negatives lie in
-    box B; the positive is the anchor's own cell one scale away."""
+    """With the switches on, a rejected link's anchors are A's inlier cells; B's cell holding
+    each inlier's other end (the match the model made) is a negative of that anchor, the
+    other negatives lie in box B; the positive is the anchor's own cell one scale away."""
     bank = _bank()
     link = replace(LINK, inliers=INLIERS)
-    config = ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact")
+    config = ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact",
+                              rejected_positive="view", matched_negatives=1)
     batch = expert_pairs([], [link], bank, config)
     assert len(batch) == 3 and batch.positive_mask.all() and (batch.source == PairBatch.REJECTED).all()
     want = {_cell_of(bank, 0, 0, xa, ya): (xb, yb) for xa, ya, xb, yb in INLIERS[:1] + INLIERS[2:]}
@@ -149,7 +150,8 @@ def test_rejected_and_confirmed_links_keep_their_own_negatives():
     their own-view positives and matched negatives (source REJECTED)."""
     bank = _bank()
     link = replace(LINK, inliers=INLIERS)
-    config = ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact")
+    config = ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact",
+                              rejected_positive="view", matched_negatives=1)
     batch = expert_pairs([link], [link], bank, config)
     ok, no = batch.source == PairBatch.EXPERT, batch.source == PairBatch.REJECTED
     assert int(ok.sum()) == 3 and int(no.sum()) == 3
@@ -191,12 +193,13 @@ def test_negatives_are_the_anchors_best_matches():
     assert tuple(batch.negatives[0, 0, 2:].tolist()) == far
 
 
-def test_rejected_link_without_hard_negatives_only_pushes_apart_inside_box_b():
-    """rejected_positive="none", matched_negatives=0: the behaviour before hard negatives."""
+def test_rejected_link_by_default_only_pushes_apart_inside_box_b():
+    """The defaults (rejected_positive="none", matched_negatives=0): no positive, the
+    anchor's best matches inside box B as negatives, tagged REJECTED."""
     bank = _bank()
-    config = ExpertPairConfig(cells_per_link=6, n_negatives=4, rejected_positive="none", matched_negatives=0)
+    config = ExpertPairConfig(cells_per_link=6, n_negatives=4)
     batch = expert_pairs([], [LINK], bank, config)
-    assert len(batch) == 6 and not batch.positive_mask.any()
+    assert len(batch) == 6 and not batch.positive_mask.any() and (batch.source == PairBatch.REJECTED).all()
     assert (batch.positive == -1).all()
     for negs in batch.negatives.tolist():
         for ref in negs:
@@ -279,7 +282,7 @@ def test_expert_pairs_train_with_mined_ones(random_effnet, tmp_path):
     bank.image_ids[:] = ["a", "b"]
     link = PairMatch("a", "b", Box(8, 8, 40, 40), Box(20, 20, 52, 52), ((1.0, 0.0, 12.0), (0.0, 1.0, 12.0)), 0.9, 9)
     pairs = expert_pairs([link], [link], bank, ExpertPairConfig(cells_per_link=4, n_negatives=4))
-    assert len(pairs) == 8 and int((pairs.source == PairBatch.EXPERT).sum()) == 4 and pairs.positive_mask.all()
+    assert len(pairs) == 8 and int((pairs.source == PairBatch.EXPERT).sum()) == 4 and int(pairs.positive_mask.sum()) == 4
     config = TrainConfig(steps=1, batch_pairs=16, expert_ratio=0.5, checkpoint_every=1, freeze="none",
                          mining=MiningConfig(n_proposals=8, top_k=1, verification_size=4, positive_square=4, n_negatives=4),
                          features=features)
@@ -288,16 +291,19 @@ def test_expert_pairs_train_with_mined_ones(random_effnet, tmp_path):
     assert result.history[0].n_used_expert == 8 and math.isfinite(result.history[0].loss)
 
 
-def _matched_similarity(bank: FeatureBank, batch: PairBatch) -> torch.Tensor:
-    """(P,) cosine of each rejected anchor with its matched cell (its last negative)."""
+def _negative_similarity(bank: FeatureBank, batch: PairBatch) -> torch.Tensor:
+    """(P, N) cosine of each anchor with each of its negatives."""
     def feats(refs):
-        return torch.stack([bank.levels[k][i, :, r, c].float() for i, k, r, c in refs.tolist()])
-    return (feats(batch.anchor) * feats(batch.negatives[:, -1])).sum(-1)
+        return torch.stack([bank.levels[k][i, :, r, c].float() for i, k, r, c in refs.reshape(-1, 4).tolist()])
+    anchor = feats(batch.anchor)
+    return (anchor[:, None] * feats(batch.negatives).view(len(batch), batch.n_negatives, -1)).sum(-1)
 
 
-def test_training_on_a_rejected_link_pushes_its_matched_cells_apart(random_effnet, tmp_path):
+@pytest.mark.parametrize("switches", [{}, {"rejected_positive": "view", "matched_negatives": 1}])
+def test_training_on_a_rejected_link_pushes_its_matched_cells_apart(random_effnet, tmp_path, switches):
     """Known answer: image b repeats image a shifted by 16 px, so a link between the two is
-    a perfect match; rejected, its inlier cells' similarity and the loss on its pairs fall."""
+    a perfect match; rejected, the similarity of its inlier cells to their negatives (the
+    matched cell among them) and the loss on its pairs fall."""
     import copy
 
     from engine.train import CachedMaps, TrainConfig, held_out_loss, level_shapes, train
@@ -315,16 +321,20 @@ def test_training_on_a_rejected_link_pushes_its_matched_cells_apart(random_effne
     points = tuple((x + 8.0, y + 8.0, x - 8.0, y + 8.0) for x in (32, 48, 64) for y in (16, 32, 48, 64))
     link = PairMatch("a", "b", Box(32, 16, 80, 80), Box(16, 16, 64, 80), ((1.0, 0.0, -16.0), (0.0, 1.0, 0.0)), 0.9,
                      len(points), inliers=points)
-    pairs = expert_pairs([], [link], bank, ExpertPairConfig(cells_per_link=12, n_negatives=4, anchor_levels=(0,)))
+    config = ExpertPairConfig(cells_per_link=12, n_negatives=4, anchor_levels=(0,), **switches)
+    pairs = expert_pairs([], [link], bank, config)
     assert len(pairs) == 12 and (pairs.source == PairBatch.REJECTED).all()
-    before = _matched_similarity(bank, pairs)
-    assert float(before.mean()) > 0.7, "the matched cells start as the model's matches"
-    config = TrainConfig(steps=10, batch_pairs=12, lr=1e-2, checkpoint_every=100, validation_fraction=0.0,
-                         anchor_weight=0.0, mining=replace(TrainConfig().mining, n_negatives=4), features=features)
+    assert (pairs.negatives[..., 0] == 1).all()  # every negative lies in b
+    if switches:  # b's cell holding each inlier's other end (a's cell one column left) is a negative
+        assert all((a[2], a[3] - 1) == tuple(negs[-1][2:]) for a, negs in zip(pairs.anchor.tolist(), pairs.negatives.tolist()))
+    before = _negative_similarity(bank, pairs)
+    assert float(before.max(dim=1).values.mean()) > 0.7, "the matched cells start as the model's matches"
+    train_config = TrainConfig(steps=10, batch_pairs=12, lr=1e-2, checkpoint_every=100, validation_fraction=0.0,
+                               anchor_weight=0.0, mining=replace(TrainConfig().mining, n_negatives=4), features=features)
     shapes = level_shapes(inputs.sizes, features)
     loss_before = held_out_loss(CachedMaps(model, inputs), pairs, shapes)
-    train(model, inputs, pairs, config, out_dir=tmp_path)
+    train(model, inputs, pairs, train_config, out_dir=tmp_path)
     loss_after = held_out_loss(CachedMaps(model, inputs), pairs, shapes)
-    after = _matched_similarity(bank_from_inputs(model, inputs), pairs)
+    after = _negative_similarity(bank_from_inputs(model, inputs), pairs)
     assert loss_after < loss_before
-    assert float(after.mean()) < float(before.mean()) - 0.1
+    assert float(after.max(dim=1).values.mean()) < float(before.max(dim=1).values.mean()) - 0.1
