@@ -4,6 +4,7 @@
                               [--steps N] [--minutes M] [--lr X] [--batch-pairs N] [--expert-ratio R] [--images N]
                               [--anchor-weight A] [--validation-fraction F] [--[no-]gate] [--mine-with root|parent]
                               [--expert-levels all|0,1,2] [--expert-inliers exact|near|off] [--strategy score|uncertainty|coverage] [--[no-]rediscover] [--base DEMO_DIR]
+                              [--rejected-weight W] [--rejected-positive view|none] [--matched-negatives K]
                               [--arms mined+expert,mined,expert] [--out DIR] [--threads 1] [--seed 0]
 
 Builds the demo collection (:mod:`hitl.demo`) with its ground truth attached, discovers
@@ -26,6 +27,9 @@ Prints, per arm and round: verdicts given so far, one-shot mAP on the ground tru
 on the held-out verdicts the AP of the discovery score and the recall of confirmed links
 at the default threshold (round 0 is the ImageNet model). The held-out set grows with
 the verdicts, so compare link AP within a round (the progress lines print before -> after).
+With re-discovery, the DISCOVERY quality of every round's model follows, per arm
+(:mod:`benchmarks.discovery_rounds`): links, pair precision and recall at the default
+threshold 0.03 and at equal link counts (the top 100 ... 600 links by score).
 
 ``--small`` (see :func:`small_config`) shrinks the collection, the features and the
 training so that the whole benchmark runs in about 25 minutes on two shared CPU cores.
@@ -43,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.discovery_rounds import format_rows, measure_models
 from db.records import CONFIRM, REJECT, Link
 from db.store import Store
 from engine.features import FeatureConfig
@@ -53,10 +58,10 @@ from hitl.demo import DemoConfig, build_demo
 from hitl.discover import DEFAULT_MIN_SCORE, DiscoverConfig, run_discovery
 from hitl.ingest import ingest_paths
 from hitl.positive_precision import Copy, ground_truth_copies, motifs_at
-from hitl.positives import INLIER_MODES, ExpertPairConfig
+from hitl.positives import INLIER_MODES, REJECTED_POSITIVES, ExpertPairConfig
 from hitl.project import ProjectPaths, load_model
 from hitl.queue import STRATEGIES, next_links
-from hitl.rounds import RoundConfig, RoundReport, run_round
+from hitl.rounds import RoundConfig, RoundReport, SourceWeights, run_round
 
 PROJECT = "artminer.duckdb"
 ANNOTATOR = "simulated-expert"
@@ -76,6 +81,7 @@ class LoopConfig:
     gate: bool = True  # hitl.rounds.RoundConfig.gate: activate only models that validated
     mine_with: str = "root"  # hitl.rounds.RoundConfig.mine_with
     expert_pairs: ExpertPairConfig = field(default_factory=ExpertPairConfig)  # hitl.rounds.RoundConfig.expert_pairs
+    weights: SourceWeights = field(default_factory=SourceWeights)  # hitl.rounds.RoundConfig.weights
     # torch CPU threads (0: torch's default). Two threads on two cores shared with other
     # work ran 3-20x slower than one here, waiting at OpenMP barriers.
     threads: int = 1
@@ -171,7 +177,8 @@ def run_arm(base: Path, folder: Path, arm: str, config: LoopConfig, device: str)
         shutil.rmtree(folder)
     shutil.copytree(base.parent, folder)
     round_config = RoundConfig(sources=ARMS[arm], seed=config.seed, rediscover=config.rediscover, gate=config.gate,
-                               mine_with=config.mine_with, train=config.train, expert_pairs=config.expert_pairs)
+                               mine_with=config.mine_with, train=config.train, expert_pairs=config.expert_pairs,
+                               weights=config.weights)
     rows: list[Row] = []
     given = confirmed = 0
     with Store(folder / PROJECT) as store:
@@ -257,6 +264,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
                         "(default: ExpertPairConfig's)")
     parser.add_argument("--expert-inliers", choices=INLIER_MODES,
                         help="where links with inlier points put their cell pairs (default: ExpertPairConfig's)")
+    parser.add_argument("--rejected-weight", type=float, help="loss weight of rejected links' pairs (default: SourceWeights')")
+    parser.add_argument("--rejected-positive", choices=REJECTED_POSITIVES,
+                        help="a rejected link's positive: the anchor's own cell one scale away, or none (default: ExpertPairConfig's)")
+    parser.add_argument("--matched-negatives", type=int,
+                        help="negative slots of a rejected anchor given to its matched cell (default: ExpertPairConfig's)")
     parser.add_argument("--anchor-weight", type=float, help="L2-SP weight toward the ImageNet start (default: TrainConfig's)")
     parser.add_argument("--validation-fraction", type=float, help="image pairs held out for early stopping (default: TrainConfig's)")
     parser.add_argument("--mine-with", default="root", choices=["root", "parent"],
@@ -318,6 +330,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, LoopConfig]:
         config = replace(config, expert_pairs=replace(config.expert_pairs, anchor_levels=levels))
     if args.expert_inliers is not None:
         config = replace(config, expert_pairs=replace(config.expert_pairs, inliers=args.expert_inliers))
+    if args.rejected_positive is not None:
+        config = replace(config, expert_pairs=replace(config.expert_pairs, rejected_positive=args.rejected_positive))
+    if args.matched_negatives is not None:
+        if not 0 <= args.matched_negatives <= config.train.n_negatives:
+            parser.error(f"--matched-negatives must be in [0, {config.train.n_negatives}]")
+        config = replace(config, expert_pairs=replace(config.expert_pairs, matched_negatives=args.matched_negatives))
+    if args.rejected_weight is not None:
+        if args.rejected_weight < 0:
+            parser.error("--rejected-weight must be >= 0")
+        config = replace(config, weights=replace(config.weights, rejected=args.rejected_weight))
     if args.rediscover is not None:
         config = replace(config, rediscover=args.rediscover)
     if args.threads < 0:
@@ -333,18 +355,25 @@ def main(argv: list[str] | None = None) -> None:
           f"{config.verdicts_per_round} verdicts ({config.strategy} first), {t.steps} steps/round"
           f"{f' (at most {t.minutes:g} min)' if t.minutes else ''}, lr {t.lr:g}, freeze {t.freeze}, "
           f"{t.mining.n_proposals} proposals, {t.batch_pairs} pairs/step ({t.expert_ratio:g} expert), anchor {t.anchor_weight:g}, "
-          f"validation {t.validation_fraction:g}, expert pairs {config.expert_pairs.inliers} at levels {config.expert_pairs.anchor_levels or 'all'}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
+          f"validation {t.validation_fraction:g}, expert pairs {config.expert_pairs.inliers} at levels {config.expert_pairs.anchor_levels or 'all'}, "
+          f"rejected links: positive {config.expert_pairs.rejected_positive}, matched negatives {config.expert_pairs.matched_negatives}, "
+          f"weight {config.weights.rejected:g}, gate {'on' if config.gate else 'off'}, mining with {config.mine_with}, "
           f"re-discovery {'on' if config.rediscover else 'off'}, arms {', '.join(args.arms)}", flush=True)
     start = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="artminer-loop-"))
     out.mkdir(parents=True, exist_ok=True)
     try:
         rows = run_loop(out, config, args.arms, args.device, Path(args.base) if args.base else None)
+        print()
+        print(format_table(rows))
+        if config.rediscover:  # measured before a temporary folder goes
+            for arm in args.arms:
+                folder = out / arm.replace("+", "-")
+                print(f"\ndiscovery quality, arm {arm} (python -m benchmarks.discovery_rounds {folder}):")
+                print(format_rows(measure_models(folder)))
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
-    print()
-    print(format_table(rows))
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
 
 

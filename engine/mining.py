@@ -126,8 +126,10 @@ class PairBatch:
         anchor: (P, 4) long, P1 of each pair.
         positive: (P, 4) long, P2; rows are -1 where ``positive_mask`` is False.
         negatives: (P, N, 4) long, hard negatives of P1.
-        positive_mask: (P,) bool, False for pairs that only push apart (expert-rejected).
-        source: (P,) long, ``MINED``, ``EXPERT`` or ``DISCOVERY`` (see ``SOURCE_NAMES``).
+        positive_mask: (P,) bool, False for pairs that only push apart.
+        source: (P,) long, ``MINED``, ``EXPERT``, ``DISCOVERY`` or ``REJECTED`` (see
+            ``SOURCE_NAMES``): a ``REJECTED`` pair's negatives are an expert-rejected link's
+            cells, its positive (if any) the anchor's own cell at another scale.
         weight: (P,) float, the pair's weight in the loss (default 1): expert pairs weigh
             more than discovery links, which weigh more than mined pairs.
     """
@@ -142,7 +144,8 @@ class PairBatch:
     MINED: ClassVar[int] = 0
     EXPERT: ClassVar[int] = 1
     DISCOVERY: ClassVar[int] = 2  # unrejected discovery links above a score (weak positives)
-    SOURCE_NAMES: ClassVar[tuple[str, ...]] = ("mined", "expert", "discovery")
+    REJECTED: ClassVar[int] = 3  # expert-rejected links: hard negatives
+    SOURCE_NAMES: ClassVar[tuple[str, ...]] = ("mined", "expert", "discovery", "rejected")
 
     def __post_init__(self) -> None:
         p = self.anchor.shape[0]

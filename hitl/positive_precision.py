@@ -3,7 +3,8 @@
 A positive pair (P1, P2) is right when the centres of both cells lie on copies of one
 same motif (a ground-truth box of the attached annotation files, or within 0.3 IoU of
 one, as the simulated expert of ``benchmarks.loop`` judges links). Pairs that only push
-apart (rejected links) are not counted. A round prints and stores these figures so that
+apart (rejected links, source ``REJECTED``, whose positive is the anchor's own cell
+at another scale) are not counted. A round prints and stores these figures so that
 a bad source of positives shows up before it teaches the model the scenery.
 """
 
@@ -76,7 +77,7 @@ def right_pairs(batch: PairBatch, bank: FeatureBank, truth: dict[str, list[Copy]
         return hits.index_put_((inside.nonzero()[:, 0], motif[inside.nonzero()[:, 1]]), torch.tensor(True))
 
     positive = torch.where(batch.positive_mask[:, None], batch.positive, batch.anchor).cpu()
-    return (on(batch.anchor) & on(positive)).any(dim=1) & batch.positive_mask.cpu()
+    return (on(batch.anchor) & on(positive)).any(dim=1) & batch.positive_mask.cpu() & (batch.source.cpu() != PairBatch.REJECTED)
 
 
 def precision_by_source(batch: PairBatch, bank: FeatureBank, truth: dict[str, list[Copy]]) -> dict[str, dict[str, float]]:
@@ -84,6 +85,8 @@ def precision_by_source(batch: PairBatch, bank: FeatureBank, truth: dict[str, li
     right = right_pairs(batch, bank, truth)
     out: dict[str, dict[str, float]] = {}
     for code, name in enumerate(PairBatch.SOURCE_NAMES):
+        if code == PairBatch.REJECTED:  # negatives: their positive is right by construction
+            continue
         sel = (batch.source.cpu() == code) & batch.positive_mask.cpu()
         n = int(sel.sum())
         if n:

@@ -30,7 +30,7 @@ def metric_rows(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
 
 # Figures a round measures about itself, in the order the Training page shows them.
 ROUND_FIGURES = ("oneshot_map", "oneshot_top1", "heldout_link_ap", "heldout_confirmed_recall")
-POSITIVE_SOURCES = ("expert", "discovery", "mined")
+POSITIVE_SOURCES = ("expert", "discovery", "mined", "rejected")  # rejected: hard negatives, pairs only
 
 
 def round_table(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
@@ -48,7 +48,8 @@ def round_table(rounds: Sequence[TrainingRound]) -> list[dict[str, Any]]:
             if source in positives:
                 p = positives[source]
                 row[f"{source} pairs"] = p.get("pairs")
-                row[f"{source} precision"] = p.get("precision")
+                if source != "rejected":  # hard negatives: no precision of positives to show
+                    row[f"{source} precision"] = p.get("precision")
         if "activated" in rnd.metrics:  # rounds gated on their own held-out signal (hitl.rounds.validated)
             row["new model"] = "made active" if rnd.metrics["activated"] else f"not activated: {rnd.metrics.get('gate', '')}"
         rows.append(row)

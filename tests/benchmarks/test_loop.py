@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from benchmarks.discovery_rounds import format_rows, measure_models
 from benchmarks.loop import (
     Copy,
     LoopConfig,
@@ -50,7 +51,8 @@ def test_a_link_is_true_only_between_copies_of_one_motif():
 
 def test_bad_arguments_are_refused():
     for argv in (["--arms", "magic"], ["--rounds", "0"], ["--steps", "0"], ["--minutes", "0"], ["--expert-ratio", "1.5"],
-                 ["--expert-levels", "fine"]):
+                 ["--expert-levels", "fine"], ["--rejected-positive", "augment"], ["--matched-negatives", "21"],
+                 ["--rejected-weight", "-1"]):
         with pytest.raises(SystemExit) as err:
             parse_args(argv)
         assert err.value.code == 2
@@ -65,6 +67,9 @@ def test_small_flag_and_overrides_reach_the_round_config():
     assert config.train.expert_ratio == 0.75
     assert config.seed == config.train.seed == 3
     assert config.train.features == config.features and config.features.max_side < FeatureConfig().max_side
+    _, hard = parse_args(["--rejected-positive", "none", "--matched-negatives", "4", "--rejected-weight", "2"])
+    assert hard.expert_pairs.rejected_positive == "none" and hard.expert_pairs.matched_negatives == 4
+    assert hard.weights.rejected == 2.0
 
 
 def test_two_rounds_of_two_arms_on_a_toy_demo(tmp_path, capsys):
@@ -83,3 +88,12 @@ def test_two_rounds_of_two_arms_on_a_toy_demo(tmp_path, capsys):
     table = format_table(rows).splitlines()
     assert table[0].split()[:4] == ["arm", "round", "verdicts", "confirmed"] and len(table) == 2 + len(rows)
     assert "[expert round 2]" in capsys.readouterr().out
+    # Every round re-discovered: its model's discovery is judged against the demo's truth
+    quality = measure_models(tmp_path / "expert", counts=(5, 10))
+    assert [q.label for q in quality] == ["round 0", "round 1", "round 2"]
+    assert len({q.model_id for q in quality}) == 3
+    for q in quality:
+        assert q.top[5].n_links <= 5 and q.top[10].n_links <= 10 and q.reviewed_pairs > 0
+        assert 0.0 <= q.at_threshold.pair_precision <= 1.0
+    lines = format_rows(quality).splitlines()
+    assert lines[1].startswith("round 0") and "N = 10" in lines[5] and len(lines) == 1 + 3 + 2 + 3

@@ -112,16 +112,55 @@ def test_near_inliers_map_the_cells_around_them_through_the_affine():
         ExpertPairConfig(inliers="some")
 
 
-def test_rejected_link_with_inliers_pushes_its_inlier_cells_apart():
+def test_rejected_link_with_inliers_makes_its_matched_cells_hard_negatives():
+    """With the switches on, a rejected link's anchors are A's inlier cells; B's cell holding
+    each inlier's other end (the match the model made) is a negative of that anchor, the
+    other negatives lie in box B; the positive is the anchor's own cell one scale away."""
     bank = _bank()
     link = replace(LINK, inliers=INLIERS)
-    batch = expert_pairs([], [link], bank, ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact"))
-    assert len(batch) == 3 and not batch.positive_mask.any()
-    assert {tuple(a[2:]) for a in batch.anchor.tolist()} == {_cell_of(bank, 0, 0, x, y) for x, y, _, _ in INLIERS}
-    for negs in batch.negatives.tolist():
-        for ref in negs:
+    config = ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact",
+                              rejected_positive="view", matched_negatives=1)
+    batch = expert_pairs([], [link], bank, config)
+    assert len(batch) == 3 and batch.positive_mask.all() and (batch.source == PairBatch.REJECTED).all()
+    want = {_cell_of(bank, 0, 0, xa, ya): (xb, yb) for xa, ya, xb, yb in INLIERS[:1] + INLIERS[2:]}
+    assert {tuple(a[2:]) for a in batch.anchor.tolist()} == set(want)
+    for anchor, positive, negs in zip(batch.anchor.tolist(), batch.positive.tolist(), batch.negatives.tolist()):
+        # the positive: image a, level 1, the cell holding the anchor's centre
+        x0, y0, x1, y1 = _cell_box(bank, anchor)
+        assert positive[:2] == [0, 1] and tuple(positive[2:]) == _cell_of(bank, 0, 1, (x0 + x1) / 2, (y0 + y1) / 2)
+        xb, yb = want[tuple(anchor[2:])]
+        lb = negs[0][1]
+        assert all(ref[:2] == [1, lb] for ref in negs)
+        assert tuple(negs[-1][2:]) == _cell_of(bank, 1, lb, xb, yb)  # the matched cell, in its slot
+        for ref in negs[:-1]:  # the rest: best matches inside box B, never the matched cell again
+            assert tuple(ref[2:]) != tuple(negs[-1][2:])
             x0, y0, x1, y1 = _cell_box(bank, ref)
             assert LINK.box_b.x0 <= (x0 + x1) / 2 < LINK.box_b.x1 and LINK.box_b.y0 <= (y0 + y1) / 2 < LINK.box_b.y1
+    # matched_negatives=k gives the matched cell k of the N slots
+    three = expert_pairs([], [link], bank, replace(config, matched_negatives=3))
+    assert (three.negatives[:, 1:] == three.negatives[:, -1:]).all() and (three.negatives[:, 0] != three.negatives[:, -1]).any()
+    with pytest.raises(ValueError, match="matched_negatives"):
+        ExpertPairConfig(n_negatives=4, matched_negatives=5)
+    with pytest.raises(ValueError, match="rejected_positive"):
+        ExpertPairConfig(rejected_positive="augment")
+
+
+def test_rejected_and_confirmed_links_keep_their_own_negatives():
+    """One call with both: confirmed pairs keep B positives (source EXPERT), rejected pairs
+    their own-view positives and matched negatives (source REJECTED)."""
+    bank = _bank()
+    link = replace(LINK, inliers=INLIERS)
+    config = ExpertPairConfig(cells_per_link=8, n_negatives=4, anchor_levels=(0,), inliers="exact",
+                              rejected_positive="view", matched_negatives=1)
+    batch = expert_pairs([link], [link], bank, config)
+    ok, no = batch.source == PairBatch.EXPERT, batch.source == PairBatch.REJECTED
+    assert int(ok.sum()) == 3 and int(no.sum()) == 3
+    assert (batch.positive[ok, 0] == 1).all() and (batch.positive[no, 0] == 0).all()
+    # the confirmed anchors' negatives stay away from their positives (a 3x3 area)
+    gap = (batch.negatives[ok][..., 2:] - batch.positive[ok][:, None, 2:]).abs().amax(dim=-1)
+    assert (gap > 1).all()
+    # ... and the rejected anchors' matched cells are the confirmed positives' cells
+    assert torch.equal(batch.negatives[no][:, -1], batch.positive[ok])
 
 
 def test_box_sampling_skips_repeated_texture():
@@ -154,10 +193,13 @@ def test_negatives_are_the_anchors_best_matches():
     assert tuple(batch.negatives[0, 0, 2:].tolist()) == far
 
 
-def test_rejected_link_gives_negatives_inside_box_b_only():
+def test_rejected_link_by_default_only_pushes_apart_inside_box_b():
+    """The defaults (rejected_positive="none", matched_negatives=0): no positive, the
+    anchor's best matches inside box B as negatives, tagged REJECTED."""
     bank = _bank()
-    batch = expert_pairs([], [LINK], bank, ExpertPairConfig(cells_per_link=6, n_negatives=4))
-    assert len(batch) == 6 and not batch.positive_mask.any()
+    config = ExpertPairConfig(cells_per_link=6, n_negatives=4)
+    batch = expert_pairs([], [LINK], bank, config)
+    assert len(batch) == 6 and not batch.positive_mask.any() and (batch.source == PairBatch.REJECTED).all()
     assert (batch.positive == -1).all()
     for negs in batch.negatives.tolist():
         for ref in negs:
@@ -240,10 +282,59 @@ def test_expert_pairs_train_with_mined_ones(random_effnet, tmp_path):
     bank.image_ids[:] = ["a", "b"]
     link = PairMatch("a", "b", Box(8, 8, 40, 40), Box(20, 20, 52, 52), ((1.0, 0.0, 12.0), (0.0, 1.0, 12.0)), 0.9, 9)
     pairs = expert_pairs([link], [link], bank, ExpertPairConfig(cells_per_link=4, n_negatives=4))
-    assert len(pairs) == 8 and int(pairs.positive_mask.sum()) == 4
+    assert len(pairs) == 8 and int((pairs.source == PairBatch.EXPERT).sum()) == 4 and int(pairs.positive_mask.sum()) == 4
     config = TrainConfig(steps=1, batch_pairs=16, expert_ratio=0.5, checkpoint_every=1, freeze="none",
                          mining=MiningConfig(n_proposals=8, top_k=1, verification_size=4, positive_square=4, n_negatives=4),
                          features=features)
     mined = mine_pairs(bank, 0, config.mining)
     result = train(copy.deepcopy(random_effnet), images, PairBatch.cat([mined, pairs]), config, out_dir=tmp_path)
     assert result.history[0].n_used_expert == 8 and math.isfinite(result.history[0].loss)
+
+
+def _negative_similarity(bank: FeatureBank, batch: PairBatch) -> torch.Tensor:
+    """(P, N) cosine of each anchor with each of its negatives."""
+    def feats(refs):
+        return torch.stack([bank.levels[k][i, :, r, c].float() for i, k, r, c in refs.reshape(-1, 4).tolist()])
+    anchor = feats(batch.anchor)
+    return (anchor[:, None] * feats(batch.negatives).view(len(batch), batch.n_negatives, -1)).sum(-1)
+
+
+@pytest.mark.parametrize("switches", [{}, {"rejected_positive": "view", "matched_negatives": 1}])
+def test_training_on_a_rejected_link_pushes_its_matched_cells_apart(random_effnet, tmp_path, switches):
+    """Known answer: image b repeats image a shifted by 16 px, so a link between the two is
+    a perfect match; rejected, the similarity of its inlier cells to their negatives (the
+    matched cell among them) and the loss on its pairs fall."""
+    import copy
+
+    from engine.train import CachedMaps, TrainConfig, held_out_loss, level_shapes, train
+    from engine.trunk_cache import bank_from_inputs, inputs_from_tensors
+
+    g = torch.Generator().manual_seed(0)
+    big = (F.interpolate(torch.rand(1, 3, 11, 13, generator=g), size=(96, 112), mode="bicubic", align_corners=False)
+           .clamp(0, 1) * 255).byte()[0]
+    images = [big[:, :, :96].contiguous(), big[:, :, 16:].contiguous()]  # b(x) = a(x + 16)
+    features = FeatureConfig(max_side=6, n_scales=2)  # 16 px cells at level 0
+    model = copy.deepcopy(random_effnet)
+    inputs = inputs_from_tensors(model, images, features)
+    bank = bank_from_inputs(model, inputs)
+    bank.image_ids[:] = ["a", "b"]
+    points = tuple((x + 8.0, y + 8.0, x - 8.0, y + 8.0) for x in (32, 48, 64) for y in (16, 32, 48, 64))
+    link = PairMatch("a", "b", Box(32, 16, 80, 80), Box(16, 16, 64, 80), ((1.0, 0.0, -16.0), (0.0, 1.0, 0.0)), 0.9,
+                     len(points), inliers=points)
+    config = ExpertPairConfig(cells_per_link=12, n_negatives=4, anchor_levels=(0,), **switches)
+    pairs = expert_pairs([], [link], bank, config)
+    assert len(pairs) == 12 and (pairs.source == PairBatch.REJECTED).all()
+    assert (pairs.negatives[..., 0] == 1).all()  # every negative lies in b
+    if switches:  # b's cell holding each inlier's other end (a's cell one column left) is a negative
+        assert all((a[2], a[3] - 1) == tuple(negs[-1][2:]) for a, negs in zip(pairs.anchor.tolist(), pairs.negatives.tolist()))
+    before = _negative_similarity(bank, pairs)
+    assert float(before.max(dim=1).values.mean()) > 0.7, "the matched cells start as the model's matches"
+    train_config = TrainConfig(steps=10, batch_pairs=12, lr=1e-2, checkpoint_every=100, validation_fraction=0.0,
+                               anchor_weight=0.0, mining=replace(TrainConfig().mining, n_negatives=4), features=features)
+    shapes = level_shapes(inputs.sizes, features)
+    loss_before = held_out_loss(CachedMaps(model, inputs), pairs, shapes)
+    train(model, inputs, pairs, train_config, out_dir=tmp_path)
+    loss_after = held_out_loss(CachedMaps(model, inputs), pairs, shapes)
+    after = _negative_similarity(bank_from_inputs(model, inputs), pairs)
+    assert loss_after < loss_before
+    assert float(after.max(dim=1).values.mean()) < float(before.max(dim=1).values.mean()) - 0.1

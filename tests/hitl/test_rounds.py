@@ -118,6 +118,8 @@ def test_a_short_round_records_a_new_model_with_lineage_and_metrics(tiny_project
     # Ground truth is attached: every source's positives carry their precision.
     for source in ("mined", "expert"):
         assert 0.0 <= recorded.metrics["positives"][source]["precision"] <= 1.0
+    # Rejected links give hard negatives of their own source, which has no precision (not positives)
+    assert recorded.metrics["positives"]["rejected"]["pairs"] > 0 and "precision" not in recorded.metrics["positives"]["rejected"]
     # The refresh ran the last stage into the new model's feature cache.
     assert any((paths.features / report.new_model.replace("@", "-")).rglob("*.npz"))
     # Mining's texture counts were kept beside the ImageNet features, for the next round to read

@@ -33,12 +33,13 @@ def test_verdict_counts():
 def test_round_table_shows_each_rounds_own_figures():
     rounds = [TrainingRound(1, "m0", "done", {}, T0, "m1",
                             {"before": {"oneshot_map": 0.369}, "after": {"oneshot_map": 0.41, "heldout_link_ap": 0.5},
-                             "steps": 60, "positives": {"mined": {"pairs": 96, "precision": 0.44}, "expert": {"pairs": 8}}}),
+                             "steps": 60, "positives": {"mined": {"pairs": 96, "precision": 0.44}, "expert": {"pairs": 8},
+                                           "rejected": {"pairs": 20}}}),
               TrainingRound(2, "m1", "failed", {}, T1)]
     first, second = round_table(rounds)
     assert first == {"round": 1, "status": "done", "steps": 60, "oneshot_map": "0.369 -> 0.410",
                      "heldout_link_ap": "- -> 0.500", "expert pairs": 8, "expert precision": None,
-                     "mined pairs": 96, "mined precision": 0.44}
+                     "mined pairs": 96, "mined precision": 0.44, "rejected pairs": 20}
     assert second == {"round": 2, "status": "failed", "steps": None}
 
 
