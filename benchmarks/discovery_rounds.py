@@ -1,6 +1,6 @@
 """Discovery quality of every model of a demo project's lineage: does a round improve DISCOVERY?
 
-    python -m benchmarks.discovery_rounds DIR [DIR ...] [--threshold 0.03] [--counts 100 200 300 400 600]
+    python -m benchmarks.discovery_rounds DIR [DIR ...] [--threshold T] [--counts 100 200 300 400 600]
 
 ``DIR`` is a demo project folder (``artminer demo --out DIR``, or an arm's folder of
 :mod:`benchmarks.loop`) whose rounds re-discovered with their models. For the root model
@@ -8,7 +8,7 @@
 judged against the demo's ground truth (:func:`benchmarks.sources.demo_truth`,
 :func:`engine.discovery_metrics.link_quality`), as ``benchmarks.sources`` judges a run:
 
-* at the default threshold (links with score >= 0.03): links, true links, pair precision,
+* at the threshold (default: discovery's, ``hitl.discover.DEFAULT_MIN_SCORE``): links, true links, pair precision,
   pair recall (across / within sources);
 * at equal link counts: the top ``N`` links by score, whatever their score, for each ``N``
   of ``--counts`` — a model whose scores shift up or down as a whole changes how many links
@@ -34,7 +34,7 @@ from engine.discovery_metrics import LinkQuality, ground_truth_pairs, link_quali
 from hitl.discover import DEFAULT_MIN_SCORE
 
 PROJECT = "artminer.duckdb"
-COUNTS = (100, 200, 300, 400, 600)  # the lead's equal-count comparison (links >= 0.03 on the demo: ~250-360)
+COUNTS = (100, 200, 300, 400, 600)  # equal-count comparison (links at the default threshold on the demo: ~250-360)
 
 
 @dataclass(frozen=True)
