@@ -1,10 +1,10 @@
 """Discovery with the Ray executor vs the local one, on the same images (issue 12, items 7-8).
 
-    python -m benchmarks.executor [--images DIR] [--limit 60] [--workers 2] [--workdir DIR]
+    python -m benchmarks.executor --images DIR [--limit 60] [--workers 2] [--workdir DIR]
 
-Ingests the first ``--limit`` images of ``--images`` (default: the multi-source demo's)
-into a fresh project, copies it twice, and runs one discovery on each copy in its own
-subprocess: ``--executor local`` (this process) and ``--executor ray`` (a local Ray
+Ingests the first ``--limit`` images of the folder ``--images`` (e.g. ``D/images`` after
+``artminer demo --out D``) into a fresh project, copies it twice, and runs one discovery
+on each copy in its own subprocess: ``--executor local`` (this process) and ``--executor ray`` (a local Ray
 instance with ``--workers`` one-CPU actors per stage). The local run keeps the
 environment's torch threads (``OMP_NUM_THREADS``): with ``OMP_NUM_THREADS=1 --workers 1``
 both runs use one core and the difference is Ray's overhead; ``--workers 2`` shows the
@@ -33,9 +33,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-DEFAULT_IMAGES = Path("/work/demo-ms/images")
-
 
 # ---------------------------------------------------------------- one run (the subprocess)
 
@@ -161,7 +158,7 @@ def _links(project: Path) -> list[tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--images", type=Path, help="a folder of images, e.g. an `artminer demo` folder's images/")
     parser.add_argument("--limit", type=int, default=60, help="first N images (sorted by name)")
     parser.add_argument("--workers", type=int, default=2, help="Ray actors per stage")
     parser.add_argument("--workdir", type=Path, help="keep the projects here (default: a temporary folder)")
@@ -172,6 +169,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.images is None or not args.images.is_dir():
+        parser.error(f"--images must name a folder of images (got {args.images})")
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.limit]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="artminer-executor-"))
     base = _fresh_project(images, work / "base")
