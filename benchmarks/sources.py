@@ -2,7 +2,7 @@
 
     python -m benchmarks.sources [--demo DIR] [--sources 4] [--images 60] [--shortlist-only]
                                  [--scoring distinctive|max] [--groups look|collection|none]
-                                 [--texture-weight | --no-texture-weight] [--k 20] [--agreement structure|off]
+                                 [--texture-weight | --no-texture-weight] [--k 20] [--expand 1] [--agreement structure|off]
                                  [--json]
 
 Builds the multi-source demo (``artminer demo --sources N``: a manuscript, a print album, a
@@ -76,7 +76,7 @@ from hitl.evaluation import project_queries
 from hitl.project import ProjectPaths, load_model
 
 KS = (5, 10, 20, 50)
-THRESHOLDS = (0.01, 0.02, 0.03, 0.05)
+THRESHOLDS = (0.01, 0.02, 0.025, 0.03, 0.05)
 
 
 def csls(score: torch.Tensor, k: int = 10) -> torch.Tensor:
@@ -300,9 +300,10 @@ def discovery_table(store: Store, paths: ProjectPaths, demo: Path, config: Disco
     report = run_discovery(store, paths, config, device=device, progress=True)
     seconds = time.perf_counter() - start
     return {"config": {"mirror": config.mirror, "pairs": config.pairs, "scoring": config.shortlist.scoring, "groups": config.groups, "k": config.k,
+                       "expand": config.expand, "expand_k": config.expand_k,
                        "texture_weight": config.verify.texture_weight, "min_score": config.min_score,
                        "agreement": config.agreement.mode},
-            "pairs_verified": report.n_pairs, "seconds": seconds, "seconds_per_image": seconds / report.n_images,
+            "pairs_verified": report.n_pairs, "two_hop_pairs": report.n_two_hop, "seconds": seconds, "seconds_per_image": seconds / report.n_images,
             "quality": quality_table(store, demo, report.model_id)}
 
 
@@ -329,7 +330,7 @@ def print_tables(result: dict) -> None:
         print(f"  {name:40s} " + "  ".join("/".join(f"{recall[k][sub]:.2f}" for sub in subs) + " [-]" for k in KS))
     if "discovery" in result:
         d = result["discovery"]
-        print(f"discovery {d['config']}: {d['pairs_verified']} pairs shortlisted, "
+        print(f"discovery {d['config']}: {d['pairs_verified']} pairs verified ({d.get('two_hop_pairs', 0)} two-hop), "
               f"{d['seconds']:.0f} s ({d['seconds_per_image']:.2f} s/image)")
         print_quality(d["quality"])
 
@@ -355,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups", default="look", choices=("look", "collection", "none"))
     ap.add_argument("--texture-weight", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--expand", type=int, default=DiscoverConfig.expand,
+                    help="rounds of two-hop candidates verified after the shortlist (0: off)")
+    ap.add_argument("--expand-k", type=int, default=DiscoverConfig.expand_k)
     ap.add_argument("--pairs", default="knn", choices=("knn", "all"), help="all: verify every pair (the ceiling)")
     ap.add_argument("--mirror", default=DiscoverConfig.mirror, choices=("image", "flip", "off"),
                     help="mirror-aware verification (engine/mirror.py)")
@@ -387,12 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         with Store(project) as store:
             result = {"shortlist": shortlist_table(store, paths, work, args.device)}
             if not args.shortlist_only:
-                config = DiscoverConfig(pairs=args.pairs, k=args.k, groups=args.groups, min_score=args.min_score,
+                config = DiscoverConfig(pairs=args.pairs, k=args.k, expand=args.expand, expand_k=args.expand_k,
+                                        groups=args.groups, min_score=args.min_score,
                                         mirror=args.mirror, agreement=AgreementConfig(mode=args.agreement))
                 config = replace(config, shortlist=replace(config.shortlist, scoring=args.scoring),
                                  verify=replace(config.verify, texture_weight=args.texture_weight))
                 if args.first_version:
-                    config = replace(config, groups="none", verify=replace(config.verify, texture_weight=False),
+                    config = replace(config, groups="none", expand=0, verify=replace(config.verify, texture_weight=False),
                                      mirror="off", masks="off", style=False,
                                      shortlist=SHORTLISTS["max region (first version)"].config)
                 result["discovery"] = discovery_table(store, paths, work, config, args.device)

@@ -248,3 +248,62 @@ def _leaves_under(node: int, children: list[tuple[int, int]]) -> list[int]:
 def region_box_array(boxes: Sequence[Box]) -> np.ndarray:
     """(n, 4) float64 array of boxes, for :func:`iou_matrix`."""
     return np.array([b.as_list() for b in boxes], dtype=np.float64).reshape(-1, 4)
+
+
+def two_hop_pairs(matches: Sequence[PairMatch], overlap_iou: float = 0.5,
+                  per_image: int = 10) -> list[tuple[str, str, float]]:
+    """Image pairs two match edges apart in the correspondence graph, to verify next.
+
+    A detail copied into several images is found as a chain: A's region matches B's, and
+    a region of B on the same spot (an overlap edge, IoU above ``overlap_iou``) matches
+    C's; the pair (A, C) is then worth verifying even when the shortlist missed it, which
+    happens across sources, where a strong change of medium pushes the partner far down
+    an image's neighbours. Each candidate's strength is its weaker link's score; every
+    image keeps its ``per_image`` strongest candidates (a pair stays when either image
+    keeps it), so the extra verification is at most ``per_image`` pairs per image.
+
+    Returns:
+        ``(image_a, image_b, strength)``, ``image_a < image_b``, strongest first; pairs
+        already joined by one of ``matches`` are left out.
+    """
+    if len(matches) < 2 or per_image < 1:
+        return []
+    regions = [r for m in matches for r in (Region(m.image_a, m.box_a), Region(m.image_b, m.box_b))]
+    names, image_index = np.unique([r.image_id for r in regions], return_inverse=True)
+    image_index = image_index.reshape(-1)
+    boxes = region_box_array([r.box for r in regions])
+    edges = overlap_edges(image_index, boxes, overlap_iou)
+    if not len(edges):
+        return []
+    other = image_index[np.arange(len(regions)) ^ 1]  # the far end of each node's match: 2m <-> 2m + 1
+    a, b = other[edges[:, 0]], other[edges[:, 1]]
+    scores = np.array([m.score for m in matches], dtype=np.float64)
+    strength = np.minimum(scores[edges[:, 0] // 2], scores[edges[:, 1] // 2])
+    keep = a != b
+    lo, hi, strength = np.minimum(a, b)[keep], np.maximum(a, b)[keep], strength[keep]
+    linked = np.unique(np.sort(image_index.reshape(-1, 2), axis=1) @ np.array([len(names), 1]))
+    code = lo * len(names) + hi
+    fresh = ~np.isin(code, linked)
+    code, strength = code[fresh], strength[fresh]
+    if not len(code):
+        return []
+    # One entry per pair, at its strongest chain.
+    order = np.lexsort((-strength, code))
+    first = np.r_[True, np.diff(code[order]) != 0]
+    code, strength = code[order][first], strength[order][first]
+    lo, hi = code // len(names), code % len(names)
+    keep = _top_per_image(lo, hi, strength, len(names), per_image)
+    order = np.flatnonzero(keep)[np.argsort(-strength[keep], kind="stable")]
+    return [(str(names[lo[i]]), str(names[hi[i]]), float(strength[i])) for i in order]
+
+
+def _top_per_image(lo: np.ndarray, hi: np.ndarray, strength: np.ndarray, n_images: int, k: int) -> np.ndarray:
+    """(P,) whether each pair is among the ``k`` strongest pairs of either of its images."""
+    ends = np.concatenate([lo, hi])
+    pair = np.tile(np.arange(len(lo)), 2)
+    order = np.lexsort((-np.tile(strength, 2), ends))  # by image, strongest first
+    starts = np.searchsorted(ends[order], np.arange(n_images))
+    rank = np.arange(len(order)) - starts[ends[order]]
+    keep = np.zeros(len(lo), dtype=bool)
+    keep[pair[order][rank < k]] = True
+    return keep

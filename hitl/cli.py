@@ -313,7 +313,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     store, paths = open_project(args.project)
     if store.count_images() == 0:
         raise UsageError(f"{args.project} has no images; run `artminer ingest` first")
-    config = DiscoverConfig(pairs=args.pairs, k=args.k, batch_size=args.batch_size, groups=args.groups,
+    config = DiscoverConfig(pairs=args.pairs, k=args.k, expand=args.expand, expand_k=args.expand_k,
+                            batch_size=args.batch_size, groups=args.groups,
                             mirror=args.mirror, masks=args.masks, style=not args.no_style,
                             agreement=AgreementConfig(mode=args.agreement))
     if args.min_score is not None:
@@ -329,7 +330,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     for failure in report.failures:
         print(f"warning: skipped {failure}", file=sys.stderr)
     text = (f"run {report.run_id} with {report.model_id}: {report.n_images} images, {report.n_pairs} candidate "
-            f"pairs ({report.n_verified_now} verified now), {report.n_links} links above "
+            f"pairs ({report.n_two_hop} of them two-hop; {report.n_verified_now} verified now), {report.n_links} links above "
             f"{config.min_score:g}, {report.n_clusters} clusters in {report.seconds:.1f} s")
     _print(report.__dict__, args.json, text)
     return 0
@@ -532,6 +533,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number from 0 to 100 (rounds of a repeated step)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 100")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -601,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model id or checkpoint (default: the project's active model)")
     p.add_argument("--pairs", default="knn", choices=["knn", "all"])
     p.add_argument("--k", type=_positive_int, default=20, help="neighbours per image in the shortlist")
+    p.add_argument("--expand", type=_count, default=1,
+                   help="rounds of two-hop candidates: image pairs that found links chain through a third image "
+                        "are verified too (0: off)")
+    p.add_argument("--expand-k", type=_positive_int, default=10,
+                   help="two-hop candidates kept per image, strongest first")
     p.add_argument("--groups", default="look", choices=["look", "collection", "none"],
                    help="cap an image's shortlist neighbours from its own look-alike group (look: by appearance; "
                         "collection: by metadata; none: no cap)")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.graph import ClusterResult, GraphConfig, build_clusters, iou_matrix, overlap_edges
+from engine.graph import ClusterResult, GraphConfig, build_clusters, iou_matrix, overlap_edges, two_hop_pairs
 from engine.types import IDENTITY_AFFINE, Box, PairMatch, Region
 
 DOG = Box(0, 0, 10, 10)
@@ -147,3 +147,34 @@ def test_overlap_edges_chunked_equals_whole():
     whole = {tuple(e) for e in overlap_edges(image, boxes, 0.3).tolist()}
     chunked = {tuple(e) for e in overlap_edges(image, boxes, 0.3, chunk=3).tolist()}
     assert whole == chunked and len(whole) > 0
+
+
+
+def test_two_hop_pairs_chain_through_the_shared_region():
+    # A-B and B-C on B's same spot: (A, C) is a candidate; B-D lands elsewhere in B.
+    found = [match("A", "B", 0.5), match("B", "C", 0.3), match("B", "D", 0.9, box_a=MILL)]
+    assert two_hop_pairs(found) == [("A", "C", 0.3)]
+
+
+def test_two_hop_pairs_leave_out_linked_pairs_and_self_chains():
+    found = [match("A", "B"), match("B", "C"), match("A", "C"), match("B", "A")]
+    assert two_hop_pairs(found) == []
+
+
+def test_two_hop_pairs_keep_each_images_strongest():
+    # Hub H holds one detail matched in five images: ten candidate pairs among them.
+    spokes = [match("H", name, score) for name, score in zip("PQRST", (0.9, 0.8, 0.7, 0.6, 0.5))]
+    every = two_hop_pairs(spokes, per_image=10)
+    assert len(every) == 10 and [s for *_, s in every] == sorted((s for *_, s in every), reverse=True)
+    assert every[0] == ("P", "Q", 0.8)
+    kept = two_hop_pairs(spokes, per_image=1)
+    # Each image keeps its single strongest pair (a pair stays when either image keeps it).
+    assert {(a, b) for a, b, _ in kept} == {("P", "Q"), ("P", "R"), ("P", "S"), ("P", "T")}
+    assert two_hop_pairs(spokes, per_image=0) == []
+
+
+def test_two_hop_pairs_follow_the_overlap_threshold():
+    shifted = Box(DOG.x0 + 5, DOG.y0, DOG.x1 + 5, DOG.y1)  # IoU 1/3 with DOG
+    found = [match("A", "B", box_b=DOG), match("B", "C", box_a=shifted)]
+    assert two_hop_pairs(found, overlap_iou=0.5) == []
+    assert [p[:2] for p in two_hop_pairs(found, overlap_iou=0.3)] == [("A", "C")]

@@ -148,3 +148,29 @@ def test_texture_weights_come_from_the_pretrained_root_of_a_fine_tuned_model(tin
     assert discover.texture_pyramids(store, paths, root, hashes, SMALL_FEATURES, own) is own
     missing = {**hashes, "extra": "f" * 64}  # an image the root never saw: its own features
     assert discover.texture_pyramids(store, paths, grandchild.model_id, missing, SMALL_FEATURES, own) is own
+
+
+@pytest.mark.parametrize("expand", [0, 1])
+def test_two_hop_candidates_are_verified_after_the_shortlist(tiny_project, monkeypatch, expand):
+    from engine.graph import two_hop_pairs
+
+    store, paths = open_project(tiny_project)
+    shortlisted: list[tuple[str, str]] = []
+    real = discover._shortlist
+
+    def spy(*args, **kwargs):
+        pairs = real(*args, **kwargs)
+        shortlisted.extend(pairs)
+        return pairs
+
+    monkeypatch.setattr(discover, "_shortlist", spy)
+    config = replace(CONFIG, pairs="knn", k=1, groups="none", expand=expand)
+    report = run_discovery(store, paths, config, progress=False)
+    first = {tuple(sorted(p)) for p in shortlisted}
+    found = [lk.match for lk in store.list_links(model_id=report.model_id)
+             if tuple(sorted((lk.match.image_a, lk.match.image_b))) in first]
+    chained = {(a, b) for a, b, _ in two_hop_pairs(found, per_image=config.expand_k)} - first
+    assert chained  # the tiny demo's motifs recur in three images or more
+    expected = first | chained if expand else first
+    assert store.verified_pairs(report.model_id) == expected
+    assert report.n_two_hop == len(expected - first) and report.n_pairs == len(expected)
