@@ -7,8 +7,8 @@ with 3 scales per octave." Level 0 is that largest (reference) scale; level k ha
 longer side ``40 * 2^(-k/3)`` cells, down to 10 at level 6.
 
 Speed on the CPU (issue 12): the backbone runs channels-last, under bfloat16 autocast
-where the CPU has native bf16 (avx512_bf16 / AMX; checked once, then one short timing
-decides), in float32 elsewhere; each image is resized once per level.
+where the CPU has native bf16 (avx512_bf16 / AMX, :func:`cpu_precision`), in float32
+elsewhere; each image is resized once per level.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -36,7 +35,9 @@ from engine.images import ImageReadError, content_hash, image_size, load_rgb
 # Bumped whenever one model and one FeatureConfig start computing different numbers, so
 # that a feature cache (and the ANN index keyed by it) from before is not mixed with new
 # features. 2: FLOAT32_MODULES keep EfficientNet-Lite0's first layers out of bf16 autocast.
-NUMERICS_VERSION = 2
+# 3: the CPU precision is a property of the machine (cpu_precision), no longer a timing
+# that could pick float32 in one process and bf16 in the next; it is part of the key.
+NUMERICS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class FeatureConfig:
             fields.pop("upsample")
         if NUMERICS_VERSION > 1:  # caches of older numerics are recomputed, never mixed in
             fields["numerics"] = NUMERICS_VERSION
+        if NUMERICS_VERSION > 2:
+            fields["cpu_precision"] = cpu_precision()
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -136,7 +139,6 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-_CPU_PRECISION: dict[str, torch.dtype | None] = {}  # per architecture: measured once per process
 CHANNELS_LAST = True  # benchmarks.detect turns it off to time the old NCHW path
 # CPU features through engine.frozen_trunk (BatchNorm folded, traced and frozen). Off by default:
 # in benchmarks.detect it was 13 % faster than the eager autocast path in one run and as fast in
@@ -184,41 +186,29 @@ def _float32_modules(backbone: Backbone) -> None:
     backbone._float32_hooks = True
 
 
+def cpu_precision() -> str:
+    """The precision of CPU features: "bf16" or "fp32".
+
+    ``ARTMINER_PRECISION=fp32|bf16`` when set, else bf16 exactly where the CPU computes it
+    natively (bf16 emulated in software is slower than float32). A property of the machine
+    and the environment, never of a timing: two processes on one machine compute the same
+    features (a timing under load once made a project's local and Ray runs differ), and
+    the feature cache's key holds it, so caches of both precisions are never mixed.
+    """
+    forced = os.environ.get("ARTMINER_PRECISION", "auto")
+    if forced in ("fp32", "bf16"):
+        return forced
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def autocast_dtype(backbone: Backbone, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a no-grad forward on ``device``, or None for float32.
 
-    CUDA: float16. CPU: bfloat16 only with native bf16 and only if one short timing on
-    this machine says it is faster (emulated bf16 is slower than float32). The
-    environment variable ``ARTMINER_PRECISION=fp32|bf16`` overrides the choice.
+    CUDA: float16. CPU: :func:`cpu_precision`.
     """
     if device.type == "cuda":
         return torch.float16
-    forced = os.environ.get("ARTMINER_PRECISION", "auto")
-    if forced in ("fp32", "bf16"):
-        return torch.bfloat16 if forced == "bf16" else None
-    if device.type != "cpu" or not cpu_has_native_bf16():
-        return None
-    arch = backbone.spec.arch
-    _float32_modules(backbone)
-    if arch not in _CPU_PRECISION:
-        _CPU_PRECISION[arch] = torch.bfloat16 if _bf16_is_faster(backbone) else None
-    return _CPU_PRECISION[arch]
-
-
-@torch.no_grad()
-def _bf16_is_faster(backbone: Backbone, rounds: int = 3) -> bool:
-    """One short timing, interleaved and judged by the fastest run of each, so that a
-    busy machine (other processes stealing the cores) does not decide it."""
-    pixels = torch.rand(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
-    best = {None: float("inf"), torch.bfloat16: float("inf")}
-    for round_ in range(rounds + 1):
-        for dtype in best:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-                start = time.perf_counter()
-                backbone(pixels)
-                if round_:  # round 0 warms up: oneDNN picks and caches its kernels on the first call
-                    best[dtype] = min(best[dtype], time.perf_counter() - start)
-    return best[torch.bfloat16] < best[None]
+    return torch.bfloat16 if device.type == "cpu" and cpu_precision() == "bf16" else None
 
 
 def _channels_last(backbone: Backbone) -> None:

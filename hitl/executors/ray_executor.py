@@ -74,7 +74,8 @@ class ShardStats:
 
 def _precision(backbone: Backbone, device: str) -> str:
     """The driver's feature precision on ``device`` (``ARTMINER_PRECISION``): "bf16" or "fp32"
-    on CPUs (chosen once per process by a timing, see engine.features.autocast_dtype)."""
+    on CPUs (engine.features.cpu_precision: a node without native bf16 still computes what
+    the driver does, so one cache never mixes precisions)."""
     import torch
 
     if device != "cpu" or next(backbone.parameters()).device.type != "cpu":
@@ -90,7 +91,7 @@ class FeatureWorker:
         import torch
 
         set_max_pixels(pixel_limit)  # the project's decompression-bomb guard, as in the driver
-        # The driver's bf16/fp32 choice, not one timed again here: every image of the
+        # The driver's bf16/fp32 choice, not this node's own: every image of the
         # cache is computed at one precision, whichever process computed it.
         os.environ["ARTMINER_PRECISION"] = precision
         self.backbone = create_backbone(model).to(torch.device(device))

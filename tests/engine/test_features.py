@@ -145,15 +145,21 @@ def test_channels_last_forward_equals_plain_forward(monkeypatch):
 
 
 def test_precision_choice(monkeypatch):
-    from engine.features import autocast_dtype, cpu_has_native_bf16
+    from engine.features import FeatureConfig, autocast_dtype, cpu_has_native_bf16, cpu_precision
 
     assert isinstance(cpu_has_native_bf16(), bool)
     backbone = type("B", (), {"spec": type("S", (), {"arch": "x"})()})()
     assert autocast_dtype(backbone, torch.device("cuda")) == torch.float16
     monkeypatch.setenv("ARTMINER_PRECISION", "fp32")
-    assert autocast_dtype(backbone, torch.device("cpu")) is None
+    assert cpu_precision() == "fp32" and autocast_dtype(backbone, torch.device("cpu")) is None
+    fp32_key = FeatureConfig().key()
     monkeypatch.setenv("ARTMINER_PRECISION", "bf16")
-    assert autocast_dtype(backbone, torch.device("cpu")) == torch.bfloat16
+    assert cpu_precision() == "bf16" and autocast_dtype(backbone, torch.device("cpu")) == torch.bfloat16
+    assert FeatureConfig().key() != fp32_key  # caches of the two precisions never mix
+    # Unforced, the machine decides, the same way in every process (no timing).
+    monkeypatch.delenv("ARTMINER_PRECISION")
+    assert cpu_precision() == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert {cpu_precision() for _ in range(5)} == {cpu_precision()}
 
 
 def test_each_image_is_resized_once_per_level(random_effnet, monkeypatch):
