@@ -137,6 +137,8 @@ class DiscoverConfig:
             raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {self.mirror!r}")
         if self.masks not in ("off", "structure", "features"):
             raise ValueError(f"masks must be off, structure or features, not {self.masks!r}")
+        if self.expand < 0 or self.expand_k < 1:
+            raise ValueError(f"expand must be >= 0 and expand_k >= 1, not {self.expand} and {self.expand_k}")
 
     def params(self) -> dict:
         """What makes two runs the same run (stored with it; resume keys on it)."""
@@ -154,7 +156,7 @@ class DiscoverReport:
     n_clusters: int
     failures: list[str]
     seconds: float
-    n_two_hop: int = 0  # of n_pairs, the two-hop candidates (DiscoverConfig.expand)
+    n_two_hop: int = 0  # of n_verified_now, the two-hop candidates (DiscoverConfig.expand)
 
 
 def run_discovery(store: Store, paths: ProjectPaths, config: DiscoverConfig = DiscoverConfig(),

@@ -103,6 +103,15 @@ def test_discover_refuses_an_unknown_mirror_mode(tmp_path, capsys):
     assert code == 2 and "--mirror" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args", [["--expand", "-1"], ["--expand", "x"], ["--expand-k", "0"]])
+def test_discover_bad_two_hop_flags_are_exit_2_naming_the_flag(tmp_path, capsys, args):
+    try:
+        code = main(["discover", "--project", str(tmp_path / "p.duckdb"), *args])
+    except SystemExit as exit_:  # argparse's own usage error
+        code = exit_.code
+    assert code == 2 and args[0] in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--minutes", "0"]])
 def test_train_bad_schedule_is_exit_2_naming_the_flag(tmp_path, capsys, args):
     try:

@@ -174,3 +174,9 @@ def test_two_hop_candidates_are_verified_after_the_shortlist(tiny_project, monke
     expected = first | chained if expand else first
     assert store.verified_pairs(report.model_id) == expected
     assert report.n_two_hop == len(expected - first) and report.n_pairs == len(expected)
+
+
+@pytest.mark.parametrize("bad", [{"expand": -1}, {"expand_k": 0}])
+def test_bad_two_hop_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="expand"):
+        DiscoverConfig(**bad)
