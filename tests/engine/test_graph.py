@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from engine.graph import ClusterResult, GraphConfig, build_clusters, iou_matrix, overlap_edges, two_hop_pairs
+from engine.graph import (
+    ClusterResult,
+    GraphConfig,
+    build_clusters,
+    iou_matrix,
+    overlap_edges,
+    two_hop_pairs,
+)
 from engine.types import IDENTITY_AFFINE, Box, PairMatch, Region
 
 DOG = Box(0, 0, 10, 10)
