@@ -95,29 +95,28 @@ def test_app_forwards_sigterm_to_its_server(tmp_path):
     assert not alive
 
 
-def test_discover_refuses_an_unknown_mirror_mode(tmp_path, capsys):
+def _exit_code(argv: list[str]) -> int:
+    """main's exit code, argparse's own usage errors (SystemExit) included."""
     try:
-        code = main(["discover", "--project", str(tmp_path / "p.duckdb"), "--mirror", "both"])
-    except SystemExit as exit_:  # argparse's own usage error
-        code = exit_.code
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def test_discover_refuses_an_unknown_mirror_mode(tmp_path, capsys):
+    code = _exit_code(["discover", "--project", str(tmp_path / "p.duckdb"), "--mirror", "both"])
     assert code == 2 and "--mirror" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args", [["--expand", "-1"], ["--expand", "x"], ["--expand-k", "0"]])
 def test_discover_bad_two_hop_flags_are_exit_2_naming_the_flag(tmp_path, capsys, args):
-    try:
-        code = main(["discover", "--project", str(tmp_path / "p.duckdb"), *args])
-    except SystemExit as exit_:  # argparse's own usage error
-        code = exit_.code
+    code = _exit_code(["discover", "--project", str(tmp_path / "p.duckdb"), *args])
     assert code == 2 and args[0] in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--minutes", "0"]])
 def test_train_bad_schedule_is_exit_2_naming_the_flag(tmp_path, capsys, args):
-    try:
-        code = main(["train", "--project", str(tmp_path / "none.duckdb"), *args])
-    except SystemExit as exit_:  # argparse's own usage error (counts must be positive whole numbers)
-        code = exit_.code
+    code = _exit_code(["train", "--project", str(tmp_path / "none.duckdb"), *args])  # counts must be positive
     assert code == 2
     assert args[0] in capsys.readouterr().err
 
@@ -130,8 +129,5 @@ def test_train_unknown_freeze_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("args", [["--address", "auto"], ["--workers", "2"], ["--executor", "dask"]])
 def test_discover_executor_flags_are_checked(tmp_path, capsys, args):
-    try:
-        code = main(["discover", "--project", str(tmp_path / "p.duckdb"), *args])
-    except SystemExit as exit_:  # argparse's own usage error
-        code = exit_.code
+    code = _exit_code(["discover", "--project", str(tmp_path / "p.duckdb"), *args])
     assert code == 2 and "--executor" in capsys.readouterr().err.strip().splitlines()[-1]
