@@ -29,7 +29,7 @@ at the default threshold (round 0 is the ImageNet model). The held-out set grows
 the verdicts, so compare link AP within a round (the progress lines print before -> after).
 With re-discovery, the DISCOVERY quality of every round's model follows, per arm
 (:mod:`benchmarks.discovery_rounds`): links, pair precision and recall at the default
-threshold 0.03 and at equal link counts (the top 100 ... 600 links by score).
+threshold (``hitl.discover.DEFAULT_MIN_SCORE``) and at equal link counts (the top 100 ... 600 links by score).
 
 ``--small`` (see :func:`small_config`) shrinks the collection, the features and the
 training so that the whole benchmark runs in about 25 minutes on two shared CPU cores.
