@@ -38,7 +38,9 @@ from pathlib import Path
 
 
 class TimedExecutor:
-    """An executor whose two stages are timed (seconds kept in ``seconds``)."""
+    """An executor whose two stages are timed (seconds summed per stage in ``seconds``,
+    pairs summed in ``pairs``: discovery verifies twice, the shortlist's pairs and then
+    the two-hop candidates)."""
 
     def __init__(self, inner):
         self.inner, self.seconds, self.pairs = inner, {}, 0
@@ -48,13 +50,13 @@ class TimedExecutor:
         try:
             return fn(*args)
         finally:
-            self.seconds[name] = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def cache_features(self, *args):
         return self._timed("features", self.inner.cache_features, *args)
 
     def verify_and_store(self, *args):
-        self.pairs = len(args[3])
+        self.pairs += len(args[3])
         return self._timed("verification", self.inner.verify_and_store, *args)
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks.executor import _tree, run_measured
+from benchmarks.executor import TimedExecutor, _tree, run_measured
 
 
 def test_run_measured_returns_the_last_json_line_and_the_trees_peak_memory():
@@ -29,3 +29,16 @@ def test_run_measured_reports_a_failed_run():
 def test_tree_holds_the_process_itself():
     assert _tree(os.getpid())[0] == os.getpid()
 
+
+
+def test_timed_executor_sums_every_call_of_a_stage():
+    # Discovery verifies twice (the shortlist's pairs, then the two-hop candidates).
+    class Inner:
+        def verify_and_store(self, *args):
+            return len(args[3])
+
+    timed = TimedExecutor(Inner())
+    assert timed.verify_and_store(None, None, None, [("a", "b"), ("a", "c")]) == 2
+    first = timed.seconds["verification"]
+    timed.verify_and_store(None, None, None, [("b", "c")])
+    assert timed.pairs == 3 and timed.seconds["verification"] >= first
