@@ -179,3 +179,22 @@ def test_ray_config_refuses_unknown_device():
 
     with pytest.raises(ValueError, match="cpu or cuda"):
         RayExecutor(RayConfig(device="tpu"))
+
+
+@needs_ray
+def test_ray_actors_run_as_many_torch_threads_as_cpus_they_reserve(tmp_path):
+    # A driver started with OMP_NUM_THREADS=2 once gave each one-CPU actor two threads:
+    # two actors on two cores then verified 4x slower than one local process.
+    import torch
+
+    from engine.features import FeatureCache
+    from hitl.executors.ray_executor import ACTOR_CPUS, VerifyWorker
+    from hitl.executors.work import VerifySetup
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        VerifyWorker(VerifySetup(FeatureCache(tmp_path, "m", CONFIG.features), CONFIG, {}), str(tmp_path))
+        assert torch.get_num_threads() == ACTOR_CPUS == 1
+    finally:
+        torch.set_num_threads(before)
