@@ -522,26 +522,25 @@ def _read_password(from_stdin: bool) -> str:
 _MAX_COUNT = 10_000_000  # no count flag means more than this; larger is a typo or an attack
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number from 1 to `_MAX_COUNT` (exit 2 otherwise)."""
+def _whole_number(text: str, low: int, high: int) -> int:
+    """A whole number from ``low`` to ``high``, or argparse's usage error (exit 2)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= _MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {_MAX_COUNT:,}")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not between {low:,} and {high:,}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number from 1 to `_MAX_COUNT`."""
+    return _whole_number(text, 1, _MAX_COUNT)
 
 
 def _count(text: str) -> int:
     """argparse type: a whole number from 0 to 100 (rounds of a repeated step)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 100")
-    return value
+    return _whole_number(text, 0, 100)
 
 
 def _positive_float(text: str) -> float:
