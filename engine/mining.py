@@ -570,7 +570,7 @@ def proposal_weights(bank: FeatureBank, level: int = 0, texture: TextureConfig =
     image and across the collection, as discovery weighs cells (:mod:`engine.texture`).
 
     ``counts``: the collection counts of the bank's images in bank order, when already
-    computed (:func:`engine.texture.collection_counts`, O(N^2); discovery keeps them);
+    computed (:func:`engine.texture.collection_counts`; discovery keeps them);
     None computes them here.
     """
     pyramids = [bank.pyramid(i) for i in range(len(bank))]
@@ -578,7 +578,8 @@ def proposal_weights(bank: FeatureBank, level: int = 0, texture: TextureConfig =
         raise ValueError(f"proposal_weights got {len(counts)} collection counts for {len(bank)} images")
     if counts is None and len(bank) > 1:
         coarse = [min(texture.collection_level, len(p.levels) - 1) for p in pyramids]
-        counts = collection_counts([p.levels[k].float() for p, k in zip(pyramids, coarse)], texture)
+        counts = collection_counts([p.levels[k].float() for p, k in zip(pyramids, coarse)], texture,
+                                   keys=list(bank.image_ids))
     counts = counts if counts is not None else [None] * len(bank)
     side = bank.levels[level].shape[-1]
     out = torch.zeros(len(bank), side, side)

@@ -282,7 +282,8 @@ def texture_weights(pyramids: Callable[[str], FeaturePyramid], config: TextureCo
     """An image's texture weights per level, computed once and kept (a few KB an image).
 
     With ``collection`` (image ids), repeats across those images count too (see
-    :func:`engine.texture.collection_counts`): one pass over the collection here, O(N^2);
+    :func:`engine.texture.collection_counts`): one pass over the collection here, O(N^2)
+    up to ``config.collection_sample`` images and O(N x sample) above;
     pyramids read from a feature cache keep those counts beside it
     (:mod:`hitl.texture_counts`), where a training round reads them back.
     """
@@ -291,7 +292,8 @@ def texture_weights(pyramids: Callable[[str], FeaturePyramid], config: TextureCo
         counts = kept_collection_counts(pyramids, config, collection)
     elif len(collection) > 1:
         level = [min(config.collection_level, len(pyramids(i).levels) - 1) for i in collection]
-        found = collection_counts([pyramids(i).levels[lv] for i, lv in zip(collection, level)], config)
+        found = collection_counts([pyramids(i).levels[lv] for i, lv in zip(collection, level)], config,
+                                  keys=list(collection))
         counts = dict(zip(collection, found))
     return TextureWeights(pyramids, config, counts, keep)
 

@@ -10,9 +10,13 @@ from engine.texture import (
     TextureWeights,
     collection_counts,
     combined_weights,
+    in_reference,
     pyramid_weights,
+    reference_counts,
+    reference_level,
     repetition_counts,
     repetition_weights,
+    sampled_reference,
 )
 
 
@@ -106,3 +110,58 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError):
         TextureConfig(softness=0)
     assert collection_counts([]) == []
+
+
+def _template_collection(n: int, shared: int, seed: int = 0) -> list[torch.Tensor]:
+    """n random 4x5 maps; the first `shared` hold one template element at cell (0, 0)."""
+    maps = [_random_map(4, 5, seed=seed + s) for s in range(n)]
+    bar = F.normalize(torch.arange(64.0) - 31.5, dim=0)
+    for m in maps[:shared]:
+        m[:, 0, 0] = bar
+    return maps
+
+
+def test_reference_level_keeps_about_sample_images():
+    assert reference_level(1000, 1000) == 0 and reference_level(50, 0) == 0  # exact
+    assert reference_level(1001, 1000) == 1 and reference_level(2000, 1000) == 1
+    assert reference_level(2001, 1000) == 2 and reference_level(100_000, 1000) == 7
+    keys = [f"{i:064x}" for i in range(4000)]
+    for level, expected in [(1, 2000), (2, 1000), (3, 500)]:
+        members = sum(in_reference(k, level) for k in keys)
+        assert abs(members - expected) < 4 * expected**0.5  # a uniform draw
+    # membership is a property of the image: a member at level 2 is one at level 1
+    assert all(in_reference(k, 1) for k in keys if in_reference(k, 2))
+    assert all(in_reference(k, 0) for k in keys[:10])
+    with pytest.raises(ValueError, match="collection_sample"):
+        TextureConfig(collection_sample=1)
+
+
+def test_collection_counts_above_the_sample_compare_with_the_reference_and_scale():
+    maps = _template_collection(40, shared=20)
+    keys = [f"img{i}" for i in range(40)]
+    config = TextureConfig(collection_sample=10)
+    reference = sampled_reference(keys, config.collection_sample)
+    assert reference is not None and 2 <= len(reference) < 20  # level 2: about 10 of 40
+    sampled = collection_counts(maps, config, keys=keys)
+    exact = collection_counts(maps, TextureConfig(collection_sample=0))
+    assert float(exact[0][0, 0]) == 19 and float(exact[30][0, 0]) == 0
+    # each count is the count over the reference images (its own excluded), scaled to the 39 others
+    members = set(reference)
+    for i in (0, 5, 25, 39):
+        over = sum(1 for j in reference if j != i and j < 20 and i < 20)
+        assert float(sampled[i][0, 0]) == pytest.approx(over * 39 / (len(reference) - (i in members)))
+    # on average the estimate is the document frequency
+    assert float(torch.stack([c[0, 0] for c in sampled[:20]]).mean()) == pytest.approx(19, rel=0.35)
+    assert all(float(c.max()) < 1e-6 for c in sampled[20:])  # unique cells stay unique
+    # up to the sample size the counts are exact, whatever the keys
+    assert all(torch.equal(a, b) for a, b in zip(collection_counts(maps, TextureConfig(collection_sample=40),
+                                                                   keys=keys), exact))
+    with pytest.raises(ValueError, match="keys"):
+        collection_counts(maps, config, keys=keys[:3])
+
+
+def test_reference_counts_skip_each_maps_own_reference():
+    maps = _template_collection(3, shared=3)
+    counts = reference_counts(maps, maps[:2], [0, 1, None])
+    assert [float(c[0, 0]) for c in counts] == [1.0, 1.0, 2.0]
+    assert [float(c.sum()) for c in reference_counts(maps, [], [None] * 3)] == [0.0, 0.0, 0.0]
