@@ -10,10 +10,12 @@
    cosine of each to the old path; then the cache's
    load rate and size.
 2. Detection over banks of ``--bank-size`` images. The folder's images are real; above
-   their number, the bank is filled with *synthetic* images, each the per-cell
-   normalised mix of two real pyramids (``a + w b``, w in [0.3, 1)): real feature
-   statistics, distinct content, and hard distractors for the index (a mix of an image
-   holding the motif still holds it, weaker). Queries are the annotation file's query
+   their number, the bank is filled with *synthetic* images (``--synthetic``): ``mix``,
+   each the per-cell normalised mix of two real pyramids (``a + w b``, w in [0.3, 1)):
+   real feature statistics and hard distractors for the index (a mix of an image holding
+   the motif still holds it, weaker), but at 100,000 images each real image has ~1,700
+   near-duplicates; ``collage``, each a 3 x 3 grid of tiles of real images at random
+   offsets: no near-duplicate images, tiles that hold a motif now and then. Queries are the annotation file's query
    boxes (the demo's ground truth) when there is one. Per bank size:
 
    - exact: the dense scan of every image (:func:`engine.detect.detect`) over a float32
@@ -145,12 +147,28 @@ def time_features(model: str, items, device: torch.device, cache: Path,
 # ---------------------------------------------------------------- synthetic bank
 
 
-class SyntheticBank:
-    """Pyramids of ``n`` images: the real ones first, then deterministic mixes of two real ones."""
+SYNTHETIC = ("mix", "collage")
+COLLAGE_GRID = 3  # a collage's tiles per side
 
-    def __init__(self, real: list[FeaturePyramid], n: int):
+
+class SyntheticBank:
+    """Pyramids of ``n`` images: the real ones first, then deterministic synthetic ones.
+
+    ``kind`` "mix": each the per-cell mix of two real pyramids of one shape (every real
+    image has ~n / len(real) near-duplicates in the bank). "collage": each a 3 x 3 grid of
+    tiles, a tile copied (at every level, at the same relative place) from a random real
+    image of the same shape at a random offset, so that no two images are near-duplicates
+    while a tile can still hold a whole or part of a motif, as repeats do in a collection;
+    its regions are pooled from its cells, as a project pools them.
+    """
+
+    def __init__(self, real: list[FeaturePyramid], n: int, kind: str = "mix"):
+        if kind not in SYNTHETIC:
+            raise ValueError(f"synthetic images must be one of {SYNTHETIC}, not {kind!r}")
         self.real = [FeaturePyramid(tuple(t.float() for t in p.levels), p.image_size) for p in real]
         self.n = n
+        self.kind = kind
+        self.pooled = kind == "collage"
         # b is drawn among images of a's shape (no resampling: ~1 ms per synthetic image)
         shapes: dict[tuple, list[int]] = {}
         for i, p in enumerate(real):
@@ -168,15 +186,36 @@ class SyntheticBank:
         b = int(rng.choice(self.same_shape[a]))
         return a, b, float(rng.uniform(0.3, 1.0)), b == a  # alone in its shape: mixed with its mirror
 
+    def _collage(self, index: int) -> FeaturePyramid:
+        rng = np.random.default_rng(index)
+        a = int(rng.integers(len(self.real)))
+        shape_of = self.real[a]
+        sources = rng.choice(self.same_shape[a], size=COLLAGE_GRID**2)
+        offsets = rng.random((COLLAGE_GRID**2, 2))
+        levels = []
+        for lv, template in enumerate(shape_of.levels):
+            c, h, w = template.shape
+            out = torch.empty(c, h, w)
+            rows = [h * g // COLLAGE_GRID for g in range(COLLAGE_GRID + 1)]
+            cols = [w * g // COLLAGE_GRID for g in range(COLLAGE_GRID + 1)]
+            for t, (source, (ry, rx)) in enumerate(zip(sources, offsets)):
+                gy, gx = divmod(t, COLLAGE_GRID)
+                th, tw = rows[gy + 1] - rows[gy], cols[gx + 1] - cols[gx]
+                y, x = int(ry * (h - th + 1)), int(rx * (w - tw + 1))
+                out[:, rows[gy] : rows[gy + 1], cols[gx] : cols[gx + 1]] = \
+                    self.real[int(source)].levels[lv][:, y : y + th, x : x + tw]
+            levels.append(out)
+        return FeaturePyramid(tuple(levels), shape_of.image_size)
+
     def __call__(self, index: int) -> FeaturePyramid:
         if index < len(self.real):
             return self.real[index]
+        if self.kind == "collage":
+            return self._collage(index)
         a, b, w, flip = self._draw(index)
         levels = tuple(F.normalize(la + w * (lb.flip(2) if flip else lb), dim=0)
                        for la, lb in zip(self.real[a].levels, self.real[b].levels))
         return FeaturePyramid(levels, self.real[a].image_size)
-
-    pooled = False  # regions of synthetic images pooled from their mixed cells (slower, exact)
 
     def regions(self, index: int) -> torch.Tensor:
         """Region descriptors: a real image's own; a synthetic image's mixed at the descriptor
@@ -355,11 +394,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--regions", action="append", choices=["mixed", "pooled"],
                         help="synthetic images' region descriptors: mixed at the descriptor level (default, fast) "
                              "or pooled from their mixed cells as a project pools them (repeat to compare)")
+    parser.add_argument("--synthetic", choices=SYNTHETIC, default="mix",
+                        help="synthetic images above the real ones: per-cell mixes of two real images (many "
+                             "near-duplicates at large sizes) or collages of tiles of real images (distinct)")
     parser.add_argument("--features-only", action="store_true", help="only part 1 (features), no detection")
     parser.add_argument("--exact-queries", type=int, action="append",
                         help="queries the exact scan runs, per bank size in order (default: all; recall is "
                              "measured on these)")
     args = parser.parse_args(argv)
+    if args.synthetic == "collage" and "mixed" in (args.regions or []):
+        parser.error("collages' regions are pooled from their cells: --regions mixed is for --synthetic mix")
     sizes = args.bank_size or [1000]
     wall_start = time.perf_counter()
     device = resolve_device(args.device)
@@ -386,11 +430,11 @@ def main(argv: list[str] | None = None) -> None:
     per_image = float("nan")  # exact-scan seconds per image, from the first size
     exact_queries = dict(zip(sizes, args.exact_queries or []))
     for n in sizes:
-        bank = SyntheticBank(real, n)
-        tag = "" if n <= len(real) else f" ({n - len(real)} synthetic)"
+        bank = SyntheticBank(real, n, args.synthetic)
+        tag = "" if n <= len(real) else f" ({n - len(real)} synthetic: {args.synthetic})"
         print(f"--- bank of {n} images{tag}")
         runs = {}
-        for regions in args.regions or ["mixed"]:
+        for regions in args.regions or (["pooled"] if args.synthetic == "collage" else ["mixed"]):
             bank.pooled = regions == "pooled"
             index, build_s = build_index(bank, AnnConfig())
             print(f"index, {regions} regions{' ' * (7 - len(regions))}{'flat' if index.is_flat else 'IVF-PQ'}, "

@@ -1,0 +1,48 @@
+"""benchmarks.detect's synthetic banks: mixes and collages of real pyramids."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.detect import COLLAGE_GRID, SyntheticBank
+from engine.features import FeaturePyramid
+
+
+def _real(n: int = 4) -> list[FeaturePyramid]:
+    g = torch.Generator().manual_seed(0)
+    shapes = [((9, 12), (6, 8)), ((12, 9), (8, 6))]  # two image shapes, two levels each
+    return [FeaturePyramid(tuple(F.normalize(torch.randn(8, h, w, generator=g), dim=0) for h, w in shapes[i % 2]),
+                           (192, 144) if i % 2 == 0 else (144, 192)) for i in range(n)]
+
+
+def test_a_collage_is_tiles_of_real_images_of_its_shape_and_no_two_are_alike():
+    real = _real()
+    bank = SyntheticBank(real, 40, "collage")
+    assert bank(1) is bank.real[1]  # real images first
+    collages = [bank(i) for i in range(4, 40)]
+    for c in collages:
+        donors = [p for p in bank.real if p.image_size == c.image_size]
+        assert [t.shape for t in c.levels] == [t.shape for t in donors[0].levels]
+        level = c.levels[0]
+        rows = [level.shape[1] * g // COLLAGE_GRID for g in range(COLLAGE_GRID + 1)]
+        cols = [level.shape[2] * g // COLLAGE_GRID for g in range(COLLAGE_GRID + 1)]
+        for gy in range(COLLAGE_GRID):
+            for gx in range(COLLAGE_GRID):
+                tile = level[:, rows[gy] : rows[gy + 1], cols[gx] : cols[gx + 1]]
+                th, tw = tile.shape[1:]
+                found = any(torch.equal(tile, d.levels[0][:, y : y + th, x : x + tw])
+                            for d in donors for y in range(d.levels[0].shape[1] - th + 1)
+                            for x in range(d.levels[0].shape[2] - tw + 1))
+                assert found  # every tile is a real image's cells, copied as they are
+    assert torch.equal(bank(7).levels[1], SyntheticBank(real, 40, "collage")(7).levels[1])  # deterministic
+    flat = [c.levels[0].flatten() for c in collages if c.levels[0].shape == collages[0].levels[0].shape]
+    assert all(not torch.equal(a, b) for i, a in enumerate(flat) for b in flat[i + 1 :])
+    assert bank.regions(5).shape[1] == 8 and bank.pooled  # pooled from the collage's cells
+
+
+def test_mixes_stay_the_default_and_a_wrong_kind_is_refused():
+    bank = SyntheticBank(_real(), 10)
+    assert bank.kind == "mix" and not bank.pooled
+    assert torch.allclose(bank(6).levels[0].norm(dim=0), torch.ones(1))
+    with pytest.raises(ValueError, match="collage"):
+        SyntheticBank(_real(), 10, "noise")
