@@ -349,6 +349,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hitl.project import open_project
     from hitl.rounds import PHASES, RoundConfig, RoundRefused, run_round
 
+    if args.steps is None:
+        args.steps = TrainConfig.steps
     if args.steps < 1 or (args.minutes is not None and args.minutes <= 0):
         raise UsageError("--minutes must be > 0 (and --steps >= 1)")
     store, paths = open_project(args.project)
@@ -639,8 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the cluster's CPUs)")
 
     p = add("train", "a training round: fine-tune on mined pairs, discovery links and expert verdicts", model=True, project=True)
-    p.add_argument("--steps", "--iterations", dest="steps", type=_positive_int, default=100,
-                   help="Adam steps of the round (authors' code: 50 per mining round, ~15k in all)")
+    p.add_argument("--steps", "--iterations", dest="steps", type=_positive_int,
+                   help="Adam steps of the round (default: engine.train.TrainConfig's; authors' code: 50 per mining "
+                        "round, ~15k in all)")
     p.add_argument("--minutes", type=float, help="time budget of the steps; the round stops at whichever comes first")
     p.add_argument("--sources", default="mined,expert",
                    help="mined, discovery, expert (comma-separated); discovery links are weak positives, off by default")

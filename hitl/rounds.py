@@ -70,6 +70,7 @@ SOURCES = ("mined", "discovery", "expert")
 # (boxes larger than the motif, false links) and adding them lowered a round's gain
 # (mAP 0.542 -> 0.518); `--sources mined,discovery,expert` turns them on.
 DEFAULT_SOURCES = ("mined", "expert")
+DEFAULT_STEPS = TrainConfig.steps  # a round's Adam steps, for the app (pages do not import engine)
 PHASES = ("loading the parent model", "measuring the parent model", "mining the training pairs", "training",
           "refreshing the collection's features", "measuring the new model", "re-discovering with the new model")
 

@@ -23,6 +23,7 @@ from hitl.plot_text import plot_text
 from hitl.progress import Progress, latest_progress
 from hitl.project import make_active
 from hitl.roles import Forbidden
+from hitl.rounds import DEFAULT_STEPS
 from hitl.views.round_history import (
     last_round_start,
     metric_rows,
@@ -48,7 +49,7 @@ def start_ui(store, paths, model: str) -> None:
     models = [m.model_id for m in store.list_models()] or [model]
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        steps = c1.number_input("Steps", 1, 100_000, 100, key="train_steps")
+        steps = c1.number_input("Steps", 1, 100_000, DEFAULT_STEPS, key="train_steps")
         minutes = c1.number_input("At most (minutes, 0: no limit)", 0.0, 1440.0, 0.0, key="train_minutes")
         sources = c2.multiselect("Learn from", SOURCES, default=["mined", "expert"], key="train_sources")
         parent = c3.selectbox("Start from model", models, index=models.index(model)
