@@ -37,9 +37,9 @@ from engine.features import CachedPyramids
 from engine.texture import (
     TextureConfig,
     collection_counts,
-    in_reference,
     reference_counts,
     reference_level,
+    sampled_reference,
     scale_to_collection,
 )
 
@@ -71,12 +71,13 @@ def kept_collection_counts(pyramids: CachedPyramids, config: TextureConfig,
     ids_of: dict[str, str] = {}
     for i in collection:
         ids_of.setdefault(pyramids.hashes[i], i)
-    level = reference_level(len(ids_of), config.collection_sample)
-    reference = sorted(h for h in ids_of if in_reference(h, level))
-    if level > 0 and len(reference) >= 2:
-        by_hash = _sampled(pyramids, config, ids_of, level, reference)
-    else:
+    hashes = list(ids_of)
+    picked = sampled_reference(hashes, config.collection_sample)  # the rule collection_counts draws by
+    if picked is None:
         by_hash = _exact(pyramids, config, collection)
+    else:
+        level = reference_level(len(hashes), config.collection_sample)
+        by_hash = _sampled(pyramids, config, ids_of, level, sorted(hashes[j] for j in picked))
     return {i: by_hash[pyramids.hashes[i]] for i in collection}
 
 
@@ -101,9 +102,9 @@ def _sampled(pyramids: CachedPyramids, config: TextureConfig, ids_of: dict[str, 
     """Counts over the reference sample, the kept ones updated for the images added since."""
     path = sampled_counts_path(pyramids, config, level)
     kept = _read(path) or {}
-    kept_reference, raw = set(kept.get("reference", ())), dict(kept.get("raw", {}))
+    kept_reference, raw = set(kept.get("reference", ())), kept.get("raw", {})
     if not kept_reference <= set(reference) or not isinstance(raw, dict):
-        kept_reference, raw = set(), {}  # a reference image left the collection: start again
+        kept_reference, raw = set(), {}  # a reference image left the collection (or the file is odd): start again
     raw = {h: c for h, c in raw.items() if h in ids_of}
     added = [h for h in reference if h not in kept_reference]
     if added and raw:  # the kept images meet the new reference images
