@@ -3,12 +3,11 @@
     python -m benchmarks.detect [--device cpu|cuda] [--images DIR] [--bank-size 1000 --bank-size 10000 ...]
 
 1. Features: the pyramids of ``--feature-images`` images of the folder (default: a fresh
-   demo collection) with the old path (float32, NCHW, eager), session 4's (channels-last,
-   bf16 autocast with the float32 modules), today's (the frozen inference copy of
-   :mod:`engine.frozen_trunk`) and today's without the float32 modules, interleaved:
-   images/s of each (from CPU time on the CPU: the machine is shared), and the per-cell
-   cosine of each to the old path; then the cache's
-   load rate and size.
+   demo collection) with the old path (PyTorch float32, NCHW, eager: before issue 12),
+   session 4's (channels-last, bf16 autocast with the float32 modules) and today's
+   (float32 through ONNX Runtime, :mod:`engine.onnx_trunk`), interleaved: images/s of
+   each (from CPU time on the CPU: the machine is shared), and the per-cell cosine of
+   each to the old path; then the cache's load rate and size.
 2. Detection over banks of ``--bank-size`` images. The folder's images are real; above
    their number, the bank is filled with *synthetic* images (``--synthetic``): ``mix``,
    each the per-cell normalised mix of two real pyramids (``a + w b``, w in [0.3, 1)):
@@ -71,30 +70,28 @@ def _median_ms(values: list[float]) -> str:
 # ---------------------------------------------------------------- features, before and after
 
 
+FEATURE_PATHS = ("old", "eager", "onnx")
+
+
 @contextlib.contextmanager
 def feature_path(name: str):
-    """The module switches of one feature path: ``old`` (float32, NCHW, eager: before issue 12),
-    ``eager`` (channels-last, bf16 autocast with the float32 modules: session 4), ``new``
-    (the frozen inference copy of engine.frozen_trunk, today), ``all-bf16`` (``new`` without
-    the float32 modules), ``frozen-fp32`` (the frozen copy all in float32)."""
-    saved = (features.CHANNELS_LAST, features.FROZEN_GRAPH, dict(features.FLOAT32_MODULES),
-             os.environ.get("ARTMINER_PRECISION"))
+    """The module switches of one feature path (:data:`FEATURE_PATHS`): ``old`` (PyTorch
+    float32, NCHW, eager: before issue 12), ``eager`` (PyTorch channels-last, bf16 autocast
+    with the float32 modules: session 4), ``onnx`` (float32 through ONNX Runtime: today)."""
+    if name not in FEATURE_PATHS:
+        raise ValueError(f"feature path must be one of {FEATURE_PATHS}, got {name!r}")
+    saved = (features.CHANNELS_LAST, features.ONNX_RUNTIME, os.environ.get("ARTMINER_PRECISION"))
     features.CHANNELS_LAST = name != "old"
-    features.FROZEN_GRAPH = name in ("new", "all-bf16", "frozen-fp32")
-    if name in ("old", "frozen-fp32"):
-        os.environ["ARTMINER_PRECISION"] = "fp32"
-    if name == "all-bf16":
-        features.FLOAT32_MODULES.clear()
+    features.ONNX_RUNTIME = name == "onnx"
+    os.environ["ARTMINER_PRECISION"] = "bf16" if name == "eager" else "fp32"
     try:
         yield
     finally:
-        features.CHANNELS_LAST, features.FROZEN_GRAPH = saved[:2]
-        features.FLOAT32_MODULES.clear()
-        features.FLOAT32_MODULES.update(saved[2])
-        if saved[3] is None:
+        features.CHANNELS_LAST, features.ONNX_RUNTIME = saved[:2]
+        if saved[2] is None:
             os.environ.pop("ARTMINER_PRECISION", None)
         else:
-            os.environ["ARTMINER_PRECISION"] = saved[3]
+            os.environ["ARTMINER_PRECISION"] = saved[2]
 
 
 def _cosines(reference: list[FeaturePyramid], other: list[FeaturePyramid]) -> torch.Tensor:
@@ -104,14 +101,14 @@ def _cosines(reference: list[FeaturePyramid], other: list[FeaturePyramid]) -> to
 
 def time_features(model: str, items, device: torch.device, cache: Path,
                   rounds: int = 3) -> tuple[list[FeaturePyramid], dict]:
-    """The four paths of :func:`feature_path` on the same images, interleaved ``rounds`` times
-    (best of each, so that all see the same machine load); the new pyramids are cached."""
+    """The paths of :func:`feature_path` on the same images, interleaved ``rounds`` times
+    (best of each, so that all see the same machine load); today's pyramids are cached."""
     config = FeatureConfig()
     nets, built = {}, {}
-    for name in ("old", "eager", "new", "all-bf16", "frozen-fp32"):
+    for name in FEATURE_PATHS:
         with feature_path(name):
             nets[name] = create_backbone(model).to(device)
-            start = time.perf_counter()  # precision choice (timed once) and, for the frozen paths, the copy
+            start = time.perf_counter()  # for the ONNX path: export and session
             features.embed_cells(nets[name], torch.rand(1, 3, 64, 64), (2, 2))
             built[name] = time.perf_counter() - start
     # CPU time on the CPU: on this shared machine the wall time of a one-thread run mostly
@@ -126,19 +123,19 @@ def time_features(model: str, items, device: torch.device, cache: Path,
                 got[name] = collection_features(net, items, config, None, progress=False).pyramids
                 _sync(device)
                 best[name] = min(best[name], clock() - start)
-    with feature_path("new"):
-        after = collection_features(nets["new"], items, config, cache, progress=False)
+    with feature_path("onnx"):
+        after = collection_features(nets["onnx"], items, config, cache, progress=False)
         start = time.perf_counter()
-        collection_features(nets["new"], items, config, cache, progress=False)
+        collection_features(nets["onnx"], items, config, cache, progress=False)
         load_s = time.perf_counter() - start
     n = len(after.pyramids)
-    cos = {name: _cosines(got["old"], got[name]) for name in ("eager", "new", "all-bf16", "frozen-fp32")}
+    cos = {name: _cosines(got["old"], got[name]) for name in FEATURE_PATHS[1:]}
     figures = {
-        "n": n, "rate": {name: n / seconds for name, seconds in best.items()}, "built": built["new"], "load": n / load_s,
+        "n": n, "rate": {name: n / seconds for name, seconds in best.items()}, "built": built["onnx"], "load": n / load_s,
         "cos": {name: {"mean": float(c.mean()), "min": float(c.min()), "p001": float(c.quantile(0.001)),
                        "p01": float(c.quantile(0.01)), "below": float((c < 0.995).float().mean())}
                 for name, c in cos.items()},
-        "precision": features.autocast_dtype(nets["new"], device),
+        "precision": features.autocast_dtype(nets["onnx"], device),
         "cache_mb": sum(p.stat().st_size for p in cache.rglob("*.npz")) / n / 1e6,
     }
     return after.pyramids, figures
@@ -366,13 +363,12 @@ def print_features(feat: dict, device: torch.device) -> None:
     print(f"features, {feat['n']} images  interleaved, best of 3, {clock} (images/s; per-cell cosine to the old path: min, "
           f"0.1st / 1st percentile, share below 0.995)")
     for name, label in (("old", "old: float32 NCHW eager"), ("eager", "session 4: bf16 autocast"),
-                        ("new", "new: frozen copy"), ("all-bf16", "new, all in bf16"),
-                        ("frozen-fp32", "frozen copy, float32")):
+                        ("onnx", "today: ONNX Runtime fp32")):
         c = cos.get(name)
         agree = (f"; cosine min {c['min']:.4f}, {c['p001']:.4f} / {c['p01']:.4f}, {c['below']:.2%} below"
                  if c else "")
         print(f"  {label:<26}{rate[name]:.2f} images/s ({rate[name] / rate['old']:.2f}x){agree}")
-    print(f"frozen copy built in        {feat['built']:.1f} s (once per process and model weights)")
+    print(f"ONNX session built in       {feat['built']:.1f} s (once per process and model weights)")
     print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
 
 

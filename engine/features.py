@@ -6,9 +6,10 @@ scale. For each image, we used 7 different scales, regularly sampled on two octa
 with 3 scales per octave." Level 0 is that largest (reference) scale; level k has
 longer side ``40 * 2^(-k/3)`` cells, down to 10 at level 6.
 
-Speed on the CPU (issue 12): the backbone runs channels-last, under bfloat16 autocast
-where the CPU has native bf16 (avx512_bf16 / AMX, :func:`cpu_precision`), in float32
-elsewhere; each image is resized once per level.
+Speed on the CPU (issue 12): the backbone runs in float32 through ONNX Runtime
+(:mod:`engine.onnx_trunk`); without it (or with ``ARTMINER_PRECISION=bf16``) in PyTorch,
+channels-last, under bfloat16 autocast where the CPU has native bf16 (avx512_bf16 / AMX,
+:func:`cpu_precision`). Each image is resized once per level.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.backbone import STRIDE, Backbone
-from engine.frozen_trunk import FOLDABLE, frozen_trunk
 from engine.images import ImageReadError, content_hash, image_size, load_rgb
+from engine.onnx_trunk import onnx_applies, onnx_forward, onnx_runtime_available
 
 # Bumped whenever one model and one FeatureConfig start computing different numbers, so
 # that a feature cache (and the ANN index keyed by it) from before is not mixed with new
@@ -140,12 +141,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 CHANNELS_LAST = True  # benchmarks.detect turns it off to time the old NCHW path
-# CPU features through engine.frozen_trunk (BatchNorm folded, traced and frozen). Off by default:
-# in benchmarks.detect it was 13 % faster than the eager autocast path in one run and as fast in
-# another (CPU time, 12 demo images), not enough to recompute every feature cache for; the
-# frozen copy in float32 was as fast as in bf16 (README, "Frozen inference copy"). Turning it on
-# changes the features' numbers: bump NUMERICS_VERSION with it.
-FROZEN_GRAPH = False
+# float32 CPU features through ONNX Runtime (engine.onnx_trunk) when it is installed; they
+# equal PyTorch's float32 features to rounding, so both share the "fp32" cache key.
+# benchmarks.detect turns it off to time PyTorch's paths.
+ONNX_RUNTIME = True
 
 # Modules of a trunk that run in float32 under bf16 autocast (issue 12: every cell's cosine
 # to float32 >= 0.995). EfficientNet-Lite0 under bf16 throughout: mean 0.996 but 20 % of
@@ -198,6 +197,8 @@ def cpu_precision() -> str:
     forced = os.environ.get("ARTMINER_PRECISION", "auto")
     if forced in ("fp32", "bf16"):
         return forced
+    if ONNX_RUNTIME and onnx_runtime_available():
+        return "fp32"  # ONNX Runtime's float32 is faster than PyTorch's bf16 (engine.onnx_trunk)
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
@@ -227,17 +228,17 @@ def embed_pixels(backbone: Backbone, pixels: torch.Tensor,
     ``forward``: run instead of the whole backbone, its output returned as is (not normalised).
     """
     device = next(backbone.parameters()).device
+    dtype = autocast_dtype(backbone, device)
+    if forward is not None and forward is not backbone and device.type == "cpu":
+        dtype = None  # a frozen trunk's cached output must equal what training computes in float32
+    if (forward is None or forward is backbone) and dtype is None and onnx_serves(backbone):
+        feats = onnx_forward(backbone, pixels)
+        if feats is not None:
+            return feats if forward is not None else F.normalize(feats, dim=1).contiguous()
     _channels_last(backbone)
     _float32_modules(backbone)
     layout = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
     pixels = pixels.to(device).contiguous(memory_format=layout)
-    dtype = autocast_dtype(backbone, device)
-    if forward is not None and forward is not backbone and device.type == "cpu":
-        dtype = None  # a frozen trunk's cached output must equal what training computes in float32
-    if (forward is None or forward is backbone) and _frozen_applies(backbone, pixels):
-        float32 = FLOAT32_MODULES.get(backbone.spec.arch, ()) if dtype is not None else ()
-        feats = frozen_trunk(backbone, dtype or torch.float32, float32)(pixels).float()
-        return (feats if forward is not None else F.normalize(feats, dim=1)).contiguous()
     with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         feats = (forward or backbone)(pixels)
     if forward is not None:
@@ -245,11 +246,9 @@ def embed_pixels(backbone: Backbone, pixels: torch.Tensor,
     return F.normalize(feats.float(), dim=1).contiguous()
 
 
-def _frozen_applies(backbone: Backbone, pixels: torch.Tensor) -> bool:
-    """The frozen inference copy serves CPU inference of a foldable backbone in eval mode
-    on the new (channels-last) path, for inputs of whole cells (its pads are fixed)."""
-    return (FROZEN_GRAPH and CHANNELS_LAST and pixels.device.type == "cpu" and not backbone.training
-            and backbone.spec.arch in FOLDABLE and pixels.shape[-1] % STRIDE == 0 and pixels.shape[-2] % STRIDE == 0)
+def onnx_serves(backbone: Backbone) -> bool:
+    """Whether the backbone's float32 CPU inference runs in ONNX Runtime (engine.onnx_trunk)."""
+    return ONNX_RUNTIME and cpu_precision() == "fp32" and onnx_applies(backbone)
 
 
 def embed_cells(backbone: Backbone, image: torch.Tensor, shape: tuple[int, int],

@@ -33,9 +33,11 @@ from engine.features import (
     FeatureFailure,
     FeaturePyramid,
     extract_pyramids,
+    onnx_serves,
     split_cached,
 )
 from engine.images import ImageReadError, image_size, load_rgb
+from engine.onnx_trunk import onnx_forward, onnx_session
 
 
 def split_trunk(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
@@ -65,8 +67,13 @@ def prefix_key(backbone: Backbone) -> str:
 
 
 def prefix_forward(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> (B, C', H/16, W/16) input of the last stage."""
+    """(B, 3, H, W) RGB in [0, 1] -> (B, C', H/16, W/16) input of the last stage, in float32
+    (through ONNX Runtime where it serves the backbone, :mod:`engine.onnx_trunk`)."""
     prefix, _ = split_trunk(backbone)
+    if onnx_serves(backbone) and not torch.is_grad_enabled():
+        out = onnx_forward(backbone, pixels, "prefix")
+        if out is not None:
+            return out
     return prefix((pixels - backbone.mean) / backbone.std)
 
 
@@ -221,14 +228,29 @@ class TrunkByProduct:
     @torch.no_grad()
     def __call__(self, backbone: Backbone, arrays: Sequence, config: FeatureConfig, sizes: Sequence[tuple[int, int]],
                  hashes: Sequence[str]) -> Iterator[FeaturePyramid]:
-        forward = lambda pixels: prefix_forward(backbone, pixels)  # noqa: E731 - closes over the backbone
-        inputs = list(extract_pyramids(backbone, arrays, config, sizes, forward))
+        if onnx_serves(backbone) and onnx_session(backbone, "both") is not None:
+            # One ONNX Runtime pass gives both, the last stage's input in front of the features
+            split = -backbone.channels
+
+            def forward(pixels: torch.Tensor) -> torch.Tensor:
+                both = onnx_forward(backbone, pixels, "both")
+                # normalised as engine.features.embed_pixels does, so the numbers are the same
+                # bit for bit as a feature pass without the by-product (the local executor's)
+                return torch.cat([both[:, :split], F.normalize(both[:, split:].contiguous(), dim=1)], dim=1)
+
+            both = list(extract_pyramids(backbone, arrays, config, sizes, forward))
+            inputs = [FeaturePyramid(tuple(t[:split] for t in p.levels), p.image_size) for p in both]
+            pyramids = [FeaturePyramid(tuple(t[split:] for t in p.levels), p.image_size) for p in both]
+        else:
+            forward = lambda pixels: prefix_forward(backbone, pixels)  # noqa: E731 - closes over the backbone
+            inputs = list(extract_pyramids(backbone, arrays, config, sizes, forward))
+            as_inputs = TrunkInputs([str(i) for i in range(len(inputs))], [list(p.levels) for p in inputs],
+                                    [p.image_size for p in inputs])
+            pyramids = pyramids_from_inputs(backbone, as_inputs)
         for digest, pyramid in zip(hashes, inputs):
             if not self.cache.path(digest).is_file():
                 self.cache.put(digest, FeaturePyramid(tuple(t.half() for t in pyramid.levels), pyramid.image_size))
-        as_inputs = TrunkInputs([str(i) for i in range(len(inputs))], [list(p.levels) for p in inputs],
-                                [p.image_size for p in inputs])
-        yield from pyramids_from_inputs(backbone, as_inputs)
+        yield from pyramids
 
 
 def fill_feature_cache(backbone: Backbone, inputs: TrunkInputs, cache_root: str | Path, config: FeatureConfig,

@@ -100,21 +100,20 @@ def _astronaut(width: int = 320, height: int = 240) -> np.ndarray:
     return np.asarray(Image.fromarray(data.astronaut()).resize((width, height), Image.Resampling.BILINEAR))
 
 
-@pytest.mark.parametrize("frozen", [False, True], ids=["eager-autocast", "frozen-copy"])
-def test_bf16_features_agree_with_fp32_per_cell(effnet, monkeypatch, frozen):
-    """bfloat16 (the stem, the first block and the first stride-4 depthwise convolution
-    kept in float32; eager autocast, or BatchNorm folded, traced and frozen) barely moves the features: every cell's cosine to float32
-    is >= 0.995 at every level (measured here: worst 0.997-0.999; all bf16: worst 0.988)."""
+def test_bf16_features_agree_with_fp32_per_cell(effnet, monkeypatch):
+    """bfloat16 autocast (ARTMINER_PRECISION=bf16; the stem, the first block and the first
+    stride-4 depthwise convolution kept in float32) barely moves the features: every cell's
+    cosine to float32 is >= 0.995 at every level (measured here: worst 0.997-0.999; all
+    bf16: worst 0.988)."""
     import engine.features as features
     from engine.features import FLOAT32_MODULES
 
     config = FeatureConfig(max_side=20, n_scales=3)
     rgb = _astronaut()
+    monkeypatch.setattr(features, "ONNX_RUNTIME", False)  # the reference: PyTorch's float32 forward
     monkeypatch.setenv("ARTMINER_PRECISION", "fp32")
-    monkeypatch.setattr(features, "FROZEN_GRAPH", False)  # the reference: the eager float32 forward
     full = extract_pyramid(effnet, rgb, config)
     monkeypatch.setenv("ARTMINER_PRECISION", "bf16")
-    monkeypatch.setattr(features, "FROZEN_GRAPH", frozen)  # default: eager autocast; or engine.frozen_trunk
     half = extract_pyramid(effnet, rgb, config)
     cosines = []
     for a, b in zip(full.levels, half.levels):
@@ -131,10 +130,12 @@ def test_bf16_features_agree_with_fp32_per_cell(effnet, monkeypatch, frozen):
 
 def test_channels_last_forward_equals_plain_forward(monkeypatch):
     """Channels-last is a layout change only: float32 features equal the plain NCHW forward."""
+    import engine.features as features
     from engine.backbone import create_backbone
     from engine.features import embed_cells, resize_to_cells
 
     monkeypatch.setenv("ARTMINER_PRECISION", "fp32")
+    monkeypatch.setattr(features, "ONNX_RUNTIME", False)  # PyTorch's own forward
     plain, fast = create_backbone("random-effnet-lite0"), create_backbone("random-effnet-lite0")
     image = torch.from_numpy(_astronaut(96, 64).copy()).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
@@ -145,7 +146,9 @@ def test_channels_last_forward_equals_plain_forward(monkeypatch):
 
 
 def test_precision_choice(monkeypatch):
+    import engine.features as features
     from engine.features import FeatureConfig, autocast_dtype, cpu_has_native_bf16, cpu_precision
+    from engine.onnx_trunk import onnx_runtime_available
 
     assert isinstance(cpu_has_native_bf16(), bool)
     backbone = type("B", (), {"spec": type("S", (), {"arch": "x"})()})()
@@ -156,8 +159,11 @@ def test_precision_choice(monkeypatch):
     monkeypatch.setenv("ARTMINER_PRECISION", "bf16")
     assert cpu_precision() == "bf16" and autocast_dtype(backbone, torch.device("cpu")) == torch.bfloat16
     assert FeatureConfig().key() != fp32_key  # caches of the two precisions never mix
-    # Unforced, the machine decides, the same way in every process (no timing).
+    # Unforced, the machine decides, the same way in every process (no timing): float32 in
+    # ONNX Runtime where it is installed, else bf16 where the CPU has it natively.
     monkeypatch.delenv("ARTMINER_PRECISION")
+    assert cpu_precision() == ("fp32" if onnx_runtime_available() or not cpu_has_native_bf16() else "bf16")
+    monkeypatch.setattr(features, "ONNX_RUNTIME", False)
     assert cpu_precision() == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert {cpu_precision() for _ in range(5)} == {cpu_precision()}
 
