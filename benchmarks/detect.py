@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import statistics
 import tempfile
@@ -159,7 +160,7 @@ class SyntheticBank:
     its regions are pooled from its cells, as a project pools them.
     """
 
-    def __init__(self, real: list[FeaturePyramid], n: int, kind: str = "mix"):
+    def __init__(self, real: list[FeaturePyramid], n: int, kind: str = "mix", ann: AnnConfig = AnnConfig()):
         if kind not in SYNTHETIC:
             raise ValueError(f"synthetic images must be one of {SYNTHETIC}, not {kind!r}")
         self.real = [FeaturePyramid(tuple(t.float() for t in p.levels), p.image_size) for p in real]
@@ -171,11 +172,17 @@ class SyntheticBank:
         for i, p in enumerate(real):
             shapes.setdefault(tuple(t.shape for t in p.levels), []).append(i)
         self.same_shape = [shapes[tuple(t.shape for t in p.levels)] for p in real]
+        self.use(ann)
 
-        config = AnnConfig()
-        self.regions_of = [region_descriptors(p, config.window, config.stride) for p in self.real]
-        mirrored = [FeaturePyramid(tuple(t.flip(2) for t in p.levels), p.image_size) for p in self.real]
-        self.mirror_regions_of = [region_descriptors(p, config.window, config.stride) for p in mirrored]
+    def use(self, ann: AnnConfig) -> None:
+        """Describe regions as ``ann`` says (window, stride, blocks)."""
+        self.ann = ann
+        self.regions_of = [self._describe(p) for p in self.real]
+        self.mirror_regions_of = [self._describe(FeaturePyramid(tuple(t.flip(2) for t in p.levels), p.image_size))
+                                  for p in self.real]
+
+    def _describe(self, pyramid: FeaturePyramid) -> torch.Tensor:
+        return region_descriptors(pyramid, self.ann.window, self.ann.stride, self.ann.blocks)
 
     def _draw(self, index: int) -> tuple[int, int, float, bool]:
         rng = np.random.default_rng(index)
@@ -221,8 +228,7 @@ class SyntheticBank:
         if index < len(self.real):
             return self.regions_of[index]
         if self.pooled:
-            config = AnnConfig()
-            return region_descriptors(self(index), config.window, config.stride)
+            return self._describe(self(index))
         a, b, w, flip = self._draw(index)
         other = self.mirror_regions_of[a] if flip else self.regions_of[b]
         return F.normalize(self.regions_of[a] + w * other, dim=1)
@@ -295,7 +301,7 @@ def indexed_scan(queries, index: RegionIndex, bank: SyntheticBank, config: Detec
     results, search_s, dense_s, cpu_s = [], [], [], []
     for query, exclude in queries:
         t, c = time.perf_counter(), time.process_time()
-        hits = index.search(query_descriptor(query), candidates)
+        hits = index.search(query_descriptor(query, index.config.blocks), candidates)
         search_s.append(time.perf_counter() - t)
         cpu = time.process_time() - c
         pyramids = [bank(int(i)) for i, _ in hits]  # a project reads these from its cache (added below)
@@ -387,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"IVF cells visited per query (repeat to compare; default {AnnConfig().nprobe})")
     parser.add_argument("--exact-max", type=int, default=10_000, help="largest bank the exact scan runs over")
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
+    parser.add_argument("--blocks", action="append", type=int,
+                        help=f"sub-windows per region side (repeat to compare; default {AnnConfig().blocks})")
     parser.add_argument("--regions", action="append", choices=["mixed", "pooled"],
                         help="synthetic images' region descriptors: mixed at the descriptor level (default, fast) "
                              "or pooled from their mixed cells as a project pools them (repeat to compare)")
@@ -430,16 +438,18 @@ def main(argv: list[str] | None = None) -> None:
         tag = "" if n <= len(real) else f" ({n - len(real)} synthetic: {args.synthetic})"
         print(f"--- bank of {n} images{tag}")
         runs = {}
-        for regions in args.regions or (["pooled"] if args.synthetic == "collage" else ["mixed"]):
+        for regions, blocks in itertools.product(
+                args.regions or (["pooled"] if args.synthetic == "collage" else ["mixed"]), args.blocks or [AnnConfig().blocks]):
             bank.pooled = regions == "pooled"
-            index, build_s = build_index(bank, AnnConfig())
+            bank.use(replace(AnnConfig(), blocks=blocks))
+            index, build_s = build_index(bank, bank.ann)
             print(f"index, {regions} regions{' ' * (7 - len(regions))}{'flat' if index.is_flat else 'IVF-PQ'}, "
-                  f"{index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB per image, built in "
-                  f"{build_s:.1f} s")
+                  f"{blocks}x{blocks} blocks, {index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB "
+                  f"per image, built in {build_s:.1f} s")
             for nprobe in nprobes:
                 index.config = replace(index.config, nprobe=nprobe)
                 for count in candidate_counts:
-                    runs[regions, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
+                    runs[regions, blocks, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
                         queries, index, bank, config, count, device)
                     print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense "
                           f"scan {_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
@@ -453,10 +463,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}, {len(few)} queries); "
                   f"CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for (regions, nprobe, count), (indexed, *_) in runs.items():
+            for (regions, blocks, nprobe, count), (indexed, *_) in runs.items():
                 recall, top1 = agreement(exact, indexed)
                 print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {recall:.3f}, top-1 same "
-                      f"{top1:.2f} (nprobe {nprobe}, {regions} regions, {len(few)} queries)")
+                      f"{top1:.2f} (nprobe {nprobe}, {regions} regions, {blocks}x{blocks} blocks, {len(few)} queries)")
         elif per_image == per_image:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")

@@ -50,11 +50,11 @@ def update_index(paths: ProjectPaths, model_id: str, image_ids: Sequence[str],
     if not missing and index is not None:
         return index
     if index is not None and not index.needs_retraining():
-        index.add(missing, [region_descriptors(pyramid_of(i), ann.window, ann.stride) for i in missing])
+        index.add(missing, [region_descriptors(pyramid_of(i), ann.window, ann.stride, ann.blocks) for i in missing])
         if index.needs_retraining():
             index = None  # grown past its training: retrain on everything below
     if index is None or index.needs_retraining():
-        index = RegionIndex.build_streamed(image_ids, lambda i: region_descriptors(pyramid_of(i), ann.window, ann.stride), ann)
+        index = RegionIndex.build_streamed(image_ids, lambda i: region_descriptors(pyramid_of(i), ann.window, ann.stride, ann.blocks), ann)
     index.save(folder, extra={"model_id": model_id, "feature_key": features.key()})
     return index
 

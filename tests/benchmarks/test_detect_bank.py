@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.detect import COLLAGE_GRID, SyntheticBank
+from engine.ann_index import AnnConfig
 from engine.features import FeaturePyramid
 
 
@@ -37,7 +38,7 @@ def test_a_collage_is_tiles_of_real_images_of_its_shape_and_no_two_are_alike():
     assert torch.equal(bank(7).levels[1], SyntheticBank(real, 40, "collage")(7).levels[1])  # deterministic
     flat = [c.levels[0].flatten() for c in collages if c.levels[0].shape == collages[0].levels[0].shape]
     assert all(not torch.equal(a, b) for i, a in enumerate(flat) for b in flat[i + 1 :])
-    assert bank.regions(5).shape[1] == 8 and bank.pooled  # pooled from the collage's cells
+    assert bank.regions(5).shape[1] == AnnConfig().blocks ** 2 * 8 and bank.pooled  # pooled from the collage's cells
 
 
 def test_mixes_stay_the_default_and_a_wrong_kind_is_refused():

@@ -47,6 +47,26 @@ def test_query_cut_from_a_window_matches_that_region_exactly():
     assert float(region_descriptors(pyramid)[3] @ query_descriptor(query)) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_block_descriptors_keep_the_layout_a_mean_blurs():
+    """blocks=2: a window is its four 4x4 quarters' normalised means, concatenated; a query
+    cut from the window matches it exactly, and two windows with the same cells in another
+    arrangement no longer look the same (they do as one mean)."""
+    pyramid = FeaturePyramid((_map(0, 16, 16), _map(1, 5, 6)), (256, 256))
+    regions = region_descriptors(pyramid, window=8, stride=4, blocks=2)
+    assert regions.shape == (10, 4 * C) and torch.allclose(regions.norm(dim=1), torch.ones(10), atol=1e-5)
+    window = pyramid.levels[0][:, 4:12, 8:16]
+    quarters = [window[:, a:a + 4, b:b + 4] for a in (0, 4) for b in (0, 4)]
+    expected = F.normalize(torch.cat([F.normalize(q.mean(dim=(1, 2)), dim=0) for q in quarters]), dim=0)
+    assert torch.allclose(regions[1 * 3 + 2], expected, atol=1e-5)
+    assert float(regions[1 * 3 + 2] @ query_descriptor(window, blocks=2)) == pytest.approx(1.0, abs=1e-5)
+    swapped = torch.cat([window[:, 4:], window[:, :4]], dim=1)  # the same cells, top and bottom halves swapped
+    assert float(query_descriptor(swapped) @ query_descriptor(window)) == pytest.approx(1.0, abs=1e-5)
+    assert float(query_descriptor(swapped, blocks=2) @ query_descriptor(window, blocks=2)) < 0.9
+    # a level smaller than a block still gives one region, and the odd-sized query too
+    assert region_descriptors(FeaturePyramid((_map(2, 1, 3),), (48, 16)), blocks=2).shape == (1, 4 * C)
+    assert query_descriptor(window[:, :5, :7], blocks=2).shape == (4 * C,)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="descriptor sets"):
         RegionIndex.build(["a", "b"], [torch.zeros(3, C)])
@@ -72,7 +92,7 @@ def test_flat_index_finds_the_copy_first_and_grows_without_rebuild():
 
 
 def test_ivf_pq_index_trains_adds_incrementally_and_round_trips(tmp_path):
-    config = AnnConfig(flat_below=0, nlist=4, pq_m=4, pq_bits=4, nprobe=4, regrow=2.0)
+    config = AnnConfig(flat_below=0, nlist=4, pq_dims=4, pq_bits=4, nprobe=4, regrow=2.0)
     ids, pyramids = _collection(60, copy_into=33)
     index = RegionIndex.build(ids[:40], [region_descriptors(p) for p in pyramids[:40]], config)
     assert not index.is_flat and index.trained_on == index.n_regions
@@ -141,7 +161,7 @@ def test_ann_knn_graph_ivf_pq_finds_planted_neighbours():
     g = torch.Generator().manual_seed(6)
     base = F.normalize(torch.randn(20, 4, C, generator=g), dim=2)
     twins = F.normalize(base + 0.05 * torch.randn(20, 4, C, generator=g), dim=2)  # image i + 20 is i's twin
-    idx, sim = ann_knn_graph(torch.cat([base, twins]), 3, AnnConfig(flat_below=0, nlist=4, pq_m=4, pq_bits=4, nprobe=4))
+    idx, sim = ann_knn_graph(torch.cat([base, twins]), 3, AnnConfig(flat_below=0, nlist=4, pq_dims=4, pq_bits=4, nprobe=4))
     assert idx.shape == (40, 3) and (idx != torch.arange(40)[:, None]).all()
     found = [(idx[i, 0] == (i + 20) % 40).item() for i in range(40)]
     assert sum(found) >= 36  # PQ is approximate: nearly every twin is the first neighbour
@@ -152,7 +172,7 @@ def test_ann_knn_graph_ivf_pq_finds_planted_neighbours():
 def test_streamed_build_trains_on_the_first_chunk_and_holds_everything():
     ids, pyramids = _collection(60, copy_into=45)
     regions = {i: region_descriptors(p) for i, p in zip(ids, pyramids)}
-    config = AnnConfig(flat_below=100, nlist=4, pq_m=4, pq_bits=4, nprobe=4)  # 7 regions per image
+    config = AnnConfig(flat_below=100, nlist=4, pq_dims=4, pq_bits=4, nprobe=4)  # 7 regions per image
     index = RegionIndex.build_streamed(ids, regions.__getitem__, config, chunk=25)
     assert not index.is_flat and len(index) == 60 and index.image_ids == ids
     assert index.trained_on == index.n_regions and not index.needs_retraining()  # no rebuild on the next call

@@ -46,8 +46,10 @@ def test_new_images_are_added_without_rebuilding(tiny_project):
     first = update_index(paths, backbone.model_id, ids[:-1], counting, SMALL)
     assert asked == [] and len(first) == len(ids)  # nothing new: nothing read
     # an index built on fewer images grows by the missing one only
-    folder = index_dir(paths, backbone.model_id, SMALL, AnnConfig())
-    RegionIndex.build(ids[:-1], [region_descriptors(pyramids(i)) for i in ids[:-1]]).save(folder, {"model_id": backbone.model_id})
+    ann = AnnConfig()
+    folder = index_dir(paths, backbone.model_id, SMALL, ann)
+    RegionIndex.build(ids[:-1], [region_descriptors(pyramids(i), ann.window, ann.stride, ann.blocks) for i in ids[:-1]]
+                      ).save(folder, {"model_id": backbone.model_id})
     grown = update_index(paths, backbone.model_id, ids, counting, SMALL)
     assert asked == ids[-1:] and grown.image_ids == ids[:-1] + ids[-1:]
     assert RegionIndex.load(folder)[0].image_ids == grown.image_ids  # saved
