@@ -10,6 +10,12 @@ no feature is computed while timing). Then it verifies ``--pairs`` ordered pairs
 the default :class:`~engine.verify.VerifyConfig` (1,000 RANSAC hypotheses per group),
 one by one and in batches, and prints the median milliseconds per pair.
 
+    python -m benchmarks.discovery --before-after [--images 24] [--pairs 40] [--repeats 3]
+
+times issue 12's three stages, the code before it against today's, in one process (see
+:func:`run_before_after`): features (images/s), verification (ms per pair both ways) and
+mining (s per round).
+
     python -m benchmarks.discovery --synthetic-images 10000 --k 20 [--device ...] [--workdir DIR]
 
 runs the whole discovery instead (features, shortlist, verification, graph, map: the
@@ -209,6 +215,73 @@ def run_pair_timing(args: argparse.Namespace, device: torch.device) -> None:
     print(f"same result batched    {same} / {len(pairs)} pairs")
     print(f"verified (S >= {args.min_score})  pairs sharing a motif {len(hits & motif)} / {len(motif)}, "
           f"only a background texture {len(hits & texture)} / {len(texture)}, unrelated {len(hits & unrelated)} / {len(unrelated)}")
+
+
+# ---------------------------------------------------------------- before / after issue 12
+
+
+def _interleaved(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best CPU seconds of each path over ``repeats`` interleaved rounds (one machine load for all)."""
+    best = dict.fromkeys(paths, float("inf"))
+    for _ in range(repeats):
+        for name, run in paths.items():
+            start = time.process_time()
+            run()
+            best[name] = min(best[name], time.process_time() - start)
+    return best
+
+
+def run_before_after(args: argparse.Namespace, device: torch.device) -> None:
+    """Issue 12's three stages, the code before it against today's, in one process on one
+    synthetic collection (CPU time, best of ``--repeats``, paths interleaved):
+
+    - features: PyTorch float32 NCHW eager (before) against ONNX Runtime float32 (today),
+      decoding and resizing included (:func:`benchmarks.detect.time_features`);
+    - verification both ways: the first version's path (``reference=True``) against
+      today's default, on ``--pairs`` pairs, each verified A->B and B->A;
+    - mining, one round of default :class:`engine.mining.MiningConfig`: candidates searched
+      in every image (before issue 10) against the shortlist's neighbours (today).
+    """
+    from benchmarks.detect import time_features
+    from engine.detect import FeatureBank
+    from engine.mining import MiningConfig, mine_pairs
+    from hitl.rounds import RoundConfig, shortlist_neighbours
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        write_synthetic_folder(folder, args.images, args.seed)
+        items = sorted((path.stem, path) for path in folder.glob("*.jpg"))
+        pyramids, feat = time_features(args.model, items, device, Path(tmp) / "cache", rounds=args.repeats)
+    by_id = {image_id: p for (image_id, _), p in zip(items, pyramids)}
+    rng = np.random.default_rng(args.seed)
+    ids = list(by_id)
+    unordered = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
+    pairs = [unordered[i] for i in rng.choice(len(unordered), min(args.pairs, len(unordered)), replace=False)]
+    both = [p for a, b in pairs for p in ((a, b), (b, a))]
+    config = VerifyConfig()
+    verify = {name: (lambda ref=ref: list(verify_pairs(both, by_id.__getitem__, config, device, reference=ref)))
+              for name, ref in (("before", True), ("after", False))}
+    verify_s = _interleaved(verify, args.repeats)
+
+    bank = FeatureBank.build(ids, [by_id[i] for i in ids])
+    k = min(RoundConfig().shortlist_k, len(ids) - 1)
+    neighbours = shortlist_neighbours(bank, k)
+    mining = {name: (lambda n=n: mine_pairs(bank, args.seed, MiningConfig(), neighbours=n))
+              for name, n in (("before", None), ("after", neighbours))}
+    mining_s = _interleaved(mining, args.repeats)
+
+    rate = feat["rate"]
+    threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device            {device} ({threads}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}); "
+          f"{len(ids)} synthetic images, CPU time, best of {args.repeats}, before and after interleaved")
+    print(f"features          {rate['old']:.2f} -> {rate['onnx']:.2f} images/s ({rate['onnx'] / rate['old']:.2f}x); "
+          f"per-cell cosine to float32: min {feat['cos']['onnx']['min']:.4f}")
+    per_pair = {name: seconds / len(pairs) * 1e3 for name, seconds in verify_s.items()}
+    print(f"verification      {per_pair['before']:.1f} -> {per_pair['after']:.1f} ms per pair both ways "
+          f"({per_pair['before'] / per_pair['after']:.2f}x; {len(pairs)} pairs)")
+    print(f"mining            {mining_s['before']:.2f} -> {mining_s['after']:.2f} s per round "
+          f"({mining_s['before'] / mining_s['after']:.2f}x; every image -> {k} shortlist neighbours)")
 
 
 # ---------------------------------------------------------------- whole discovery at scale
@@ -491,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a busy "
                         "shared machine 1 avoids OpenMP threads spin-waiting for each other, 5-10x slower)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--before-after", action="store_true",
+                        help="issue 12's stages, the code before it against today's (features, verification, mining)")
+    parser.add_argument("--repeats", type=int, default=3, help="with --before-after: interleaved rounds (best of)")
     scale = parser.add_argument_group("whole discovery at scale")
     scale.add_argument("--synthetic-images", type=int, metavar="N",
                        help="run the whole discovery on N generated images instead of timing pairs")
@@ -506,7 +582,9 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.synthetic_images is not None:
+    if args.before_after:
+        run_before_after(args, device)
+    elif args.synthetic_images is not None:
         run_scale(args, device)
     else:
         run_pair_timing(args, device)

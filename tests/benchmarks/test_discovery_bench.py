@@ -117,3 +117,15 @@ def test_stage_peaks_are_per_stage():
     small = memory.stop()
     assert big - small >= 48 << 20
     assert memory.overall >= big
+
+
+def test_before_after_prints_the_three_ratios(capsys):
+    """`--before-after` times the code before issue 12 against today's on a tiny collection."""
+    from benchmarks.discovery import main
+
+    main(["--before-after", "--images", "4", "--pairs", "2", "--repeats", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    for stage, unit in (("features", "images/s"), ("verification", "ms per pair both ways"), ("mining", "s per round")):
+        line = next(line for line in out.splitlines() if line.startswith(stage))
+        assert unit in line and "x" in line.split(unit)[1]
+    assert "min 1.0000" in out  # ONNX Runtime's features are float32's
