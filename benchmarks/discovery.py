@@ -10,7 +10,7 @@ no feature is computed while timing). Then it verifies ``--pairs`` ordered pairs
 the default :class:`~engine.verify.VerifyConfig` (1,000 RANSAC hypotheses per group),
 one by one and in batches, and prints the median milliseconds per pair.
 
-    python -m benchmarks.discovery --before-after [--images 24] [--pairs 40] [--repeats 3]
+    python -m benchmarks.discovery --before-after [--images 24] [--pairs 40] [--repeats 3] [--folder DIR]
 
 times issue 12's three stages, the code before it against today's, in one process (see
 :func:`run_before_after`): features (images/s), verification (ms per pair both ways) and
@@ -237,21 +237,29 @@ def run_before_after(args: argparse.Namespace, device: torch.device) -> None:
 
     - features: PyTorch float32 NCHW eager (before) against ONNX Runtime float32 (today),
       decoding and resizing included (:func:`benchmarks.detect.time_features`);
-    - verification both ways: the first version's path (``reference=True``) against
-      today's default, on ``--pairs`` pairs, each verified A->B and B->A;
+    - verification both ways, as discovery runs it at default settings (each pair A->B
+      and B->A, each also against the other's mirror image, texture weights computed
+      once): the first version's path (``reference=True``) against today's, on
+      ``--pairs`` pairs;
     - mining, one round of default :class:`engine.mining.MiningConfig`: candidates searched
       in every image (before issue 10) against the shortlist's neighbours (today).
     """
     from benchmarks.detect import time_features
     from engine.detect import FeatureBank
     from engine.mining import MiningConfig, mine_pairs
+    from engine.mirror import flip_pyramid, verify_pairs_mirrored
+    from hitl.discover import texture_weights
+    from hitl.oneshot import list_images
     from hitl.rounds import RoundConfig, shortlist_neighbours
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "images"
-        write_synthetic_folder(folder, args.images, args.seed)
-        items = sorted((path.stem, path) for path in folder.glob("*.jpg"))
+        if args.folder:
+            items = list_images(args.folder)[: args.images]
+        else:
+            folder = Path(tmp) / "images"
+            write_synthetic_folder(folder, args.images, args.seed)
+            items = sorted((path.stem, path) for path in folder.glob("*.jpg"))
         pyramids, feat = time_features(args.model, items, device, Path(tmp) / "cache", rounds=args.repeats)
     by_id = {image_id: p for (image_id, _), p in zip(items, pyramids)}
     rng = np.random.default_rng(args.seed)
@@ -260,7 +268,12 @@ def run_before_after(args: argparse.Namespace, device: torch.device) -> None:
     pairs = [unordered[i] for i in rng.choice(len(unordered), min(args.pairs, len(unordered)), replace=False)]
     both = [p for a, b in pairs for p in ((a, b), (b, a))]
     config = VerifyConfig()
-    verify = {name: (lambda ref=ref: list(verify_pairs(both, by_id.__getitem__, config, device, reference=ref)))
+    weights = texture_weights(by_id.__getitem__, config.texture)
+    mirrored = {image_id: flip_pyramid(p) for image_id, p in by_id.items()}  # costs what mirror images cost
+    for image_id in ids:
+        weights(image_id)
+    verify = {name: (lambda ref=ref: list(verify_pairs_mirrored(both, by_id.__getitem__, mirrored.__getitem__, config,
+                                                                device, get_weights=weights, reference=ref)))
               for name, ref in (("before", True), ("after", False))}
     verify_s = _interleaved(verify, args.repeats)
 
@@ -274,7 +287,8 @@ def run_before_after(args: argparse.Namespace, device: torch.device) -> None:
     rate = feat["rate"]
     threads = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device            {device} ({threads}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}); "
-          f"{len(ids)} synthetic images, CPU time, best of {args.repeats}, before and after interleaved")
+          f"{len(ids)} {'images of ' + str(args.folder) if args.folder else 'synthetic images'}, CPU time, "
+          f"best of {args.repeats}, before and after interleaved")
     print(f"features          {rate['old']:.2f} -> {rate['onnx']:.2f} images/s ({rate['onnx'] / rate['old']:.2f}x); "
           f"per-cell cosine to float32: min {feat['cos']['onnx']['min']:.4f}")
     per_pair = {name: seconds / len(pairs) * 1e3 for name, seconds in verify_s.items()}
@@ -567,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--before-after", action="store_true",
                         help="issue 12's stages, the code before it against today's (features, verification, mining)")
     parser.add_argument("--repeats", type=int, default=3, help="with --before-after: interleaved rounds (best of)")
+    parser.add_argument("--folder", help="with --before-after: the first --images images of this folder "
+                        "(e.g. a demo's images/) instead of synthetic ones")
     scale = parser.add_argument_group("whole discovery at scale")
     scale.add_argument("--synthetic-images", type=int, metavar="N",
                        help="run the whole discovery on N generated images instead of timing pairs")
