@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backbone -> {outputs: (signature, session)}
 OUTPUTS = ("features", "prefix", "both")
-_FAILED: weakref.WeakSet = weakref.WeakSet()  # backbones whose export failed: PyTorch serves them
+_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backbone -> outputs whose export failed
 
 
 @lru_cache(maxsize=1)
@@ -86,8 +86,6 @@ class _Exported(nn.Module):
 
     def __init__(self, backbone: Backbone, outputs: str):
         super().__init__()
-        if outputs not in OUTPUTS:
-            raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
         self.trunk = static_same_padding(backbone.trunk).float()
         for module in self.trunk.modules():
             # PyTorch's bf16 path hooks some modules to run in float32 (engine.features); traced,
@@ -137,12 +135,29 @@ def onnx_applies(backbone: Backbone) -> bool:
     """ONNX Runtime can serve the backbone's inference: on the CPU, in eval mode, installed
     (inputs must be whole cells, as :func:`engine.features.embed_pixels` requires)."""
     return (next(backbone.parameters()).device.type == "cpu" and not backbone.training
-            and backbone not in _FAILED and onnx_runtime_available())
+            and "features" not in _FAILED.get(backbone, ()) and onnx_runtime_available())
+
+
+@torch.no_grad()
+def prefix_beside_features(backbone: Backbone) -> bool:
+    """Whether the last stage keeps its input's stride, so that the prefix's output and the
+    features fit in one output ("both"): EfficientNet-Lite0's does, ResNet-18's layer3
+    halves it."""
+    trunk = backbone.trunk
+    if not isinstance(trunk, nn.Sequential) or len(trunk) < 2:
+        return False
+    x = torch.zeros(1, 3, 2 * STRIDE, 2 * STRIDE, device=next(backbone.parameters()).device)
+    prefix = trunk[:-1](x)
+    return prefix.shape[-2:] == trunk[-1](prefix).shape[-2:]
 
 
 def onnx_session(backbone: Backbone, outputs: str = "features"):
     """The ONNX Runtime session of ``backbone``'s current weights (built on first use), or
     None when its export fails (PyTorch's float32 forward then serves, the same numbers)."""
+    if outputs not in OUTPUTS:
+        raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
+    if outputs in _FAILED.get(backbone, ()):
+        return None
     built = _SESSIONS.setdefault(backbone, {})
     signature = _signature(backbone)
     if outputs in built and built[outputs][0] == signature:
@@ -152,7 +167,7 @@ def onnx_session(backbone: Backbone, outputs: str = "features"):
     except Exception as err:  # an architecture the exporter cannot trace: slower, never wrong
         log.warning("ONNX export of %s failed (%s); its CPU features run in PyTorch float32",
                     backbone.model_id, err)
-        _FAILED.add(backbone)
+        _FAILED.setdefault(backbone, set()).add(outputs)
         return None
     built[outputs] = (signature, session)
     return session

@@ -37,7 +37,7 @@ from engine.features import (
     split_cached,
 )
 from engine.images import ImageReadError, image_size, load_rgb
-from engine.onnx_trunk import onnx_forward, onnx_session
+from engine.onnx_trunk import onnx_forward, onnx_session, prefix_beside_features
 
 
 def split_trunk(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
@@ -228,7 +228,7 @@ class TrunkByProduct:
     @torch.no_grad()
     def __call__(self, backbone: Backbone, arrays: Sequence, config: FeatureConfig, sizes: Sequence[tuple[int, int]],
                  hashes: Sequence[str]) -> Iterator[FeaturePyramid]:
-        if onnx_serves(backbone) and onnx_session(backbone, "both") is not None:
+        if onnx_serves(backbone) and prefix_beside_features(backbone) and onnx_session(backbone, "both") is not None:
             # One ONNX Runtime pass gives both, the last stage's input in front of the features
             split = -backbone.channels
 

@@ -13,7 +13,13 @@ import engine.features as features
 import engine.onnx_trunk as onnx_trunk
 from engine.backbone import create_backbone
 from engine.features import FeatureConfig, embed_pixels, extract_pyramid
-from engine.onnx_trunk import onnx_applies, onnx_forward, onnx_session, static_same_padding
+from engine.onnx_trunk import (
+    onnx_applies,
+    onnx_forward,
+    onnx_session,
+    prefix_beside_features,
+    static_same_padding,
+)
 from engine.trunk_cache import TrunkByProduct, TrunkCache, prefix_forward
 
 
@@ -54,6 +60,28 @@ def test_onnx_features_equal_pytorch_float32_at_every_level(effnet, monkeypatch)
         assert a.shape == b.shape and a.dtype == torch.float32
         assert torch.allclose(a.norm(dim=0), torch.ones(a.shape[1:]), atol=1e-5)
         assert (a * b).sum(dim=0).min() >= 0.9999
+
+
+@pytest.mark.parametrize("arch", ["random-effnet-lite0", "random-resnet18"])
+def test_every_backbone_exports_with_its_prefix(arch):
+    """Both backbones export; "both" is the prefix's output then the features, each equal to PyTorch's."""
+    backbone = create_backbone(arch).eval()
+    pixels = torch.rand(2, 3, 48, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = backbone(pixels)
+        features._channels_last(backbone)  # as PyTorch's CPU path leaves it
+        prefix = backbone.trunk[:-1]((pixels - backbone.mean) / backbone.std)
+    assert torch.allclose(onnx_forward(backbone, pixels), expected, atol=1e-4)
+    assert torch.allclose(onnx_forward(backbone, pixels, "prefix"), prefix, atol=1e-4)
+    with pytest.raises(ValueError, match="outputs"):
+        onnx_forward(backbone, pixels, "logits")
+    if not prefix_beside_features(backbone):  # ResNet-18: layer3 halves its input, no shared output
+        assert arch == "random-resnet18" and prefix.shape[-1] == 2 * expected.shape[-1]
+        return
+    both = onnx_forward(backbone, pixels, "both")
+    assert both.shape == (2, prefix.shape[1] + backbone.channels, 3, 5)
+    assert torch.equal(both[:, prefix.shape[1] :], onnx_forward(backbone, pixels))
+    assert torch.equal(onnx_forward(backbone, pixels, "prefix"), both[:, : prefix.shape[1]])
 
 
 def test_session_follows_the_weights_and_threads(monkeypatch):
@@ -145,3 +173,18 @@ def test_inputs_must_be_whole_cells():
     backbone = create_backbone("random-effnet-lite0").eval()
     with pytest.raises(ValueError, match="multiples of 16"):
         onnx_forward(backbone, torch.rand(1, 3, 30, 48))
+
+
+def test_by_product_of_a_backbone_whose_last_stage_strides(tmp_path, caplog):
+    """ResNet-18's prefix and features have different strides: the by-product takes PyTorch's
+    two steps, with no export attempted (nor warned about), and features still run in ONNX."""
+    backbone = create_backbone("random-resnet18").eval()
+    config = FeatureConfig(max_side=8, n_scales=2)
+    rgb = _photo(128, 96)
+    with caplog.at_level(logging.WARNING, logger="engine.onnx_trunk"):
+        got = next(TrunkByProduct(tmp_path, backbone, config)(backbone, [rgb], config, [(128, 96)], ["h"]))
+    assert caplog.text == "" and "both" not in onnx_trunk._SESSIONS.get(backbone, {})
+    plain = extract_pyramid(backbone, rgb, config)
+    for a, b in zip(got.levels, plain.levels):
+        assert a.shape == b.shape and (a * b).sum(dim=0).min() >= 0.9999
+    assert TrunkCache(tmp_path, backbone, config).get("h") is not None
