@@ -95,7 +95,8 @@ def _window_blocks(x: torch.Tensor, kh: int, kw: int, stride: int, blocks: int) 
     return F.normalize(torch.cat(parts, dim=1), dim=1)
 
 
-def region_descriptors(pyramid: FeaturePyramid, window: int = 8, stride: int = 4, blocks: int = 1) -> torch.Tensor:
+def region_descriptors(pyramid: FeaturePyramid, window: int = AnnConfig.window, stride: int = AnnConfig.stride,
+                       blocks: int = AnnConfig.blocks) -> torch.Tensor:
     """Windows of every level of one pyramid, each described by ``blocks`` x ``blocks``
     mean-pooled sub-windows (1: the window's mean), L2-normalised.
 
@@ -111,7 +112,7 @@ def region_descriptors(pyramid: FeaturePyramid, window: int = 8, stride: int = 4
     return torch.cat(parts)
 
 
-def query_descriptor(query: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+def query_descriptor(query: torch.Tensor, blocks: int = AnnConfig.blocks) -> torch.Tensor:
     """(C, qh, qw) query features -> (blocks^2 C,) its cells described as a region is, float32."""
     if query.ndim != 3:
         raise ValueError(f"query features must be (C, qh, qw), got shape {tuple(query.shape)}")
@@ -211,6 +212,9 @@ class RegionIndex:
         if not self.is_flat:
             faiss.extract_index_ivf(self.index).nprobe = self.config.nprobe
         q = np.ascontiguousarray(query.detach().float().cpu().numpy().reshape(1, -1))
+        if q.shape[1] != self.index.d:
+            raise ValueError(f"a query of {q.shape[1]} dimensions for an index of {self.index.d}: describe it "
+                             f"with the index's blocks ({self.config.blocks})")
         k = want * self.config.hits_per_candidate
         while True:  # a few images may own most of the nearest regions: widen until enough images
             k = min(k, self.n_regions)

@@ -34,7 +34,7 @@ def _collection(n: int, copy_into: int | None = None, h: int = 12, w: int = 16):
 
 def test_region_descriptors_shapes_and_norms():
     pyramid = FeaturePyramid((_map(0, 16, 16), _map(1, 5, 6)), (256, 256))
-    regions = region_descriptors(pyramid, window=8, stride=4)
+    regions = region_descriptors(pyramid, window=8, stride=4, blocks=1)
     assert regions.shape == (3 * 3 + 1, C)  # 3x3 windows on 16x16, the 5x6 level pooled whole
     assert torch.allclose(regions.norm(dim=1), torch.ones(10), atol=1e-5)
     expected = F.normalize(pyramid.levels[0][:, 4:12, 8:16].mean(dim=(1, 2)), dim=0)
@@ -60,8 +60,11 @@ def test_block_descriptors_keep_the_layout_a_mean_blurs():
     assert torch.allclose(regions[1 * 3 + 2], expected, atol=1e-5)
     assert float(regions[1 * 3 + 2] @ query_descriptor(window, blocks=2)) == pytest.approx(1.0, abs=1e-5)
     swapped = torch.cat([window[:, 4:], window[:, :4]], dim=1)  # the same cells, top and bottom halves swapped
-    assert float(query_descriptor(swapped) @ query_descriptor(window)) == pytest.approx(1.0, abs=1e-5)
+    assert float(query_descriptor(swapped, blocks=1) @ query_descriptor(window, blocks=1)) == pytest.approx(1.0, abs=1e-5)
     assert float(query_descriptor(swapped, blocks=2) @ query_descriptor(window, blocks=2)) < 0.9
+    index = RegionIndex.build(["a"], [region_descriptors(pyramid, blocks=1)], AnnConfig(blocks=1))
+    with pytest.raises(ValueError, match="index's blocks"):
+        index.search(query_descriptor(window, blocks=2))
     # a level smaller than a block still gives one region, and the odd-sized query too
     assert region_descriptors(FeaturePyramid((_map(2, 1, 3),), (48, 16)), blocks=2).shape == (1, 4 * C)
     assert query_descriptor(window[:, :5, :7], blocks=2).shape == (4 * C,)
@@ -77,18 +80,22 @@ def test_bad_inputs():
 
 
 def test_flat_index_finds_the_copy_first_and_grows_without_rebuild():
+    # one mean per window: these random cells have no spatial smoothness, so a copy 1 cell off
+    # the window grid would look as foreign to 2 x 2 blocks as any random image
     ids, pyramids = _collection(12, copy_into=7)
-    index = RegionIndex.build(ids[:10], [region_descriptors(p) for p in pyramids[:10]])
+    regions = [region_descriptors(p, blocks=1) for p in pyramids]
+    index = RegionIndex.build(ids[:10], regions[:10], AnnConfig(blocks=1))
     assert index.is_flat and len(index) == 10 and "img011" not in index
     query = pyramids[0].levels[0][:, 2:8, 3:11]
-    hits = index.search(query_descriptor(query), candidates=3)
+    hits = index.search(query_descriptor(query, blocks=1), candidates=3)
     assert [h[0] for h in hits][:2] == ["img000", "img007"] or [h[0] for h in hits][:2] == ["img007", "img000"]
     # a new image holding the copy is found after an add, ids stay stable
     pyramids[11].levels[0][:, 0:6, 0:8] = query
-    index.add(ids[10:], [region_descriptors(p) for p in pyramids[10:]])
-    index.add(ids[10:], [region_descriptors(p) for p in pyramids[10:]])  # adding twice adds nothing
-    assert len(index) == 12 and index.n_regions == sum(len(region_descriptors(p)) for p in pyramids)
-    assert "img011" in [h[0] for h in index.search(query_descriptor(query), candidates=3)]
+    regions[11] = region_descriptors(pyramids[11], blocks=1)
+    index.add(ids[10:], regions[10:])
+    index.add(ids[10:], regions[10:])  # adding twice adds nothing
+    assert len(index) == 12 and index.n_regions == sum(len(r) for r in regions)
+    assert "img011" in [h[0] for h in index.search(query_descriptor(query, blocks=1), candidates=3)]
 
 
 def test_ivf_pq_index_trains_adds_incrementally_and_round_trips(tmp_path):
