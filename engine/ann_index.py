@@ -62,7 +62,8 @@ class AnnConfig:
     # ranks images more as the dense scan (mean of per-cell cosines in register) does.
     # benchmarks.detect, collage bank of 300 real demo images, 150 candidates, 6 queries:
     # recall of the exact top-10 images 0.683 -> 0.750 at 1,000 images, 0.850 -> 0.967 at
-    # 10,000 (top-1 the same 2/6 -> 5/6); 2.8 -> 8.1 kB per image.
+    # 10,000 (top-1 the same 2/6 -> 5/6), 0.267 -> 0.333 at 100,000 (3 queries; near-ties
+    # among ~3,000 collages of each tile); 2.8 -> 8.1 kB per image.
     blocks: int = 2
     pq_dims: int = 4  # dimensions per PQ sub-quantizer (112 channels: 28 sub-quantizers)
     # 4-bit codes (16 centroids per sub-quantizer) use FAISS's SIMD "fast scan": 14 bytes
