@@ -54,7 +54,7 @@ class AnnConfig:
     candidates: int = 150
     hits_per_candidate: int = 8  # regions fetched per wanted image: an image returns several regions
     # IVF cells at full size. 256 keeps training to seconds (k-means on <= 256 x 39 points);
-    # at 100,000 images (~13M regions) a query then scans nprobe/nlist of the PQ codes, ~1.6M x 16 B.
+    # at 100,000 images (~13M regions) a query then scans nprobe/nlist of the PQ codes, ~1.6M x 56 B.
     nlist: int = 256
     # Each region is described by its blocks x blocks sub-windows, each mean-pooled and
     # L2-normalised, concatenated: the inner product of two is the mean of the sub-windows'
@@ -66,8 +66,9 @@ class AnnConfig:
     # among ~3,000 collages of each tile); 2.8 -> 8.1 kB per image.
     blocks: int = 2
     pq_dims: int = 4  # dimensions per PQ sub-quantizer (112 channels: 28 sub-quantizers)
-    # 4-bit codes (16 centroids per sub-quantizer) use FAISS's SIMD "fast scan": 14 bytes
-    # per region, trained in ~1 s where 8-bit codes on 4-7 dims took minutes on 2 cores.
+    # 4-bit codes (16 centroids per sub-quantizer) use FAISS's SIMD "fast scan": half a byte
+    # per sub-quantizer (56 bytes per region of 2 x 2 blocks), trained in seconds where 8-bit
+    # codes on 4-7 dims took minutes on 2 cores.
     pq_bits: int = 4
     nprobe: int = 32  # IVF cells visited per query (1/8 of them: recall measured in benchmarks.detect)
     flat_below: int = 20_000  # regions: under this, an exact flat index (nothing to train)
