@@ -1,9 +1,9 @@
-"""CPU inference of a backbone through ONNX Runtime: float32 features, ~2.5x faster.
+"""CPU inference of a backbone through ONNX Runtime: float32 features, ~3x faster.
 
 Issue 12 asks for features >= 2.5x faster than PyTorch's float32 on the CPU, with every
 cell's cosine to float32 >= 0.995. Eager PyTorch runs EfficientNet-Lite0 as ~100 small
 ops, and bf16 autocast (session 4) or a traced copy with BatchNorm folded (session 5)
-reached only ~1.6x. ONNX Runtime fuses each convolution with its BatchNorm and ReLU6
+reached only ~1.6x; this path ~3x (benchmarks.detect --features-only). ONNX Runtime fuses each convolution with its BatchNorm and ReLU6
 and runs them in its blocked (NCHWc) layout, in float32: the features equal PyTorch's
 float32 ones to rounding (cosine >= 0.99999), so nothing is traded for the speed.
 
@@ -16,7 +16,7 @@ TensorFlow does). With constant pads ONNX Runtime folds each pad into its convol
 with run-time pads a quarter of the time went to the pads and to layout conversions
 around them (one 640 x 480 image, 7 levels, one thread: 127 -> 96 ms).
 
-A session is exported and built once per backbone, weights and thread count (~0.5 s),
+A session is exported and built once per backbone, weights and thread count (~0.2 s),
 kept in memory and never saved; a training step changes the weights in place (their
 version counters move), so the next inference builds it again. Training, CUDA and
 inputs that are not whole cells never use it.
@@ -82,7 +82,7 @@ class _Exported(nn.Module):
     """The backbone's float32 forward with constant pads. ``outputs``: "features" (the
     trunk's output, not normalised), "prefix" (the last stage's input, what the trunk
     cache of :mod:`engine.trunk_cache` holds) or "both" (prefix then features along
-    channels: both are at stride 16)."""
+    channels, for trunks whose last stage keeps its input's stride)."""
 
     def __init__(self, backbone: Backbone, outputs: str):
         super().__init__()
@@ -136,19 +136,6 @@ def onnx_applies(backbone: Backbone) -> bool:
     (inputs must be whole cells, as :func:`engine.features.embed_pixels` requires)."""
     return (next(backbone.parameters()).device.type == "cpu" and not backbone.training
             and "features" not in _FAILED.get(backbone, ()) and onnx_runtime_available())
-
-
-@torch.no_grad()
-def prefix_beside_features(backbone: Backbone) -> bool:
-    """Whether the last stage keeps its input's stride, so that the prefix's output and the
-    features fit in one output ("both"): EfficientNet-Lite0's does, ResNet-18's layer3
-    halves it."""
-    trunk = backbone.trunk
-    if not isinstance(trunk, nn.Sequential) or len(trunk) < 2:
-        return False
-    x = torch.zeros(1, 3, 2 * STRIDE, 2 * STRIDE, device=next(backbone.parameters()).device)
-    prefix = trunk[:-1](x)
-    return prefix.shape[-2:] == trunk[-1](prefix).shape[-2:]
 
 
 def onnx_session(backbone: Backbone, outputs: str = "features"):

@@ -37,7 +37,7 @@ from engine.features import (
     split_cached,
 )
 from engine.images import ImageReadError, image_size, load_rgb
-from engine.onnx_trunk import onnx_forward, onnx_session, prefix_beside_features
+from engine.onnx_trunk import onnx_forward, onnx_session
 
 
 def split_trunk(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
@@ -46,6 +46,20 @@ def split_trunk(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
     if not isinstance(trunk, nn.Sequential) or len(trunk) < 2:
         raise ValueError(f"{backbone.model_id}: the trunk must be an nn.Sequential of stages to split it")
     return trunk[:-1], trunk[-1]
+
+
+@torch.no_grad()
+def prefix_beside_features(backbone: Backbone) -> bool:
+    """Whether the last stage keeps its input's stride, so that the prefix's output and the
+    features fit in one ONNX output ("both", :mod:`engine.onnx_trunk`): EfficientNet-Lite0's
+    does, ResNet-18's layer3 halves it."""
+    try:
+        prefix, last = split_trunk(backbone)
+    except ValueError:
+        return False
+    x = torch.zeros(1, 3, 2 * STRIDE, 2 * STRIDE, device=next(backbone.parameters()).device)
+    inputs = prefix(x)
+    return inputs.shape[-2:] == last(inputs).shape[-2:]
 
 
 def freeze_prefix(backbone: Backbone) -> list[nn.Parameter]:

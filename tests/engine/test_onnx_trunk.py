@@ -17,10 +17,9 @@ from engine.onnx_trunk import (
     onnx_applies,
     onnx_forward,
     onnx_session,
-    prefix_beside_features,
     static_same_padding,
 )
-from engine.trunk_cache import TrunkByProduct, TrunkCache, prefix_forward
+from engine.trunk_cache import TrunkByProduct, TrunkCache, prefix_beside_features, prefix_forward
 
 
 def _photo(width: int = 320, height: int = 240) -> np.ndarray:
