@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.detect import COLLAGE_GRID, SyntheticBank
+from benchmarks.detect import COLLAGE_GRID, SyntheticBank, agreement
 from engine.ann_index import AnnConfig
 from engine.features import FeaturePyramid
+from engine.types import Box, Detection
 
 
 def _real(n: int = 4) -> list[FeaturePyramid]:
@@ -47,3 +48,21 @@ def test_mixes_stay_the_default_and_a_wrong_kind_is_refused():
     assert torch.allclose(bank(6).levels[0].norm(dim=0), torch.ones(1))
     with pytest.raises(ValueError, match="collage"):
         SyntheticBank(_real(), 10, "noise")
+
+
+def _hits(*scored: tuple[str, float]) -> list[Detection]:
+    return [Detection(image, Box(0, 0, 10, 10), score) for image, score in scored]
+
+
+def test_agreement_counts_images_that_tie_with_the_exact_tenth():
+    # exact: a, b, then ten images tied at 0.5 of which the scan happened to list c0..c7
+    exact = _hits(("a", 0.9), ("b", 0.8), *[(f"c{k}", 0.5) for k in range(10)])
+    tied_others = _hits(("a", 0.9), ("b", 0.8), *[(f"c{k}", 0.5) for k in range(2, 10)], ("c0x", 0.5), ("d", 0.49))
+    a = agreement([exact], [tied_others])
+    assert a.recall == pytest.approx(0.8) and a.recall_ties == pytest.approx(1.0)
+    assert a.top1 == 1.0 and a.top1_ties == 1.0 and a.tied == 10
+
+    worse = _hits(("b", 0.8), ("d", 0.49), ("e", 0.3))  # missed a, found nothing as good as the 10th
+    a = agreement([exact], [worse])
+    assert a.recall == pytest.approx(0.1) and a.recall_ties == pytest.approx(0.1)
+    assert a.top1 == 0.0 and a.top1_ties == 0.0
