@@ -10,6 +10,7 @@ from engine.features import (
     collection_features,
     extract_pyramid,
     level_shape,
+    read_stored_npz,
 )
 
 
@@ -52,6 +53,33 @@ def test_truncated_cache_file_is_recomputed_not_trusted(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 truncated")
     assert cache.get("cd" * 32) is None
+
+
+def test_npz_reader_returns_what_numpy_reads_as_writable_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"level0": rng.random((3, 4, 5)).astype(np.float16), "n_levels": np.array(1),
+              "image_size": np.array([64, 48]), "fortran": np.asfortranarray(rng.random((4, 3)))}
+    for save in (np.savez, np.savez_compressed):  # compressed members: numpy inflates them
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, **arrays)
+        back = read_stored_npz(path)
+        assert set(back) == set(arrays)
+        for name, array in arrays.items():
+            assert back[name].dtype == array.dtype and np.array_equal(back[name], array)
+            assert back[name].flags.writeable  # torch.from_numpy takes it as is
+    assert back["fortran"].flags.f_contiguous
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -1])
+def test_cache_file_cut_anywhere_is_recomputed_not_trusted(tmp_path, keep):
+    cache = FeatureCache(tmp_path, "m", FeatureConfig())
+    levels = (torch.nn.functional.normalize(torch.rand(8, 6, 8), dim=0), torch.rand(8, 3, 4))
+    cache.put("ef" * 32, FeaturePyramid(levels, (128, 96)))
+    path = cache.path("ef" * 32)
+    whole = path.read_bytes()
+    assert cache.get("ef" * 32) is not None
+    path.write_bytes(whole[: int(len(whole) * keep) if keep > 0 else keep])
+    assert cache.get("ef" * 32) is None
 
 
 def test_collection_skips_bad_files_by_name_and_caches(tmp_path, random_effnet, image_folder, monkeypatch):
