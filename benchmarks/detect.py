@@ -425,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=1000, help="images per exact-scan bank chunk")
     parser.add_argument("--blocks", action="append", type=int,
                         help=f"sub-windows per region side (repeat to compare; default {AnnConfig().blocks})")
+    parser.add_argument("--pq-dims", action="append", type=int,
+                        help=f"dimensions per PQ sub-quantizer (repeat to compare; default {AnnConfig().pq_dims})")
     parser.add_argument("--regions", action="append", choices=["mixed", "pooled"],
                         help="synthetic images' region descriptors: mixed at the descriptor level (default, fast) "
                              "or pooled from their mixed cells as a project pools them (repeat to compare)")
@@ -468,18 +470,19 @@ def main(argv: list[str] | None = None) -> None:
         tag = "" if n <= len(real) else f" ({n - len(real)} synthetic: {args.synthetic})"
         print(f"--- bank of {n} images{tag}")
         runs = {}
-        for regions, blocks in itertools.product(
-                args.regions or (["pooled"] if args.synthetic == "collage" else ["mixed"]), args.blocks or [AnnConfig().blocks]):
+        for regions, blocks, pq_dims in itertools.product(
+                args.regions or (["pooled"] if args.synthetic == "collage" else ["mixed"]), args.blocks or [AnnConfig().blocks],
+                args.pq_dims or [AnnConfig().pq_dims]):
             bank.pooled = regions == "pooled"
-            bank.use(replace(AnnConfig(), blocks=blocks))
+            bank.use(replace(AnnConfig(), blocks=blocks, pq_dims=pq_dims))
             index, build_s = build_index(bank, bank.ann)
             print(f"index, {regions} regions{' ' * (7 - len(regions))}{'flat' if index.is_flat else 'IVF-PQ'}, "
-                  f"{blocks}x{blocks} blocks, {index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB "
+                  f"{blocks}x{blocks} blocks, PQ {pq_dims} dims, {index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB "
                   f"per image, built in {build_s:.1f} s")
             for nprobe in nprobes:
                 index.config = replace(index.config, nprobe=nprobe)
                 for count in candidate_counts:
-                    runs[regions, blocks, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
+                    runs[regions, blocks, pq_dims, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
                         queries, index, bank, config, count, device)
                     print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense "
                           f"scan {_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
@@ -493,12 +496,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}, {len(few)} queries); "
                   f"CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for (regions, blocks, nprobe, count), (indexed, *_) in runs.items():
+            for (regions, blocks, pq_dims, nprobe, count), (indexed, *_) in runs.items():
                 a = agreement(exact, indexed)
                 print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {a.recall:.3f}, top-1 same "
                       f"{a.top1:.2f}; counting ties with the exact 10th: {a.recall_ties:.3f}, top-1 as high "
                       f"{a.top1_ties:.2f} (~{a.tied:.1f} images tie with the 10th; nprobe {nprobe}, {regions} "
-                      f"regions, {blocks}x{blocks} blocks, {len(few)} queries)")
+                      f"regions, {blocks}x{blocks} blocks, PQ {pq_dims} dims, {len(few)} queries)")
         elif per_image == per_image:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")
