@@ -55,7 +55,7 @@ import engine.features as features
 from engine.ann_index import AnnConfig, RegionIndex, query_descriptor, region_descriptors
 from engine.backbone import create_backbone, resolve_device
 from engine.detect import DetectConfig, FeatureBank, detect, query_features
-from engine.features import FeatureConfig, FeaturePyramid, collection_features
+from engine.features import FeatureConfig, FeaturePyramid, collection_features, read_stored_npz
 from engine.images import content_hash, load_rgb
 from engine.types import Box, Detection
 from hitl.oneshot import list_images
@@ -102,6 +102,12 @@ def _cosines(reference: list[FeaturePyramid], other: list[FeaturePyramid]) -> to
                       for a, b in zip(p.levels, q.levels)])
 
 
+def _np_load_levels(path: Path) -> list[torch.Tensor]:
+    """A cached pyramid's levels as the cache read them before session 9 (np.load's zip streams)."""
+    with np.load(path) as blob:
+        return [torch.from_numpy(blob[f"level{k}"]) for k in range(int(blob["n_levels"]))]
+
+
 def time_features(model: str, items, device: torch.device, cache: Path,
                   rounds: int = 3) -> tuple[list[FeaturePyramid], dict]:
     """The paths of :func:`feature_path` on the same images, interleaved ``rounds`` times
@@ -137,12 +143,22 @@ def time_features(model: str, items, device: torch.device, cache: Path,
             collection_features(nets["onnx"], items, config, cache, progress=False, hashes=hashes)
         load_s = (time.perf_counter() - start) / reads
     n = len(after.pyramids)
+    files = sorted(cache.rglob("*.npz")) * reads
+    readers = {"np.load": lambda: [_np_load_levels(f) for f in files],
+               "one read": lambda: [read_stored_npz(f) for f in files]}
+    best_read = dict.fromkeys(readers, float("inf"))
+    for _ in range(3):  # interleaved, best of 3 (wall time: reading is what is timed)
+        for name, run in readers.items():
+            start = time.perf_counter()
+            run()
+            best_read[name] = min(best_read[name], time.perf_counter() - start)
     cos = {name: _cosines(got["old"], got[name]) for name in FEATURE_PATHS[1:]}
     figures = {
         "n": n, "rate": {name: n / seconds for name, seconds in best.items()}, "built": built["onnx"], "load": n / load_s,
         "cos": {name: {"mean": float(c.mean()), "min": float(c.min()), "p001": float(c.quantile(0.001)),
                        "p01": float(c.quantile(0.01)), "below": float((c < 0.995).float().mean())}
                 for name, c in cos.items()},
+        "readers": {name: len(files) / seconds for name, seconds in best_read.items()},
         "precision": features.autocast_dtype(nets["onnx"], device),
         "cache_mb": sum(p.stat().st_size for p in cache.rglob("*.npz")) / n / 1e6,
     }
@@ -411,6 +427,9 @@ def print_features(feat: dict, device: torch.device) -> None:
         print(f"  {label:<26}{rate[name]:.2f} images/s ({rate[name] / rate['old']:.2f}x){agree}")
     print(f"ONNX session built in       {feat['built']:.1f} s (once per process and model weights)")
     print(f"feature load from cache     {feat['load']:.1f} images/s; {feat['cache_mb']:.3f} MB per image on disk")
+    readers = feat["readers"]
+    print(f"cache file reads            {readers['one read']:.0f} pyramids/s in one read (today) against "
+          f"{readers['np.load']:.0f}/s through np.load ({readers['one read'] / readers['np.load']:.2f}x; best of 3)")
 
 
 def main(argv: list[str] | None = None) -> None:
