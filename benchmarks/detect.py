@@ -451,6 +451,10 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"sub-windows per region side (repeat to compare; default {AnnConfig().blocks})")
     parser.add_argument("--pq-dims", action="append", type=int,
                         help=f"dimensions per PQ sub-quantizer (repeat to compare; default {AnnConfig().pq_dims})")
+    parser.add_argument("--stride", action="append", type=int,
+                        help=f"cells between region windows (repeat to compare; default {AnnConfig().stride})")
+    parser.add_argument("--flat", action="store_true",
+                        help="also search a flat (exact) index of the same regions: the descriptors' own ceiling")
     parser.add_argument("--regions", action="append", choices=["mixed", "pooled"],
                         help="synthetic images' region descriptors: mixed at the descriptor level (default, fast) "
                              "or pooled from their mixed cells as a project pools them (repeat to compare)")
@@ -494,19 +498,23 @@ def main(argv: list[str] | None = None) -> None:
         tag = "" if n <= len(real) else f" ({n - len(real)} synthetic: {args.synthetic})"
         print(f"--- bank of {n} images{tag}")
         runs = {}
-        for regions, blocks, pq_dims in itertools.product(
+        for regions, blocks, pq_dims, stride, flat in itertools.product(
                 args.regions or (["pooled"] if args.synthetic == "collage" else ["mixed"]), args.blocks or [AnnConfig().blocks],
-                args.pq_dims or [AnnConfig().pq_dims]):
+                args.pq_dims or [AnnConfig().pq_dims], args.stride or [AnnConfig().stride], [False, True] if args.flat else [False]):
+            if flat and pq_dims != (args.pq_dims or [AnnConfig().pq_dims])[0]:
+                continue  # a flat index has no PQ: one run covers every --pq-dims
             bank.pooled = regions == "pooled"
-            bank.use(replace(AnnConfig(), blocks=blocks, pq_dims=pq_dims))
+            bank.use(replace(AnnConfig(), blocks=blocks, pq_dims=pq_dims, stride=stride,
+                             flat_below=2**62 if flat else AnnConfig().flat_below))
             index, build_s = build_index(bank, bank.ann)
-            print(f"index, {regions} regions{' ' * (7 - len(regions))}{'flat' if index.is_flat else 'IVF-PQ'}, "
-                  f"{blocks}x{blocks} blocks, PQ {pq_dims} dims, {index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB "
-                  f"per image, built in {build_s:.1f} s")
-            for nprobe in nprobes:
+            label = (f"{regions} regions, {blocks}x{blocks} blocks, stride {stride}, "
+                     + ("flat" if index.is_flat else f"IVF-PQ {pq_dims} dims"))
+            print(f"index, {label}: {index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB per image, "
+                  f"built in {build_s:.1f} s")
+            for nprobe in nprobes if not index.is_flat else nprobes[:1]:
                 index.config = replace(index.config, nprobe=nprobe)
                 for count in candidate_counts:
-                    runs[regions, blocks, pq_dims, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
+                    runs[label, nprobe, count] = indexed, search_s, dense_s, cpu_s = indexed_scan(
                         queries, index, bank, config, count, device)
                     print(f"indexed query, {count:>4} cand.  search {_median_ms(search_s)} (nprobe {nprobe}) + dense "
                           f"scan {_median_ms(dense_s)} + cache reads ~{count / feat['load'] * 1e3:.0f} ms (at "
@@ -520,12 +528,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"exact query                 median {_median_ms(exact_s)} (dense scan of {n}, {len(few)} queries); "
                   f"CPU time {_median_ms(exact_cpu)}")
             per_image = per_image if per_image == per_image else statistics.median(exact_s) / n
-            for (regions, blocks, pq_dims, nprobe, count), (indexed, *_) in runs.items():
+            for (label, nprobe, count), (indexed, *_) in runs.items():
                 a = agreement(exact, indexed)
                 print(f"indexed vs exact, {count:>4} c.  recall of the exact top-10 images {a.recall:.3f}, top-1 same "
                       f"{a.top1:.2f}; counting ties with the exact 10th: {a.recall_ties:.3f}, top-1 as high "
-                      f"{a.top1_ties:.2f} (~{a.tied:.1f} images tie with the 10th; nprobe {nprobe}, {regions} "
-                      f"regions, {blocks}x{blocks} blocks, PQ {pq_dims} dims, {len(few)} queries)")
+                      f"{a.top1_ties:.2f} (~{a.tied:.1f} images tie with the 10th; {label}, nprobe {nprobe}, "
+                      f"{len(few)} queries)")
         elif per_image == per_image:
             print(f"exact query                 ~{per_image * n:.0f} s extrapolated ({per_image * 1e3:.2f} ms per image); "
                   "recall not measured")
