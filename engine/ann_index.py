@@ -67,7 +67,7 @@ class AnnConfig:
     # 2.8 -> 8.1 kB per image. On 1,000 real images: 0.833 (flat search, same descriptors: 0.908).
     blocks: int = 2
     # Dimensions per PQ sub-quantizer (112 channels: 28 sub-quantizers). 2 dims (16 kB per
-    # image) gave 0.883 instead of 0.833 on 1,000 real images but 0.933 instead of 0.967 at
+    # image) gave 0.875 instead of 0.833 on 1,000 real images but 0.933 instead of 0.967 at
     # 10,000 collages (benchmarks.detect --pq-dims): not worth twice the memory.
     pq_dims: int = 4
     # 4-bit codes (16 centroids per sub-quantizer) use FAISS's SIMD "fast scan": half a byte
