@@ -507,8 +507,8 @@ def main(argv: list[str] | None = None) -> None:
             bank.use(replace(AnnConfig(), blocks=blocks, pq_dims=pq_dims, stride=stride,
                              flat_below=2**62 if flat else AnnConfig().flat_below))
             index, build_s = build_index(bank, bank.ann)
-            label = (f"{regions} regions, {blocks}x{blocks} blocks, stride {stride}, "
-                     + ("flat" if index.is_flat else f"IVF-PQ {pq_dims} dims"))
+            kind = "flat (--flat)" if flat else "flat (too few regions to train)" if index.is_flat else f"IVF-PQ {pq_dims} dims"
+            label = f"{regions} regions, {blocks}x{blocks} blocks, stride {stride}, {kind}"
             print(f"index, {label}: {index.n_regions / n:.0f} regions and {index.nbytes() / n / 1e3:.2f} kB per image, "
                   f"built in {build_s:.1f} s")
             for nprobe in nprobes if not index.is_flat else nprobes[:1]:

@@ -1,5 +1,6 @@
 """benchmarks.detect's synthetic banks: mixes and collages of real pyramids."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,3 +67,24 @@ def test_agreement_counts_images_that_tie_with_the_exact_tenth():
     a = agreement([exact], [worse])
     assert a.recall == pytest.approx(0.1) and a.recall_ties == pytest.approx(0.1)
     assert a.top1 == 0.0 and a.top1_ties == 0.0
+
+
+def test_the_benchmark_runs_end_to_end_and_prints_recall_with_ties(tmp_path, capsys):
+    from PIL import Image
+
+    from benchmarks.detect import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    motif = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    for k in range(6):  # noisy pages, a shared motif pasted at different places
+        page = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        page[20 + 20 * k : 68 + 20 * k, 30 + 30 * k : 94 + 30 * k] = motif
+        Image.fromarray(page).save(folder / f"p{k}.jpg")
+    main(["--device", "cpu", "--images", str(folder), "--bank-size", "12", "--queries", "2",
+          "--feature-images", "2", "--candidates", "4", "--synthetic", "collage", "--flat", "--stride", "4"])
+    out = capsys.readouterr().out
+    assert "cache file reads" in out and "through np.load" in out
+    assert out.count("indexed vs exact") == 2  # the default index and the flat one
+    assert "counting ties with the exact 10th" in out and "flat (--flat)" in out
