@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 import engine.features as features
-from engine.ann_index import AnnConfig, RegionIndex, query_descriptor, region_descriptors
+from engine.ann_index import AnnConfig, RegionIndex
 from engine.backbone import create_backbone, resolve_device
 from engine.detect import DetectConfig, FeatureBank, detect, query_features
 from engine.features import FeatureConfig, FeaturePyramid, collection_features, read_stored_npz
@@ -205,7 +205,7 @@ class SyntheticBank:
                                   for p in self.real]
 
     def _describe(self, pyramid: FeaturePyramid) -> torch.Tensor:
-        return region_descriptors(pyramid, self.ann.window, self.ann.stride, self.ann.blocks)
+        return self.ann.regions(pyramid)
 
     def _draw(self, index: int) -> tuple[int, int, float, bool]:
         rng = np.random.default_rng(index)
@@ -324,7 +324,7 @@ def indexed_scan(queries, index: RegionIndex, bank: SyntheticBank, config: Detec
     results, search_s, dense_s, cpu_s = [], [], [], []
     for query, exclude in queries:
         t, c = time.perf_counter(), time.process_time()
-        hits = index.search(query_descriptor(query, index.config.blocks), candidates)
+        hits = index.search_query(query, candidates)
         search_s.append(time.perf_counter() - t)
         cpu = time.process_time() - c
         pyramids = [bank(int(i)) for i, _ in hits]  # a project reads these from its cache (added below)

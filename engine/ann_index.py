@@ -78,6 +78,10 @@ class AnnConfig:
     flat_below: int = 20_000  # regions: under this, an exact flat index (nothing to train)
     regrow: float = 4.0  # retrain IVF-PQ when the index holds this many times what it was trained on
 
+    def regions(self, pyramid: FeaturePyramid) -> torch.Tensor:
+        """The pyramid's region descriptors as this config makes them (:func:`region_descriptors`)."""
+        return region_descriptors(pyramid, self.window, self.stride, self.blocks)
+
     def key(self) -> str:
         """What changes the stored regions or how they are indexed (not search-time knobs)."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("candidates", "hits_per_candidate", "nprobe")}
@@ -208,6 +212,10 @@ class RegionIndex:
             return self.n_regions >= self.config.flat_below
         return self.n_regions >= self.config.regrow * self.trained_on
 
+    def search_query(self, query: torch.Tensor, candidates: int | None = None) -> list[tuple[str, float]]:
+        """:meth:`search` with (C, qh, qw) query features, described as this index's regions are."""
+        return self.search(query_descriptor(query, self.config.blocks), candidates)
+
     def search(self, query: torch.Tensor, candidates: int | None = None) -> list[tuple[str, float]]:
         """Images whose best region is nearest to ``query`` (C,), best first, at most ``candidates``."""
         import faiss
@@ -317,7 +325,7 @@ def two_stage_detect(query: torch.Tensor, index: RegionIndex, pyramid_of: Callab
             so only the candidates' features are ever read.
         candidates: images re-scored densely (default ``index.config.candidates``).
     """
-    hits = index.search(query_descriptor(query, index.config.blocks), candidates)
+    hits = index.search_query(query, candidates)
     if not hits:
         return []
     ids = [image_id for image_id, _ in hits]

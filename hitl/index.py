@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.ann_index import AnnConfig, RegionIndex, region_descriptors, two_stage_detect
+from engine.ann_index import AnnConfig, RegionIndex, two_stage_detect
 from engine.backbone import Backbone
 from engine.detect import DetectConfig, query_features
 from engine.features import (
@@ -50,11 +50,11 @@ def update_index(paths: ProjectPaths, model_id: str, image_ids: Sequence[str],
     if not missing and index is not None:
         return index
     if index is not None and not index.needs_retraining():
-        index.add(missing, [region_descriptors(pyramid_of(i), ann.window, ann.stride, ann.blocks) for i in missing])
+        index.add(missing, [ann.regions(pyramid_of(i)) for i in missing])
         if index.needs_retraining():
             index = None  # grown past its training: retrain on everything below
     if index is None or index.needs_retraining():
-        index = RegionIndex.build_streamed(image_ids, lambda i: region_descriptors(pyramid_of(i), ann.window, ann.stride, ann.blocks), ann)
+        index = RegionIndex.build_streamed(image_ids, lambda i: ann.regions(pyramid_of(i)), ann)
     index.save(folder, extra={"model_id": model_id, "feature_key": features.key()})
     return index
 
